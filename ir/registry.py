@@ -1,0 +1,238 @@
+"""The op registry: every op is declared here once, with its schema, its type/shape rule
+and its numpy reference kernel.
+
+Ops are declared with `define_op` in the modules of `requant.ir.ops`. Standard ops follow
+ONNX names and semantics (domain ""); requant's own ops use domain "requant". Backends
+keep their own lowering tables keyed by the same names.
+
+An input or output spec is a name, with `?` for optional and `*` for variadic:
+`("X", "W", "B?")`, `("inputs*",)`. Attributes map a name to its default, or to
+`REQUIRED`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from requant.errors import ShapeInferenceError, UnsupportedOpError
+from requant.ir.types import TensorType
+
+__all__ = [
+    "REQUIRED",
+    "Param",
+    "OpSchema",
+    "InferContext",
+    "define_op",
+    "get_schema",
+    "is_registered",
+    "all_schemas",
+    "infer_types",
+    "run_kernel",
+]
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    optional: bool = False
+    variadic: bool = False
+
+    @staticmethod
+    def parse(spec: str) -> Param:
+        if spec.endswith("?"):
+            return Param(spec[:-1], optional=True)
+        if spec.endswith("*"):
+            return Param(spec[:-1], variadic=True)
+        return Param(spec)
+
+
+class InferContext:
+    """What a shape rule sees: input types (None for an omitted optional input), the
+    attributes with defaults filled in, constant inputs' payloads, the output count."""
+
+    def __init__(
+        self,
+        schema: OpSchema,
+        input_types: Sequence[TensorType | None],
+        attrs: Mapping[str, Any],
+        consts: Sequence[np.ndarray | None],
+        num_outputs: int | None,
+    ) -> None:
+        self.schema = schema
+        self.inputs = list(input_types)
+        self.attrs = attrs
+        self._consts = list(consts)
+        self.num_outputs = num_outputs
+
+    def input(self, i: int) -> TensorType | None:
+        return self.inputs[i] if i < len(self.inputs) else None
+
+    def const(self, i: int) -> np.ndarray | None:
+        """The payload of input `i` when it is a constant, else None."""
+        return self._consts[i] if i < len(self._consts) else None
+
+    def fail(self, message: str) -> ShapeInferenceError:
+        return ShapeInferenceError(f"{self.schema.name}: {message}")
+
+
+InferFn = Callable[[InferContext], Sequence[TensorType]]
+KernelFn = Callable[[list, dict, list], Any]
+
+
+@dataclass(frozen=True)
+class OpSchema:
+    name: str
+    inputs: tuple[Param, ...]
+    outputs: tuple[Param, ...]
+    attrs: Mapping[str, Any]
+    infer: InferFn
+    kernel: KernelFn
+    domain: str = ""
+    doc: str = ""
+    commutative: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def min_inputs(self) -> int:
+        return sum(1 for p in self.inputs if not p.optional and not p.variadic)
+
+    @property
+    def max_inputs(self) -> int | None:
+        return None if any(p.variadic for p in self.inputs) else len(self.inputs)
+
+    @property
+    def variadic_outputs(self) -> bool:
+        return any(p.variadic for p in self.outputs)
+
+    def fill_attrs(self, attrs: Mapping[str, Any]) -> dict[str, Any]:
+        """`attrs` with defaults added; raises on unknown or missing required attrs."""
+        unknown = sorted(set(attrs) - set(self.attrs))
+        if unknown:
+            raise ShapeInferenceError(
+                f"{self.name}: unknown attribute(s) {', '.join(unknown)}; known: {', '.join(sorted(self.attrs)) or 'none'}"
+            )
+        full = dict(self.attrs)
+        full.update(attrs)
+        missing = [k for k, v in full.items() if v is REQUIRED]
+        if missing:
+            raise ShapeInferenceError(f"{self.name}: missing required attribute(s) {', '.join(missing)}")
+        return full
+
+    def check_arity(self, n_inputs: int) -> None:
+        hi = self.max_inputs
+        if n_inputs < self.min_inputs or (hi is not None and n_inputs > hi):
+            want = f"{self.min_inputs}" if hi == self.min_inputs else f"{self.min_inputs}..{hi if hi is not None else 'n'}"
+            raise ShapeInferenceError(f"{self.name}: takes {want} inputs, got {n_inputs}")
+
+
+_REGISTRY: dict[str, OpSchema] = {}
+
+
+def define_op(
+    name: str,
+    *,
+    inputs: Sequence[str],
+    outputs: Sequence[str] = ("Y",),
+    attrs: Mapping[str, Any] | None = None,
+    infer: InferFn,
+    kernel: KernelFn,
+    domain: str = "",
+    doc: str = "",
+    commutative: bool = False,
+    **extra: Any,
+) -> OpSchema:
+    """Declare an op. `kernel(inputs, attrs, output_types)` returns an array or a
+    sequence of arrays; `infer(ctx)` returns the output types."""
+    if name in _REGISTRY:
+        raise ValueError(f"op {name} is declared twice")
+    schema = OpSchema(
+        name=name,
+        inputs=tuple(Param.parse(s) for s in inputs),
+        outputs=tuple(Param.parse(s) for s in outputs),
+        attrs=dict(attrs or {}),
+        infer=infer,
+        kernel=kernel,
+        domain=domain,
+        doc=doc,
+        commutative=commutative,
+        extra=extra,
+    )
+    _REGISTRY[name] = schema
+    return schema
+
+
+def _ensure_loaded() -> None:
+    import requant.ir.ops  # noqa: F401  (declares the ops)
+
+
+def get_schema(op: str) -> OpSchema:
+    _ensure_loaded()
+    schema = _REGISTRY.get(op)
+    if schema is None:
+        raise UnsupportedOpError(f"unknown op '{op}': it is not in requant's op registry")
+    return schema
+
+
+def is_registered(op: str) -> bool:
+    _ensure_loaded()
+    return op in _REGISTRY
+
+
+def all_schemas() -> dict[str, OpSchema]:
+    _ensure_loaded()
+    return dict(_REGISTRY)
+
+
+def infer_types(
+    op: str,
+    inputs: Sequence[Any],
+    attrs: Mapping[str, Any],
+    num_outputs: int | None = None,
+) -> list[TensorType]:
+    """Output types of `op` applied to `inputs` (Values, or None for omitted inputs)."""
+    schema = get_schema(op)
+    schema.check_arity(len(inputs))
+    full = schema.fill_attrs(attrs)
+    types = [None if v is None else v.type for v in inputs]
+    consts = [None if v is None else v.const for v in inputs]
+    for p, t in zip(schema.inputs, types):
+        if t is None and not (p.optional or p.variadic):
+            raise ShapeInferenceError(f"{op}: required input {p.name} is missing")
+    out = list(schema.infer(InferContext(schema, types, full, consts, num_outputs)))
+    if num_outputs is not None and len(out) != num_outputs:
+        raise ShapeInferenceError(f"{op}: gives {len(out)} outputs, {num_outputs} were asked for")
+    return out
+
+
+def run_kernel(
+    op: str,
+    inputs: Sequence[np.ndarray | None],
+    attrs: Mapping[str, Any],
+    output_types: Sequence[TensorType],
+) -> list[np.ndarray]:
+    """Run the reference kernel; results are cast to the declared output dtypes."""
+    schema = get_schema(op)
+    full = schema.fill_attrs(attrs)
+    result = schema.kernel(list(inputs), full, list(output_types))
+    results = list(result) if isinstance(result, (list, tuple)) else [result]
+    if len(results) != len(output_types):
+        raise ShapeInferenceError(f"{op}: kernel gave {len(results)} outputs for {len(output_types)} declared")
+    out = []
+    for arr, t in zip(results, output_types):
+        arr = np.asarray(arr)
+        if arr.dtype != t.dtype.np:
+            arr = arr.astype(t.dtype.np)
+        out.append(arr)
+    return out
