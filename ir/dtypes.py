@@ -85,6 +85,9 @@ class DType:
     def __repr__(self) -> str:
         return f"dtype({self.short!r})"
 
+    def __hash__(self) -> int:  # names are unique per dtype; cheaper than hashing all fields
+        return hash(self.name)
+
 
 @dataclass(frozen=True, repr=False)
 class FloatFormat(DType):

@@ -190,8 +190,9 @@ class Graph:
     def rename(self, value: Value, new_name: str) -> None:
         if new_name == value.name:
             return
+        claimed = self._claim_name(new_name, new_name)
         self._names.discard(value.name)
-        value.name = self._claim_name(new_name, new_name)
+        value.name = claimed
 
     # -- values ------------------------------------------------------------------------
     def add_input(self, name: str, type: TensorType) -> Value:
@@ -200,13 +201,14 @@ class Graph:
         return v
 
     def add_constant(self, array: Any, name: str | None = None, dtype: DType | None = None) -> Value:
-        """A constant value holding a read-only copy-free view of `array`."""
+        """A constant value holding a read-only array. A writeable `array` is copied, so
+        the caller cannot change the constant behind the graph's back."""
         arr = np.asarray(array)
         if dtype is not None and arr.dtype != dtype.np:
             arr = arr.astype(dtype.np)
-        if arr.flags.writeable:
-            arr = arr.view()
-            arr.flags.writeable = False
+        elif arr.flags.writeable:
+            arr = arr.copy()
+        arr.flags.writeable = False
         v = Value(self._claim_name(name, "c"), type_of_array(arr, dtype), const=arr)
         self.constants[v] = None
         return v
@@ -274,15 +276,27 @@ class Graph:
         return node
 
     def append(self, node: Node) -> None:
+        self._detach_if_linked(node)
         self._link(node, self._tail, None)
 
     def insert_before(self, anchor: Node, node: Node) -> None:
         self._check_member(anchor)
+        if node is anchor:
+            return
+        self._detach_if_linked(node)
         self._link(node, anchor._prev, anchor)
 
     def insert_after(self, anchor: Node, node: Node) -> None:
         self._check_member(anchor)
+        if node is anchor:
+            return
+        self._detach_if_linked(node)
         self._link(node, anchor, anchor._next)
+
+    def _detach_if_linked(self, node: Node) -> None:
+        # Unlink before the anchor's neighbours are read: the node may be one of them.
+        if node.graph is not None:
+            node.graph._unlink(node)
 
     def _check_member(self, node: Node) -> None:
         if node.graph is not self:
@@ -290,7 +304,7 @@ class Graph:
 
     def _link(self, node: Node, prev: Node | None, nxt: Node | None) -> None:
         if node.graph is not None:
-            node.graph._unlink(node)
+            raise RequantError(f"node {node.label} is already linked into a graph")
         node.graph = self
         node._prev, node._next = prev, nxt
         if prev is None:
@@ -342,7 +356,10 @@ class Graph:
         self._names.discard(value.name)
 
     def is_output(self, value: Value) -> bool:
-        return any(o is value for o in self.outputs)
+        for o in self.outputs:
+            if o is value:
+                return True
+        return False
 
     def replace_value(self, old: Value, new: Value) -> None:
         """Make every reader of `old`, graph outputs included, read `new`. A graph output
@@ -350,13 +367,14 @@ class Graph:
         input, constant or output, an Identity node carries the name instead)."""
         if old is new:
             return
-        old.replace_all_uses_with(new)
-        if not self.is_output(old):
-            return
-        if old.type != new.type:
+        is_output = self.is_output(old)
+        if is_output and old.type != new.type:
             raise RequantError(
                 f"replacing graph output %{old.name}: type {new.type} differs from {old.type}"
             )
+        old.replace_all_uses_with(new)
+        if not is_output:
+            return
         carrier = new
         if new.producer is None or self.is_output(new):
             anchor = new.producer
@@ -402,14 +420,18 @@ class Graph:
             nv.meta = _copy_meta(v.meta)
             g.constants[nv] = None
             mapping[v] = nv
-        for node in self:
-            outs = []
+        nodes = list(self)
+        for node in nodes:  # all outputs first, so an out-of-order graph clones as it is
             for o in node.outputs:
                 nv = Value(g._claim_name(o.name, "t"), o.type)
                 nv.meta = _copy_meta(o.meta)
                 mapping[o] = nv
-                outs.append(nv)
-            ins = [None if v is None else mapping[v] for v in node._inputs]
+        for node in nodes:
+            outs = [mapping[o] for o in node.outputs]
+            try:
+                ins = [None if v is None else mapping[v] for v in node._inputs]
+            except KeyError:
+                raise RequantError(f"cannot clone graph '{self.name}': {node.label} reads a value from outside it") from None
             g.append(Node(node.op, ins, outs, _copy_meta(node.attrs), node.name, _copy_meta(node.meta)))
         g.outputs = [mapping[v] for v in self.outputs]
         return g

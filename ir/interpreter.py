@@ -70,6 +70,7 @@ def _bind_inputs(graph: Graph, inputs: Mapping[str, Any] | Sequence[Any]) -> lis
         if len(arrays) != len(graph.inputs):
             raise RequantError(f"graph '{graph.name}' takes {len(graph.inputs)} inputs, got {len(arrays)}")
     bound = []
+    symbols: dict[str, tuple[int, str]] = {}
     for value, array in zip(graph.inputs, arrays):
         arr = np.asarray(array)
         want = value.type
@@ -79,5 +80,12 @@ def _bind_inputs(graph: Graph, inputs: Mapping[str, Any] | Sequence[Any]) -> lis
             arr.ndim != len(want.shape) or not all(dims_compatible(d, s) for d, s in zip(want.shape, arr.shape))
         ):
             raise RequantError(f"input %{value.name}: shape {arr.shape}, expected {want}")
+        for dim, size in zip(want.shape or (), arr.shape):
+            if isinstance(dim, str):
+                seen = symbols.setdefault(dim, (size, value.name))
+                if seen[0] != size:
+                    raise RequantError(
+                        f"input %{value.name}: dim '{dim}' is {size}, but %{seen[1]} gave it {seen[0]}"
+                    )
         bound.append(arr)
     return bound

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -75,12 +76,14 @@ class InferContext:
         self.attrs = attrs
         self._consts = list(consts)
         self.num_outputs = num_outputs
+        self.read_consts = False  # whether the rule looked at a payload (then not memoised)
 
     def input(self, i: int) -> TensorType | None:
         return self.inputs[i] if i < len(self.inputs) else None
 
     def const(self, i: int) -> np.ndarray | None:
         """The payload of input `i` when it is a constant, else None."""
+        self.read_consts = True
         return self._consts[i] if i < len(self._consts) else None
 
     def fail(self, message: str) -> ShapeInferenceError:
@@ -104,11 +107,11 @@ class OpSchema:
     commutative: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def min_inputs(self) -> int:
         return sum(1 for p in self.inputs if not p.optional and not p.variadic)
 
-    @property
+    @cached_property
     def max_inputs(self) -> int | None:
         return None if any(p.variadic for p in self.inputs) else len(self.inputs)
 
@@ -116,8 +119,14 @@ class OpSchema:
     def variadic_outputs(self) -> bool:
         return any(p.variadic for p in self.outputs)
 
+    @cached_property
+    def _required_attrs(self) -> tuple[str, ...]:
+        return tuple(k for k, v in self.attrs.items() if v is REQUIRED)
+
     def fill_attrs(self, attrs: Mapping[str, Any]) -> dict[str, Any]:
         """`attrs` with defaults added; raises on unknown or missing required attrs."""
+        if not attrs and not self._required_attrs:  # the common case, kept cheap
+            return dict(self.attrs)
         unknown = sorted(set(attrs) - set(self.attrs))
         if unknown:
             raise ShapeInferenceError(
@@ -125,13 +134,15 @@ class OpSchema:
             )
         full = dict(self.attrs)
         full.update(attrs)
-        missing = [k for k, v in full.items() if v is REQUIRED]
+        missing = [k for k in self._required_attrs if full[k] is REQUIRED]
         if missing:
             raise ShapeInferenceError(f"{self.name}: missing required attribute(s) {', '.join(missing)}")
         return full
 
     def check_arity(self, n_inputs: int) -> None:
         hi = self.max_inputs
+        if n_inputs == hi:
+            return
         if n_inputs < self.min_inputs or (hi is not None and n_inputs > hi):
             want = f"{self.min_inputs}" if hi == self.min_inputs else f"{self.min_inputs}..{hi if hi is not None else 'n'}"
             raise ShapeInferenceError(f"{self.name}: takes {want} inputs, got {n_inputs}")
@@ -173,13 +184,21 @@ def define_op(
     return schema
 
 
+_loaded = False
+
+
 def _ensure_loaded() -> None:
-    import requant.ir.ops  # noqa: F401  (declares the ops)
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        import requant.ir.ops  # noqa: F401  (declares the ops)
 
 
 def get_schema(op: str) -> OpSchema:
-    _ensure_loaded()
     schema = _REGISTRY.get(op)
+    if schema is None and not _loaded:
+        _ensure_loaded()
+        schema = _REGISTRY.get(op)
     if schema is None:
         raise UnsupportedOpError(f"unknown op '{op}': it is not in requant's op registry")
     return schema
@@ -202,18 +221,50 @@ def infer_types(
     num_outputs: int | None = None,
 ) -> list[TensorType]:
     """Output types of `op` applied to `inputs` (Values, or None for omitted inputs)."""
+    types = tuple(None if v is None else v.type for v in inputs)
+    key = _memo_key(op, types, attrs, num_outputs)
+    if key is not None:
+        hit = _INFER_MEMO.get(key)
+        if hit is not None:
+            return list(hit)
     schema = get_schema(op)
     schema.check_arity(len(inputs))
     full = schema.fill_attrs(attrs)
-    types = [None if v is None else v.type for v in inputs]
     consts = [None if v is None else v.const for v in inputs]
     for p, t in zip(schema.inputs, types):
         if t is None and not (p.optional or p.variadic):
             raise ShapeInferenceError(f"{op}: required input {p.name} is missing")
-    out = list(schema.infer(InferContext(schema, types, full, consts, num_outputs)))
+    ctx = InferContext(schema, types, full, consts, num_outputs)
+    out = list(schema.infer(ctx))
     if num_outputs is not None and len(out) != num_outputs:
         raise ShapeInferenceError(f"{op}: gives {len(out)} outputs, {num_outputs} were asked for")
+    if key is not None and not ctx.read_consts:
+        if len(_INFER_MEMO) >= _INFER_MEMO_SIZE:
+            _INFER_MEMO.clear()
+        _INFER_MEMO[key] = tuple(out)
     return out
+
+
+# Type rules are pure functions of (op, input types, attrs) unless they read a constant
+# payload, so results are memoised: graphs repeat the same shapes block after block, and
+# the rewrite driver re-infers every node a rule creates.
+_INFER_MEMO: dict[tuple, tuple[TensorType, ...]] = {}
+_INFER_MEMO_SIZE = 1 << 14
+_HASHABLE = (int, float, str, bool, type(None))
+
+
+def _memo_key(op: str, types: tuple, attrs: Mapping[str, Any], num_outputs: int | None) -> tuple | None:
+    if not attrs:
+        return (op, types, (), num_outputs)
+    items = []
+    for k, v in attrs.items():
+        if type(v) in _HASHABLE:
+            items.append((k, type(v), v))
+        elif type(v) in (list, tuple) and all(type(x) in _HASHABLE for x in v):
+            items.append((k, type(v), tuple(v)))
+        else:
+            return None  # array-valued attributes: not worth hashing
+    return (op, types, tuple(sorted(items)), num_outputs)
 
 
 def run_kernel(

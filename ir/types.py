@@ -25,12 +25,20 @@ class TensorType:
     dtype: DType
 
     def __post_init__(self) -> None:
+        shape = self.shape
+        if type(shape) is tuple and all(
+            (type(d) is int and d >= 0) or type(d) is str or d is None for d in shape
+        ):
+            return  # already canonical: the common case on the rewrite hot path
         if self.shape is not None:
             shape = tuple(int(d) if isinstance(d, (int, np.integer)) else d for d in self.shape)
             for d in shape:
                 if not (d is None or isinstance(d, str) or (isinstance(d, int) and d >= 0)):
                     raise ValueError(f"bad dim {d!r} in shape {self.shape!r}")
             object.__setattr__(self, "shape", shape)
+
+    def __hash__(self) -> int:
+        return hash((self.shape, self.dtype.name))
 
     @property
     def rank(self) -> int | None:

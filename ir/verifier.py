@@ -40,17 +40,20 @@ def verify(graph: Graph) -> None:
             raise VerifyError(f"constant %{v.name} has no payload")
         if v.producer is not None:
             raise VerifyError(f"constant %{v.name} has a producer ({v.producer.label})")
+        if v.const.dtype != v.dtype.np or (v.shape is not None and tuple(v.const.shape) != tuple(v.shape)):
+            raise VerifyError(
+                f"constant %{v.name} is declared {v.type} but holds {v.const.dtype}{list(v.const.shape)}"
+            )
         claim(v, "constant")
 
     producers_in_graph = {id(n) for n in graph}
-    position = {id(n): i for i, n in enumerate(graph)}
     for node in graph:
         _check_node_schema(node)
         for i, v in enumerate(node.inputs):
             if v is None:
                 continue
             if id(v) not in defined:
-                raise VerifyError(_undefined_input_message(graph, node, i, v, producers_in_graph, position))
+                raise VerifyError(_undefined_input_message(node, i, v, producers_in_graph))
             if (node, i) not in v.uses:
                 raise VerifyError(f"node {node.label}: input {i} %{v.name} is missing from its use list")
         for j, out in enumerate(node.outputs):
@@ -112,7 +115,7 @@ def types_agree(declared: TensorType, inferred: TensorType) -> bool:
     return all(dims_compatible(a, b) for a, b in zip(declared.shape, inferred.shape))
 
 
-def _undefined_input_message(graph: Graph, node: Node, i: int, v: Value, in_graph: set[int], position) -> str:
+def _undefined_input_message(node: Node, i: int, v: Value, in_graph: set[int]) -> str:
     producer = v.producer
     if producer is None or id(producer) not in in_graph:
         return (
@@ -140,7 +143,7 @@ def _find_cycle_through(start: Node) -> list[Node]:
                 continue
             p = v.producer
             if p is start:
-                return list(reversed(path)) + [start]
+                return [start] + list(reversed(path))
             if id(p) not in seen:
                 seen.add(id(p))
                 stack.append((p, path + [p]))
