@@ -1,6 +1,32 @@
 """Declarations of every op requant knows, one module per family. Importing this package
-registers them all in `requant.ir.registry`."""
+registers them all in `requant.ir.registry`.
+
+- `elementwise`: broadcasting binary/variadic arithmetic, comparisons, logic, Where.
+- `unary`: one-operand math (Neg, Abs, Exp, Log, Sqrt, Erf, trig, Floor/Ceil/Round, ...).
+- `activation`: Relu family, Gelu, Sigmoid, HardSwish, Softplus, Swish, Clip, Softmax.
+- `normalization`: LayerNormalization, RMSNormalization, BatchNormalization, ...
+- `shape_ops`: Reshape, Flatten, Squeeze/Unsqueeze, Transpose, Expand, Shape, Size, Identity.
+- `indexing`: Concat, Split, Slice, Gather*, Scatter*, Pad, Tile, Trilu.
+- `reduce`: Reduce*, ArgMax/ArgMin, CumSum, TopK.
+- `linalg`: MatMul, Gemm, Einsum.
+- `conv`: Conv, ConvTranspose. `pooling`: MaxPool, AveragePool, Global*Pool.
+- `cast`: Cast, CastLike (and `cast_to`, the shared conversion routine).
+- `misc`: Constant, ConstantOfShape, Range, Dropout.
+"""
 
 from __future__ import annotations
 
-from requant.ir.ops import elementwise, linalg  # noqa: F401
+from requant.ir.ops import (  # noqa: F401
+    activation,
+    cast,
+    conv,
+    elementwise,
+    indexing,
+    linalg,
+    misc,
+    normalization,
+    pooling,
+    reduce,
+    shape_ops,
+    unary,
+)
