@@ -195,12 +195,15 @@ class Graph:
         value.name = claimed
 
     # -- values ------------------------------------------------------------------------
+    def has_name(self, name: str) -> bool:
+        return name in self._names
+
     def add_input(self, name: str, type: TensorType) -> Value:
         v = Value(self._claim_name(name, "input"), type)
         self.inputs.append(v)
         return v
 
-    def add_constant(self, array: Any, name: str | None = None, dtype: DType | None = None) -> Value:
+    def add_constant(self, array: Any, name: str | None = None, dtype: DType | None = None, *, base: str = "c") -> Value:
         """A constant value holding a read-only array. A writeable `array` is copied, so
         the caller cannot change the constant behind the graph's back."""
         arr = np.asarray(array)
@@ -209,7 +212,7 @@ class Graph:
         elif arr.flags.writeable:
             arr = arr.copy()
         arr.flags.writeable = False
-        v = Value(self._claim_name(name, "c"), type_of_array(arr, dtype), const=arr)
+        v = Value(self._claim_name(name, base), type_of_array(arr, dtype), const=arr)
         self.constants[v] = None
         return v
 

@@ -47,6 +47,9 @@ def verify(graph: Graph) -> None:
         claim(v, "constant")
 
     producers_in_graph = {id(n) for n in graph}
+    # One set of recorded uses per value, so checking each node input is O(1) even when
+    # a value has many readers.
+    recorded_uses: dict[int, set[tuple[int, int]]] = {}
     for node in graph:
         _check_node_schema(node)
         for i, v in enumerate(node.inputs):
@@ -54,7 +57,10 @@ def verify(graph: Graph) -> None:
                 continue
             if id(v) not in defined:
                 raise VerifyError(_undefined_input_message(node, i, v, producers_in_graph))
-            if (node, i) not in v.uses:
+            uses = recorded_uses.get(id(v))
+            if uses is None:
+                uses = recorded_uses[id(v)] = {(id(n), j) for n, j in v.uses}
+            if (id(node), i) not in uses:
                 raise VerifyError(f"node {node.label}: input {i} %{v.name} is missing from its use list")
         for j, out in enumerate(node.outputs):
             if out.producer is not node or out.index != j:
