@@ -24,6 +24,8 @@ Integer semantics:
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from requant.ir import dtypes
@@ -70,7 +72,7 @@ def _numeric(ctx: InferContext) -> list[TensorType]:
 
 
 def _wrapping(fn):
-    def kernel(ins, attrs, outs):
+    def kernel(ins: list, attrs: dict, outs: list) -> Any:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             return fn(*ins)
 
@@ -93,7 +95,7 @@ def _int_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return ((a - np.fmod(a, b)) // b).astype(np.result_type(a, b))
 
 
-def _div(ins, attrs, outs):
+def _div(ins: list, attrs: dict, outs: list) -> Any:
     a, b = ins
     if np.issubdtype(a.dtype, np.integer):
         return _int_div(a, b)
@@ -110,7 +112,7 @@ def _infer_pow(ctx: InferContext) -> list[TensorType]:
     return [TensorType(_broadcast(ctx, [0, 1]), x.dtype)]
 
 
-def _pow(ins, attrs, outs):
+def _pow(ins: list, attrs: dict, outs: list) -> Any:
     a, b = ins
     if not np.issubdtype(a.dtype, np.integer):
         ct = compute_dtype(a)
@@ -147,7 +149,7 @@ def _infer_mod(ctx: InferContext) -> list[TensorType]:
     return [t]
 
 
-def _mod(ins, attrs, outs):
+def _mod(ins: list, attrs: dict, outs: list) -> Any:
     a, b = ins
     if np.issubdtype(a.dtype, np.integer) and np.any(b == 0):
         raise ZeroDivisionError("integer Mod by zero")
@@ -164,7 +166,7 @@ def _infer_shift(ctx: InferContext) -> list[TensorType]:
     return infer_broadcast(ctx, "int")
 
 
-def _shift(ins, attrs, outs):
+def _shift(ins: list, attrs: dict, outs: list) -> Any:
     x, s = np.broadcast_arrays(*ins)
     bits = x.dtype.itemsize * 8
     valid = (s >= 0) & (s < bits)
@@ -234,7 +236,7 @@ def _variadic(cls: str):
 
 
 def _reduce_kernel(fn):
-    def kernel(ins, attrs, outs):
+    def kernel(ins: list, attrs: dict, outs: list) -> Any:
         out = ins[0]
         with np.errstate(over="ignore", invalid="ignore"):
             for x in ins[1:]:
@@ -244,7 +246,7 @@ def _reduce_kernel(fn):
     return kernel
 
 
-def _mean(ins, attrs, outs):
+def _mean(ins: list, attrs: dict, outs: list) -> Any:
     ct = compute_dtype(ins[0])
     total = ins[0].astype(ct)
     for x in ins[1:]:

@@ -11,6 +11,7 @@ accumulator is a separate op. Integer Gemm needs integral alpha/beta and wraps t
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +45,7 @@ def _infer_matmul(ctx: InferContext) -> list[TensorType]:
     return [TensorType(tuple(out), a.dtype)]
 
 
-def _matmul(ins, attrs, outs):
+def _matmul(ins: list, attrs: dict, outs: list) -> Any:
     a, b = ins
     ct = compute_dtype(a)
     with np.errstate(over="ignore"):
@@ -81,7 +82,7 @@ def _infer_gemm(ctx: InferContext) -> list[TensorType]:
     return [TensorType((m, n), a.dtype)]
 
 
-def _gemm(ins, attrs, outs):
+def _gemm(ins: list, attrs: dict, outs: list) -> Any:
     a, b, c = ins[0], ins[1], opt(ins, 2)
     ct = compute_dtype(a)
     a, b = a.astype(ct, copy=False), b.astype(ct, copy=False)
@@ -174,7 +175,7 @@ def _infer_einsum(ctx: InferContext) -> list[TensorType]:
     return [TensorType(tuple(shape), dt)]
 
 
-def _einsum(ins, attrs, outs):
+def _einsum(ins: list, attrs: dict, outs: list) -> Any:
     ct = compute_dtype(ins[0])
     with np.errstate(over="ignore"):
         y = np.einsum(attrs["equation"].replace(" ", ""), *(x.astype(ct, copy=False) for x in ins))
