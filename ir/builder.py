@@ -24,7 +24,7 @@ class Builder:
     def __init__(self, graph: Graph, before: Node | None = None, meta: dict[str, Any] | None = None) -> None:
         self.graph = graph
         self.before = before
-        self.meta = dict(meta or {})
+        self.meta = meta or {}  # nodes copy it, so it can be shared between builders
         self.created: list[Node] = []
 
     def input(self, name: str, type: TensorType) -> Value:

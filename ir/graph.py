@@ -21,6 +21,7 @@ import numpy as np
 
 from requant.errors import RequantError
 from requant.ir.dtypes import DType
+from requant.ir.registry import infer_types
 from requant.ir.types import TensorType, type_of_array
 
 __all__ = ["Value", "Node", "Graph"]
@@ -262,11 +263,9 @@ class Graph:
     ) -> Node:
         """Make a node, infer its output types from the op registry unless given, and
         insert it (at the end, or before/after an anchor)."""
-        from requant.ir import registry
-
         attrs = dict(attrs or {})
         if output_types is None:
-            output_types = registry.infer_types(op, inputs, attrs, num_outputs)
+            output_types = infer_types(op, inputs, attrs, num_outputs)
         names = list(output_names) if output_names is not None else [None] * len(output_types)
         outputs = [Value(self._claim_name(n, "t"), t) for n, t in zip(names, output_types)]
         node = Node(op, inputs, outputs, attrs, name=name, meta=meta)

@@ -14,8 +14,8 @@ What it measures
                     (the built-in `matmul_add_to_gemm_rule` checks a and b only).
     Only the rewrite call is timed: building the graph, ONNX proto -> onnx_ir conversion
     and verification are outside the timer, and both graphs are rebuilt for every repeat.
-    Each size is run `--repeat` times per system (default 3 for sizes < 100k, 1 from
-    100k) and the median is reported; `gc.collect()` runs before each timed call.
+    Each size is run `--repeat` times per system (default 3), the two systems
+    interleaved, and the median is reported; `gc.collect()` runs before each timed call.
 
 What it checks (exit 1 with an error when a rewrite was incomplete or wrong)
     requant: the graph verifies, holds exactly N/2 Gemm and no Add/MatMul, and (at the
@@ -222,8 +222,11 @@ def log(msg: str) -> None:
 
 
 def measure(nodes: int, repeat: int, check_numerics: bool, profile: bool) -> tuple[Row, list[str]]:
-    from requant.ir import run
+    """Time both rewriters `repeat` times, interleaved (requant, onnxscript, requant, ...)
+    so that load from anything else on the machine hits both alike."""
     from onnxscript.rewriter.pattern import RewriteRuleSet
+
+    from requant.ir import run
     from requant.ir.rewrite import rewrite
 
     blocks = nodes // 2
@@ -232,10 +235,10 @@ def measure(nodes: int, repeat: int, check_numerics: bool, profile: bool) -> tup
     w, b = make_constants(blocks)
     rq_rule = requant_rule()
     ox_rules = RewriteRuleSet([onnxscript_rule()])
-
-    # requant
-    reference = None
+    proto = build_onnx(w, b)
     x_in = np.random.default_rng(SEED + 1).standard_normal((M, D)).astype(np.float32)
+    reference = None
+
     for r in range(repeat):
         t0 = time.perf_counter()
         graph = build_requant(w, b)
@@ -252,28 +255,13 @@ def measure(nodes: int, repeat: int, check_numerics: bool, profile: bool) -> tup
             errors.append(f"requant: {result.rewrites} rewrites, expected {blocks}")
         if r == 0:
             errors += check_requant(graph, blocks)
-            if check_numerics and reference is not None:
+            if reference is not None:
                 got = run(graph, [x_in])[0]
                 if not np.allclose(got, reference, rtol=RTOL, atol=ATOL):
                     err = float(np.max(np.abs(got - reference)))
                     errors.append(f"requant: rewritten graph's output differs from the original's (max abs err {err:g})")
         del graph, result
-    if profile:
-        graph = build_requant(w, b)
-        gc.collect()
-        prof = cProfile.Profile()
-        prof.enable()
-        rewrite(graph, [rq_rule])
-        prof.disable()
-        s = io.StringIO()
-        pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(15)
-        log(f"cProfile of requant rewrite at {nodes} nodes (by tottime; profiler overhead inflates times):")
-        log(s.getvalue())
-        del graph, prof
 
-    # onnxscript
-    proto = build_onnx(w, b)
-    for r in range(repeat):
         t0 = time.perf_counter()
         model_ir = to_onnx_ir(proto)
         build_s = time.perf_counter() - t0
@@ -285,9 +273,22 @@ def measure(nodes: int, repeat: int, check_numerics: bool, profile: bool) -> tup
         log(f"  onnxscript {nodes:>7} nodes, repeat {r + 1}/{repeat}: rewrite {dt:.3f} s (convert {build_s:.2f} s)")
         if r == 0:
             errors += check_onnxscript(model_ir, blocks, count)
-            if check_numerics and reference is not None:
+            if reference is not None:
                 errors += check_onnxscript_numerics(model_ir, x_in, reference)
         del model_ir
+
+    if profile:
+        graph = build_requant(w, b)
+        gc.collect()
+        prof = cProfile.Profile()
+        prof.enable()
+        rewrite(graph, [rq_rule])
+        prof.disable()
+        out = io.StringIO()
+        pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(15)
+        log(f"cProfile of requant rewrite at {nodes} nodes (by tottime; profiler overhead inflates times):")
+        log(out.getvalue())
+        del graph, prof
     del proto
     gc.collect()
     return row, errors
@@ -343,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=None, help="node counts (even; default 1000 10000 100000)")
     ap.add_argument("--quick", action="store_true", help="sizes 1000 10000")
-    ap.add_argument("--repeat", type=int, default=None, help="runs per size (default 3 below 100k nodes, 1 from 100k)")
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved runs per size and system (default 3)")
     ap.add_argument("--profile", action="store_true", help="cProfile requant's rewrite at the largest size (stderr)")
     args = ap.parse_args(argv)
     sizes = args.sizes or ([1000, 10000] if args.quick else [1000, 10000, 100000])
@@ -354,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     rows, errors = [], []
     for n in sizes:
-        repeat = args.repeat if args.repeat is not None else (3 if n < 100000 else 1)
+        repeat = args.repeat
         log(f"size {n} nodes ({n // 2} blocks), {repeat} repeat(s)")
         row, errs = measure(n, repeat, check_numerics=(n == sizes[0]), profile=args.profile and n == sizes[-1])
         rows.append(row)
