@@ -444,10 +444,12 @@ class Graph:
 
         verify(self)
 
-    def to_text(self) -> str:
+    def to_text(self, *, elide_constants: bool = False) -> str:
+        """The parseable text form; `elide_constants` shortens big payloads to `...`
+        for reading (that text does not parse)."""
         from requant.ir.text import print_graph
 
-        return print_graph(self)
+        return print_graph(self, elide_constants=elide_constants)
 
     def to_networkx(self):
         """A `networkx.MultiDiGraph`: one vertex per node (attrs op, name) and per graph

@@ -85,8 +85,10 @@ _WORDS_THAT_ARE_NUMBERS = ("inf", "nan")
 # ======================================================================================
 # printing
 # ======================================================================================
-def print_graph(graph: Graph) -> str:
-    """The text form of `graph` (see the module docstring); ends with a newline."""
+def print_graph(graph: Graph, *, elide_constants: bool = False) -> str:
+    """The text form of `graph` (see the module docstring); ends with a newline. With
+    `elide_constants`, payloads too big to inline print as `...` (a summary for people:
+    the parser refuses it)."""
     params = ", ".join(f"{_value_ref(v)}: {format_type(v.type)}" for v in graph.inputs)
     outs = ", ".join(_value_ref(v) for v in graph.outputs)
     header = f"graph {_word(graph.name)}({params}) -> ({outs})"
@@ -97,7 +99,12 @@ def print_graph(graph: Graph) -> str:
     for v in graph.inputs:
         _value_meta_line(lines, v)
     for v in graph.constants:
-        payload = "?" if v.const is None else _format_payload(v.const, v.type.dtype)
+        if v.const is None:
+            payload = "?"
+        elif elide_constants and v.const.size > INLINE_LIMIT:
+            payload = "..."
+        else:
+            payload = _format_payload(v.const, v.type.dtype)
         lines.append(f"  const {_value_ref(v)}: {format_type(v.type)} = {payload}")
         _value_meta_line(lines, v)
     for node in graph:
