@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from requant.ir.ops import (  # noqa: F401
     activation,
+    attention,
     cast,
     conv,
     elementwise,
