@@ -1,0 +1,238 @@
+"""Running ONNX models in ONNX Runtime: `OnnxRuntimeSession` wraps an
+`onnxruntime.InferenceSession` with requant's thread and optimisation settings and a
+numpy-in, tuple-of-numpy-out call.
+
+Settings (`make_session_options`): intra-op threads = the physical cores this process may
+use, inter-op threads = 1 with sequential execution (the graphs requant emits are chains;
+a second pool only adds contention), every graph optimisation on (ORT_ENABLE_ALL), and
+warnings off unless asked (ORT logs routine initializer clean-ups as warnings).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from requant.errors import RequantError
+
+__all__ = ["OnnxRuntimeSession", "make_session_options", "physical_cores", "run_onnx"]
+
+logger = logging.getLogger(__name__)
+
+
+def physical_cores() -> int:
+    """Physical cores available to this process (hyper-threads share a core's FPUs, so
+    more threads than cores slows GEMM-heavy graphs down)."""
+    logical = _affinity_count()
+    physical = _physical_core_count()
+    if physical is None:
+        return logical
+    # affinity masks count logical CPUs; scale by threads per core
+    total_logical = os.cpu_count() or logical
+    per_core = max(1, total_logical // physical)
+    return max(1, min(physical, logical // per_core or 1))
+
+
+def _affinity_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _physical_core_count() -> int | None:
+    try:
+        import psutil  # type: ignore[import-not-found]
+
+        n = psutil.cpu_count(logical=False)
+        if n:
+            return int(n)
+    except ImportError:
+        pass
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    cores: set[tuple[str, str]] = set()
+    phys = core = None
+    for line in text.splitlines() + [""]:
+        if not line.strip():
+            if core is not None:
+                cores.add((phys or "0", core))
+            phys = core = None
+            continue
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "physical id":
+            phys = value.strip()
+        elif key == "core id":
+            core = value.strip()
+    return len(cores) or None
+
+
+def make_session_options(
+    *,
+    intra_op_threads: int | None = None,
+    inter_op_threads: int = 1,
+    log_severity: int = 3,
+) -> Any:
+    """requant's `onnxruntime.SessionOptions` (see the module docstring)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(intra_op_threads or physical_cores())
+    opts.inter_op_num_threads = int(inter_op_threads)
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = int(log_severity)
+    return opts
+
+
+class OnnxRuntimeSession:
+    """An ONNX Runtime session on a model given as a path, a ModelProto, its bytes or a
+    requant `Graph` (exported with `to_onnx`). Call it with numpy arrays by position
+    or by input name; it returns a tuple of numpy arrays, one per graph output."""
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        providers: Sequence[str] | None = None,
+        intra_op_threads: int | None = None,
+        inter_op_threads: int = 1,
+        log_severity: int = 3,
+        session_options: Any | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        self.options = session_options or make_session_options(
+            intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads, log_severity=log_severity
+        )
+        self.providers = list(providers or ["CPUExecutionProvider"])
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        source = self._source(model)
+        try:
+            self.session = ort.InferenceSession(source, sess_options=self.options, providers=self.providers)
+        except Exception as exc:
+            raise RequantError(f"ONNX Runtime cannot load the model: {exc}") from exc
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self._input_types = {i.name: i.type for i in self.session.get_inputs()}
+        io_types = list(self._input_types.values()) + [o.type for o in self.session.get_outputs()]
+        unsupported = sorted({t for t in io_types if t in _PACKED_TYPES})
+        if unsupported:
+            raise RequantError(
+                f"model inputs/outputs of type {', '.join(unsupported)} cannot be passed through ONNX Runtime's "
+                f"Python API; Cast them to a byte-sized type (i8, u8, f16, f32) inside the graph"
+            )
+        self._byte_io = any(t in _BYTE_TYPES for t in io_types)
+
+    def _source(self, model: Any) -> str | bytes:
+        from requant.backends.onnx.export import AUTO_EXTERNAL_DATA_BYTES, initializer_bytes, save_onnx, to_onnx
+        from requant.ir.graph import Graph
+
+        if isinstance(model, Graph):
+            model = to_onnx(model)
+        if isinstance(model, (str, os.PathLike)):
+            return str(model)
+        if isinstance(model, (bytes, bytearray)):
+            return bytes(model)
+        if initializer_bytes(model) > AUTO_EXTERNAL_DATA_BYTES:
+            # too large to serialize in one piece: hand ORT a file with external data
+            self._tmp = tempfile.TemporaryDirectory(prefix="requant_ort_")
+            path = Path(self._tmp.name) / "model.onnx"
+            save_onnx(model, path, external_data=True)
+            return str(path)
+        return model.SerializeToString()
+
+    def feeds(self, *args: Any, **kwargs: Any) -> dict[str, np.ndarray]:
+        """The input dict for `args` (positional, or one mapping) and `kwargs` (by name)."""
+        if len(args) == 1 and isinstance(args[0], Mapping) and not kwargs:
+            kwargs, args = dict(args[0]), ()
+        if len(args) > len(self.input_names):
+            raise RequantError(f"the model takes {len(self.input_names)} inputs, got {len(args)} positional")
+        feeds = dict(zip(self.input_names, args))
+        for key, value in kwargs.items():
+            if key not in self.input_names:
+                raise RequantError(f"the model has no input '{key}'; inputs: {', '.join(self.input_names)}")
+            if key in feeds:
+                raise RequantError(f"input '{key}' is given twice (by position and by name)")
+            feeds[key] = value
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise RequantError(f"missing model input(s): {', '.join(missing)}")
+        return {k: np.asarray(v) for k, v in feeds.items()}
+
+    def __call__(self, *args: Any, **kwargs: Any) -> tuple[np.ndarray, ...]:
+        feeds = self.feeds(*args, **kwargs)
+        try:
+            if not self._byte_io:
+                return tuple(self.session.run(self.output_names, feeds))
+            return self._run_with_ort_values(feeds)
+        except RequantError:
+            raise
+        except Exception as exc:
+            raise RequantError(f"ONNX Runtime failed running the model: {exc}") from exc
+
+    def _run_with_ort_values(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+        """ORT's numpy bridge has no bf16/fp8: pass those tensors as raw bytes."""
+        import onnxruntime as ort
+
+        values = {}
+        for name, arr in feeds.items():
+            kind = self._input_types[name]
+            if kind in _BYTE_TYPES:
+                code, np_type = _BYTE_TYPES[kind]
+                arr = np.ascontiguousarray(np.asarray(arr).astype(np_type))
+                bits = np.uint8 if arr.itemsize == 1 else np.uint16
+                values[name] = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(arr.view(bits), code)
+            else:
+                values[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr))
+        outs = self.session.run_with_ort_values(self.output_names, values)
+        return tuple(_to_numpy(v) for v in outs)
+
+    def run(self, inputs: Mapping[str, Any] | Sequence[Any]) -> list[np.ndarray]:
+        """Like `requant.ir.run`: inputs as a mapping or a sequence, outputs as a list."""
+        if isinstance(inputs, Mapping):
+            return list(self(**inputs))
+        return list(self(*inputs))
+
+    def __repr__(self) -> str:
+        return (f"<OnnxRuntimeSession inputs={self.input_names} outputs={self.output_names} "
+                f"threads={self.options.intra_op_num_threads}>")
+
+
+def _byte_types() -> dict[str, tuple[int, Any]]:
+    import ml_dtypes
+
+    return {
+        "tensor(bfloat16)": (16, ml_dtypes.bfloat16),
+        "tensor(float8e4m3fn)": (17, ml_dtypes.float8_e4m3fn),
+        "tensor(float8e5m2)": (19, ml_dtypes.float8_e5m2),
+    }
+
+
+_BYTE_TYPES = _byte_types()
+_PACKED_TYPES = {"tensor(int4)", "tensor(uint4)", "tensor(float4e2m1)"}
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    kind = value.data_type()
+    if kind not in _BYTE_TYPES:
+        return value.numpy()
+    import ctypes
+
+    _, np_type = _BYTE_TYPES[kind]
+    raw = ctypes.string_at(value.data_ptr(), value.tensor_size_in_bytes())
+    return np.frombuffer(raw, dtype=np_type).reshape(value.shape()).copy()
+
+
+def run_onnx(model: Any, inputs: Mapping[str, Any] | Sequence[Any], **session_kwargs: Any) -> list[np.ndarray]:
+    """One-shot: build a session on `model` and run it on `inputs`."""
+    return OnnxRuntimeSession(model, **session_kwargs).run(inputs)
