@@ -14,7 +14,9 @@ turns inputs back into the attributes those opsets had (`axes` of Reduce* before
 are decomposed into older ONNX ops. Where ONNX leaves semantics open and ONNX Runtime
 differs from requant, the emitter pins requant's (Cast float -> int saturates and
 truncates; BitShift on signed ints). requant's own ops lower to standard ONNX:
-ScaledDotProductAttention to Attention (opset 23+) or MatMul/Softmax before it.
+ScaledDotProductAttention to MatMul/Softmax at every opset: ONNX Runtime 1.32 has no
+CPU kernel for ONNX Attention-23 and expands its function body, which ran MiniLM 6%
+slower than the MatMul/Softmax form its fusions know (tools/bench/roundtrip.py).
 
 Whenever a node does not become one ONNX node of the same op, the exporter records the
 original node on the ONNX nodes it became (see `export.py`), so reading the file back
@@ -475,14 +477,6 @@ def _cast(ctx: EmitContext, node: Node, ins: list, outs: list) -> None:
     ctx.emit("Cast", [x], outs, to=dtype_to_onnx(dst), name=node.name or None)
 
 
-def _sdpa_native(ctx: EmitContext, node: Node, ins: list, outs: list) -> None:
-    """ONNX Attention (opset 23): same 4-D layout, GQA, bool/additive mask, top-left
-    causal mask when there is no KV cache, 1/sqrt(D) when scale is unset."""
-    scale = float(node.attrs.get("scale", 0.0))
-    ctx.emit("Attention", ins[:4], outs, name=node.name or None,
-             is_causal=int(node.attrs.get("is_causal", 0)), scale=scale if scale != 0.0 else None)
-
-
 def _sdpa_decomposed(ctx: EmitContext, node: Node, ins: list, outs: list) -> None:
     """softmax(Q K^T * scale + mask) V from MatMul/Softmax (opsets before 23); K/V heads
     repeated for grouped-query attention (needs static head counts); rows with every
@@ -546,7 +540,12 @@ def _sdpa_decomposed(ctx: EmitContext, node: Node, ins: list, outs: list) -> Non
     mask = ins[3] if len(ins) > 3 else None
     if mask is not None:
         if node.inputs[3].dtype == dtypes.bool_:
-            (scores,) = ctx.emit("Where", [mask, scores, neg_inf], name=n("mask"))
+            # The bool mask becomes an additive one on its own (small, broadcast) shape:
+            # ORT's broadcasting Add over the scores is faster than a broadcasting Where,
+            # and scores + 0 / scores + -inf give exactly what selecting would.
+            zero = _scalar(ctx, 0.0, dt, "sdpa_zero_f")
+            (bias,) = ctx.emit("Where", [mask, zero, neg_inf], name=n("mask_bias"))
+            (scores,) = ctx.emit("Add", [scores, bias], name=n("mask"))
         else:
             (scores,) = ctx.emit("Add", [scores, mask], name=n("bias"))
     (probs,) = ctx.emit("Softmax", [scores], axis=-1, name=n("softmax"))
@@ -609,7 +608,7 @@ LOWERINGS.update({
     "Constant": _constant,
     "Cast": _cast,
     "Shape": _shape,
-    "ScaledDotProductAttention": _native_or(23, _sdpa_decomposed, _sdpa_native),
+    "ScaledDotProductAttention": _sdpa_decomposed,
     "Gelu": _native_or(20, _gelu_decomposed),
     "Swish": _native_or(24, _swish_decomposed),
     "RMSNormalization": _native_or(23, _rms_norm_decomposed),
