@@ -5,6 +5,7 @@ per transformation family. Importing this package registers every pass it ships,
 from __future__ import annotations
 
 from requant.passes import cleanup
+from requant.passes import canonicalize  # noqa: F401  (registers the canonicalize passes)
 from requant.passes.cleanup import (
     common_subexpression_elimination,
     constant_folding,

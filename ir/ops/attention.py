@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from requant.errors import ShapeInferenceError
 from requant.ir import dtypes
 from requant.ir.ops._common import attr_float, attr_int, check_input, compute_dtype, opt
 from requant.ir.registry import InferContext, define_op
@@ -86,7 +87,10 @@ def _infer_sdpa(ctx: InferContext) -> list[TensorType]:
         if mask.rank > 4:
             raise ctx.fail(f"mask {mask} has more than 4 dims")
         full = (b, h, s, t_len)
-        out = broadcast_shapes([full, mask.shape], _OP)
+        try:
+            out = broadcast_shapes([full, mask.shape], _OP)
+        except ShapeInferenceError:
+            raise ctx.fail(f"mask {mask} does not broadcast to [B, H, S, T] = {full}") from None
         for got, want in zip(out, full):
             if isinstance(got, int) and isinstance(want, int) and got != want:
                 raise ctx.fail(f"mask {mask} does not broadcast to [B, H, S, T] = {full}")

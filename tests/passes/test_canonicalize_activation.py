@@ -1,0 +1,160 @@
+"""canonicalize_activation: decomposed GELU (erf and tanh forms) and softmax -> Gelu and
+Softmax. Each case checks (a) changed flag and rule counts, (b) the structure and
+attributes, (c) the interpreter's outputs before vs after, (d) near misses (a wrong
+constant, a different operand, an escaping inner value) left alone.
+
+Tolerance: ACT_RTOL/ACT_ATOL for float32: the fused kernels evaluate the same formula
+in float32 with the constants in another order (x * 0.7071 vs x / 1.4142, 0.5 applied
+first or last), a few ulps apart; a wrong constant or form is off by 1e-3 or more.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from requant.ir.rewrite import explain
+from requant.passes.canonical_activation import GELU_ERF
+
+from canonical_testing import (
+    assert_same_outputs,
+    build_graph,
+    only_node,
+    ops,
+    outputs_before_after,
+    rule_counts,
+)
+
+PASS = "canonicalize_activation"
+F32 = "float32"
+ACT_RTOL, ACT_ATOL = 1e-5, 1e-6
+
+
+def f32(v: float):
+    return np.float32(v)
+
+
+def product(b, x, p, form: str):
+    """x * 0.5 * p in the grouping and operand order each exporter writes."""
+    half = b.const(f32(0.5))
+    if form == "x*(half*P)":  # the ONNX exporter: Mul(x, Mul(0.5, P))
+        return b.Mul(x, b.Mul(half, p))
+    if form == "(x*P)*half":  # the TorchScript exporter: Mul(Mul(x, P), 0.5)
+        return b.Mul(b.Mul(x, p), half)
+    if form == "(x*half)*P":  # GPT-2 through torch.export: Mul(Mul(x, 0.5), P), here swapped
+        return b.Mul(p, b.Mul(half, x))
+    return b.Mul(b.Div(x, b.const(f32(2))), p)  # (x / 2) * P
+
+
+PRODUCTS = ["x*(half*P)", "(x*P)*half", "(x*half)*P", "(x/2)*P"]
+
+
+def gelu_erf(b, x, arg="div_sqrt2", form="x*(half*P)", sqrt2=math.sqrt(2), y=None):
+    z = b.Div(x, b.const(f32(sqrt2))) if arg == "div_sqrt2" else b.Mul(b.const(f32(1 / sqrt2)), x)
+    p = b.Add(b.const(f32(1)), b.Erf(z))
+    return product(b, y if y is not None else x, p, form)
+
+
+@pytest.mark.parametrize("arg", ["div_sqrt2", "mul_rsqrt2"])
+@pytest.mark.parametrize("form", PRODUCTS)
+def test_gelu_erf_spellings_fuse(arg: str, form: str) -> None:
+    g = build_graph({"x": (F32, [4, 16])}, lambda b, x: gelu_erf(b, x, arg, form))
+    result, pairs = outputs_before_after(PASS, g)
+    assert result.changed and rule_counts(result.stats) == {f"gelu_erf[{arg},{form}]": 1}
+    gelu = only_node(g, "Gelu")
+    assert ops(g) == ["Gelu"] and gelu.attrs["approximate"] == "none" and gelu.inputs[0] is g.inputs[0]
+    assert_same_outputs(pairs, ACT_RTOL, ACT_ATOL)
+
+
+def test_gelu_erf_with_a_wrong_constant_is_left_alone() -> None:
+    g = build_graph({"x": (F32, [8])}, lambda b, x: gelu_erf(b, x, sqrt2=1.5))
+    result, _ = outputs_before_after(PASS, g)
+    assert not result.changed and "Gelu" not in ops(g)
+    why = explain(GELU_ERF[0], g.nodes[-1])  # gelu_erf[div_sqrt2,x*(half*P)]
+    assert "the erf argument is not x / sqrt(2)" in why
+
+
+def test_gelu_erf_of_another_value_is_left_alone() -> None:
+    g = build_graph({"x": (F32, [8]), "y": (F32, [8])}, lambda b, x, y: gelu_erf(b, x, y=y))
+    result, _ = outputs_before_after(PASS, g)
+    assert not result.changed
+
+
+def test_gelu_erf_whose_inner_value_escapes_is_left_alone() -> None:
+    def body(b, x):
+        z = b.Div(x, b.const(f32(math.sqrt(2))))
+        e = b.Erf(z)
+        return b.Mul(x, b.Mul(b.const(f32(0.5)), b.Add(e, b.const(f32(1))))), e
+
+    g = build_graph({"x": (F32, [8])}, body)
+    result, _ = outputs_before_after(PASS, g)
+    assert not result.changed
+
+
+def gelu_tanh(b, x, inner="pow3", form="(x*half)*P", k=math.sqrt(2 / math.pi), c=0.044715):
+    if inner == "fast":  # sqrt(2/pi) * x * (1 + 0.044715 * x * x)
+        t = b.Mul(b.Mul(x, b.const(f32(k))), b.Add(b.const(f32(1)), b.Mul(b.const(f32(c)), b.Mul(x, x))))
+    else:
+        cube = b.Pow(x, b.const(f32(3))) if inner == "pow3" else b.Mul(b.Mul(x, x), x)
+        t = b.Mul(b.Add(x, b.Mul(cube, b.const(f32(c)))), b.const(f32(k)))
+    return product(b, x, b.Add(b.Tanh(t), b.const(f32(1))), form)
+
+
+@pytest.mark.parametrize("inner", ["pow3", "mul_cube", "fast"])
+@pytest.mark.parametrize("form", ["(x*half)*P", "x*(half*P)"])
+def test_gelu_tanh_spellings_fuse(inner: str, form: str) -> None:
+    g = build_graph({"x": (F32, [4, 16])}, lambda b, x: gelu_tanh(b, x, inner, form))
+    result, pairs = outputs_before_after(PASS, g)
+    assert rule_counts(result.stats) == {f"gelu_tanh[{inner},{form}]": 1}
+    assert ops(g) == ["Gelu"] and only_node(g, "Gelu").attrs["approximate"] == "tanh"
+    assert_same_outputs(pairs, ACT_RTOL, ACT_ATOL)
+
+
+@pytest.mark.parametrize("k,c", [(0.8, 0.044715), (math.sqrt(2 / math.pi), 0.05)])
+def test_gelu_tanh_with_a_wrong_constant_is_left_alone(k: float, c: float) -> None:
+    g = build_graph({"x": (F32, [8])}, lambda b, x: gelu_tanh(b, x, k=k, c=c))
+    result, _ = outputs_before_after(PASS, g)
+    assert not result.changed and "Gelu" not in ops(g)
+
+
+# -- softmax ----------------------------------------------------------------------------------
+
+
+def decomposed_softmax(b, x, axis=-1, sum_axis=None, reciprocal=False, extra=False):
+    e = b.Exp(b.Sub(x, b.ReduceMax(x, b.const(np.array([axis], np.int64)), keepdims=1)))
+    total = b.ReduceSum(e, b.const(np.array([axis if sum_axis is None else sum_axis], np.int64)), keepdims=1)
+    y = b.Mul(b.Reciprocal(total), e) if reciprocal else b.Div(e, total)
+    return (y, e) if extra else y
+
+
+@pytest.mark.parametrize("reciprocal", [False, True])
+@pytest.mark.parametrize("axis,want", [(-1, -1), (1, -2), (0, -3)])
+def test_softmax_fuses_with_a_negative_axis(reciprocal: bool, axis: int, want: int) -> None:
+    g = build_graph({"x": (F32, [2, 3, 5])}, lambda b, x: decomposed_softmax(b, x, axis, reciprocal=reciprocal))
+    result, pairs = outputs_before_after(PASS, g)
+    tag = "mul_recip_sum" if reciprocal else "div_sum"
+    assert rule_counts(result.stats) == {f"softmax[{tag}]": 1}
+    assert ops(g) == ["Softmax"] and only_node(g, "Softmax").attrs["axis"] == want
+    assert_same_outputs(pairs, ACT_RTOL, ACT_ATOL)
+
+
+def test_softmax_with_max_and_sum_over_different_axes_is_left_alone() -> None:
+    g = build_graph({"x": (F32, [2, 3, 5])}, lambda b, x: decomposed_softmax(b, x, -1, sum_axis=1))
+    result, _ = outputs_before_after(PASS, g)
+    assert not result.changed and "Softmax" not in ops(g)
+
+
+def test_softmax_whose_exponentials_escape_is_left_alone() -> None:
+    g = build_graph({"x": (F32, [2, 5])}, lambda b, x: decomposed_softmax(b, x, extra=True))
+    result, _ = outputs_before_after(PASS, g)
+    assert not result.changed
+
+
+def test_softmax_axis_is_spelled_negative() -> None:
+    g = build_graph({"x": (F32, [2, 5])}, lambda b, x: b.Relu(b.Softmax(x, axis=1)))
+    result, pairs = outputs_before_after(PASS, g)
+    assert rule_counts(result.stats) == {"softmax_negative_axis": 1}
+    assert only_node(g, "Softmax").attrs["axis"] == -1
+    assert_same_outputs(pairs)  # the same kernel on the same axis: bit for bit
