@@ -115,6 +115,9 @@ def _ort_type(t: Any) -> str:
     return f"tensor({TensorProto.DataType.Name(dtype_to_onnx(t.dtype)).lower()})"
 
 
+_ORT_NO_END = 2**31 - 1
+
+
 def ort_supports(op_type: str, opset: int, domain: str = "", node: Any | None = None,
                  types: dict[str, Any] | None = None) -> bool | None:
     """Whether ONNX Runtime's CPU provider has a kernel for `op_type` as of `opset` (the
@@ -133,7 +136,11 @@ def ort_supports(op_type: str, opset: int, domain: str = "", node: Any | None = 
         schema = onnx_schema(op_type, opset)
         if schema is None:
             return False
-        candidates = [k for k in candidates if k.lo <= schema.since_version <= k.hi]
+        # ORT registers its newest kernel of an op "from version N, no end", but uses it
+        # for op version N only: a later op version (QuantizeLinear-28 over a kernel
+        # registered from 25) finds no kernel at load time.
+        v = schema.since_version
+        candidates = [k for k in candidates if k.lo == v or (k.lo <= v <= k.hi and k.hi != _ORT_NO_END)]
     if not candidates:
         return False
     if node is None or types is None or schema is None:

@@ -27,6 +27,7 @@ from requant.ir.ops import (  # noqa: F401
     misc,
     normalization,
     pooling,
+    quant,
     reduce,
     shape_ops,
     unary,

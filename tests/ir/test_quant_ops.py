@@ -1,0 +1,571 @@
+"""Quantization ops (requant.ir.ops.quant) against an oracle on one-node models:
+
+- ONNX's reference implementation (`onnx.reference.ReferenceEvaluator`) for the standard
+  ops: QuantizeLinear / DequantizeLinear (int8/uint8, int4/uint4, fp8, fp4, per tensor,
+  per axis, blocked), DynamicQuantizeLinear, MatMulInteger, QLinearMatMul; exact.
+- ONNX Runtime for the com.microsoft ops (MatMulIntegerToFloat, DynamicQuantizeMatMul,
+  MatMulNBits), and for the standard ops where ONNX's reference computes differently
+  from the kernels ORT runs (QLinearMatMul requantizes in float32 in ORT, float64 in the
+  reference; f16 QuantizeLinear divides in float32 in ORT). Integer outputs exactly;
+  float outputs within FLOAT_TOL (|a - b| <= FLOAT_TOL * max(1, max|ref|)), which only
+  covers ORT's different float32 summation order in MatMulNBits; the others agree
+  bit for bit and are checked exactly.
+
+Each case also checks the inferred output types against the arrays the kernel gives
+(dtype exactly, static dims equal, symbols bound consistently). Error cases check that
+bad input raises ShapeInferenceError naming the op. FakeQuantize has no ONNX oracle:
+it is checked against `requant.ir.quant_formats` here and against ONNX Runtime through
+its lowering in tests/backends/test_onnx_quant_ops.py.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from requant.errors import RequantError, ShapeInferenceError
+from requant.ir import Builder, Graph, dtypes, run, tensor_type
+from requant.ir import quant_formats as qf
+from requant.ir.ops.quant import dynamic_qparams_u8, pack_low_first, unpack_low_first
+from requant.ir.registry import all_schemas
+
+FLOAT_TOL = 1e-5
+OPSET = 23
+
+ONNX_DTYPE = {
+    "f32": TensorProto.FLOAT, "f16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16,
+    "i64": TensorProto.INT64, "i32": TensorProto.INT32, "i16": TensorProto.INT16, "i8": TensorProto.INT8,
+    "u16": TensorProto.UINT16, "u8": TensorProto.UINT8, "i4": TensorProto.INT4, "u4": TensorProto.UINT4,
+    "fp8_e4m3": TensorProto.FLOAT8E4M3FN, "fp8_e5m2": TensorProto.FLOAT8E5M2, "fp4_e2m1": TensorProto.FLOAT4E2M1,
+}
+_ML_STORAGE = {"i4": ml_dtypes.int4, "u4": ml_dtypes.uint4}
+_DTYPE_ATTRS = {"output_dtype"}
+_RNG = np.random.default_rng(20250101)
+UNKNOWN_RANK = "unknown rank"
+
+
+@dataclass
+class In:
+    value: np.ndarray
+    const: bool = False
+    dtype: str | None = None
+    shape: tuple | str | None = None
+
+    @property
+    def dt(self) -> str:
+        return self.dtype or dtypes.from_numpy(self.value.dtype).short
+
+
+@dataclass
+class Case:
+    op: str
+    inputs: list[In | None]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    n_out: int | None = None
+    oracle: str = "reference"  # or "ort", or "none" (types only)
+    expect: tuple | None = None
+    label: str = ""
+    opset: int = OPSET
+
+    def __str__(self) -> str:
+        return f"{self.op}{'-' + self.label if self.label else ''}"
+
+
+def I(value: Any, dtype: str | None = None, shape: tuple | str | None = None) -> In:  # noqa: E743
+    return In(np.asarray(value), False, dtype, shape)
+
+
+def C(value: Any, dtype: str | None = None) -> In:
+    return In(np.asarray(value), True, dtype)
+
+
+def f32(*shape: int, lo: float = -3.0, hi: float = 3.0) -> np.ndarray:
+    return _RNG.uniform(lo, hi, size=shape).astype(np.float32)
+
+
+def ints(*shape: int, dt: str = "u8", lo: int | None = None, hi: int | None = None) -> np.ndarray:
+    d = dtypes.dtype(dt)
+    a, b = d.int_range
+    return _RNG.integers(a if lo is None else lo, (b if hi is None else hi) + 1, size=shape).astype(d.np)
+
+
+# ----------------------------------------------------------------------------- harness
+
+
+def build(case: Case) -> tuple[Graph, list]:
+    g = Graph("case")
+    b = Builder(g)
+    values = []
+    for i, x in enumerate(case.inputs):
+        if x is None:
+            values.append(None)
+        elif x.const:
+            values.append(b.const(x.value, name=f"c{i}", dtype=dtypes.dtype(x.dt)))
+        else:
+            shape = None if x.shape == UNKNOWN_RANK else x.shape if x.shape is not None else x.value.shape
+            values.append(b.input(f"x{i}", tensor_type(x.dt, shape)))
+    node = b.node(case.op, *values, _outputs=case.n_out, **case.attrs)
+    g.outputs = list(node.outputs)
+    return g, list(node.outputs)
+
+
+def feeds(case: Case) -> dict[str, np.ndarray]:
+    return {f"x{i}": x.value for i, x in enumerate(case.inputs) if x is not None and not x.const}
+
+
+def run_onnx(case: Case, out_types: list) -> list[np.ndarray]:
+    names, inits, graph_inputs, feed = [], [], [], {}
+    for i, x in enumerate(case.inputs):
+        if x is None:
+            names.append("")
+            continue
+        name = f"x{i}"
+        names.append(name)
+        arr = x.value.astype(_ML_STORAGE[x.dt]) if x.dt in _ML_STORAGE else x.value
+        if x.const:
+            inits.append(numpy_helper.from_array(arr, name))
+        else:
+            graph_inputs.append(helper.make_tensor_value_info(name, ONNX_DTYPE[x.dt], list(arr.shape)))
+            feed[name] = arr
+    while names and names[-1] == "":
+        names.pop()
+    outs = [f"y{j}" for j in range(len(out_types))]
+    attrs = {k: (ONNX_DTYPE[dtypes.dtype(v).short] if k in _DTYPE_ATTRS else v)
+             for k, v in case.attrs.items() if v is not None}
+    schema = all_schemas()[case.op]
+    node = helper.make_node(case.op, names, outs, domain=schema.domain or None, **attrs)
+    graph = helper.make_graph(
+        [node], "case", graph_inputs,
+        [helper.make_tensor_value_info(o, ONNX_DTYPE[t.dtype.short], None) for o, t in zip(outs, out_types)],
+        initializer=inits,
+    )
+    opsets = [helper.make_opsetid("", case.opset)]
+    if schema.domain:
+        opsets.append(helper.make_opsetid(schema.domain, 1))
+    model = helper.make_model(graph, opset_imports=opsets)
+    if case.oracle == "ort":
+        import onnxruntime
+
+        model.ir_version = min(model.ir_version, 10)
+        session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return list(session.run(None, feed))
+    return list(ReferenceEvaluator(model).run(None, feed))
+
+
+def check_type(t, arr: np.ndarray, bindings: dict[str, int], where: str) -> None:
+    assert arr.dtype == t.dtype.np, f"{where}: kernel gave {arr.dtype}, type says {t.dtype}"
+    if t.shape is None:
+        return
+    assert len(t.shape) == arr.ndim, f"{where}: inferred {t}, got shape {arr.shape}"
+    for d, n in zip(t.shape, arr.shape):
+        if isinstance(d, int):
+            assert d == n, f"{where}: inferred {t}, got shape {arr.shape}"
+        elif isinstance(d, str):
+            assert bindings.setdefault(d, n) == n, f"{where}: symbol {d} is {bindings[d]} and {n}"
+
+
+def compare(got: np.ndarray, want: np.ndarray, dt: str, exact_float: bool, where: str) -> None:
+    want = np.asarray(want)
+    assert got.shape == want.shape, f"{where}: shape {got.shape}, oracle gives {want.shape}"
+    if dt in _ML_STORAGE or dt.startswith("fp8") or dt == "fp4_e2m1":
+        a, w = got.astype(np.float64), want.astype(np.float64)
+        np.testing.assert_array_equal(a, w, err_msg=where)
+        np.testing.assert_array_equal(np.signbit(a), np.signbit(w), err_msg=where)
+    elif got.dtype.kind == "f":
+        a, w = got.astype(np.float64), want.astype(np.float64)
+        if exact_float:
+            np.testing.assert_array_equal(a, w, err_msg=where)
+        else:
+            assert np.array_equal(np.isnan(a), np.isnan(w)), where
+            tol = FLOAT_TOL * max(1.0, float(np.nanmax(np.abs(w), initial=0)))
+            assert float(np.nanmax(np.abs(a - w), initial=0)) <= tol, f"{where}: beyond {tol}"
+    else:
+        np.testing.assert_array_equal(got, want.astype(got.dtype), err_msg=where)
+
+
+def check_case(case: Case) -> list[np.ndarray]:
+    g, outs = build(case)
+    g.verify()
+    types = [o.type for o in outs]
+    got = run(g, feeds(case))
+    bindings: dict[str, int] = {}
+    for x in case.inputs:
+        if x is not None and not x.const and isinstance(x.shape, tuple):
+            for d, n in zip(x.shape, x.value.shape):
+                if isinstance(d, str):
+                    bindings[d] = n
+    for j, (t, arr) in enumerate(zip(types, got)):
+        check_type(t, arr, bindings, f"{case} output {j}")
+    if case.expect is not None:
+        assert types[0].shape == tuple(case.expect), f"{case}: inferred {types[0]}, expected {case.expect}"
+    if case.oracle != "none":
+        want = run_onnx(case, types)
+        exact = case.op != "MatMulNBits"
+        for j, (a, w) in enumerate(zip(got, want)):
+            compare(a, w, types[j].dtype.short, exact, f"{case} output {j} vs {case.oracle}")
+    return got
+
+
+# ----------------------------------------------------------------------------- cases
+
+CASES: list[Case] = []
+
+
+def case(*args: Any, **kw: Any) -> None:
+    CASES.append(Case(*args, **kw))
+
+
+def ties(*shape: int) -> np.ndarray:
+    """Multiples of 1/8 in [-20, 20]: divided by 0.25 many land exactly on .5."""
+    return (_RNG.integers(-160, 161, size=shape) / 8).astype(np.float32)
+
+
+# QuantizeLinear
+case("QuantizeLinear", [I(ties(3, 8)), C(np.float32(0.25)), C(np.uint8(100))], label="u8_ties")
+case("QuantizeLinear", [I(f32(3, 8, lo=-80, hi=80)), C(np.float32(0.3)), C(np.int8(-5))], label="i8_saturate")
+case("QuantizeLinear", [I(f32(4, 5)), C(np.float32(0.02))], label="default_u8")
+case("QuantizeLinear", [I(ties(4, 5)), C(np.float32(0.25))], {"output_dtype": "i8"}, label="output_dtype")
+case("QuantizeLinear", [I(f32(4, 6)), C(f32(4, lo=0.01, hi=0.1)), C(ints(4, dt="i8"))], {"axis": 0}, label="per_axis0")
+case("QuantizeLinear", [I(f32(2, 3, 6)), C(f32(6, lo=0.01, hi=0.1)), C(ints(6, dt="u8"))], {"axis": -1}, label="per_axis_neg")
+case("QuantizeLinear", [I(f32(2, 3, 4), shape=("B", 3, 4)), C(f32(3, lo=0.01, hi=0.1)), C(ints(3, dt="i8"))],
+     {"axis": 1}, expect=("B", 3, 4), label="sym")
+case("QuantizeLinear", [I(ties(4, 6)), C(f32(4, lo=0.1, hi=2)), C(ints(4, dt="i8", lo=-8, hi=7), "i4")], {"axis": 0},
+     label="i4_axis")
+case("QuantizeLinear", [I(ties(4, 6)), C(np.float32(0.5)), C(np.uint8(3), "u4")], label="u4")
+case("QuantizeLinear", [I(ties(6, 4)), C(f32(2, 4, lo=0.2, hi=2)), C(ints(2, 4, dt="i8", lo=-8, hi=7), "i4")],
+     {"axis": 0, "block_size": 3}, label="i4_blocked")
+case("QuantizeLinear", [I(f32(5, 8)), C(f32(5, 3, lo=0.2, hi=2)), C(ints(5, 3, dt="u8", lo=0, hi=15), "u4")],
+     {"axis": 1, "block_size": 3}, label="u4_blocked_partial")
+case("QuantizeLinear", [I(f32(4, 8, lo=-600, hi=600)), C(np.float32(1.0))], {"output_dtype": "fp8_e4m3"}, label="fp8_e4m3")
+case("QuantizeLinear", [I(f32(4, 8, lo=-600, hi=600)), C(np.float32(0.5)), C(np.zeros((), ml_dtypes.float8_e4m3fn))],
+     {"saturate": 0}, label="fp8_e4m3_no_saturate")
+case("QuantizeLinear", [I(f32(4, 8, lo=-1e5, hi=1e5)), C(f32(8, lo=0.5, hi=2)), C(np.zeros(8, ml_dtypes.float8_e5m2))],
+     label="fp8_e5m2_axis")
+case("QuantizeLinear", [I(f32(4, 8, lo=-10, hi=10)), C(np.float32(0.5))], {"output_dtype": "fp4_e2m1"}, label="fp4")
+case("QuantizeLinear", [I(f32(3, 5).astype(np.float16)), C(np.float16(0.07)), C(np.uint8(9))],
+     oracle="ort", opset=21, label="f16_divides_in_f32")
+
+# DequantizeLinear
+case("DequantizeLinear", [I(ints(3, 8)), C(np.float32(0.05)), C(np.uint8(128))], label="u8")
+case("DequantizeLinear", [I(ints(3, 8, dt="i8")), C(f32(8, lo=0.01, hi=0.1)), C(ints(8, dt="i8"))], label="i8_axis")
+case("DequantizeLinear", [I(ints(3, 8, dt="i32", lo=-10**6, hi=10**6)), C(np.float32(0.001))], label="i32")
+case("DequantizeLinear", [I(ints(6, 4, dt="i8", lo=-8, hi=7), "i4"), C(f32(2, 4, lo=0.1, hi=1)),
+                          C(ints(2, 4, dt="i8", lo=-8, hi=7), "i4")], {"axis": 0, "block_size": 3}, label="i4_blocked")
+case("DequantizeLinear", [I(ints(4, 6, dt="u8", lo=0, hi=15), "u4"), C(f32(6, lo=0.1, hi=1)),
+                          C(ints(6, dt="u8", lo=0, hi=15), "u4")], label="u4_axis")
+case("DequantizeLinear", [I(qf.from_bits(np.arange(256).reshape(16, 16), dtypes.fp8_e4m3)), C(np.float32(0.5))],
+     label="fp8_e4m3_every_code")
+case("DequantizeLinear", [I(qf.from_bits(np.arange(256).reshape(16, 16), dtypes.fp8_e5m2)), C(f32(16, lo=0.5, hi=2))],
+     label="fp8_e5m2_every_code")
+case("DequantizeLinear", [I(qf.from_bits(np.arange(16).reshape(2, 8), dtypes.fp4_e2m1)), C(np.float32(0.75))],
+     label="fp4_every_code")
+case("DequantizeLinear", [I(ints(3, 4)), C(np.float16(0.01)), C(np.uint8(3))], label="f16_scale")
+case("DequantizeLinear", [I(ints(2, 3, 4), shape=("N", 3, 4)), C(np.float32(0.1))], expect=("N", 3, 4), label="sym")
+
+# DynamicQuantizeLinear
+case("DynamicQuantizeLinear", [I(f32(4, 9))], n_out=3)
+case("DynamicQuantizeLinear", [I(f32(4, 9, lo=0.5, hi=3))], n_out=3, label="positive")
+case("DynamicQuantizeLinear", [I(f32(4, 9, lo=-3, hi=-0.5))], n_out=3, label="negative")
+# all zeros: the spec's formula gives scale 0; ORT gives 1, ONNX's reference 1/255 (it
+# divides the 1 by 255 too): requant follows ORT
+case("DynamicQuantizeLinear", [I(np.zeros((2, 3), np.float32))], n_out=3, oracle="ort", opset=21, label="zeros")
+case("DynamicQuantizeLinear", [I(ties(3, 7), shape=("B", 7))], n_out=3, expect=("B", 7), label="sym")
+
+# MatMulInteger
+case("MatMulInteger", [I(ints(3, 5)), I(ints(5, 4))], label="u8u8")
+case("MatMulInteger", [I(ints(3, 5)), I(ints(5, 4, dt="i8")), C(np.uint8(128)), C(np.int8(-3))], label="u8i8_zp")
+case("MatMulInteger", [I(ints(2, 3, 5, dt="i8")), I(ints(5, 4, dt="i8")), C(np.int8(4))], label="i8_batched")
+case("MatMulInteger", [I(ints(3, 5)), I(ints(5, 4, dt="i8")), None, C(ints(4, dt="i8"))], label="b_zp_per_column")
+case("MatMulInteger", [I(ints(5)), I(ints(2, 5, 4))], label="vector_a")
+case("MatMulInteger", [I(ints(2, 3, 5), shape=("B", "S", 5)), I(ints(5, 4, dt="i8"))], expect=("B", "S", 4), label="sym")
+
+# QLinearMatMul (reference requantizes in float64, ORT in float32: both checked)
+_QL = [I(ints(2, 3, 6)), C(np.float32(0.02)), C(np.uint8(128)), C(ints(6, 5, dt="i8")), C(np.float32(0.004)),
+       C(np.int8(0)), C(np.float32(0.03)), C(np.uint8(120))]
+case("QLinearMatMul", _QL, label="u8_i8")
+case("QLinearMatMul", _QL, oracle="ort", label="u8_i8_ort")
+_QL2 = [I(ints(4, 6, dt="i8")), C(np.float32(0.05)), C(np.int8(2)), I(ints(6, 3, dt="i8")),
+        C(f32(3, lo=0.001, hi=0.01)), C(np.zeros(3, np.int8)), C(np.float32(0.2)), C(np.int8(-7))]
+case("QLinearMatMul", _QL2, oracle="ort", label="i8_per_column_ort")
+case("QLinearMatMul", [I(ints(3, 6), shape=("M", 6))] + _QL[1:], expect=("M", 5), oracle="none", label="sym")
+
+# contrib ops (oracle: ONNX Runtime)
+_B = ints(16, 5, dt="i8")
+case("MatMulIntegerToFloat", [I(ints(2, 3, 16)), C(_B), C(np.float32(0.02)), C(np.float32(0.003))], oracle="ort")
+case("MatMulIntegerToFloat", [I(ints(3, 16)), C(_B), C(np.float32(0.02)), C(f32(5, lo=0.001, hi=0.01)),
+                              C(np.uint8(128)), C(ints(5, dt="i8", lo=-3, hi=3)), C(f32(5))], oracle="ort",
+     label="per_column_bias")
+case("MatMulIntegerToFloat", [I(ints(3, 16, dt="i8")), C(_B), C(np.float32(0.02)), C(np.float32(0.003)),
+                              C(np.int8(1)), C(np.int8(-2))], oracle="ort", label="i8i8")
+case("MatMulIntegerToFloat", [I(ints(2, 3, 16), shape=("B", "S", 16)), C(_B), C(np.float32(0.02)),
+                              C(np.float32(0.003))], expect=("B", "S", 5), oracle="ort", label="sym")
+case("DynamicQuantizeMatMul", [I(f32(2, 3, 16)), C(_B), C(np.float32(0.004))], oracle="ort")
+case("DynamicQuantizeMatMul", [I(f32(3, 16)), C(ints(16, 5)), C(f32(5, lo=0.001, hi=0.01)),
+                               C(ints(5, lo=100, hi=140)), C(f32(5))], oracle="ort", label="u8_per_column_bias")
+case("DynamicQuantizeMatMul", [I(f32(2, 3, 16), shape=("B", "S", 16)), C(_B), C(np.float32(0.004)), C(np.int8(3))],
+     expect=("B", "S", 5), oracle="ort", label="sym")
+
+
+def _nbits(n: int, k: int, block: int, bits: int, zp: str | None, lead: tuple = (3,), bias: bool = False,
+           label: str = "", sym: tuple | None = None) -> None:
+    k_blocks = -(-k // block)
+    codes = ints(n, k_blocks * block, lo=0, hi=(1 << bits) - 1)
+    packed = pack_low_first(codes, bits).reshape(n, k_blocks, block * bits // 8)
+    ins = [I(f32(*lead, k), shape=sym), C(packed), C(f32(n, k_blocks, lo=0.01, hi=0.1))]
+    if zp == "packed":
+        ins.append(C(pack_low_first(ints(n, k_blocks, lo=0, hi=(1 << bits) - 1), bits)))
+    elif zp == "float":
+        ins.append(C(f32(n, k_blocks, lo=0, hi=(1 << bits) - 1)))
+    elif bias:
+        ins.append(None)
+    if bias:
+        ins += [None, C(f32(n))]
+    case("MatMulNBits", ins, {"K": k, "N": n, "bits": bits, "block_size": block}, oracle="ort", label=label,
+         expect=None if sym is None else tuple(sym[:-1]) + (n,))
+
+
+_nbits(6, 64, 32, 4, None, label="4bit_default_zp")
+_nbits(6, 40, 16, 4, "packed", lead=(2, 3), bias=True, label="4bit_partial_block_zp_bias")
+_nbits(5, 48, 16, 4, "float", label="4bit_float_zp")
+_nbits(4, 32, 16, 8, "packed", label="8bit")
+_nbits(4, 64, 32, 2, "packed", label="2bit")
+_nbits(3, 32, 16, 4, None, lead=(2, 5), sym=("B", "S", 32), label="sym")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c}#{i}" for i, c in enumerate(CASES)])
+def test_against_oracle(case: Case) -> None:
+    check_case(case)
+
+
+@pytest.mark.parametrize("unknown", ["dims", "rank"])
+@pytest.mark.parametrize("case", CASES, ids=[f"{c}#{i}" for i, c in enumerate(CASES)])
+def test_inference_with_unknown_shapes(case: Case, unknown: str) -> None:
+    blurred = [
+        x if x is None or x.const else In(x.value, False, x.dtype, UNKNOWN_RANK if unknown == "rank" else (None,) * x.value.ndim)
+        for x in case.inputs
+    ]
+    c = Case(case.op, blurred, case.attrs, n_out=case.n_out)
+    g, outs = build(c)
+    g.verify()
+    got = run(g, feeds(c))
+    for j, (o, arr) in enumerate(zip(outs, got)):
+        check_type(o.type, arr, {}, f"{c} output {j}")
+
+
+def test_every_quant_op_is_tested() -> None:
+    ours = {n for n, s in all_schemas().items() if s.kernel.__module__ == "requant.ir.ops.quant"}
+    tested = {c.op for c in CASES} | {"FakeQuantize"}  # FakeQuantize: tests below + backend tests
+    assert not ours - tested, f"quantization ops without an oracle comparison: {sorted(ours - tested)}"
+
+
+# ----------------------------------------------------------------------------- semantics the oracles leave open
+
+
+def run1(op: str, inputs: list[In | None], n_out: int | None = None, **attrs: Any) -> list[np.ndarray]:
+    c = Case(op, inputs, attrs, n_out=n_out)
+    g, outs = build(c)
+    got = run(g, feeds(c))
+    for t, a in zip([o.type for o in outs], got):
+        check_type(t, a, {}, op)
+    return got
+
+
+def test_quantize_linear_nan_inf_and_zero_scale() -> None:
+    x = np.array([np.nan, np.inf, -np.inf, 1.0, -1.0, 0.0], np.float32)
+    (y,) = run1("QuantizeLinear", [I(x), C(np.float32(0.5)), C(np.uint8(10))])
+    np.testing.assert_array_equal(y, [0, 255, 0, 12, 8, 10])
+    (y,) = run1("QuantizeLinear", [I(x), C(np.float32(0.0)), C(np.int8(0))])
+    np.testing.assert_array_equal(y, [-128, 127, -128, 127, -128, -128])  # 0/0 is NaN -> lowest code
+    (y,) = run1("QuantizeLinear", [I(x), C(np.float32(1.0))], output_dtype="fp4_e2m1")
+    np.testing.assert_array_equal(y.astype(np.float32), [6, 6, -6, 1, -1, 0])
+
+
+def test_matmul_integer_wraps_to_int32() -> None:
+    k = 40000
+    a = np.full((1, k), 255, np.uint8)
+    b = np.full((k, 1), 255, np.uint8)
+    (y,) = run1("MatMulInteger", [I(a), I(b)])
+    assert y.dtype == np.int32
+    want = (255 * 255 * k + 2**31) % 2**32 - 2**31
+    assert int(y[0, 0]) == want and want < 0
+
+
+def test_matmul_integer_per_row_a_zero_point() -> None:
+    a, b = ints(3, 5), ints(5, 4, dt="i8")
+    zp = np.array([1, 200, 7], np.uint8)
+    (y,) = run1("MatMulInteger", [I(a), I(b), C(zp)])
+    want = (a.astype(np.int64) - zp[:, None].astype(np.int64)) @ b.astype(np.int64)
+    np.testing.assert_array_equal(y, want)
+
+
+def test_qlinear_matmul_requantizes_in_float32_like_ort() -> None:
+    """acc * multiplier in float32 with multiplier = f32(f32(sa * sb) / sy)."""
+    a, b = ints(4, 8), ints(8, 3, dt="i8")
+    sa, sb, sy = np.float32(0.0173), np.float32(0.00311), np.float32(0.0457)
+    (y,) = run1("QLinearMatMul", [I(a), C(sa), C(np.uint8(131)), I(b), C(sb), C(np.int8(2)), C(sy), C(np.uint8(99))])
+    acc = (a.astype(np.int64) - 131) @ (b.astype(np.int64) - 2)
+    mult = np.float32(np.float32(sa * sb) / sy)
+    want = np.clip(np.rint(acc.astype(np.float32) * mult).astype(np.int64) + 99, 0, 255)
+    np.testing.assert_array_equal(y, want)
+
+
+def test_dynamic_qparams_match_the_codec() -> None:
+    x = f32(50, lo=-2, hi=5)
+    s, z = dynamic_qparams_u8(x)
+    s2, z2 = qf.choose_qparams(qf.UINT8_PER_TENSOR, x.min(), x.max())
+    assert s == s2 and z == z2
+
+
+def test_nbits_packing_is_low_bits_first() -> None:
+    packed = pack_low_first(np.array([[1, 2, 3, 4, 15]]), 4)
+    np.testing.assert_array_equal(packed, [[0x21, 0x43, 0x0F]])
+    np.testing.assert_array_equal(unpack_low_first(packed, 4)[:, :5], [[1, 2, 3, 4, 15]])
+    two = pack_low_first(np.array([[1, 2, 3, 0]]), 2)
+    np.testing.assert_array_equal(two, [[0b00111001]])
+
+
+def test_matmul_nbits_matches_an_explicit_dequantization() -> None:
+    n, k, block = 3, 40, 16
+    codes = ints(n, 48, lo=0, hi=15)
+    scales = f32(n, 3, lo=0.01, hi=0.1)
+    zps = ints(n, 3, lo=0, hi=15)
+    a = f32(2, k)
+    (y,) = run1("MatMulNBits", [I(a), C(pack_low_first(codes, 4).reshape(n, 3, 8)), C(scales),
+                                C(pack_low_first(zps, 4))], K=k, N=n, bits=4, block_size=block)
+    blk = np.arange(k) // block
+    w = ((codes[:, :k].astype(np.float32) - zps[:, blk]) * scales[:, blk]).T
+    np.testing.assert_allclose(y, a @ w, rtol=1e-6, atol=1e-6)
+    (y8,) = run1("MatMulNBits", [I(a), C(pack_low_first(codes, 4).reshape(n, 3, 8)), C(scales)],
+                 K=k, N=n, bits=4, block_size=block)
+    w8 = ((codes[:, :k].astype(np.float32) - 8) * scales[:, blk]).T
+    np.testing.assert_allclose(y8, a @ w8, rtol=1e-6, atol=1e-6)
+
+
+FQ_SCHEMES = [
+    (qf.INT8_PER_TENSOR, True), (qf.UINT8_PER_TENSOR, True), (qf.int8_per_channel(1), True),
+    (qf.uint4_per_group(16, 1), True), (qf.FP8_E4M3_PER_TENSOR, True), (qf.fp8_per_channel(0, dtypes.fp8_e5m2), True),
+    (qf.QuantScheme(dtypes.fp4_e2m1, "group", 1, 16), True), (qf.QuantScheme(dtypes.dtype("ff_e3m2_b2.5")), True),
+    (qf.MXFP4, False), (qf.NVFP4, False),
+]
+
+
+@pytest.mark.parametrize("scheme,needs_scale", FQ_SCHEMES, ids=[str(s) for s, _ in FQ_SCHEMES])
+def test_fake_quantize_is_the_codec(scheme: qf.QuantScheme, needs_scale: bool) -> None:
+    x = f32(4, 40, lo=-4, hi=4)
+    inputs: list[In | None] = [I(x, shape=("B", 40))]
+    scale = zp = None
+    if needs_scale:
+        scale, zp = qf.choose_qparams(scheme, *qf.tensor_ranges(x, scheme))
+        inputs.append(C(scale))
+        if scheme.dtype.is_integer and not scheme.symmetric:
+            inputs.append(C(zp, scheme.dtype.short))
+        else:
+            zp = None
+    (y,) = run1("FakeQuantize", inputs, **scheme.op_attrs())
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(y, qf.fake_quantize(x, scheme, scale, zp))
+
+
+def test_fake_quantize_nv_with_a_calibrated_tensor_scale() -> None:
+    x = f32(2, 32)
+    (y,) = run1("FakeQuantize", [I(x), C(np.float32(0.004))], **qf.NVFP4.op_attrs())
+    np.testing.assert_array_equal(y, qf.fake_quantize(x, qf.NVFP4, np.float32(0.004)))
+
+
+def test_text_form_round_trips() -> None:
+    from requant.ir import parse
+
+    g = Graph("quant_text")
+    b = Builder(g)
+    x = b.input("x", tensor_type("f32", ("n", 32)))
+    outs = [
+        b.FakeQuantize(x, **qf.MXFP4.op_attrs()),
+        b.FakeQuantize(x, b.const(np.float32(0.1)), b.const(np.int8(1), dtype=dtypes.int4), dtype="i4"),
+        b.QuantizeLinear(x, b.const(np.float32(0.5)), output_dtype="fp8_e4m3", saturate=0),
+        b.MatMulNBits(x, b.const(pack_low_first(ints(4, 32, lo=0, hi=15), 4).reshape(4, 2, 8)),
+                      b.const(f32(4, 2)), K=32, N=4, block_size=16, accuracy_level=4),
+    ]
+    g.outputs.extend(outs)
+    g.verify()
+    assert parse(g.to_text()).to_text() == g.to_text()
+
+
+def test_kernel_errors_name_the_node() -> None:
+    with pytest.raises(RequantError, match="QuantizeLinear.*zero point must be 0"):
+        run1("QuantizeLinear", [I(f32(3)), C(np.float32(1)), I(np.ones((), ml_dtypes.float8_e4m3fn))])
+
+
+# ----------------------------------------------------------------------------- errors
+
+ERRORS = [
+    ("QuantizeLinear", [I(ints(3)), C(np.float32(1))], {}, None, "dtype u8, expected"),
+    ("QuantizeLinear", [I(f32(3, 4)), C(f32(5)), C(ints(5))], {"axis": 1}, None, "axis 1 of input .* has 4"),
+    ("QuantizeLinear", [I(f32(3, 4)), C(f32(3, 4))], {}, None, "scalar or 1-D"),
+    ("QuantizeLinear", [I(f32(3, 4)), C(f32(4)), C(ints(3))], {"axis": 1}, None, "y_scale and y_zero_point"),
+    ("QuantizeLinear", [I(f32(3, 4)), C(f32(2, 4))], {"axis": 0, "block_size": 3}, None, "dim 0 must be 1"),
+    ("QuantizeLinear", [I(f32(3, 4)), C(f32(2))], {"axis": 0, "block_size": 2}, None, "input's rank"),
+    ("QuantizeLinear", [I(f32(3, 4)), C(f32(4))], {"axis": 5}, None, "axis 5 out of range"),
+    ("QuantizeLinear", [I(f32(3)), C(np.float32(1)), C(np.int8(0))], {"output_dtype": "u8"}, None, "differs"),
+    ("QuantizeLinear", [I(f32(3)), C(np.float32(1))], {"output_dtype": "f32"}, None, "output_dtype f32"),
+    ("QuantizeLinear", [I(f32(3)), C(np.float32(1)), C(np.ones((), ml_dtypes.float8_e4m3fn))], {}, None, "must be 0"),
+    ("QuantizeLinear", [I(f32(3)), C(np.float32(1))], {"output_dtype": 3}, None, "dtype name"),
+    ("QuantizeLinear", [I(f32(3)), C(np.float32(1))], {"saturate": 2}, None, "saturate"),
+    ("DequantizeLinear", [I(ints(3)), C(np.float32(1)), C(np.int8(0))], {}, None, "must match"),
+    ("DequantizeLinear", [I(f32(3)), C(np.float32(1))], {}, None, "x has dtype f32"),
+    ("DequantizeLinear", [I(ints(3)), C(np.int32(1))], {}, None, "x_scale has dtype i32"),
+    ("DynamicQuantizeLinear", [I(f32(3).astype(np.float16))], {}, 3, "expected f32"),
+    ("MatMulInteger", [I(ints(3, 4)), I(ints(5, 6))], {}, None, "inner dims"),
+    ("MatMulInteger", [I(f32(3, 4)), I(ints(4, 6))], {}, None, "A has dtype f32"),
+    ("MatMulInteger", [I(ints(3, 4)), I(ints(4, 6)), C(ints(5))], {}, None, "per row of A needs 3"),
+    ("MatMulInteger", [I(ints(3, 4)), I(ints(4, 6)), None, C(ints(5))], {}, None, "per column of B needs 6"),
+    ("QLinearMatMul", [I(ints(3, 4)), C(np.float32(1)), C(np.int8(0)), I(ints(4, 2)), C(np.float32(1)),
+                       C(np.uint8(0)), C(np.float32(1)), C(np.uint8(0))], {}, None, "must match"),
+    ("QLinearMatMul", [I(ints(3, 4)), C(np.float64(1)), C(np.uint8(0)), I(ints(4, 2)), C(np.float32(1)),
+                       C(np.uint8(0)), C(np.float32(1)), C(np.uint8(0))], {}, None, "a_scale has dtype f64"),
+    ("MatMulIntegerToFloat", [I(ints(3, 4)), I(ints(4, 2)), C(f32(3)), C(np.float32(1))], {}, None, "one value"),
+    ("MatMulIntegerToFloat", [I(ints(3, 4)), I(ints(4, 2)), C(np.float32(1)), C(f32(3))], {}, None, "needs 2"),
+    ("MatMulIntegerToFloat", [I(ints(3, 4)), I(ints(4, 2)), C(np.float32(1)), C(np.float32(1)), None, None, C(f32(3))],
+     {}, None, "bias has 3 values"),
+    ("DynamicQuantizeMatMul", [I(f32(3, 4)), I(f32(4, 2)), C(np.float32(1))], {}, None, "B has dtype f32"),
+    ("MatMulNBits", [I(f32(2, 32)), C(ints(3, 2, 8)), C(f32(3, 2))], {"K": 32, "N": 3}, None, "missing required attribute"),
+    ("MatMulNBits", [I(f32(2, 32)), C(ints(3, 2, 8)), C(f32(3, 2))], {"K": 32, "N": 3, "block_size": 24}, None,
+     "power of two"),
+    ("MatMulNBits", [I(f32(2, 32)), C(ints(3, 2, 8)), C(f32(3, 2))], {"K": 32, "N": 3, "block_size": 16, "bits": 3},
+     None, "bits=3"),
+    ("MatMulNBits", [I(f32(2, 32)), C(ints(3, 4, 8)), C(f32(3, 2))], {"K": 32, "N": 3, "block_size": 16}, None,
+     r"B has shape \(3, 4, 8\)"),
+    ("MatMulNBits", [I(f32(2, 30)), C(ints(3, 2, 8)), C(f32(3, 2))], {"K": 32, "N": 3, "block_size": 16}, None,
+     "last dim is 30"),
+    ("MatMulNBits", [I(f32(2, 32)), C(ints(3, 2, 8)), C(f32(3, 2).astype(np.float16))],
+     {"K": 32, "N": 3, "block_size": 16}, None, "scales has dtype f16"),
+    ("FakeQuantize", [I(f32(3, 4)), C(np.float32(1))], {}, None, "missing required attribute.*dtype"),
+    ("FakeQuantize", [I(f32(3, 4)), C(np.float32(1))], {"dtype": "f32"}, None, "not a quantization format"),
+    ("FakeQuantize", [I(f32(3, 4))], {"dtype": "i8"}, None, "needs the scale"),
+    ("FakeQuantize", [I(f32(3, 4)), C(np.float32(1))], {"dtype": "i8", "granularity": "mx"}, None, "fp4_e2m1"),
+    ("FakeQuantize", [I(f32(3, 32)), C(np.float32(1))], {"dtype": "fp4_e2m1", "granularity": "mx"}, None,
+     "no scale input"),
+    ("FakeQuantize", [I(f32(3, 4)), C(f32(3))], {"dtype": "i8", "granularity": "channel", "axis": 1}, None,
+     "axis 1 of input"),
+    ("FakeQuantize", [I(f32(3, 4)), C(f32(4))], {"dtype": "i8"}, None, "per-tensor scale must hold one value"),
+    ("FakeQuantize", [I(f32(3, 4)), C(np.float32(1)), C(np.int8(0))], {"dtype": "fp8_e4m3"}, None, "no zero point"),
+    ("FakeQuantize", [I(f32(3, 4)), C(np.float32(1)), C(np.uint8(0))], {"dtype": "i8"}, None, "zero_point has dtype u8"),
+    ("FakeQuantize", [I(f32(3, 4)), C(f32(3, 1))], {"dtype": "i4", "granularity": "group", "axis": 1}, None,
+     "group_size"),
+    ("FakeQuantize", [I(f32(3, 4).astype(np.float16)), C(np.float32(1))], {"dtype": "i8"}, None, "X has dtype f16"),
+]
+
+
+@pytest.mark.parametrize("op,inputs,attrs,n_out,pattern", ERRORS, ids=[f"{e[0]}-{i}" for i, e in enumerate(ERRORS)])
+def test_bad_input_raises(op: str, inputs: list, attrs: dict, n_out: int | None, pattern: str) -> None:
+    with pytest.raises(ShapeInferenceError) as info:
+        build(Case(op, inputs, attrs, n_out=n_out))
+    message = str(info.value)
+    assert message.startswith(f"{op}:"), message
+    assert re.search(pattern, message), message
