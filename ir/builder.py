@@ -51,4 +51,5 @@ class Builder:
             return node.outputs[0] if len(node.outputs) == 1 else tuple(node.outputs)
 
         make.__name__ = op
+        self.__dict__[op] = make  # later calls find it without __getattr__
         return make

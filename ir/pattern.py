@@ -122,14 +122,23 @@ class Match:
         return f"<Match at {self.root.label}: {binds}>"
 
 
-class _Matcher:
-    __slots__ = ("bindings", "named", "nodes", "seen")
+class _Fail(NoMatch):
+    """A reasonless NoMatch: the driver only needs to know that a pattern failed, so the
+    fast matcher skips building messages and paths (explain() re-runs with them)."""
 
-    def __init__(self) -> None:
+
+class _Matcher:
+    __slots__ = ("bindings", "named", "nodes", "seen", "explain")
+
+    def __init__(self, explain: bool) -> None:
         self.bindings: dict[str, Value | None] = {}
         self.named: dict[str, Node] = {}
         self.nodes: list[Node] = []
         self.seen: set[int] = set()
+        self.explain = explain
+
+    def fail(self, reason: Callable[[], str]) -> NoMatch:
+        return NoMatch(reason()) if self.explain else _Fail()
 
     def snapshot(self) -> tuple:
         return dict(self.bindings), dict(self.named), len(self.nodes), set(self.seen)
@@ -138,84 +147,91 @@ class _Matcher:
         self.bindings, self.named, n, self.seen = snap[0], snap[1], snap[2], snap[3]
         del self.nodes[n:]
 
-    # `where` is a lazily formatted path: None at the root, else (parent_where, op, input
-    # index). Formatting it only on failure keeps successful matches cheap.
+    # `where` is a lazily formatted path, kept only when explaining: None at the root,
+    # else (parent_where, op, input index).
     def value(self, pat: Pattern | None, v: Value | None, where: tuple | None) -> None:
         if pat is None:
             if v is not None:
-                raise NoMatch(f"{_path(where)}: expected an omitted input, found %{v.name}")
+                raise self.fail(lambda: f"{_path(where)}: expected an omitted input, found %{v.name}")
             return
         if isinstance(pat, Var):
             self.var(pat, v, where)
             return
         if v is None:
-            raise NoMatch(f"{_path(where)}: input is omitted, pattern wants {pat.op}")
+            raise self.fail(lambda: f"{_path(where)}: input is omitted, pattern wants {pat.op}")
         node = v.producer
         if node is None:
             kind = "a constant" if v.const is not None else "a graph input"
-            raise NoMatch(f"{_path(where)}: %{v.name} is {kind}, not the output of {pat.op}")
+            raise self.fail(lambda: f"{_path(where)}: %{v.name} is {kind}, not the output of {pat.op}")
         self.node(pat, node, v.index, where)
 
     def var(self, pat: Var, v: Value | None, where: tuple | None) -> None:
         if v is None and not pat.optional:
-            raise NoMatch(f"{_path(where)}: input is omitted, {pat.name} needs a value")
+            raise self.fail(lambda: f"{_path(where)}: input is omitted, {pat.name} needs a value")
         if isinstance(pat, Const) and v is not None:
             if v.const is None:
-                raise NoMatch(f"{_path(where)}: %{v.name} is not a constant (pattern {pat!r})")
+                raise self.fail(lambda: f"{_path(where)}: %{v.name} is not a constant (pattern {pat!r})")
             if pat.value is not None and not (v.const.size > 0 and np.all(v.const == pat.value)):
-                raise NoMatch(f"{_path(where)}: constant %{v.name} is not all {pat.value}")
+                raise self.fail(lambda: f"{_path(where)}: constant %{v.name} is not all {pat.value}")
         bindings = self.bindings
         if pat.name in bindings:
             bound = bindings[pat.name]
             if bound is not v:
-                a = "_" if bound is None else f"%{bound.name}"
-                b = "_" if v is None else f"%{v.name}"
-                raise NoMatch(f"{_path(where)}: {pat.name} is bound to {a} and to {b}")
+                raise self.fail(lambda: f"{_path(where)}: {pat.name} is bound to {_ref(bound)} and to {_ref(v)}")
         else:
             bindings[pat.name] = v
 
     def node(self, pat: OpPattern, node: Node, output_index: int, where: tuple | None) -> None:
         if node.op != pat.op:
-            raise NoMatch(f"{_path(where, pat.op)}: found {node.op} ({node.label})")
+            raise self.fail(lambda: f"{_path(where, pat.op)}: found {node.op} ({node.label})")
         if output_index != pat.output:
-            raise NoMatch(f"{_path(where, pat.op)}: value is output {output_index}, pattern wants output {pat.output}")
+            raise self.fail(
+                lambda: f"{_path(where, pat.op)}: value is output {output_index}, pattern wants output {pat.output}"
+            )
         if pat.attrs:
             self.attrs(pat, node, where)
         ins = node._inputs
         if len(ins) != len(pat.inputs):
-            raise NoMatch(f"{_path(where, pat.op)}: node has {len(ins)} inputs, pattern has {len(pat.inputs)}")
+            raise self.fail(lambda: f"{_path(where, pat.op)}: node has {len(ins)} inputs, pattern has {len(pat.inputs)}")
         if pat.bind is not None:
             prev = self.named.get(pat.bind)
             if prev is not None and prev is not node:
-                raise NoMatch(f"{_path(where, pat.op)}: {pat.bind} is bound to two different nodes")
+                raise self.fail(lambda: f"{_path(where, pat.op)}: {pat.bind} is bound to two different nodes")
             self.named[pat.bind] = node
+        explain = self.explain
         if pat.commute and len(ins) == 2:
             snap = self.snapshot()
             try:
-                self.value(pat.inputs[0], ins[0], (where, pat.op, 0))
-                self.value(pat.inputs[1], ins[1], (where, pat.op, 1))
+                self.value(pat.inputs[0], ins[0], (where, pat.op, 0) if explain else None)
+                self.value(pat.inputs[1], ins[1], (where, pat.op, 1) if explain else None)
             except NoMatch as first:
                 self.restore(snap)
                 try:
-                    self.value(pat.inputs[0], ins[1], (where, pat.op, 1))
-                    self.value(pat.inputs[1], ins[0], (where, pat.op, 0))
+                    self.value(pat.inputs[0], ins[1], (where, pat.op, 1) if explain else None)
+                    self.value(pat.inputs[1], ins[0], (where, pat.op, 0) if explain else None)
                 except NoMatch:
-                    raise NoMatch(f"{first} (and with operands swapped)") from None
-        else:
+                    raise self.fail(lambda: f"{first} (and with operands swapped)") from None
+        elif explain:
             for i, p in enumerate(pat.inputs):
                 self.value(p, ins[i], (where, pat.op, i))
+        else:
+            for p, v in zip(pat.inputs, ins):
+                self.value(p, v, None)
         if id(node) not in self.seen:
             self.seen.add(id(node))
             self.nodes.append(node)
 
-    @staticmethod
-    def attrs(pat: OpPattern, node: Node, where: tuple | None) -> None:
+    def attrs(self, pat: OpPattern, node: Node, where: tuple | None) -> None:
         defaults = get_schema(node.op).attrs
         for key, want in pat.attrs.items():
             have = node.attrs.get(key, defaults.get(key))
             ok = want(have) if callable(want) else _attr_equal(have, want)
             if not ok:
-                raise NoMatch(f"{_path(where, pat.op)}: attribute {key}={have!r} does not fit {want!r}")
+                raise self.fail(lambda: f"{_path(where, pat.op)}: attribute {key}={have!r} does not fit {want!r}")
+
+
+def _ref(v: Value | None) -> str:
+    return "_" if v is None else f"%{v.name}"
 
 
 def _path(where: tuple | None, op_name: str | None = None) -> str:
@@ -238,11 +254,12 @@ def _attr_equal(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def match_node(pattern: OpPattern, node: Node) -> Match:
-    """Match `pattern` rooted at `node`; raise NoMatch with the reason otherwise. Inner
-    values that escape the match are checked here too: every output of a non-root matched
-    node must be read only by matched nodes and must not be a graph output."""
-    m = _Matcher()
+def match_node(pattern: OpPattern, node: Node, explain: bool = False) -> Match:
+    """Match `pattern` rooted at `node`; raise NoMatch otherwise, with the reason when
+    `explain` (the driver matches without one, which is faster). Inner values that escape
+    the match are checked here too: every output of a non-root matched node must be read
+    only by matched nodes and must not be a graph output."""
+    m = _Matcher(explain)
     m.node(pattern, node, pattern.output, None)
     graph = node.graph
     inside = m.seen
@@ -252,9 +269,9 @@ def match_node(pattern: OpPattern, node: Node) -> Match:
         for out in inner.outputs:
             for user, _ in out.uses:
                 if id(user) not in inside:
-                    raise NoMatch(
-                        f"inner value %{out.name} ({inner.op}) escapes the match: also read by {user.label}"
+                    raise m.fail(
+                        lambda: f"inner value %{out.name} ({inner.op}) escapes the match: also read by {user.label}"
                     )
             if graph is not None and graph.is_output(out):
-                raise NoMatch(f"inner value %{out.name} ({inner.op}) escapes the match: it is a graph output")
+                raise m.fail(lambda: f"inner value %{out.name} ({inner.op}) escapes the match: it is a graph output")
     return Match(node, m.bindings, m.named, m.nodes)

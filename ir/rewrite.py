@@ -73,9 +73,10 @@ class Rule:
     def root_op(self) -> str:
         return self.pattern.op
 
-    def match(self, node: Node) -> Match:
-        """Match at `node` and run the check; raise NoMatch with the reason otherwise."""
-        m = match_node(self.pattern, node)
+    def match(self, node: Node, explain: bool = False) -> Match:
+        """Match at `node` and run the check; raise NoMatch otherwise (with the reason
+        when `explain`)."""
+        m = match_node(self.pattern, node, explain)
         if self.check is not None:
             verdict = self.check(m)
             if verdict is False:
@@ -108,7 +109,7 @@ def explain(rule: Rule, node: Node) -> str:
     if node.op != rule.root_op:
         return f"{rule.name} does not match {node.label}: root op is {rule.root_op}, node is {node.op}"
     try:
-        m = rule.match(node)
+        m = rule.match(node, explain=True)
     except NoMatch as why:
         return f"{rule.name} does not match {node.label}: {why}"
     return f"{rule.name} matches {node.label}: {m!r}"
@@ -142,6 +143,7 @@ def _rewrite(graph: Graph, rules: Sequence[Rule], max_rewrites: int | None) -> R
     queue: deque[Node] = deque(n for n in graph if n.op in by_op)
     queued: set[int] = {id(n) for n in queue}
     total = 0
+    builders = {id(r): Builder(graph, meta={"created_by": r.name}) for r in rules}
 
     def push(node: Node) -> None:
         if node.op in by_op and id(node) not in queued and node.graph is graph:
@@ -164,7 +166,7 @@ def _rewrite(graph: Graph, rules: Sequence[Rule], max_rewrites: int | None) -> R
                     f"rewriting did not converge after {cap} rewrites (rules firing: {top}); "
                     f"a rule set that undoes itself, or raise max_rewrites"
                 )
-            for new_node in _apply(graph, rule, m):
+            for new_node in _apply(graph, rule, m, builders[id(rule)]):
                 push(new_node)
             total += 1
             fired[rule.name] += 1
@@ -174,10 +176,12 @@ def _rewrite(graph: Graph, rules: Sequence[Rule], max_rewrites: int | None) -> R
     return RewriteResult(changed=total > 0, rewrites=total, by_rule=dict(fired))
 
 
-def _apply(graph: Graph, rule: Rule, m: Match) -> list[Node]:
-    """Replace the match; return the nodes worth revisiting."""
+def _apply(graph: Graph, rule: Rule, m: Match, builder: Builder) -> list[Node]:
+    """Replace the match (building before its root with the rule's `builder`); return
+    the nodes worth revisiting."""
     root = m.root
-    builder = Builder(graph, before=root, meta={"created_by": rule.name})
+    builder.before = root
+    builder.created = []
     result = rule.replace(builder, m)
     new_values = list(result) if isinstance(result, (list, tuple)) else [result]
     if len(new_values) != len(root.outputs):

@@ -38,7 +38,11 @@ class TensorType:
             object.__setattr__(self, "shape", shape)
 
     def __hash__(self) -> int:
-        return hash((self.shape, self.dtype.name))
+        h = self.__dict__.get("_hash")
+        if h is None:  # cached: types are hashed on every memoised shape inference
+            h = hash((self.shape, self.dtype.name))
+            object.__setattr__(self, "_hash", h)
+        return h
 
     @property
     def rank(self) -> int | None:
