@@ -1,0 +1,499 @@
+"""The target table: what `requant.compile(..., target=NAME)` does for each NAME.
+
+A `Target` is data: a one-line description, a pipeline of `Step`s, a backend and an
+option schema. A step names a registered pass (`requant.passes.get_pass`) or the
+special `CALIBRATE` step; its options are literal values, `Opt("name")` (the value of
+the target option `name`, optionally mapped through a dict), `Scheme(...)` (a
+quantization scheme written as data, built into `requant.ir.quant_formats.QuantScheme`
+only when the pass is made) or `STATS` (the statistics the calibrate step collected).
+
+Passes are referenced by name and resolved lazily: a pass that lives in a module not
+imported by `requant.passes` is imported from `PASS_MODULES` on first use, and a target
+whose passes, calibration function or backend are missing says so (`Target.missing()`)
+instead of failing at import. This module imports only the standard library, so
+`requant.targets()` is cheap to reach from `import requant`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from requant.errors import RequantError
+
+__all__ = [
+    "CALIBRATE",
+    "STATS",
+    "Opt",
+    "Scheme",
+    "Step",
+    "OptionSpec",
+    "Target",
+    "TARGETS",
+    "PASS_MODULES",
+    "COMMON_OPTIONS",
+    "targets",
+    "get_target",
+    "pass_status",
+    "backend_status",
+    "lowering_status",
+    "calibration_status",
+]
+
+logger = logging.getLogger(__name__)
+
+CALIBRATE = "calibrate"
+"""The pipeline step that runs `requant.passes.calibration.collect_stats` on the graph as
+it is at that point; its result reaches later steps through `STATS`."""
+
+CALIBRATION_FUNCTION = ("requant.passes.calibration", "collect_stats")
+
+PASS_MODULES: dict[str, str] = {
+    "quantize": "requant.passes.quantize",
+    "lower_quant": "requant.passes.lower",
+    "intonly": "requant.passes.intonly",
+}
+"""Where passes that `requant.passes` may not import yet live: imported on first use."""
+
+
+class _Stats:
+    """Sentinel: "the statistics from the last calibrate step" (None when none ran)."""
+
+    def __repr__(self) -> str:
+        return "STATS"
+
+
+STATS = _Stats()
+
+
+@dataclass(frozen=True)
+class Opt:
+    """A step option taken from the target option `name`; with `mapping`, the option's
+    value is looked up in it (e.g. `Opt("block", {"nv": 16, "mx": 32})`)."""
+
+    name: str
+    mapping: Mapping[Any, Any] | None = None
+
+    def resolve(self, options: Mapping[str, Any]) -> Any:
+        value = options[self.name]
+        if self.mapping is None:
+            return value
+        if value not in self.mapping:
+            raise RequantError(f"option '{self.name}'={value!r} has no mapping here; expected one of {list(self.mapping)}")
+        return self.mapping[value]
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """A quantization scheme as data (the fields of `QuantScheme`): JSON-able for
+    pipeline.json, built into a `QuantScheme` only when a pass is made. Fields may be
+    `Opt`s until `resolve`d. For MatMul weights [K, N]: channel axis 1 (per output
+    column), group/block axis 0 (groups along K); for activations, blocks along the
+    last axis (-1)."""
+
+    dtype: Any
+    granularity: Any
+    axis: Any = None
+    group_size: Any = None
+    symmetric: Any = True
+
+    def resolve(self, options: Mapping[str, Any]) -> Scheme:
+        fields = (self.dtype, self.granularity, self.axis, self.group_size, self.symmetric)
+        return Scheme(*(_resolve(f, options) for f in fields))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dtype": self.dtype, "granularity": self.granularity, "axis": self.axis,
+                "group_size": self.group_size, "symmetric": self.symmetric}
+
+    def build(self) -> Any:
+        """The `requant.ir.quant_formats.QuantScheme` this describes."""
+        from requant.ir import dtypes
+        from requant.ir.quant_formats import QuantScheme
+
+        return QuantScheme(dtype=dtypes.dtype(self.dtype), granularity=self.granularity, axis=self.axis,
+                           group_size=self.group_size, symmetric=self.symmetric)
+
+    def describe(self) -> str:
+        where = f"(axis={self.axis})" if self.axis is not None else ""
+        group = f" group {self.group_size}" if self.group_size else ""
+        return f"{self.dtype} per-{self.granularity}{where}{group} {'sym' if self.symmetric else 'asym'}"
+
+
+def _resolve(value: Any, options: Mapping[str, Any]) -> Any:
+    if isinstance(value, Opt):
+        return value.resolve(options)
+    if isinstance(value, Scheme):
+        return value.resolve(options)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_resolve(v, options) for v in value)
+    return value
+
+
+@dataclass(frozen=True)
+class Step:
+    """One pipeline step: a registered pass name (or `CALIBRATE`) and its options."""
+
+    name: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def resolve(self, options: Mapping[str, Any]) -> Step:
+        return Step(self.name, {k: _resolve(v, options) for k, v in self.options.items()})
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One target option: accepted type(s), default, one-line help and, optionally,
+    the values it may take."""
+
+    type: type | tuple[type, ...]
+    default: Any
+    help: str
+    choices: tuple[Any, ...] | None = None
+
+    def type_name(self) -> str:
+        types = self.type if isinstance(self.type, tuple) else (self.type,)
+        return " | ".join("None" if t is type(None) else t.__name__ for t in types)
+
+    def check(self, target: str, name: str, value: Any) -> Any:
+        """`value` validated (and normalised: lists -> tuples, ints -> floats)."""
+        types = self.type if isinstance(self.type, tuple) else (self.type,)
+        if isinstance(value, list) and tuple in types:
+            value = tuple(value)
+        if isinstance(value, int) and not isinstance(value, bool) and float in types and int not in types:
+            value = float(value)
+        ok = any(isinstance(value, t) and not (isinstance(value, bool) and t in (int, float)) for t in types)
+        if not ok:
+            raise RequantError(f"target '{target}': option '{name}' must be {self.type_name()}, "
+                               f"got {type(value).__name__} {value!r}")
+        if self.choices is not None and value not in self.choices:
+            raise RequantError(f"target '{target}': option '{name}' must be one of "
+                               f"{', '.join(repr(c) for c in self.choices)}; got {value!r}")
+        return value
+
+    def describe(self, name: str) -> str:
+        choices = f", one of {', '.join(repr(c) for c in self.choices)}" if self.choices else ""
+        return f"{name} ({self.type_name()}, default {self.default!r}{choices}): {self.help}"
+
+
+COMMON_OPTIONS: dict[str, OptionSpec] = {
+    "verify": OptionSpec((bool, type(None)), None, "verify the graph after every pass (None: env REQUANT_VERIFY=1)"),
+    "threads": OptionSpec(int, 0, "runtime intra-op threads (0: the physical cores)"),
+    "opset": OptionSpec((int, type(None)), None, "ONNX opset (None: the newest ONNX Runtime runs every op at)"),
+    "holdout": OptionSpec(float, 0.2, "fraction of calibration batches held back for the accuracy report "
+                                      "(at least one when there are >= 2; 0 = no report)"),
+    "dynamic_dims": OptionSpec((dict, type(None)), None, "torch models: symbolic dims per input, "
+                                                         "e.g. {'x': {0: 'batch'}}"),
+}
+
+_METHODS = ("minmax", "percentile", "mse", "entropy")
+_RUNNERS = ("auto", "onnxruntime", "interpreter")
+
+_CALIBRATION_OPTIONS: dict[str, OptionSpec] = {
+    "method": OptionSpec(str, "percentile", "activation range from calibration statistics "
+                                            "(percentile: 99.99th, measured best for int8 on MiniLM)", _METHODS),
+    "calibration_runner": OptionSpec(str, "auto", "what runs the float graph on calibration batches "
+                                     "(auto: ONNX Runtime, else the interpreter)", _RUNNERS),
+}
+_QUANT_OPTIONS: dict[str, OptionSpec] = {
+    "exclude": OptionSpec(tuple, (), "glob patterns (node name, source module path or output name) to keep in float"),
+    "ops": OptionSpec(tuple, ("MatMul", "Gemm", "Conv"), "op types to quantize"),
+}
+
+_CLEANUP = (Step("fold_constants"), Step("cse"), Step("dce"))
+# After quantize, no constant folding: it would turn DequantizeLinear(constant codes)
+# back into float weights (the quantize pass already stores weights as codes).
+_QUANT_CLEANUP = (Step("cse"), Step("dce"))
+
+# -- static W8A8 ----------------------------------------------------------------------------
+_INT8_OPTIONS = {
+    **_CALIBRATION_OPTIONS,
+    **_QUANT_OPTIONS,
+    "per_channel": OptionSpec(bool, True, "int8 weights per output channel (False: per tensor)"),
+    "activations": OptionSpec(str, "uint8", "activation codes: uint8 asymmetric or int8 symmetric", ("uint8", "int8")),
+    "quantize_embeddings": OptionSpec(bool, True, "also quantize Gather tables (int8, one scale per row)"),
+    "kernel": OptionSpec(str, "auto", "integer kernel for lower_quant ('auto': chosen by measurement)"),
+}
+_INT8_WEIGHTS = Scheme("int8", Opt("per_channel", {True: "channel", False: "tensor"}),
+                       axis=Opt("per_channel", {True: 1, False: None}), symmetric=True)
+_INT8_ACTIVATIONS = Scheme(Opt("activations"), "tensor", symmetric=Opt("activations", {"uint8": False, "int8": True}))
+
+
+def _quantize_step(weights: Scheme, activations: Scheme | None, *, stats: Any = STATS, weight_only: bool = False,
+                   method: Any = Opt("method"), ops: Any = Opt("ops"), embeddings: Any = False) -> Step:
+    return Step("quantize", {
+        "weight_scheme": weights,
+        "activation_scheme": activations,
+        "ops": ops,
+        "method": method,
+        "stats": stats,
+        "exclude": Opt("exclude"),
+        "quantize_embeddings": embeddings,
+        "weight_only": weight_only,
+    })
+
+
+_INT8_STEPS = (
+    Step("canonicalize"),
+    Step(CALIBRATE, {"runner": Opt("calibration_runner")}),
+    _quantize_step(_INT8_WEIGHTS, _INT8_ACTIVATIONS, embeddings=Opt("quantize_embeddings")),
+    Step("lower_quant", {"kernel": Opt("kernel")}),
+    *_QUANT_CLEANUP,
+)
+
+# -- weight-only int4 ------------------------------------------------------------------------
+_INT4_OPTIONS = {
+    "exclude": _QUANT_OPTIONS["exclude"],
+    "group_size": OptionSpec(int, 32, "weights per int4 group along K", (16, 32, 64, 128, 256)),
+    "symmetric": OptionSpec(bool, True, "int4 symmetric (False: uint4 with zero points)"),
+    "kernel": OptionSpec(str, "auto", "kernel for lower_quant ('auto': MatMulNBits)"),
+}
+_INT4_STEPS = (
+    Step("canonicalize"),
+    _quantize_step(
+        Scheme(Opt("symmetric", {True: "int4", False: "uint4"}), "group", axis=0, group_size=Opt("group_size"),
+               symmetric=Opt("symmetric")),
+        None, stats=None, weight_only=True, method="minmax", ops=("MatMul",)),
+    Step("lower_quant", {"kernel": Opt("kernel")}),
+    *_QUANT_CLEANUP,
+)
+
+# -- simulated low-bit floats ------------------------------------------------------------------
+_FP8_OPTIONS = {
+    **_CALIBRATION_OPTIONS,
+    "method": OptionSpec(str, "minmax", "activation range from calibration statistics (fp8: amax)", _METHODS),
+    **_QUANT_OPTIONS,
+    "format": OptionSpec(str, "fp8_e4m3", "fp8 element format", ("fp8_e4m3", "fp8_e5m2")),
+}
+_FP8_STEPS = (
+    Step("canonicalize"),
+    Step(CALIBRATE, {"runner": Opt("calibration_runner")}),
+    _quantize_step(Scheme(Opt("format"), "channel", axis=1), Scheme(Opt("format"), "tensor")),
+    *_QUANT_CLEANUP,
+)
+_FP4_OPTIONS = {
+    **_CALIBRATION_OPTIONS,
+    "method": OptionSpec(str, "minmax", "range of the NVFP4 per-tensor scale from calibration", _METHODS),
+    **_QUANT_OPTIONS,
+    "block": OptionSpec(str, "nv", "block scaling: nv (16, E4M3 scales + f32) or mx (32, E8M0 scales)", ("nv", "mx")),
+}
+_FP4_BLOCK = Opt("block", {"nv": 16, "mx": 32})
+_FP4_STEPS = (
+    Step("canonicalize"),
+    # block scales come from the data; NVFP4's float32 per-tensor scale of activations
+    # comes from calibration (MXFP4 needs none, but calibrating keeps one pipeline)
+    Step(CALIBRATE, {"runner": Opt("calibration_runner")}),
+    _quantize_step(Scheme("fp4_e2m1", Opt("block"), axis=0, group_size=_FP4_BLOCK),
+                   Scheme("fp4_e2m1", Opt("block"), axis=-1, group_size=_FP4_BLOCK)),
+    *_QUANT_CLEANUP,
+)
+_FP32_STEPS = (Step("canonicalize"), *_CLEANUP)
+_INTONLY_STEPS = (
+    Step("canonicalize"),
+    Step(CALIBRATE, {"runner": Opt("calibration_runner")}),
+    _quantize_step(Scheme("int8", "channel", axis=1), Scheme("int8", "tensor")),
+    Step("intonly"),
+    *_QUANT_CLEANUP,
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One entry of the table (see the module docstring)."""
+
+    name: str
+    description: str
+    steps: tuple[Step, ...]
+    backend: str = "onnx"  # "onnx" | "tvm"
+    device: str = "cpu"  # "cpu" (ONNX Runtime) | "llvm" | "cuda" (TVM)
+    options: Mapping[str, OptionSpec] = field(default_factory=dict)
+    simulated: bool = False  # quantize-dequantize simulation, not real low-bit kernels
+    backend_ops: tuple[str, ...] = ()  # ops the pipeline emits that the backend must run
+
+    @property
+    def all_options(self) -> dict[str, OptionSpec]:
+        return {**self.options, **COMMON_OPTIONS}
+
+    @property
+    def static(self) -> bool:
+        """Whether the pipeline calibrates (and so needs calibration batches)."""
+        return any(s.name == CALIBRATE for s in self.steps)
+
+    def option_schema(self) -> dict[str, tuple[Any, Any, str]]:
+        """{option name: (type, default, help)}."""
+        return {k: (s.type, s.default, s.help) for k, s in self.all_options.items()}
+
+    def describe_options(self) -> str:
+        return "; ".join(s.describe(k) for k, s in self.all_options.items())
+
+    def resolve_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """Defaults filled in and `given` validated; an unknown option is an error that
+        lists this target's options."""
+        schema = self.all_options
+        unknown = sorted(set(given) - set(schema))
+        if unknown:
+            raise RequantError(f"target '{self.name}' has no option(s) {', '.join(repr(u) for u in unknown)}; "
+                               f"its options: {self.describe_options()}")
+        return {k: spec.check(self.name, k, given[k]) if k in given else spec.default for k, spec in schema.items()}
+
+    def resolve_steps(self, options: Mapping[str, Any]) -> list[Step]:
+        return [s.resolve(options) for s in self.steps]
+
+    def missing(self, steps: tuple[Step, ...] | list[Step] | None = None) -> list[str]:
+        """What this target needs that is not available: its passes, calibration, the
+        quantization schemes, its backend and the backend's lowering of `backend_ops`.
+        With `steps` (a pipeline given by `passes=`), those steps replace the target's
+        and `backend_ops` (what the target's own pipeline emits) are not checked."""
+        own = steps is None
+        steps = self.steps if steps is None else steps
+        missing: list[str] = []
+        for step in steps:
+            reason = calibration_status() if step.name == CALIBRATE else pass_status(step.name)
+            if reason and reason not in missing:
+                missing.append(reason)
+        if any(isinstance(v, Scheme) for s in steps for v in s.options.values()):
+            reason = _module_status("requant.ir.quant_formats", "QuantScheme", "quantization schemes")
+            if reason and reason not in missing:
+                missing.append(reason)
+        reason = backend_status(self.backend, self.device)
+        if reason:
+            missing.append(reason)
+        elif own:
+            missing += [r for r in (lowering_status(self.backend, op) for op in self.backend_ops) if r]
+        return missing
+
+    @property
+    def available(self) -> bool:
+        return not self.missing()
+
+    def summary(self) -> str:
+        """The one-line description, marked when something it needs is missing."""
+        return self.description if self.available else f"{self.description} (not available yet)"
+
+
+# -- availability ------------------------------------------------------------------------------
+
+
+def _import_reason(module: str) -> str | None:
+    """None when `module` imports; else why not."""
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
+            return "not written yet" if exc.name.startswith("requant") else f"needs the package '{exc.name}'"
+        return f"{module} failed to import: {exc}"
+    except Exception as exc:  # a module in progress may raise anything on import
+        return f"{module} failed to import: {type(exc).__name__}: {exc}"
+    return None
+
+
+def _module_status(module: str, attr: str, what: str) -> str | None:
+    reason = _import_reason(module)
+    if reason is None and not hasattr(importlib.import_module(module), attr):
+        reason = f"{module} has no {attr}"
+    return None if reason is None else f"{what} ({module}.{attr}: {reason})"
+
+
+def pass_status(name: str) -> str | None:
+    """None when the pass `name` is registered (importing its module from
+    `PASS_MODULES` if needed); else a line saying what is missing."""
+    from requant.passes.manager import available_passes
+
+    importlib.import_module("requant.passes")
+    if name in available_passes():
+        return None
+    module = PASS_MODULES.get(name)
+    why = "no module registers it"
+    if module is not None:
+        why = _import_reason(module) or f"{module} does not register it"
+        if name in available_passes():
+            return None
+        why = f"{module}: {why}"
+    return f"pass '{name}' ({why})"
+
+
+def calibration_status() -> str | None:
+    return _module_status(*CALIBRATION_FUNCTION, "calibration")
+
+
+def lowering_status(backend: str, op: str) -> str | None:
+    """None when `op` is a registered op that `backend` has a lowering for."""
+    from requant.ir.registry import is_registered
+
+    importlib.import_module("requant.ir.ops")
+    if not is_registered(op):
+        return f"op '{op}' (not in the op registry yet)"
+    if backend == "onnx":
+        from requant.backends.onnx.lowering import LOWERINGS, Unsupported
+
+        entry = LOWERINGS.get(op)
+        if entry is None:
+            return f"ONNX lowering of op '{op}' (backends/onnx/lowering.py: no entry yet)"
+        if isinstance(entry, Unsupported):
+            return f"ONNX lowering of op '{op}' (unsupported: {entry.reason})"
+    return None
+
+
+def backend_status(backend: str, device: str) -> str | None:
+    if backend == "onnx":
+        for package in ("onnx", "onnxruntime"):
+            if importlib.util.find_spec(package) is None:
+                return f"backend 'onnx' (needs the package '{package}': pip install 'requant[onnx]')"
+        return None
+    if backend == "tvm":
+        if importlib.util.find_spec("requant.backends.tvm") is None:
+            return f"backend 'tvm' for {device} (requant.backends.tvm: not written yet)"
+        if importlib.util.find_spec("tvm") is None:
+            return "backend 'tvm' (needs the package 'apache-tvm': pip install 'requant[tvm]')"
+        return None
+    return f"backend '{backend}' (unknown)"
+
+
+# -- the table ---------------------------------------------------------------------------------
+
+
+def _table(*entries: Target) -> dict[str, Target]:
+    return {t.name: t for t in entries}
+
+
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
+
+TARGETS: dict[str, Target] = _table(
+    Target("cpu-fp32", "float32 on ONNX Runtime (CPU): canonical forms and cleanup only", _FP32_STEPS),
+    Target("cpu-int8", "static W8A8 on ONNX Runtime (CPU): int8 per-channel weights, per-tensor activations "
+           "from calibration, integer MatMul kernels", _INT8_STEPS, options=_INT8_OPTIONS, backend_ops=_QDQ),
+    Target("cpu-int4", "weight-only int4 (groups of 32 along K) on ONNX Runtime (CPU) via MatMulNBits",
+           _INT4_STEPS, options=_INT4_OPTIONS, backend_ops=("MatMulNBits",)),
+    Target("cpu-fp8", "fp8 (e4m3) weights and activations, simulated by quantize-dequantize on ONNX Runtime (CPU)",
+           _FP8_STEPS, options=_FP8_OPTIONS, simulated=True, backend_ops=_QDQ),
+    Target("cpu-fp4", "fp4 (e2m1) NVFP4/MXFP4 blocks, simulated by quantize-dequantize on ONNX Runtime (CPU)",
+           _FP4_STEPS, options=_FP4_OPTIONS, simulated=True, backend_ops=("FakeQuantize",)),
+    Target("cpu-intonly", "integer-only inference (I-ViT: Shiftmax, ShiftGELU, I-LayerNorm, dyadic requantization) "
+           "on ONNX Runtime (CPU)", _INTONLY_STEPS, options=_CALIBRATION_OPTIONS | _QUANT_OPTIONS),
+    Target("cuda-int8", "static W8A8 on NVIDIA GPUs through TVM (CUDA)", _INT8_STEPS[:3] + _QUANT_CLEANUP,
+           backend="tvm", device="cuda", options=_INT8_OPTIONS),
+    Target("cuda-fp8", "fp8 (e4m3) weights and activations on NVIDIA GPUs through TVM (CUDA)", _FP8_STEPS,
+           backend="tvm", device="cuda", options=_FP8_OPTIONS),
+    Target("cuda-fp4", "fp4 (e2m1) NVFP4/MXFP4 blocks on NVIDIA GPUs through TVM (CUDA)", _FP4_STEPS,
+           backend="tvm", device="cuda", options=_FP4_OPTIONS),
+    Target("tvm-cpu-fp32", "float32 compiled by TVM for the CPU (LLVM)", _FP32_STEPS, backend="tvm", device="llvm"),
+    Target("tvm-cpu-int8", "static W8A8 compiled by TVM for the CPU (LLVM)", _INT8_STEPS[:3] + _QUANT_CLEANUP,
+           backend="tvm", device="llvm", options=_INT8_OPTIONS),
+)
+
+
+def targets() -> dict[str, str]:
+    """Every target name with its one-line description, in table order; a target whose
+    passes or backend are missing is marked "(not available yet)"."""
+    return {name: t.summary() for name, t in TARGETS.items()}
+
+
+def get_target(name: str) -> Target:
+    """The table entry `name`; an unknown name is an error listing every target."""
+    if not isinstance(name, str) or name not in TARGETS:
+        listing = "\n".join(f"  {n}: {t.description}" for n, t in TARGETS.items())
+        raise RequantError(f"unknown target {name!r}; targets:\n{listing}")
+    return TARGETS[name]
