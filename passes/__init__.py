@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from requant.passes import cleanup
 from requant.passes import canonicalize  # noqa: F401  (registers the canonicalize passes)
+from requant.passes import fold  # noqa: F401  (registers the fold passes)
+from requant.passes import lower, quantize  # noqa: F401  (registers "quantize" and "lower_quant")
 from requant.passes.cleanup import (
     common_subexpression_elimination,
     constant_folding,

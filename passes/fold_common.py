@@ -1,0 +1,346 @@
+"""Helpers shared by the fold passes (passes/fold_*.py): recognising canonical linears
+and normalisation affines, replacing constant operands, and migrating a per-channel
+scale from an activation into the linears that read it.
+
+Nothing here is a pass. The canonical linear (passes/canonical_linear.py) is
+`MatMul(x, W[in, out])` with W a constant, optionally followed by `Add(., b)` with b a
+constant per-feature vector; the fold passes read and write exactly that form.
+
+Every new weight is a new constant (constants are read-only and may be shared, e.g.
+after CSE merged equal norm weights of several layers); a replaced constant that nothing
+reads any more is removed. Arithmetic on weights is done in float64 and rounded once
+to the weight's dtype.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from requant.ir.graph import Graph, Node, Value
+from requant.ir.shapes import normalize_axis
+
+__all__ = [
+    "NORM_OPS",
+    "Linear",
+    "as_linear",
+    "linear_readers",
+    "replace_constant_input",
+    "scale_weight_rows",
+    "add_to_bias",
+    "splice_after",
+    "unused_name",
+    "rebuild_node",
+    "mark_folded",
+    "norm_affine",
+    "set_norm_affine",
+    "producer_absorber",
+    "migrate_channel_scale",
+]
+
+logger = logging.getLogger(__name__)
+
+NORM_OPS = ("LayerNormalization", "RMSNormalization")
+
+
+# -- canonical linears ----------------------------------------------------------------------
+
+
+@dataclass
+class Linear:
+    """A canonical linear reading an activation: `MatMul(x, W)` with W a constant
+    [in, out], and its bias `Add(., b)` when the MatMul's only reader is an Add with a
+    constant 1-D [out] operand."""
+
+    matmul: Node
+    weight: Value
+    add: Node | None = None
+    bias: Value | None = None
+
+    @property
+    def output(self) -> Value:
+        return (self.add if self.add is not None else self.matmul).outputs[0]
+
+    @property
+    def bias_index(self) -> int:
+        assert self.add is not None and self.bias is not None
+        return 0 if self.add.inputs[0] is self.bias else 1
+
+
+def as_linear(node: Node, x: Value) -> Linear | str:
+    """`node` as a canonical linear whose activation input is `x`, else why not."""
+    if node.op != "MatMul":
+        return f"{node.label} is a {node.op}, not a linear"
+    a, w = node.inputs
+    if a is not x or w is x:
+        return f"{node.label} reads %{x.name} as its weight operand"
+    if w is None or w.const is None:
+        return f"{node.label} has a non-constant weight"
+    if w.type.rank != 2 or not w.dtype.is_float or w.dtype != x.dtype:
+        return f"{node.label}: weight %{w.name} is not a 2-D {x.dtype} matrix"
+    lin = Linear(node, w)
+    out = node.outputs[0]
+    graph = node.graph
+    users = out.users
+    if len(users) == 1 and len(out.uses) == 1 and users[0].op == "Add" and not (graph and graph.is_output(out)):
+        add = users[0]
+        other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
+        n_out = w.type.shape[1]
+        if other is not None and other.const is not None and other.dtype == w.dtype and other.type.shape == (n_out,):
+            lin.add, lin.bias = add, other
+    return lin
+
+
+def linear_readers(x: Value) -> tuple[list[Linear], list[str]]:
+    """The canonical linears reading `x` and, for every other reader, why it is not one."""
+    linears: list[Linear] = []
+    others: list[str] = []
+    for node in x.users:
+        found = as_linear(node, x)
+        if isinstance(found, str):
+            others.append(found)
+        else:
+            linears.append(found)
+    return linears, others
+
+
+# -- editing constants and nodes ---------------------------------------------------------------
+
+
+def replace_constant_input(graph: Graph, node: Node, index: int, array: np.ndarray, suffix: str) -> Value:
+    """Give `node` a new constant `array` (rounded to the old operand's dtype, named after
+    it, with its meta) at input `index`; the old constant goes when nothing reads it."""
+    old = node.inputs[index]
+    assert old is not None
+    new = graph.add_constant(np.ascontiguousarray(np.asarray(array).astype(old.dtype.np)), dtype=old.dtype,
+                             base=f"{old.name}_{suffix}")
+    new.meta.update(old.meta)
+    node.set_input(index, new)
+    _drop_if_unused(graph, old)
+    return new
+
+
+def _drop_if_unused(graph: Graph, v: Value) -> None:
+    if v.const is not None and not v.uses and v in graph.constants and not graph.is_output(v):
+        graph.remove_constant(v)
+
+
+def scale_weight_rows(graph: Graph, lin: Linear, s: np.ndarray, suffix: str) -> None:
+    """W <- diag(s) W: input channel j of the linear is multiplied by s[j]."""
+    w = np.asarray(lin.weight.const, dtype=np.float64)
+    lin.weight = replace_constant_input(graph, lin.matmul, 1, w * np.asarray(s, np.float64)[:, None], suffix)
+
+
+def add_to_bias(graph: Graph, lin: Linear, delta: np.ndarray, suffix: str) -> None:
+    """b <- b + delta (a new Add after the MatMul when the linear has no bias)."""
+    delta = np.asarray(delta, np.float64)
+    if lin.add is not None and lin.bias is not None:
+        b = np.asarray(lin.bias.const, np.float64)
+        lin.bias = replace_constant_input(graph, lin.add, lin.bias_index, b + delta, suffix)
+        return
+    out = lin.matmul.outputs[0]
+    c = graph.add_constant(delta.astype(out.dtype.np), dtype=out.dtype, base=f"{lin.weight.name}_{suffix}_bias")
+    new = splice_after(graph, out, list(out.uses), "Add", [c], created_by=suffix, suffix="biased")
+    lin.add, lin.bias = new.producer, c
+
+
+def splice_after(graph: Graph, value: Value, uses: Sequence[tuple[Node, int]], op: str, operands: Sequence[Value],
+                 attrs: dict[str, Any] | None = None, *, created_by: str, suffix: str | None = None) -> Value:
+    """Insert `op(value, *operands)` right after `value`'s producer and point `uses` (a
+    subset of value's uses) at its output; when `value` is a graph output and every use
+    moves, the new value takes over the output (and its name)."""
+    anchor = value.producer
+    moving_all = len(uses) == len(value.uses)
+    kwargs: dict[str, Any] = {"after": anchor} if anchor is not None else {"before": _first_node(graph)}
+    names = [unused_name(graph, f"{value.name}_{suffix}")] if suffix else None
+    node = graph.create_node(op, [value, *operands], attrs or {}, meta={"created_by": created_by}, output_names=names,
+                             **kwargs)
+    new = node.outputs[0]
+    for user, index in list(uses):
+        user.set_input(index, new)
+    if moving_all and graph.is_output(value):
+        _take_over_output(graph, value, new)
+    return new
+
+
+def _first_node(graph: Graph) -> Node | None:
+    for node in graph:
+        return node
+    return None
+
+
+def unused_name(graph: Graph, base: str) -> str:
+    """A value name not taken in `graph` (not claimed: `Graph.rename` claims it)."""
+    name, i = base, 0
+    while graph.has_name(name):
+        i += 1
+        name = f"{base}_{i}"
+    return name
+
+
+def _take_over_output(graph: Graph, old: Value, new: Value) -> None:
+    name = old.name
+    graph.rename(old, unused_name(graph, f"{name}_unfolded"))
+    graph.rename(new, name)
+    graph.outputs = [new if o is old else o for o in graph.outputs]
+
+
+def rebuild_node(graph: Graph, node: Node, inputs: Sequence[Value | None], *, created_by: str) -> Node:
+    """Replace single-output `node` by a node of the same op, attributes and name with
+    `inputs` (e.g. dropping a trailing optional input). The new output keeps the old
+    output's name, type, meta and readers (graph outputs included)."""
+    old = node.outputs[0]
+    name = old.name
+    graph.rename(old, unused_name(graph, f"{name}_old"))
+    meta = dict(node.meta)
+    meta.setdefault("created_by", created_by)
+    new_node = graph.create_node(node.op, list(inputs), dict(node.attrs), output_types=[old.type],
+                                 output_names=[name], name=node.name, meta=meta, before=node)
+    new = new_node.outputs[0]
+    new.meta.update(old.meta)
+    old.replace_all_uses_with(new)
+    graph.outputs = [new if o is old else o for o in graph.outputs]
+    replaced = [v for v in node.inputs if v is not None]
+    graph.remove_node(node)
+    for v in replaced:
+        _drop_if_unused(graph, v)
+    return new_node
+
+
+def mark_folded(node: Node, pass_name: str) -> None:
+    """Record on a node that a fold pass changed its constant operands."""
+    folded = node.meta.setdefault("folded", [])
+    if pass_name not in folded:
+        folded.append(pass_name)
+
+
+# -- normalisation affines -----------------------------------------------------------------------
+
+
+def norm_affine(node: Node) -> tuple[np.ndarray, np.ndarray | None] | str:
+    """(gamma [C], beta [C] or None) of a LayerNormalization / RMSNormalization that
+    normalises the last axis only and has constant per-feature affine parameters (float64),
+    else why not."""
+    if node.op not in NORM_OPS:
+        return f"{node.label} is not a LayerNormalization / RMSNormalization"
+    if len(node.outputs) != 1:
+        return f"{node.label} also returns its statistics"
+    x = node.inputs[0]
+    shape = x.type.shape if x is not None else None
+    if shape is None or not shape or not isinstance(shape[-1], int):
+        return f"{node.label}: the normalised axis has no static size"
+    rank = len(shape)
+    if normalize_axis(int(node.attrs.get("axis", -1)), rank, node.op) != rank - 1:
+        return f"{node.label} normalises more than the last axis"
+    c = shape[-1]
+    params: list[np.ndarray | None] = []
+    for i, what in ((1, "scale"), (2, "bias")):
+        p = node.inputs[i] if i < len(node.inputs) else None
+        if p is None:
+            params.append(None)
+            continue
+        if p.const is None:
+            return f"{node.label}: its {what} is not a constant"
+        arr = np.asarray(p.const, np.float64)
+        if (arr.ndim > 1 and any(d != 1 for d in arr.shape[:-1])) or arr.size not in (1, c):
+            return f"{node.label}: its {what} of shape {arr.shape} is not per-feature"
+        params.append(np.broadcast_to(arr.reshape(-1), (c,)).copy())
+    gamma, beta = params
+    assert gamma is not None  # Scale is a required input
+    return gamma, beta
+
+
+def set_norm_affine(graph: Graph, node: Node, gamma: np.ndarray, beta: np.ndarray | None, *, created_by: str) -> Node:
+    """Give a norm new affine parameters (1-D [C]); beta None drops LayerNorm's bias."""
+    dt = node.inputs[0].dtype
+    g = graph.add_constant(np.asarray(gamma, np.float64).astype(dt.np), dtype=dt,
+                           base=f"{node.inputs[1].name}_{created_by}")
+    g.meta.update(node.inputs[1].meta)
+    inputs: list[Value | None] = [node.inputs[0], g]
+    if beta is not None:
+        old_b = node.inputs[2] if len(node.inputs) > 2 else None
+        base = f"{old_b.name}_{created_by}" if old_b is not None else f"{node.outputs[0].name}_bias"
+        b = graph.add_constant(np.asarray(beta, np.float64).astype(dt.np), dtype=dt, base=base)
+        if old_b is not None:
+            b.meta.update(old_b.meta)
+        inputs.append(b)
+    new = rebuild_node(graph, node, inputs, created_by=created_by)
+    mark_folded(new, created_by)
+    return new
+
+
+# -- moving a per-channel scale from an activation into its readers ------------------------------
+
+
+def producer_absorber(x: Value, linears: Sequence[Linear], others: Sequence[str], graph: Graph) -> str:
+    """How `x / s` can be computed for free: "norm" (x is a LayerNorm/RMSNorm output
+    whose gamma and beta can be divided), "linear" (x is a canonical linear's output
+    whose weight columns and bias can be divided), or "mul" (an explicit per-channel
+    Mul on the branch to the linears). Only when every reader of x is one of `linears`
+    and x is not a graph output can the producer take the scale."""
+    if others or graph.is_output(x) or not linears:
+        return "mul"
+    node = x.producer
+    if node is None:
+        return "mul"
+    if node.op in NORM_OPS:
+        return "norm" if not isinstance(norm_affine(node), str) else "mul"
+    if node.op == "Add":
+        for a in node.inputs:
+            mm = a.producer if a is not None else None
+            if mm is not None and mm.op == "MatMul":
+                lin = as_linear(mm, mm.inputs[0])
+                if isinstance(lin, Linear) and lin.add is node:
+                    return "linear"
+    if node.op == "MatMul":
+        lin = as_linear(node, node.inputs[0])
+        if isinstance(lin, Linear) and lin.add is None:
+            return "linear"
+    return "mul"
+
+
+def migrate_channel_scale(graph: Graph, x: Value, linears: Sequence[Linear], others: Sequence[str], s: np.ndarray,
+                          *, created_by: str) -> tuple[str, Value]:
+    """Rewrite `x -> linears` as `(x / s) -> linears with W <- diag(s) W` (exact in float):
+    x / s is folded into x's producer when it can take it (`producer_absorber`), else an
+    explicit `Mul(x, 1/s)` feeds the linears only. Returns (how, the value the linears
+    now read)."""
+    s = np.asarray(s, np.float64)
+    how = producer_absorber(x, linears, others, graph)
+    for lin in linears:
+        scale_weight_rows(graph, lin, s, created_by)
+        mark_folded(lin.matmul, created_by)
+    if how == "norm":
+        node = x.producer
+        found = norm_affine(node)
+        assert not isinstance(found, str)
+        gamma, beta = found
+        new = set_norm_affine(graph, node, gamma / s, None if beta is None else beta / s, created_by=created_by)
+        return how, new.outputs[0]
+    if how == "linear":
+        _divide_producer_linear(graph, x, s, created_by)
+        return how, x
+    inv = graph.add_constant((1.0 / s).astype(x.dtype.np), dtype=x.dtype, base=f"{x.name}_inv_scale")
+    uses = [(lin.matmul, 0) for lin in linears]
+    return how, splice_after(graph, x, uses, "Mul", [inv], created_by=created_by, suffix="scaled")
+
+
+def _divide_producer_linear(graph: Graph, x: Value, s: np.ndarray, created_by: str) -> None:
+    node = x.producer
+    mm = node
+    if node.op != "MatMul":
+        mm = next(a.producer for a in node.inputs if a is not None and a.producer is not None
+                  and a.producer.op == "MatMul")
+    lin = as_linear(mm, mm.inputs[0])
+    assert isinstance(lin, Linear)
+    w = np.asarray(lin.weight.const, np.float64)
+    replace_constant_input(graph, lin.matmul, 1, w / s[None, :], created_by)
+    mark_folded(lin.matmul, created_by)
+    if lin.add is not None and lin.bias is not None:
+        b = np.asarray(lin.bias.const, np.float64)
+        replace_constant_input(graph, lin.add, lin.bias_index, b / s, created_by)
+        mark_folded(lin.add, created_by)

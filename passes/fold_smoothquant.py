@@ -1,0 +1,270 @@
+"""Pass "smoothquant": SmoothQuant's migration of activation outliers into weights
+(mit-han-lab/smoothquant `smooth_ln_fcs`; ALGORITHMS.md section 2).
+
+For an activation X read by canonical linears `X @ W_k (+ b_k)` (W_k [in, out]), per
+input channel j:
+    s_j = max|X_j|^alpha / max_k max|W_k[j, :]|^(1 - alpha)
+(the weight maximum and s both clamped below at `min_scale` = 1e-5, as the reference),
+then, exactly in float,
+    X @ W_k  ->  (X / s) @ (diag(s) W_k).
+Where X / s comes from (in this order of preference):
+- "norm": X is a LayerNorm / RMSNorm output read only by those linears -> gamma /= s,
+  beta /= s (the reference's case: pre-LN models, Llama's RMSNorm);
+- "linear": X is a canonical linear's output read only by those linears -> that
+  linear's weight columns and bias are divided by s;
+- "mul": otherwise (post-LN BERT / MiniLM, whose LayerNorm output also feeds the
+  residual Add; a graph input; scope "all" activations after GELU, attention, ...) an
+  explicit per-channel `Mul(X, 1/s)` is inserted on the branch to the linears only; the
+  other readers still see X.
+
+Which activations (`scope`): "norm" (default) smooths the linear inputs made by a
+LayerNorm / RMSNorm, as the reference; "all" every float activation read by a linear.
+
+Statistics: max|X_j| per channel comes from `stats` (a dict from
+`requant.passes.calibration.collect_stats` run with
+`per_channel_axis=smoothing_channel_axes(graph)`, or {value name: per-channel max |x|
+array}), or, with `calibration` (batches), from running the graph here.
+
+`alpha_search` (needs `calibration`): per activation, alpha is picked from `alpha_grid`
+to minimise the squared error of the layer outputs `sum_k |Q(X/s) Q(diag(s) W_k) - X W_k|^2`
+on calibration rows, with Q the fake quantizers of `activation_scheme` (per tensor,
+range min/max of the rows; default int8) and `weight_scheme` (default int8 per output
+channel) -- W8A8. When no alpha beats leaving X unsmoothed, X is left alone.
+
+Stats: `activations_smoothed`, `linears_scaled`, `absorbed:norm`, `absorbed:linear`,
+`explicit_mul`, `skipped:no_stats`, `kept_unsmoothed` (alpha search), `mean_alpha`.
+`graph.meta["smoothquant"]` lists {value, alpha, how, linears, error_ratio} per smoothed
+activation (error_ratio: quantized output error after / before, with alpha_search).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from requant.errors import RequantError
+from requant.ir.graph import Graph, Value
+from requant.ir.quant_formats import QuantScheme, choose_qparams, fake_quantize, parse_scheme, tensor_ranges
+from requant.passes.fold_common import NORM_OPS, linear_readers, migrate_channel_scale
+from requant.passes.fold_samples import collect_rows
+from requant.passes.manager import PassResult, graph_pass
+
+__all__ = [
+    "smoothquant",
+    "smoothing_channel_axes",
+    "smoothing_candidates",
+    "smoothing_scales",
+    "quantized_output_error",
+    "search_alpha",
+    "DEFAULT_ALPHA_GRID",
+    "SCOPES",
+]
+
+logger = logging.getLogger(__name__)
+
+PASS = "smoothquant"
+SCOPES = ("norm", "all")
+DEFAULT_ALPHA_GRID: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(0, 21))
+"""0, 0.05, ..., 1."""
+
+
+# -- which activations -----------------------------------------------------------------------
+
+
+def smoothing_candidates(graph: Graph, scope: str = "norm") -> list[Value]:
+    """The activations the pass would smooth: float values computed by a node (or graph
+    inputs, scope "all") and read by at least one canonical linear."""
+    if scope not in SCOPES:
+        raise RequantError(f"smoothquant: scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+    values: list[Value] = []
+    pool: Iterable[Value] = [o for n in graph for o in n.outputs]
+    if scope == "all":
+        pool = [*graph.inputs, *pool]
+    for v in pool:
+        if not v.dtype.is_float or v.const is not None:
+            continue
+        if scope == "norm" and (v.producer is None or v.producer.op not in NORM_OPS):
+            continue
+        linears, _ = linear_readers(v)
+        if linears:
+            values.append(v)
+    return values
+
+
+def smoothing_channel_axes(graph: Graph, scope: str = "norm") -> dict[str, int]:
+    """`per_channel_axis` for `collect_stats`: {activation name: -1} for every candidate."""
+    return {v.name: -1 for v in smoothing_candidates(graph, scope)}
+
+
+# -- scales and errors -------------------------------------------------------------------------
+
+
+def smoothing_scales(act_absmax: np.ndarray, weights: Sequence[np.ndarray], alpha: float,
+                     min_scale: float = 1e-5) -> np.ndarray:
+    """s_j = max|X_j|^alpha / max_k max|W_k[j, :]|^(1 - alpha), clamped (module docstring)."""
+    w_absmax = np.max(np.stack([np.max(np.abs(np.asarray(w, np.float64)), axis=1) for w in weights]), axis=0)
+    w_absmax = np.maximum(w_absmax, min_scale)
+    a = np.maximum(np.asarray(act_absmax, np.float64), 0.0)
+    return np.maximum(a ** alpha / w_absmax ** (1.0 - alpha), min_scale)
+
+
+def _fake_quantize_range(x: np.ndarray, scheme: QuantScheme) -> np.ndarray:
+    lo, hi = tensor_ranges(x, scheme)
+    scale, zp = choose_qparams(scheme, lo, hi)
+    return fake_quantize(x.astype(np.float32), scheme, scale, zp if not scheme.symmetric else None)
+
+
+def quantized_output_error(rows: np.ndarray, weights: Sequence[np.ndarray], s: np.ndarray | None,
+                           activation_scheme: QuantScheme, weight_scheme: QuantScheme) -> float:
+    """sum_k |Q(X/s) Q(diag(s) W_k) - X W_k|^2 on `rows` (s None: no smoothing)."""
+    x = np.asarray(rows, np.float32)
+    xs = x if s is None else (x / s.astype(np.float32)).astype(np.float32)
+    xq = _fake_quantize_range(xs, activation_scheme)
+    err = 0.0
+    for w in weights:
+        w32 = np.asarray(w, np.float32)
+        ws = w32 if s is None else (np.asarray(w, np.float64) * s[:, None]).astype(np.float32)
+        wq = _fake_quantize_range(ws, weight_scheme)
+        d = xq @ wq - x @ w32
+        err += float(np.sum(d.astype(np.float64) ** 2))
+    return err
+
+
+def search_alpha(rows: np.ndarray, act_absmax: np.ndarray, weights: Sequence[np.ndarray], grid: Sequence[float],
+                 activation_scheme: QuantScheme, weight_scheme: QuantScheme,
+                 min_scale: float = 1e-5) -> tuple[float | None, float, float]:
+    """(best alpha, or None when no smoothing is best; its error; the unsmoothed error)."""
+    base = quantized_output_error(rows, weights, None, activation_scheme, weight_scheme)
+    best_alpha: float | None = None
+    best = base
+    for alpha in grid:
+        s = smoothing_scales(act_absmax, weights, float(alpha), min_scale)
+        err = quantized_output_error(rows, weights, s, activation_scheme, weight_scheme)
+        if err < best:
+            best_alpha, best = float(alpha), err
+    return best_alpha, best, base
+
+
+# -- the pass ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Config:
+    alpha: float
+    alpha_search: bool
+    grid: tuple[float, ...]
+    min_scale: float
+    activation: QuantScheme
+    weight: QuantScheme
+
+
+def _scheme(spec: QuantScheme | str, what: str) -> QuantScheme:
+    if isinstance(spec, QuantScheme):
+        return spec
+    try:
+        return parse_scheme(spec, channel_axis=1)
+    except ValueError as exc:
+        raise RequantError(f"smoothquant: {what}: {exc}") from None
+
+
+def _absmax_from_stats(stats: Mapping[str, Any] | None, x: Value) -> np.ndarray | None:
+    if stats is None or x.name not in stats:
+        found = x.meta.get("channel_absmax")
+        return None if found is None else np.asarray(found, np.float64).reshape(-1)
+    entry = stats[x.name]
+    if isinstance(entry, np.ndarray) or isinstance(entry, (list, tuple)):
+        return np.asarray(entry, np.float64).reshape(-1)
+    lo, hi = getattr(entry, "per_channel_min", None), getattr(entry, "per_channel_max", None)
+    if lo is None or hi is None:
+        return None
+    axis = getattr(entry, "axis", -1)
+    rank = x.type.rank
+    if axis is not None and rank is not None and axis % rank != rank - 1:
+        return None
+    return np.maximum(np.abs(np.asarray(lo, np.float64)), np.abs(np.asarray(hi, np.float64))).reshape(-1)
+
+
+def _smooth_one(graph: Graph, x: Value, absmax: np.ndarray, rows: np.ndarray | None, cfg: _Config,
+                stats: dict[str, Any], report: list[dict[str, Any]]) -> None:
+    name = x.name  # the norm it comes from may be rebuilt under a new output
+    linears, others = linear_readers(x)
+    weights = [np.asarray(lin.weight.const, np.float64) for lin in linears]
+    if absmax.shape[0] != weights[0].shape[0]:
+        raise RequantError(f"smoothquant: statistics of %{x.name} have {absmax.shape[0]} channels, "
+                           f"its linears take {weights[0].shape[0]}")
+    alpha: float | None = cfg.alpha
+    ratio = None
+    if cfg.alpha_search and rows is not None:
+        alpha, best, base = search_alpha(rows, absmax, weights, cfg.grid, cfg.activation, cfg.weight, cfg.min_scale)
+        ratio = best / base if base > 0 else 1.0
+        if alpha is None:
+            stats["kept_unsmoothed"] += 1
+            report.append({"value": name, "alpha": None, "how": "none", "linears": len(linears), "error_ratio": 1.0})
+            return
+    s = smoothing_scales(absmax, weights, alpha, cfg.min_scale)
+    how, _ = migrate_channel_scale(graph, x, linears, others, s, created_by=PASS)
+    stats["activations_smoothed"] += 1
+    stats["linears_scaled"] += len(linears)
+    stats["explicit_mul" if how == "mul" else f"absorbed:{how}"] += 1
+    report.append({"value": name, "alpha": alpha, "how": how, "linears": len(linears), "error_ratio": ratio})
+
+
+@graph_pass(PASS, "SmoothQuant: per-channel activation scales -> divided out of the producer (or a Mul), "
+                  "multiplied into the consuming linears' weight rows")
+def smoothquant(
+    graph: Graph,
+    alpha: float = 0.5,
+    stats: Mapping[str, Any] | None = None,
+    calibration: Iterable[Any] | None = None,
+    alpha_search: bool = False,
+    alpha_grid: Sequence[float] = DEFAULT_ALPHA_GRID,
+    scope: str = "norm",
+    min_scale: float = 1e-5,
+    activation_scheme: QuantScheme | str = "int8",
+    weight_scheme: QuantScheme | str = "int8-channel",
+    max_rows: int = 1024,
+    runner: str = "auto",
+) -> PassResult:
+    """See the module docstring. `max_rows`: calibration rows kept per activation for
+    the alpha search; `runner`: what runs the graph on `calibration` batches."""
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise RequantError(f"smoothquant: alpha must be in [0, 1], got {alpha}")
+    if any(not 0.0 <= float(a) <= 1.0 for a in alpha_grid):
+        raise RequantError(f"smoothquant: every alpha_grid value must be in [0, 1], got {tuple(alpha_grid)}")
+    if alpha_search and calibration is None:
+        raise RequantError("smoothquant: alpha_search needs calibration batches (calibration=[...])")
+    cfg = _Config(float(alpha), bool(alpha_search), tuple(float(a) for a in alpha_grid), float(min_scale),
+                  _scheme(activation_scheme, "activation_scheme"), _scheme(weight_scheme, "weight_scheme"))
+    candidates = smoothing_candidates(graph, scope)
+    samples = {}
+    if calibration is not None:
+        samples = collect_rows(graph, calibration, [v.name for v in candidates], max_rows=max_rows, runner=runner)
+    elif stats is None and not any("channel_absmax" in v.meta for v in candidates):
+        raise RequantError(
+            "smoothquant needs per-channel activation statistics: pass stats=collect_stats(graph, batches, "
+            "per_channel_axis=smoothing_channel_axes(graph)) (requant.passes.calibration / fold_smoothquant), "
+            "or calibration=[batches]")
+    counters: dict[str, int | float | str] = {
+        "activations_smoothed": 0, "linears_scaled": 0, "absorbed:norm": 0, "absorbed:linear": 0,
+        "explicit_mul": 0, "skipped:no_stats": 0, "kept_unsmoothed": 0,
+    }
+    report: list[dict[str, Any]] = []
+    for x in candidates:
+        found = samples.get(x.name)
+        absmax = found.absmax if found is not None else _absmax_from_stats(stats, x)
+        if absmax is None:
+            counters["skipped:no_stats"] += 1
+            logger.debug("smoothquant: no per-channel statistics for %%%s", x.name)
+            continue
+        _smooth_one(graph, x, absmax, found.rows if found is not None else None, cfg, counters, report)
+    if counters["skipped:no_stats"] and not counters["activations_smoothed"]:
+        logger.warning("smoothquant: no activation has per-channel statistics (%d skipped); collect them with "
+                       "per_channel_axis=smoothing_channel_axes(graph)", counters["skipped:no_stats"])
+    alphas = [r["alpha"] for r in report if r["alpha"] is not None]
+    counters["mean_alpha"] = float(np.mean(alphas)) if alphas else 0.0
+    graph.meta.setdefault("smoothquant", []).extend(report)
+    return PassResult(graph, counters["activations_smoothed"] > 0, counters)

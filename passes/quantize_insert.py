@@ -1,0 +1,232 @@
+"""The graph edits of the "quantize" pass: put a quantized copy of a value in front of
+one input of one node, leaving every other reader of the value as it was.
+
+- `QuantEditor.weight(node, index, scheme)`: a constant float weight W -> a new constant
+  holding its codes (int8 / int4 / fp8 storage), scale (and zero point when asymmetric)
+  constants, and `DequantizeLinear(codes, scale[, zero_point]) {axis, block_size}`
+  feeding the node. Codes are made once per (weight, scheme) and shared; each reader
+  gets its own DequantizeLinear (the Q/DQ convention ONNX Runtime and `lower_quant`
+  match on: a DequantizeLinear has one reader).
+- `QuantEditor.activation(node, index, scheme, lo, hi)`: a float activation x ->
+  `QuantizeLinear(x, scale, zero_point)` right after x is computed (one per x and
+  scheme, shared by its readers) and one `DequantizeLinear` per reader, just before it.
+- `QuantEditor.dynamic(node, index)`: x -> `DynamicQuantizeLinear(x)` (uint8, scale and
+  zero point computed per call, shared) and a `DequantizeLinear` per reader.
+- `QuantEditor.simulated(node, index, scheme, lo, hi)`: formats ONNX Runtime has no
+  Q/DQ for (fp4_e2m1, FloatFormat, MX, NV) -> requant's `FakeQuantize(x[, scale])`
+  with the scheme's op attributes; MX scales come from the data, NV takes the float32
+  tensor scale as its input (from the range), the others a scale per tensor / channel /
+  group.
+Every value that holds codes or quantized values gets `meta["quant"] =
+scheme.to_attrs()`; nodes get `meta["created_by"] = "quantize"`. Original constants
+left without readers are removed by `drop_unused`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import numpy as np
+
+from requant.ir import dtypes
+from requant.ir.graph import Graph, Node, Value
+from requant.ir.quant_formats import QuantScheme, choose_qparams, quantize, tensor_ranges
+
+__all__ = ["QuantEditor", "uses_qdq", "constant_bytes"]
+
+logger = logging.getLogger(__name__)
+
+_CREATED_BY = {"created_by": "quantize"}
+
+
+def uses_qdq(scheme: QuantScheme) -> bool:
+    """Whether a scheme is written as QuantizeLinear/DequantizeLinear (integers and
+    fp8 at tensor/channel/group granularity) rather than FakeQuantize."""
+    if scheme.is_block_format:
+        return False
+    return scheme.dtype.is_integer or scheme.dtype in (dtypes.fp8_e4m3, dtypes.fp8_e5m2)
+
+
+def constant_bytes(graph: Graph) -> int:
+    """Bytes of the constant payloads at their dtypes' widths (int4 counts half a byte)."""
+    bits = 0
+    for v in graph.constants:
+        bits += int(v.const.size) * v.dtype.bits
+    return (bits + 7) // 8
+
+
+class QuantEditor:
+    """Inserts quantization nodes into one graph, caching what readers share."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self._codes: dict[tuple[int, QuantScheme], tuple[Value, Value, Value | None]] = {}
+        self._quantized: dict[tuple[int, QuantScheme | None], tuple[Value, Value, Value | None]] = {}
+        self.replaced_constants: dict[int, Value] = {}
+
+    # -- weights ----------------------------------------------------------------------------
+    def weight(self, node: Node, index: int, scheme: QuantScheme, row_scale: np.ndarray | None = None,
+               row_axis: int = 0) -> Value:
+        """Quantize constant input `index`; `row_scale` (smoothing) multiplies the weight
+        along `row_axis` (its input-channel axis) first."""
+        w = node.inputs[index]
+        assert w is not None and w.const is not None
+        if not uses_qdq(scheme):
+            return self._simulate_constant(node, index, scheme)
+        key = (id(w), scheme, None if row_scale is None else id(row_scale))
+        if key not in self._codes:
+            data = w.const
+            if row_scale is not None:
+                shape = [1] * data.ndim
+                shape[row_axis] = -1
+                data = (data.astype(np.float64) * row_scale.reshape(shape)).astype(np.float32)
+            lo, hi = tensor_ranges(data, scheme)
+            scale, zp = choose_qparams(scheme, lo, hi)
+            codes = quantize(data, scheme, scale, zp)
+            g = self.graph
+            q = g.add_constant(codes, name=_unused(g, f"{w.name}_q"), dtype=scheme.dtype)
+            s = g.add_constant(scale, name=_unused(g, f"{w.name}_scale"))
+            z = None
+            if zp is not None and not _all_zero_signed(zp, scheme):
+                z = g.add_constant(zp, name=_unused(g, f"{w.name}_zero_point"), dtype=scheme.dtype)
+            q.meta["quant"] = scheme.to_attrs()
+            self._codes[key] = (q, s, z)
+            self.replaced_constants[id(w)] = w
+        q, s, z = self._codes[key]
+        return self._dequantize(node, index, q, s, z, scheme)
+
+    def _simulate_constant(self, node: Node, index: int, scheme: QuantScheme) -> Value:
+        w = node.inputs[index]
+        assert w is not None and w.const is not None
+        lo, hi = (None, None) if scheme.granularity == "mx" else tensor_ranges(w.const, scheme)
+        self.replaced_constants.setdefault(id(w), w)
+        return self.simulated(node, index, scheme, lo, hi)
+
+    # -- activations ----------------------------------------------------------------------
+    def activation(self, node: Node, index: int, scheme: QuantScheme, lo: float, hi: float,
+                   smooth: np.ndarray | None = None) -> Value:
+        """Q (shared) + DQ (this reader's). With `smooth` [K] (SmoothQuant factors along
+        x's last axis), Q reads Mul(x, 1 / smooth) and the reader's weight rows carry
+        smooth (`weight(row_scale=smooth)`); [lo, hi] is then the range of x / smooth."""
+        x = node.inputs[index]
+        assert x is not None
+        key = (id(x), scheme)
+        if key not in self._quantized:
+            scale, zp = choose_qparams(scheme, np.float32(lo), np.float32(hi))
+            g = self.graph
+            s = g.add_constant(np.asarray(scale, np.float32).reshape(()), name=_unused(g, f"{x.name}_scale"))
+            z = g.add_constant(np.asarray(zp).reshape(()), name=_unused(g, f"{x.name}_zero_point"),
+                               dtype=scheme.dtype) if zp is not None else None
+            attrs: dict[str, object] = {"output_dtype": scheme.dtype.name} if z is None else {}
+            src = x
+            if smooth is not None:
+                # x / smooth as a float Mul: ONNX Runtime's per-axis QuantizeLinear is ~10x
+                # slower than a Mul followed by a per-tensor QuantizeLinear
+                inv = g.add_constant((1.0 / smooth.astype(np.float64)).astype(np.float32),
+                                     name=_unused(g, f"{x.name}_smooth_inv"))
+                src = g.create_node("Mul", [x, inv], meta=_CREATED_BY, output_names=[_unused(g, f"{x.name}_smoothed")],
+                                    **self._after(x)).output
+                src.type = x.type
+            q = g.create_node("QuantizeLinear", [src, s, z], attrs, meta=_CREATED_BY,
+                              output_names=[_unused(g, f"{x.name}_q")], **self._after(src)).output
+            q.meta["quant"] = scheme.to_attrs() if smooth is None else dict(scheme.to_attrs(), smoothed=True)
+            self._quantized[key] = (q, s, z)
+        q, s, z = self._quantized[key]
+        return self._dequantize(node, index, q, s, z, scheme)
+
+    def dynamic(self, node: Node, index: int, scheme: QuantScheme) -> Value:
+        x = node.inputs[index]
+        assert x is not None
+        key = (id(x), None)
+        if key not in self._quantized:
+            g = self.graph
+            names = [_unused(g, f"{x.name}_q"), _unused(g, f"{x.name}_scale"), _unused(g, f"{x.name}_zero_point")]
+            dq = g.create_node("DynamicQuantizeLinear", [x], meta=_CREATED_BY, output_names=names, **self._after(x))
+            q, s, z = dq.outputs
+            q.meta["quant"] = dict(scheme.to_attrs(), dynamic=True)
+            self._quantized[key] = (q, s, z)
+        q, s, z = self._quantized[key]
+        return self._dequantize(node, index, q, s, z, scheme, dynamic=True)
+
+    def simulated(self, node: Node, index: int, scheme: QuantScheme, lo, hi) -> Value:
+        """FakeQuantize in front of one reader (module docstring)."""
+        x = node.inputs[index]
+        assert x is not None
+        g = self.graph
+        inputs: list[Value | None] = [x]
+        if scheme.granularity == "nv":
+            amax = max(abs(float(np.min(lo))), abs(float(np.max(hi))))
+            scale, _ = choose_qparams(scheme, np.float32(-amax), np.float32(amax))
+            inputs.append(g.add_constant(np.asarray(scale, np.float32).reshape(()), name=_unused(g, f"{x.name}_scale")))
+        elif scheme.granularity != "mx":
+            scale, zp = choose_qparams(scheme, np.asarray(lo, np.float32), np.asarray(hi, np.float32))
+            inputs.append(g.add_constant(np.asarray(scale, np.float32), name=_unused(g, f"{x.name}_scale")))
+            if zp is not None and not scheme.symmetric:
+                inputs.append(g.add_constant(zp, name=_unused(g, f"{x.name}_zero_point"), dtype=scheme.dtype))
+        out = g.create_node("FakeQuantize", inputs, scheme.op_attrs(), meta=_CREATED_BY, before=node,
+                            output_names=[_unused(g, f"{x.name}_fq")]).output
+        out.meta["quant"] = scheme.to_attrs()
+        node.set_input(index, out)
+        return out
+
+    # -- shared -----------------------------------------------------------------------------
+    def _dequantize(self, node: Node, index: int, q: Value, s: Value, z: Value | None, scheme: QuantScheme,
+                    dynamic: bool = False) -> Value:
+        attrs: dict[str, int] = {}
+        if scheme.granularity in ("channel", "group"):
+            attrs["axis"] = int(scheme.axis)
+        if scheme.granularity == "group":
+            attrs["block_size"] = int(scheme.group_size)
+        g = self.graph
+        x = node.inputs[index]
+        assert x is not None
+        out = g.create_node("DequantizeLinear", [q, s, z], attrs, meta=_CREATED_BY, before=node,
+                            output_names=[_unused(g, f"{x.name}_dq")]).output
+        out.meta["quant"] = dict(scheme.to_attrs(), dynamic=True) if dynamic else scheme.to_attrs()
+        if x.type != out.type and x.type.shape is not None:
+            out.type = x.type  # keep the symbolic dims the reader was typed with
+        node.set_input(index, out)
+        return out
+
+    def _after(self, x: Value) -> dict[str, Node]:
+        """Where a node computing from x goes: right after x's producer, or first."""
+        if x.producer is not None:
+            return {"after": x.producer}
+        first = next(iter(self.graph), None)
+        return {"before": first} if first is not None else {}
+
+    def drop_unused(self) -> int:
+        """Remove the float constants quantization replaced that nothing reads now."""
+        removed = 0
+        for v in self.replaced_constants.values():
+            if not v.uses and not self.graph.is_output(v) and v in self.graph.constants:
+                self.graph.remove_constant(v)
+                removed += 1
+        return removed
+
+
+def _unused(graph: Graph, base: str) -> str:
+    """A value name `graph` does not use yet (not claimed: the caller's add_constant /
+    create_node claims it)."""
+    name, i = base, 0
+    while graph.has_name(name):
+        i += 1
+        name = f"{base}_{i}"
+    return name
+
+
+def _all_zero_signed(zp: np.ndarray, scheme: QuantScheme) -> bool:
+    """A symmetric signed scheme's zero point is all 0: DequantizeLinear can omit it."""
+    return scheme.symmetric and scheme.dtype.kind == "int" and not np.any(np.asarray(zp).astype(np.int64))
+
+
+def with_axis(scheme: QuantScheme, channel_axis: int, group_axis: int) -> QuantScheme:
+    """`scheme` with the axis a given weight layout needs (channel or group axis)."""
+    if scheme.granularity == "channel":
+        return replace(scheme, axis=channel_axis)
+    if scheme.granularity == "group":
+        return replace(scheme, axis=group_axis)
+    if scheme.is_block_format:
+        return replace(scheme, axis=group_axis)
+    return scheme

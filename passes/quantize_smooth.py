@@ -1,0 +1,118 @@
+"""SmoothQuant-style smoothing for the "quantize" pass (Xiao et al., "SmoothQuant",
+2023): move the per-channel outliers of an activation x into the weights that read it.
+
+For x read by MatMul / Gemm layers with constant weights W (x @ W, K input channels),
+factors s[K] (`smoothing_factors`) give x @ W = (x / s) @ (s W) exactly in real
+arithmetic; quantizing x / s per tensor and s W per output column spreads the
+quantization error of x's outlier channels over the weights, which have room for it.
+The "quantize" pass then writes `QuantizeLinear(Mul(x, 1 / s))` and quantizes the
+weights' rows times s. `smoothing_axes(graph)` names the activations and the axis whose
+per-channel min/max `collect_stats(per_channel_axis=...)` must collect for it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from requant.ir.graph import Graph, Node, Value
+from requant.passes.quantize_insert import uses_qdq
+
+__all__ = ["Smoothing", "input_axis", "smoothing_axes", "smoothing_factors"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Smoothing:
+    """Per-channel factors s [K] for one activation x, and the min/max of x / s."""
+
+    factors: np.ndarray
+    lo: float
+    hi: float
+
+
+def input_axis(node: Node) -> int:
+    """The input-channel (K) axis of a MatMul / Gemm weight."""
+    w = node.inputs[1]
+    assert w is not None
+    if node.op == "Gemm":
+        return 1 if node.attrs.get("transB", 0) else 0
+    return int(w.type.rank) - 2
+
+
+def smoothing_axes(graph: Graph, ops: Sequence[str] = ("MatMul", "Gemm")) -> dict[str, int]:
+    """{activation name: axis} to pass to `collect_stats(per_channel_axis=...)` so that
+    `quantize(smooth_alpha=...)` has the per-channel ranges it needs: the last axis of
+    every float activation read by a MatMul / Gemm (not transA) with a constant weight."""
+    out: dict[str, int] = {}
+    for node in graph:
+        if node.op not in ops or node.op not in ("MatMul", "Gemm") or len(node.inputs) < 2:
+            continue
+        x, w = node.inputs[0], node.inputs[1]
+        if x is None or w is None or w.const is None or x.const is not None or x.type.rank is None:
+            continue
+        if node.op == "Gemm" and node.attrs.get("transA", 0):
+            continue
+        out[x.name] = int(x.type.rank) - 1
+    return out
+
+
+def smoothing_factors(graph: Graph, plans: Mapping[int, Any], stats: Mapping[str, Any], alpha: float,
+                      min_ratio: float = 0.0) -> tuple[dict[int, Smoothing], list[str]]:
+    """SmoothQuant's migration (Xiao et al. 2023) for each activation x whose readers are
+    all planned MatMul / Gemm (same K): s_k = max|x_k|^alpha / max|W_k|^(1 - alpha),
+    max over the readers' weight rows, clipped to [1e-5, 1e5]. Needs per-channel
+    statistics along x's last axis (`smoothing_axes`); x without them is not smoothed
+    and is returned in the list of names. x whose channel ranges are even (largest
+    channel max|x_k| < `min_ratio` x the median one) is left alone: smoothing it costs a
+    Mul at run time and gains nothing (MiniLM's attention-output inputs, ratio 2.4-3)."""
+    readers: dict[int, list[Node]] = {}
+    values: dict[int, Value] = {}
+    for node in graph:
+        plan = plans.get(id(node))
+        if isinstance(plan, str) or plan is None or node.op not in ("MatMul", "Gemm"):
+            continue
+        # smoothing moves scale between the Q/DQ of x and the Q/DQ of W: both must be real
+        # Q/DQ (FakeQuantize formats pick their own block scales)
+        if not all(uses_qdq(item.scheme) and item.scheme.granularity in ("tensor", "channel") for item in plan) \
+                or not any(item.role == "activation" for item in plan):
+            continue
+        if node.op == "Gemm" and node.attrs.get("transA", 0):
+            continue
+        x = node.inputs[0]
+        assert x is not None
+        readers.setdefault(id(x), []).append(node)
+        values[id(x)] = x
+    out: dict[int, Smoothing] = {}
+    missing: list[str] = []
+    for key, nodes in readers.items():
+        x = values[key]
+        stat = stats.get(x.name)
+        if stat is None or getattr(stat, "per_channel_max", None) is None or x.type.rank is None \
+                or stat.axis is None or stat.axis % x.type.rank != x.type.rank - 1:
+            missing.append(x.name)
+            continue
+        lo_c, hi_c = stat.channel_range("minmax", include_zero=False)
+        a_max = np.maximum(np.abs(lo_c), np.abs(hi_c))
+        if a_max.max() < min_ratio * np.median(a_max):
+            continue
+        w_max = np.zeros_like(a_max)
+        for node in nodes:
+            w = node.inputs[1]
+            assert w is not None and w.const is not None
+            axis = input_axis(node)
+            others = tuple(i for i in range(w.const.ndim) if i != axis)
+            row = np.abs(w.const).max(axis=others)
+            if row.shape != w_max.shape:
+                break
+            w_max = np.maximum(w_max, row)
+        else:
+            s = np.clip(np.power(np.maximum(a_max, 1e-8), alpha) / np.power(np.maximum(w_max, 1e-8), 1 - alpha),
+                        1e-5, 1e5)
+            out[key] = Smoothing(s, float(min(np.min(lo_c / s), 0.0)), float(max(np.max(hi_c / s), 0.0)))
+    return out, missing
