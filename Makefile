@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(PY) -m requant.tools.demo
+	$(PY) -m requant.tools.cli demo
 
 bench: $(STAMP)
 	$(PY) -m requant.tools.bench.rewrite_scaling
