@@ -36,7 +36,7 @@ import numpy as np
 
 from requant.errors import PassError, RequantError, UnsupportedOpError
 from requant.report import Accuracy, StepRecord, constant_bytes, render_report
-from requant.targets import CALIBRATE, STATS, Scheme, Step, Target, get_target
+from requant.targets import CALIBRATE, LINEAR_INPUTS, STATS, Scheme, Step, Target, get_target
 
 __all__ = ["compile", "load", "CompiledModel", "FORMAT", "FORMAT_VERSION", "MANIFEST", "MODEL_FILE", "PIPELINE_FILE"]
 
@@ -233,8 +233,13 @@ class _Pipeline:
         from requant.passes.calibration import collect_stats
 
         start = time.perf_counter()
+        options = dict(step.options)
+        if options.get("per_channel_axis") == LINEAR_INPUTS:
+            from requant.passes.quantize_smooth import smoothing_axes
+
+            options["per_channel_axis"] = smoothing_axes(graph)
         try:
-            stats = collect_stats(graph, batches, **dict(step.options))
+            stats = collect_stats(graph, batches, **options)
         except Exception as exc:
             raise PassError(f"{self._where(CALIBRATE, position)}: {exc}") from exc
         seconds = time.perf_counter() - start

@@ -27,6 +27,7 @@ from requant.errors import RequantError
 
 __all__ = [
     "CALIBRATE",
+    "LINEAR_INPUTS",
     "STATS",
     "Opt",
     "Scheme",
@@ -47,6 +48,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 CALIBRATE = "calibrate"
+# A calibrate step's `per_channel_axis` may name this set instead of values: the inputs
+# of every linear with a constant weight (what SmoothQuant needs per-channel ranges of).
+LINEAR_INPUTS = "linear_inputs"
 """The pipeline step that runs `requant.passes.calibration.collect_stats` on the graph as
 it is at that point; its result reaches later steps through `STATS`."""
 
@@ -193,8 +197,9 @@ _METHODS = ("minmax", "percentile", "mse", "entropy")
 _RUNNERS = ("auto", "onnxruntime", "interpreter")
 
 _CALIBRATION_OPTIONS: dict[str, OptionSpec] = {
-    "method": OptionSpec(str, "percentile", "activation range from calibration statistics "
-                                            "(percentile: 99.99th, measured best for int8 on MiniLM)", _METHODS),
+    "method": OptionSpec(str, "minmax", "activation range from calibration statistics (minmax measured best "
+                                        "for int8 with SmoothQuant on MiniLM: tools/bench/quantize_minilm.py)",
+                         _METHODS),
     "calibration_runner": OptionSpec(str, "auto", "what runs the float graph on calibration batches "
                                      "(auto: ONNX Runtime, else the interpreter)", _RUNNERS),
 }
@@ -216,6 +221,8 @@ _INT8_OPTIONS = {
     "activations": OptionSpec(str, "uint8", "activation codes: uint8 asymmetric or int8 symmetric", ("uint8", "int8")),
     "quantize_embeddings": OptionSpec(bool, True, "also quantize Gather tables (int8, one scale per row)"),
     "kernel": OptionSpec(str, "auto", "integer kernel for lower_quant ('auto': chosen by measurement)"),
+    "smooth_alpha": OptionSpec((float, type(None)), 0.7, "SmoothQuant migration strength for linear inputs "
+                                                         "(None: no smoothing)"),
 }
 _INT8_WEIGHTS = Scheme("int8", Opt("per_channel", {True: "channel", False: "tensor"}),
                        axis=Opt("per_channel", {True: 1, False: None}), symmetric=True)
@@ -223,8 +230,10 @@ _INT8_ACTIVATIONS = Scheme(Opt("activations"), "tensor", symmetric=Opt("activati
 
 
 def _quantize_step(weights: Scheme, activations: Scheme | None, *, stats: Any = STATS, weight_only: bool = False,
-                   method: Any = Opt("method"), ops: Any = Opt("ops"), embeddings: Any = False) -> Step:
+                   method: Any = Opt("method"), ops: Any = Opt("ops"), embeddings: Any = False,
+                   smooth_alpha: Any = None) -> Step:
     return Step("quantize", {
+        "smooth_alpha": smooth_alpha,
         "weight_scheme": weights,
         "activation_scheme": activations,
         "ops": ops,
@@ -238,8 +247,10 @@ def _quantize_step(weights: Scheme, activations: Scheme | None, *, stats: Any = 
 
 _INT8_STEPS = (
     Step("canonicalize"),
-    Step(CALIBRATE, {"runner": Opt("calibration_runner")}),
-    _quantize_step(_INT8_WEIGHTS, _INT8_ACTIVATIONS, embeddings=Opt("quantize_embeddings")),
+    # per-channel ranges of every linear input, for SmoothQuant inside the quantize pass
+    Step(CALIBRATE, {"runner": Opt("calibration_runner"), "per_channel_axis": LINEAR_INPUTS}),
+    _quantize_step(_INT8_WEIGHTS, _INT8_ACTIVATIONS, embeddings=Opt("quantize_embeddings"),
+                   smooth_alpha=Opt("smooth_alpha")),
     Step("lower_quant", {"kernel": Opt("kernel")}),
     *_QUANT_CLEANUP,
 )

@@ -14,7 +14,7 @@ import requant
 from requant.compiler import _jsonable
 from requant.errors import RequantError
 from requant.passes.manager import available_passes
-from requant.targets import CALIBRATE, COMMON_OPTIONS, STATS, TARGETS, Opt, OptionSpec, Scheme, Step, Target, get_target
+from requant.targets import CALIBRATE, COMMON_OPTIONS, LINEAR_INPUTS, STATS, TARGETS, Opt, OptionSpec, Scheme, Step, Target, get_target
 
 DESIGN_TARGETS = ("cpu-fp32", "cpu-int8", "cpu-int4", "cpu-fp8", "cpu-intonly", "cuda-int8", "cuda-fp8", "cuda-fp4")
 
@@ -105,12 +105,16 @@ def test_quantize_options_follow_the_contract() -> None:
     steps = {s.name: s for s in int8.resolve_steps(int8.resolve_options({}))}
     q = steps["quantize"].options
     assert set(q) == {"weight_scheme", "activation_scheme", "ops", "method", "stats", "exclude",
-                      "quantize_embeddings", "weight_only"}
+                      "quantize_embeddings", "weight_only", "smooth_alpha"}
     assert q["weight_scheme"] == Scheme("int8", "channel", axis=1, group_size=None, symmetric=True)
     assert q["activation_scheme"] == Scheme("uint8", "tensor", symmetric=False)
-    assert q["method"] == "percentile" and q["weight_only"] is False and q["quantize_embeddings"] is True
+    assert q["method"] == "minmax" and q["weight_only"] is False and q["quantize_embeddings"] is True
+    assert q["smooth_alpha"] == 0.7
+    assert steps["calibrate"].options["per_channel_axis"] == LINEAR_INPUTS  # SmoothQuant needs channel ranges
     assert [s.name for s in int8.steps][-3:] == ["lower_quant", "cse", "dce"]
-    q = {s.name: s for s in int8.resolve_steps(int8.resolve_options({"per_channel": False, "activations": "int8"}))}
+    q = {s.name: s for s in int8.resolve_steps(int8.resolve_options({"per_channel": False, "activations": "int8",
+                                                                     "smooth_alpha": None}))}
+    assert q["quantize"].options["smooth_alpha"] is None
     assert q["quantize"].options["weight_scheme"].granularity == "tensor"
     assert q["quantize"].options["activation_scheme"] == Scheme("int8", "tensor", symmetric=True)
 
