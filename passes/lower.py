@@ -10,7 +10,9 @@ What it rewrites (A: the activation operand, W: a constant weight [K, N]):
   + 128 (the same codes shifted: exact), because ONNX Runtime's u8 x s8 kernels are
   ~15x faster than its s8 x s8 ones on x86 (table below);
 - the same with `a_q, a_s, a_zp = DynamicQuantizeLinear(x)` -> com.microsoft
-  `DynamicQuantizeMatMul(x, W_q, w_s, w_zp, bias)` ("dynamic");
+  `DynamicQuantizeMatMul(x, W_q, w_s, w_zp, bias)` ("dynamic"; with "auto" only where
+  the DynamicQuantizeLinear has one reader, else MatMulIntegerToFloat on its outputs,
+  so Q/K/V quantize their shared input once);
 - `MatMul(x, DQ(W_q int4/uint4, scales[K/G, N], zp) {axis=0, block_size=G})` [+ bias]
   -> com.microsoft `MatMulNBits(x, packed, scales, zp) {bits=4, block_size=G,
   accuracy_level=0}` ("nbits"; ORT's packing: uint8 [N, K/G, G/2], low nibble first);
@@ -27,10 +29,12 @@ What it rewrites (A: the activation operand, W: a constant weight [K, N]):
   the Q/DQ graph requantizes the output itself; ONNX Runtime's requantization may round
   a tie differently: +-1 output code);
 - kernel="qdq": nothing (ONNX Runtime's own QDQ transformers see the Q/DQ graph).
-Dequantize/quantize nodes and constants left without readers are removed. What is not lowered stays
-as it was, with the reason in `graph.meta["lower_skipped"]` ({node, op, reason}): e.g.
-"format fp8_e4m3 has no integer kernel", "FakeQuantize simulates a format ONNX Runtime
-cannot run", "weight is not quantized".
+Dequantize/quantize nodes and constants left without readers are removed. What is not
+lowered stays as it was, with the reason in `graph.meta["lower_skipped"]` ({node, op,
+reason}): e.g. "format fp8_e4m3 has no integer kernel", "FakeQuantize simulates a
+format ONNX Runtime cannot run", "weight is not quantized". Stats: rewrites, one
+`rule:<name>` and one `op:<kernel>` count per rule / kernel used, nodes_removed,
+constants_removed, skipped.
 
 Tolerance (tests use it): for y = A @ W (+ b) with K terms, the Q/DQ graph sums K
 float32 products, the kernels sum integers exactly and round 3 times (int32 -> float,
@@ -275,7 +279,10 @@ class _Lowering:
         if not wide or lin.weight.block:
             return "!group-quantized weights with quantized activations have no integer kernel"
         if k == "auto":
-            return "dynamic" if lin.act.source == "dynamic" else "integer_to_float"
+            # one DynamicQuantizeLinear read by several layers (Q/K/V) quantizes once for
+            # all of them, as ORT's quantize_dynamic does; a lone reader takes the fused op
+            shared = len(lin.act.codes.uses) > 1
+            return "dynamic" if lin.act.source == "dynamic" and not shared else "integer_to_float"
         if k == "dynamic" and lin.act.source != "dynamic":
             return "!kernel 'dynamic' needs DynamicQuantizeLinear activations (quantize(dynamic=True))"
         if k in ("nbits", "qlinear"):
@@ -402,7 +409,11 @@ def pack_nbits(codes: np.ndarray, dt: dtypes.DType, scale: np.ndarray, zero_poin
 # -- rules -----------------------------------------------------------------------------------
 
 
-def _linear_rule(root: str, with_bias: bool, low: _Lowering) -> Rule:
+def _linear_rule(kind: str, low: _Lowering) -> Rule:
+    """kind: "matmul_add" (MatMul + bias Add, the bias fused), "matmul", "gemm2" or
+    "gemm3" (Gemm nodes carry 2 or 3 inputs)."""
+    with_bias = kind == "matmul_add"
+
     def check(m: Match) -> str | None:
         node = m.mm if with_bias else m.root
         if not with_bias and node.op == "MatMul" and _bias_of(node) is not None \
@@ -420,23 +431,15 @@ def _linear_rule(root: str, with_bias: bool, low: _Lowering) -> Rule:
         assert not isinstance(lin, str)
         return low.emit(b, lin, low.choose(lin))
 
-    if with_bias:
-        pattern = op.Add(op.MatMul(op_var("a"), op_var("b"), _bind="mm"), op_var("c"), _commute=True)
-        name = "lower_matmul_add"
-    elif root == "Gemm3":  # Gemm nodes carry 2 or 3 inputs
-        pattern = op.Gemm(op_var("a"), op_var("b"), op_var("c", optional=True))
-        name = "lower_gemm"
-    elif root == "Gemm":
-        pattern = op.Gemm(op_var("a"), op_var("b"))
-        name = "lower_gemm"
-    else:
-        pattern = op.MatMul(op_var("a"), op_var("b"))
-        name = "lower_matmul"
-    return Rule(name, pattern, replace, check)
-
-
-def op_var(name: str, optional: bool = False) -> Var:
-    return Var(name, optional)
+    a, b, c = Var("a"), Var("b"), Var("c", optional=True)
+    patterns = {
+        "matmul_add": op.Add(op.MatMul(a, b, _bind="mm"), Var("c"), _commute=True),
+        "matmul": op.MatMul(a, b),
+        "gemm2": op.Gemm(a, b),
+        "gemm3": op.Gemm(a, b, c),
+    }
+    name = "lower_gemm" if kind.startswith("gemm") else f"lower_{kind}"
+    return Rule(name, patterns[kind], replace, check)
 
 
 def _gather_rule() -> Rule:
@@ -470,7 +473,7 @@ def _gather_rule() -> Rule:
             vals = b.Sub(vals, z_rows)
         return b.Mul(vals, s_rows)
 
-    return Rule("lower_gather", op.Gather(op_var("table"), op_var("ids")), replace, check)
+    return Rule("lower_gather", op.Gather(Var("table"), Var("ids")), replace, check)
 
 
 def _qlinear_rule() -> Rule:
@@ -493,16 +496,14 @@ def _qlinear_rule() -> Rule:
                                b.const(w.codes, dtype=w.dtype), b.const(w.scale), b.const(wz, dtype=w.dtype),
                                m.y_scale, m.y_zp)
 
-    pattern = op.QuantizeLinear(op.MatMul(op_var("a"), op_var("b"), _bind="mm"), op_var("y_scale"), op_var("y_zp"))
+    pattern = op.QuantizeLinear(op.MatMul(Var("a"), Var("b"), _bind="mm"), Var("y_scale"), Var("y_zp"))
     return Rule("lower_qlinear_matmul", pattern, replace, check)
 
 
 def rules_for(graph: Graph, kernel: str) -> list[Rule]:
     """The rules of one run of the pass with `kernel`."""
     low = _Lowering(graph, kernel)
-    rules = [_linear_rule("Add", True, low), _linear_rule("MatMul", False, low), _linear_rule("Gemm", False, low),
-             _linear_rule("Gemm3", False, low),
-             _gather_rule()]
+    rules = [_linear_rule(kind, low) for kind in ("matmul_add", "matmul", "gemm2", "gemm3")] + [_gather_rule()]
     if kernel == "qlinear":
         rules.insert(0, _qlinear_rule())
     return rules

@@ -66,24 +66,17 @@ class QuantEditor:
         self.replaced_constants: dict[int, Value] = {}
 
     # -- weights ----------------------------------------------------------------------------
-    def weight(self, node: Node, index: int, scheme: QuantScheme, row_scale: np.ndarray | None = None,
-               row_axis: int = 0) -> Value:
-        """Quantize constant input `index`; `row_scale` (smoothing) multiplies the weight
-        along `row_axis` (its input-channel axis) first."""
+    def weight(self, node: Node, index: int, scheme: QuantScheme) -> Value:
+        """Quantize constant input `index` of `node` (codes shared per weight and scheme)."""
         w = node.inputs[index]
         assert w is not None and w.const is not None
         if not uses_qdq(scheme):
             return self._simulate_constant(node, index, scheme)
-        key = (id(w), scheme, None if row_scale is None else id(row_scale))
+        key = (id(w), scheme)
         if key not in self._codes:
-            data = w.const
-            if row_scale is not None:
-                shape = [1] * data.ndim
-                shape[row_axis] = -1
-                data = (data.astype(np.float64) * row_scale.reshape(shape)).astype(np.float32)
-            lo, hi = tensor_ranges(data, scheme)
+            lo, hi = tensor_ranges(w.const, scheme)
             scale, zp = choose_qparams(scheme, lo, hi)
-            codes = quantize(data, scheme, scale, zp)
+            codes = quantize(w.const, scheme, scale, zp)
             g = self.graph
             q = g.add_constant(codes, name=_unused(g, f"{w.name}_q"), dtype=scheme.dtype)
             s = g.add_constant(scale, name=_unused(g, f"{w.name}_scale"))
@@ -104,11 +97,8 @@ class QuantEditor:
         return self.simulated(node, index, scheme, lo, hi)
 
     # -- activations ----------------------------------------------------------------------
-    def activation(self, node: Node, index: int, scheme: QuantScheme, lo: float, hi: float,
-                   smooth: np.ndarray | None = None) -> Value:
-        """Q (shared) + DQ (this reader's). With `smooth` [K] (SmoothQuant factors along
-        x's last axis), Q reads Mul(x, 1 / smooth) and the reader's weight rows carry
-        smooth (`weight(row_scale=smooth)`); [lo, hi] is then the range of x / smooth."""
+    def activation(self, node: Node, index: int, scheme: QuantScheme, lo: float, hi: float) -> Value:
+        """Q (shared by x's readers) + DQ (this reader's), one scale for [lo, hi]."""
         x = node.inputs[index]
         assert x is not None
         key = (id(x), scheme)
@@ -119,18 +109,9 @@ class QuantEditor:
             z = g.add_constant(np.asarray(zp).reshape(()), name=_unused(g, f"{x.name}_zero_point"),
                                dtype=scheme.dtype) if zp is not None else None
             attrs: dict[str, object] = {"output_dtype": scheme.dtype.name} if z is None else {}
-            src = x
-            if smooth is not None:
-                # x / smooth as a float Mul: ONNX Runtime's per-axis QuantizeLinear is ~10x
-                # slower than a Mul followed by a per-tensor QuantizeLinear
-                inv = g.add_constant((1.0 / smooth.astype(np.float64)).astype(np.float32),
-                                     name=_unused(g, f"{x.name}_smooth_inv"))
-                src = g.create_node("Mul", [x, inv], meta=_CREATED_BY, output_names=[_unused(g, f"{x.name}_smoothed")],
-                                    **self._after(x)).output
-                src.type = x.type
-            q = g.create_node("QuantizeLinear", [src, s, z], attrs, meta=_CREATED_BY,
-                              output_names=[_unused(g, f"{x.name}_q")], **self._after(src)).output
-            q.meta["quant"] = scheme.to_attrs() if smooth is None else dict(scheme.to_attrs(), smoothed=True)
+            q = g.create_node("QuantizeLinear", [x, s, z], attrs, meta=_CREATED_BY,
+                              output_names=[_unused(g, f"{x.name}_q")], **self._after(x)).output
+            q.meta["quant"] = scheme.to_attrs()
             self._quantized[key] = (q, s, z)
         q, s, z = self._quantized[key]
         return self._dequantize(node, index, q, s, z, scheme)

@@ -109,7 +109,9 @@ def test_static_u8_matmul_add_becomes_integer_to_float():
     assert g.op_histogram() == {"MatMulIntegerToFloat": 1, "Mul": 1, "QuantizeLinear": 1, "Relu": 1}
     (node,) = [n for n in g if n.op == "MatMulIntegerToFloat"]
     names = [v.name if v is not None else None for v in node.inputs]
-    assert names == ["x_q", "w_q", "x_scale", "w_scale", "x_zero_point", None, "b"]
+    # x is smoothed (x_scaled = x / s) and W's rows scaled before quantization
+    assert names == ["x_scaled_q", "w_quantize_smooth_q", "x_scaled_scale", "w_quantize_smooth_scale",
+                     "x_scaled_zero_point", None, "b"]
     assert node.meta["created_by"] == "lower_matmul_add" and g.meta["lower_skipped"] == []
 
 

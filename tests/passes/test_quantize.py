@@ -233,14 +233,38 @@ def test_smoothing_bound_and_outlier_channel_gain():
     ref = run(g, [xs])[0]
     s = run_pass(g, stats=calibrate(g, xs, per_channel=True), smooth_alpha=0.7).stats
     assert s["activations_smoothed"] == 1 and g.op_histogram()["Mul"] == 1
-    inv = const_named(g, "x_smooth_inv").astype(np.float64)
+    inv = const_named(g, "x_inv_scale").astype(np.float64)
     out = run(g, [xs])[0]
-    bound = linear_bound(xs * inv, w / inv[:, None], float(const_named(g, "x_scale")), const_named(g, "w_scale"))
+    bound = linear_bound(xs * inv, w / inv[:, None], float(const_named(g, "x_scaled_scale")),
+                         const_named(g, "w_quantize_smooth_scale"))
     err = np.abs(out.astype(np.float64) - ref)
     assert np.all(err <= bound * (1 + 1e-4))
     run_pass(plain, stats=calibrate(plain, xs), smooth_alpha=None)
     err_plain = np.abs(run(plain, [xs])[0].astype(np.float64) - ref)
     assert np.sqrt(np.mean(err**2)) < 0.5 * np.sqrt(np.mean(err_plain**2))
+
+
+def test_smoothing_folds_into_a_layernorm_read_only_by_linears():
+    """Pre-LN: LayerNorm -> two linears only: x / s goes into gamma and beta, no Mul."""
+    rng = np.random.default_rng(9)
+    g = Graph("preln")
+    b = Builder(g)
+    x = b.input("x", tensor_type(F32, [4, 6, 16]))
+    gamma = np.ones(16, np.float32)
+    gamma[2] = 30.0  # an outlier channel
+    h = b.LayerNormalization(x, b.const(gamma, name="gamma"), b.const(np.full(16, 0.1, np.float32), name="beta"),
+                             axis=-1)
+    w1, w2 = (b.const(rng.standard_normal((16, 8)).astype(np.float32)) for _ in range(2))
+    g.outputs = [b.MatMul(h, w1), b.MatMul(h, w2)]
+    xs = rng.standard_normal((4, 6, 16)).astype(np.float32)
+    ref = run(g, [xs])
+    s = run_pass(g, stats=calibrate(g, xs, per_channel=True)).stats
+    assert s["activations_smoothed"] == 1 and s["smoothed_into_norm"] == 1 and s["smoothed_into_mul"] == 0
+    assert "Mul" not in g.op_histogram() and g.op_histogram()["QuantizeLinear"] == 1
+    (ln,) = [n for n in g if n.op == "LayerNormalization"]
+    assert ln.inputs[1].const[2] < 30.0  # gamma / s
+    for out, r in zip(run(g, [xs]), ref):
+        assert np.abs(out - r).max() < 0.05 * np.abs(r).max()
 
 
 def test_even_channels_are_not_smoothed():
