@@ -23,12 +23,11 @@ from requant.ir.types import Dim, TensorType
 __all__: list[str] = []
 
 
-def _infer_matmul(ctx: InferContext) -> list[TensorType]:
-    a = check_input(ctx, 0, "numeric")
-    b = check_input(ctx, 1, "numeric")
-    same_dtype(ctx, [0, 1])
+def matmul_shape(ctx: InferContext, a: TensorType, b: TensorType) -> tuple[Dim, ...] | None:
+    """numpy matmul's result shape (1-D operands promoted, batch dims broadcast); None
+    when a rank is unknown. Shared with the integer matmuls in ops/quant.py."""
     if a.shape is None or b.shape is None:
-        return [TensorType(None, a.dtype)]
+        return None
     sa, sb = list(a.shape), list(b.shape)
     if not sa or not sb:
         raise ctx.fail("operands must have rank >= 1")
@@ -40,9 +39,15 @@ def _infer_matmul(ctx: InferContext) -> list[TensorType]:
     k1, k2 = sa[-1], sb[-2]
     if isinstance(k1, int) and isinstance(k2, int) and k1 != k2:
         raise ctx.fail(f"inner dims differ: {tuple(a.shape)} @ {tuple(b.shape)}")
-    batch = broadcast_shapes([tuple(sa[:-2]), tuple(sb[:-2])], "MatMul")
-    out = list(batch) + ([] if squeeze_a else [sa[-2]]) + ([] if squeeze_b else [sb[-1]])
-    return [TensorType(tuple(out), a.dtype)]
+    batch = broadcast_shapes([tuple(sa[:-2]), tuple(sb[:-2])], ctx.schema.name)
+    return tuple(list(batch) + ([] if squeeze_a else [sa[-2]]) + ([] if squeeze_b else [sb[-1]]))
+
+
+def _infer_matmul(ctx: InferContext) -> list[TensorType]:
+    a = check_input(ctx, 0, "numeric")
+    b = check_input(ctx, 1, "numeric")
+    same_dtype(ctx, [0, 1])
+    return [TensorType(matmul_shape(ctx, a, b), a.dtype)]
 
 
 def _matmul(ins: list, attrs: dict, outs: list) -> Any:

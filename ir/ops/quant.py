@@ -53,8 +53,9 @@ from requant.ir import dtypes
 from requant.ir import quant_formats as qf  # attributes read at run time only (import cycle via cast)
 from requant.ir.dtypes import DType
 from requant.ir.ops._common import attr_int, opt
+from requant.ir.ops.linalg import matmul_shape
 from requant.ir.registry import REQUIRED, InferContext, define_op
-from requant.ir.shapes import broadcast_shapes, normalize_axis
+from requant.ir.shapes import normalize_axis
 from requant.ir.types import Dim, TensorType
 
 __all__: list[str] = []
@@ -269,24 +270,6 @@ define_op(
 # ----------------------------------------------------------------------------- integer matmuls
 
 
-def _matmul_shape(ctx: InferContext, a: TensorType, b: TensorType) -> tuple[Dim, ...] | None:
-    if a.shape is None or b.shape is None:
-        return None
-    sa, sb = list(a.shape), list(b.shape)
-    if not sa or not sb:
-        raise ctx.fail("operands must have rank >= 1")
-    squeeze_a, squeeze_b = len(sa) == 1, len(sb) == 1
-    if squeeze_a:
-        sa = [1] + sa
-    if squeeze_b:
-        sb = sb + [1]
-    k1, k2 = sa[-1], sb[-2]
-    if isinstance(k1, int) and isinstance(k2, int) and k1 != k2:
-        raise ctx.fail(f"inner dims differ: {tuple(a.shape)} @ {tuple(b.shape)}")
-    batch = broadcast_shapes([tuple(sa[:-2]), tuple(sb[:-2])], ctx.schema.name)
-    return tuple(list(batch) + ([] if squeeze_a else [sa[-2]]) + ([] if squeeze_b else [sb[-1]]))
-
-
 def _rows(a: TensorType) -> Dim:
     return None if a.shape is None or len(a.shape) < 2 else a.shape[-2]
 
@@ -353,7 +336,7 @@ def _infer_matmul_integer(ctx: InferContext) -> list[TensorType]:
     _same(ctx, 1, 3)
     _check_vector(ctx, 2, _rows(a), "row of A")
     _check_vector(ctx, 3, _cols(b), "column of B")
-    return [TensorType(_matmul_shape(ctx, a, b), dtypes.int32)]
+    return [TensorType(matmul_shape(ctx, a, b), dtypes.int32)]
 
 
 def _matmul_integer(ins: list, attrs: dict, outs: list) -> Any:
@@ -386,7 +369,7 @@ def _infer_qlinear_matmul(ctx: InferContext) -> list[TensorType]:
     for i, count, where in ((1, m, "row of a"), (2, m, "row of a"), (4, n, "column of b"), (5, n, "column of b"),
                             (6, m, "row of the output"), (7, m, "row of the output")):
         _check_vector(ctx, i, count, where)
-    return [TensorType(_matmul_shape(ctx, a, b), y_zp.dtype)]
+    return [TensorType(matmul_shape(ctx, a, b), y_zp.dtype)]
 
 
 def _qlinear_matmul(ins: list, attrs: dict, outs: list) -> Any:
@@ -448,7 +431,7 @@ def _infer_matmul_integer_to_float(ctx: InferContext) -> list[TensorType]:
     _check_vector(ctx, 3, n, "column of B", allow_nd=False)
     _check_vector(ctx, 5, n, "column of B", allow_nd=False)
     _check_bias(ctx, 6, n)
-    return [TensorType(_matmul_shape(ctx, a, b), dtypes.float32)]
+    return [TensorType(matmul_shape(ctx, a, b), dtypes.float32)]
 
 
 def _scaled_int_matmul(a_q: np.ndarray, a_zp: Any, a_scale: Any, b: np.ndarray, b_zp: Any, b_scale: Any,
@@ -487,7 +470,7 @@ def _infer_dynamic_quantize_matmul(ctx: InferContext) -> list[TensorType]:
     _check_vector(ctx, 2, n, "column of B", allow_nd=False)
     _check_vector(ctx, 3, n, "column of B", allow_nd=False)
     _check_bias(ctx, 4, n)
-    return [TensorType(_matmul_shape(ctx, a, b), dtypes.float32)]
+    return [TensorType(matmul_shape(ctx, a, b), dtypes.float32)]
 
 
 def _dynamic_quantize_matmul(ins: list, attrs: dict, outs: list) -> Any:
