@@ -40,6 +40,36 @@ REQUANT_ROWS = (
 )
 
 
+def _w4a4_minmax(dtype: str) -> list:
+    """W4A4 with one format and minmax ranges: weights per output channel, activations
+    per tensor, simulated by FakeQuantize (embeddings stay float)."""
+    from requant.ir import dtype as dt
+    from requant.ir.quant_formats import QuantScheme
+    from requant.targets import STATS
+
+    weights = QuantScheme(dt(dtype), "channel", axis=1)
+    activations = QuantScheme(dt(dtype), "tensor")
+    return ["canonicalize", "calibrate",
+            ("quantize", {"weight_scheme": weights, "activation_scheme": activations, "method": "minmax", "stats": STATS,
+                          "smooth_alpha": None, "quantize_embeddings": False}),
+            "cse", "dce"]
+
+
+def _w4a4_llm_fp4(batches: list) -> list:
+    """LLM-FP4: searched E/M split, bias and clipping per tensor, per-channel activation
+    exponent biases folded into the next weight's rows (passes/fold_llm_fp4.py)."""
+    return ["canonicalize", ("llm_fp4", {"calibration": batches}), "cse", "dce"]
+
+
+def w4a4_rows(batches: list) -> tuple:
+    """The W4A4 comparison of issue 5: (row name, target, compile options)."""
+    return (
+        ("W4A4 INT4 minmax (simulated)", "cpu-fp4", {"passes": _w4a4_minmax("int4")}),
+        ("W4A4 FP4 E2M1 minmax (simulated)", "cpu-fp4", {"passes": _w4a4_minmax("fp4_e2m1")}),
+        ("W4A4 LLM-FP4 searched + folded biases (simulated)", "cpu-fp4", {"passes": _w4a4_llm_fp4(batches)}),
+    )
+
+
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman rank correlation (average ranks for ties)."""
     def ranks(x: np.ndarray) -> np.ndarray:
@@ -99,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             row.name = name
             rows.append(row)
             compile_s[name] = seconds
-        for name, target, options in REQUANT_ROWS:
+        for name, target, options in REQUANT_ROWS + w4a4_rows(batches):
             try:
                 row, seconds = _requant_row(name, float_path, target, options, batches)
             except Exception as exc:  # noqa: BLE001  (a failed target is a table row, not a crash)
