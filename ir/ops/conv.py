@@ -44,16 +44,23 @@ def _kernel_shape(ctx: InferContext, w_shape, n: int) -> list[int] | None:
     return ks
 
 
-def _infer_conv(ctx: InferContext) -> list[TensorType]:
+def _conv_operands(ctx: InferContext) -> tuple[TensorType, TensorType, Any, int, int | None]:
+    """X, W, their dtype, `group` and the rank (None when neither rank is known), checked
+    as Conv and ConvTranspose both need them."""
     x = check_input(ctx, 0, "float")
     w = check_input(ctx, 1, "float")
     dt = same_dtype(ctx, [0, 1, 2])
     group = attr_int(ctx, "group", lo=1)
     rank = x.rank if x.rank is not None else w.rank
+    if rank is not None and rank < 3:
+        raise ctx.fail(f"X must be (N, C, spatial...) with rank >= 3, got {x}")
+    return x, w, dt, group, rank
+
+
+def _infer_conv(ctx: InferContext) -> list[TensorType]:
+    x, w, dt, group, rank = _conv_operands(ctx)
     if rank is None:
         return [TensorType(None, dt)]
-    if rank < 3:
-        raise ctx.fail(f"X must be (N, C, spatial...) with rank >= 3, got {x}")
     for t, name in ((x, "X"), (w, "W")):
         if t.rank is not None and t.rank != rank:
             raise ctx.fail(f"X {x} and W {w} must have the same rank")
@@ -147,15 +154,9 @@ def _convt_geometry(in_sp, kernel, attrs_get, n):
 
 
 def _infer_conv_transpose(ctx: InferContext) -> list[TensorType]:
-    x = check_input(ctx, 0, "float")
-    w = check_input(ctx, 1, "float")
-    dt = same_dtype(ctx, [0, 1, 2])
-    group = attr_int(ctx, "group", lo=1)
-    rank = x.rank if x.rank is not None else w.rank
+    x, w, dt, group, rank = _conv_operands(ctx)
     if rank is None:
         return [TensorType(None, dt)]
-    if rank < 3:
-        raise ctx.fail(f"X must be (N, C, spatial...) with rank >= 3, got {x}")
     n = rank - 2
     ks = _kernel_shape(ctx, w.shape, n)
     window_attrs(ctx, n, ks)
