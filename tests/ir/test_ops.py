@@ -19,7 +19,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnx.reference import ReferenceEvaluator
+
+from op_testing import check_type, run_oracle
 
 from requant.errors import RequantError, ShapeInferenceError
 from requant.ir import Builder, Graph, dtypes, run, shapes, tensor_type
@@ -181,25 +182,7 @@ def run_onnx(case: Case, out_types: list) -> list[np.ndarray]:
         initializer=inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", case.opset)])
-    if case.oracle == "ort":
-        import onnxruntime
-
-        model.ir_version = min(model.ir_version, 10)
-        session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        return list(session.run(None, feed))
-    return list(ReferenceEvaluator(model).run(None, feed))
-
-
-def check_type(t, arr: np.ndarray, bindings: dict[str, int], where: str) -> None:
-    assert arr.dtype == t.dtype.np, f"{where}: kernel gave {arr.dtype}, type says {t.dtype}"
-    if t.shape is None:
-        return
-    assert len(t.shape) == arr.ndim, f"{where}: inferred {t}, got shape {arr.shape}"
-    for d, n in zip(t.shape, arr.shape):
-        if isinstance(d, int):
-            assert d == n, f"{where}: inferred {t}, got shape {arr.shape}"
-        elif isinstance(d, str):
-            assert bindings.setdefault(d, n) == n, f"{where}: symbol {d} is {bindings[d]} and {n}"
+    return run_oracle(model, feed, case.oracle)
 
 
 def compare(got: np.ndarray, want: np.ndarray, dt: str, where: str) -> None:
