@@ -11,8 +11,11 @@ What this module owns:
   as its `stats` option; calibration batches may be tuples, dicts or single arrays of
   numpy arrays or torch tensors; the last `holdout` fraction is kept back to measure
   accuracy against the float model;
-- building the runtime (ONNX Runtime for the "onnx" backend) and calling it;
+- building the runtime (ONNX Runtime for the "onnx" backend, a TVM build through
+  `requant.backends.tvm` for "tvm") and calling it;
 - the saved directory: model.onnx (+ model.onnx.data when external), pipeline.json,
+  for TVM targets also the runtime's files (model.so, model.cu) with model.onnx holding
+  the compiled graph (so `.graph` reads back),
   manifest.json (format version, target, options, input/output signature, sha256 and
   size of every file); `load` refuses a directory whose manifest is missing, of an
   unknown format, or whose files are missing or differ from their hashes. Saving is
@@ -36,7 +39,7 @@ import numpy as np
 
 from requant.errors import PassError, RequantError, UnsupportedOpError
 from requant.report import Accuracy, StepRecord, constant_bytes, render_report
-from requant.targets import CALIBRATE, LINEAR_INPUTS, STATS, Scheme, Step, Target, get_target
+from requant.targets import BATCHES, CALIBRATE, LINEAR_INPUTS, STATS, Scheme, Step, Target, get_target
 
 __all__ = ["compile", "load", "CompiledModel", "FORMAT", "FORMAT_VERSION", "MANIFEST", "MODEL_FILE", "PIPELINE_FILE"]
 
@@ -184,13 +187,15 @@ def _accepts_stats(name: str) -> bool:
     return "stats" in inspect.signature(fn).parameters
 
 
-def _make_pass(step: Step, stats: Any, target: str) -> Any:
+def _make_pass(step: Step, stats: Any, batches: list[dict[str, np.ndarray]], target: str) -> Any:
     from requant.passes.manager import get_pass
 
     options = {}
     for key, value in step.options.items():
         if value is STATS:
             value = stats
+        elif value is BATCHES:
+            value = batches
         elif isinstance(value, Scheme):
             value = value.build()
         options[key] = value
@@ -219,7 +224,7 @@ class _Pipeline:
             if isinstance(step, Step):
                 if not step.options and stats is not None and _accepts_stats(step.name):
                     step = Step(step.name, {"stats": STATS})
-                p = _make_pass(step, stats, self.target.name)
+                p = _make_pass(step, stats, batches, self.target.name)
             else:
                 p = step
             graph = self._run_pass(p, graph, position)
@@ -309,7 +314,7 @@ def compile(  # noqa: A001  (requant.compile is the public name)
     opts = spec.resolve_options(options)
     steps: list[Step | Any] = spec.resolve_steps(opts) if passes is None else _steps_from_passes(passes)
     named = [s for s in steps if isinstance(s, Step)]
-    static = any(s.name == CALIBRATE for s in named)
+    static = any(s.needs_batches for s in named)
     batches = None if calibration is None else list(calibration)
     if batches is not None and not batches:
         raise RequantError("calibration=[] is empty: give at least one batch of inputs")
@@ -337,12 +342,18 @@ def compile(  # noqa: A001  (requant.compile is the public name)
     backend_done = time.perf_counter()
 
     cm = CompiledModel(work, spec, opts, runtime, _steps_json(steps, spec, passes is not None))
-    accuracy = _measure_accuracy(reference, cm, held, note) if held else None
+    cannot_run = runtime.cannot_run()
+    if held and cannot_run:
+        logger.warning("accuracy not measured: %s", cannot_run)
+    accuracy = _measure_accuracy(reference, cm, held, note) if held and not cannot_run else None
+    if held and cannot_run:
+        accuracy = {"not_measured": cannot_run}
     done = time.perf_counter()
     cm._stats.update({
         "passes": [r.to_dict() for r in pipeline.records],
         "sizes": {"constants_before": constants_before, "constants_after": constant_bytes(work),
-                  "artifact": runtime.artifact_bytes(), "artifact_kind": "ONNX", "saved": None},
+                  "artifact": runtime.artifact_bytes(), "artifact_kind": runtime.artifact_kind,
+                  "saved": None},
         "times": {"frontend": frontend_done - started, "pipeline": pipeline_done - frontend_done,
                   "calibration": pipeline.calibration_seconds, "backend": backend_done - pipeline_done,
                   "accuracy": done - backend_done, "total": done - started},
@@ -356,6 +367,8 @@ class _OnnxRuntime:
     """The "onnx" backend: an exported ModelProto and an ONNX Runtime session on it."""
 
     kind = "onnx"
+    device = "cpu"
+    artifact_kind = "ONNX"
 
     def __init__(self, proto: Any, session: Any) -> None:
         self.proto = proto
@@ -364,13 +377,27 @@ class _OnnxRuntime:
     def __call__(self, feeds: Mapping[str, np.ndarray]) -> tuple[np.ndarray, ...]:
         return self.session(**feeds)
 
+    def cannot_run(self) -> str | None:
+        return None
+
     def artifact_bytes(self) -> int:
         return int(self.proto.ByteSize())
 
+    def write(self, out: Path, external_data: bool | None) -> list[str]:
+        return [MODEL_FILE] + _write_onnx(self.proto, out, external_data)
 
-def _build_runtime(spec: Target, graph: Any, opts: Mapping[str, Any]) -> _OnnxRuntime:
+
+def _build_runtime(spec: Target, graph: Any, opts: Mapping[str, Any]) -> Any:
+    if spec.backend == "tvm":
+        from requant.backends.tvm import build_runtime
+
+        try:
+            return build_runtime(graph, spec.device, threads=opts["threads"] or None)
+        except RequantError as exc:
+            cls = UnsupportedOpError if isinstance(exc, UnsupportedOpError) else RequantError
+            raise cls(f"target '{spec.name}': {exc}") from exc
     if spec.backend != "onnx":
-        raise RequantError(f"target '{spec.name}': backend '{spec.backend}' is not wired into requant.compile yet")
+        raise RequantError(f"target '{spec.name}': backend '{spec.backend}' is not wired into requant.compile")
     from requant.backends.onnx import OnnxRuntimeSession, to_onnx
 
     try:
@@ -418,6 +445,8 @@ def _jsonable(value: Any) -> Any:
         return _jsonable(value.item())
     if value is STATS:
         return "<statistics from the calibrate step>"
+    if value is BATCHES:
+        return "<the calibration batches>"
     if isinstance(value, Scheme):
         return value.to_json()
     if isinstance(value, np.ndarray):
@@ -466,7 +495,7 @@ class CompiledModel:
     tuple of numpy out), read `.graph` (the IR after the pipeline), `.report()` and
     `.stats`, and `.save(dir)` it; `requant.load(dir)` gives it back."""
 
-    def __init__(self, graph: Any, spec: Target, options: Mapping[str, Any], runtime: _OnnxRuntime,
+    def __init__(self, graph: Any, spec: Target, options: Mapping[str, Any], runtime: Any,
                  pipeline: Mapping[str, Any], *, inputs: list[dict[str, Any]] | None = None,
                  outputs: list[dict[str, Any]] | None = None, graph_loader: Any = None) -> None:
         self._graph = graph
@@ -492,7 +521,10 @@ class CompiledModel:
 
     @property
     def onnx_model(self) -> Any:
-        """The exported `onnx.ModelProto` the runtime runs."""
+        """The exported `onnx.ModelProto` the runtime runs (ONNX targets only)."""
+        if self._runtime.kind != "onnx":
+            raise RequantError(f"{self.target} runs on the {self._runtime.kind} backend, not ONNX Runtime: "
+                               f"its IR is .graph, its build is written by .save()")
         return self._runtime.proto
 
     @property
@@ -527,13 +559,18 @@ class CompiledModel:
     def save(self, directory: str | os.PathLike, *, external_data: bool | None = None) -> Path:
         """Write model.onnx (weights in model.onnx.data when `external_data`, or when too
         large for one protobuf), pipeline.json and manifest.json (last) into `directory`;
-        the same model gives byte-identical files."""
+        for a TVM target also its library (model.so; model.cu for CUDA), model.onnx then
+        holding the compiled graph. The same ONNX model gives byte-identical files."""
         out = Path(directory)
         if out.exists() and not out.is_dir():
             raise RequantError(f"cannot save into {out}: it exists and is not a directory")
         out.mkdir(parents=True, exist_ok=True)
         (out / MANIFEST).unlink(missing_ok=True)  # an interrupted save must not look complete
-        files = [MODEL_FILE] + _write_onnx(self._runtime.proto, out, external_data)
+        files = self._runtime.write(out, external_data)
+        if MODEL_FILE not in files:
+            from requant.backends.onnx import to_onnx
+
+            files += [MODEL_FILE] + _write_onnx(to_onnx(self.graph), out, external_data)
         pipeline = dict(self.pipeline)
         pipeline["ran"] = [StepRecord.from_dict(r).to_dict(with_time=False) for r in self._stats.get("passes", [])]
         (out / PIPELINE_FILE).write_bytes(_dump(pipeline))
@@ -546,6 +583,7 @@ class CompiledModel:
             "requant_version": __version__,
             "target": self.target,
             "backend": self._runtime.kind,
+            "device": self._runtime.device,
             "simulated": bool(self._stats.get("simulated")),
             "options": _jsonable(self.options),
             "inputs": self.inputs,
@@ -668,13 +706,12 @@ def load(directory: str | os.PathLike) -> CompiledModel:
     """A model saved by `CompiledModel.save`, after checking every file against the
     manifest's sha256; refuses (RequantError naming the file) a directory that is not
     one, lacks its manifest or a file, has a modified file, or an unknown format."""
-    from requant.backends.onnx import OnnxRuntimeSession
-
     root = Path(directory)
     manifest = _read_manifest(root)
     _verify_files(root, manifest)
-    if manifest.get("backend") != "onnx":
-        raise RequantError(f"cannot load {root}: backend {manifest.get('backend')!r} is not supported by this requant")
+    backend = manifest.get("backend")
+    if backend not in ("onnx", "tvm"):
+        raise RequantError(f"cannot load {root}: backend {backend!r} is not supported by this requant")
     try:
         pipeline = json.loads((root / PIPELINE_FILE).read_bytes())
     except ValueError as exc:
@@ -682,21 +719,29 @@ def load(directory: str | os.PathLike) -> CompiledModel:
     ran = pipeline.pop("ran", [])
     proto = _load_onnx(root, manifest["files"])
     threads = manifest.get("options", {}).get("threads") or None
-    session = OnnxRuntimeSession(str(root / MODEL_FILE), intra_op_threads=threads)
     spec = _loaded_target(manifest)
+    if backend == "tvm":
+        from requant.backends.tvm import load_runtime
+
+        device = manifest.get("device", spec.device)
+        runtime: Any = load_runtime(root, device, [o["name"] for o in manifest["outputs"]], threads=threads)
+    else:
+        from requant.backends.onnx import OnnxRuntimeSession
+
+        runtime = _OnnxRuntime(proto, OnnxRuntimeSession(str(root / MODEL_FILE), intra_op_threads=threads))
 
     def read_graph() -> Any:
         from requant.frontends import from_onnx
 
         return from_onnx(proto, base_dir=root)
 
-    cm = CompiledModel(None, spec, manifest.get("options", {}), _OnnxRuntime(proto, session), pipeline,
+    cm = CompiledModel(None, spec, manifest.get("options", {}), runtime, pipeline,
                        inputs=manifest["inputs"], outputs=manifest["outputs"], graph_loader=read_graph)
     saved = sum(int(f["bytes"]) for f in manifest["files"].values()) + (root / MANIFEST).stat().st_size
     cm._stats.update({
         "loaded_from": str(root),
         "passes": ran,
-        "sizes": {**manifest.get("sizes", {}), "artifact": int(proto.ByteSize()), "artifact_kind": "ONNX",
+        "sizes": {**manifest.get("sizes", {}), "artifact": runtime.artifact_bytes(), "artifact_kind": runtime.artifact_kind,
                   "saved": saved, "saved_to": str(root)},
         "times": {},
         "accuracy": None,
@@ -712,4 +757,4 @@ def _loaded_target(manifest: Mapping[str, Any]) -> Target:
     if known is not None:
         return known
     return Target(name, "(a target this requant does not know)", (), backend=manifest.get("backend", "onnx"),
-                  simulated=bool(manifest.get("simulated")))
+                  device=manifest.get("device", "cpu"), simulated=bool(manifest.get("simulated")))

@@ -172,6 +172,8 @@ def _times_section(times: Mapping[str, float]) -> list[str]:
 def _accuracy_section(accuracy: Mapping[str, Any] | None, simulated: bool) -> list[str]:
     if not accuracy:
         return ["accuracy vs float: not measured (pass calibration=[...] batches to measure it)"]
+    if "outputs" not in accuracy:
+        return [f"accuracy vs float: not measured ({accuracy['not_measured']})"]
     title = f"accuracy vs float, {accuracy['batches']} batch(es) {accuracy['note']}"
     if simulated:
         title += f" {SIMULATED_NOTE}"

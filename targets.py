@@ -5,7 +5,10 @@ option schema. A step names a registered pass (`requant.passes.get_pass`) or the
 special `CALIBRATE` step; its options are literal values, `Opt("name")` (the value of
 the target option `name`, optionally mapped through a dict), `Scheme(...)` (a
 quantization scheme written as data, built into `requant.ir.quant_formats.QuantScheme`
-only when the pass is made) or `STATS` (the statistics the calibrate step collected).
+only when the pass is made), `STATS` (the statistics the calibrate step collected) or
+`BATCHES` (the calibration batches themselves, for passes that search on activations).
+A step with `when=(option, value)` is in the pipeline only when the target option has
+that value (e.g. cpu-fp4's `search=True` swaps the block quantizer for LLM-FP4).
 
 Passes are referenced by name and resolved lazily: a pass that lives in a module not
 imported by `requant.passes` is imported from `PASS_MODULES` on first use, and a target
@@ -20,7 +23,7 @@ import importlib
 import importlib.util
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from requant.errors import RequantError
@@ -29,6 +32,7 @@ __all__ = [
     "CALIBRATE",
     "LINEAR_INPUTS",
     "STATS",
+    "BATCHES",
     "Opt",
     "Scheme",
     "Step",
@@ -72,6 +76,16 @@ class _Stats:
 
 
 STATS = _Stats()
+
+
+class _Batches:
+    """Sentinel: "the calibration batches" (a pass that searches on activation rows)."""
+
+    def __repr__(self) -> str:
+        return "BATCHES"
+
+
+BATCHES = _Batches()
 
 
 @dataclass(frozen=True)
@@ -139,10 +153,20 @@ def _resolve(value: Any, options: Mapping[str, Any]) -> Any:
 
 @dataclass(frozen=True)
 class Step:
-    """One pipeline step: a registered pass name (or `CALIBRATE`) and its options."""
+    """One pipeline step: a registered pass name (or `CALIBRATE`) and its options; with
+    `when=(option, value)`, only in pipelines where that target option has that value."""
 
     name: str
     options: Mapping[str, Any] = field(default_factory=dict)
+    when: tuple[str, Any] | None = None
+
+    def applies(self, options: Mapping[str, Any]) -> bool:
+        return self.when is None or options.get(self.when[0]) == self.when[1]
+
+    @property
+    def needs_batches(self) -> bool:
+        """Whether the step reads calibration batches (calibrates, or searches on them)."""
+        return self.name == CALIBRATE or any(v is BATCHES for v in self.options.values())
 
     def resolve(self, options: Mapping[str, Any]) -> Step:
         return Step(self.name, {k: _resolve(v, options) for k, v in self.options.items()})
@@ -255,6 +279,12 @@ _INT8_STEPS = (
     *_QUANT_CLEANUP,
 )
 
+# TVM builds its own integer kernels from MatMulInteger (int32 accumulation); ONNX
+# Runtime's com.microsoft fused forms mean nothing there.
+_TVM_INT8_OPTIONS = {k: v for k, v in _INT8_OPTIONS.items() if k != "kernel"}
+_TVM_INT8_STEPS = (*_INT8_STEPS[:3], Step("lower_quant", {"kernel": "integer"}), *_QUANT_CLEANUP)
+_TVM_INT8_OPS = ("MatMulInteger", "QuantizeLinear", "DequantizeLinear")
+
 # -- weight-only int4 ------------------------------------------------------------------------
 _INT4_OPTIONS = {
     "exclude": _QUANT_OPTIONS["exclude"],
@@ -290,15 +320,21 @@ _FP4_OPTIONS = {
     "method": OptionSpec(str, "minmax", "range of the NVFP4 per-tensor scale from calibration", _METHODS),
     **_QUANT_OPTIONS,
     "block": OptionSpec(str, "nv", "block scaling: nv (16, E4M3 scales + f32) or mx (32, E8M0 scales)", ("nv", "mx")),
+    "search": OptionSpec(bool, False, "LLM-FP4 instead of blocks: a searched FP4 format per tensor with "
+                                      "per-channel exponent biases folded into the next weights (ignores block, "
+                                      "method, ops and exclude)"),
 }
 _FP4_BLOCK = Opt("block", {"nv": 16, "mx": 32})
+_FP4_BLOCKS = ("search", False)
 _FP4_STEPS = (
     Step("canonicalize"),
     # block scales come from the data; NVFP4's float32 per-tensor scale of activations
     # comes from calibration (MXFP4 needs none, but calibrating keeps one pipeline)
-    Step(CALIBRATE, {"runner": Opt("calibration_runner")}),
-    _quantize_step(Scheme("fp4_e2m1", Opt("block"), axis=0, group_size=_FP4_BLOCK),
-                   Scheme("fp4_e2m1", Opt("block"), axis=-1, group_size=_FP4_BLOCK)),
+    Step(CALIBRATE, {"runner": Opt("calibration_runner")}, when=_FP4_BLOCKS),
+    replace(_quantize_step(Scheme("fp4_e2m1", Opt("block"), axis=0, group_size=_FP4_BLOCK),
+                           Scheme("fp4_e2m1", Opt("block"), axis=-1, group_size=_FP4_BLOCK)), when=_FP4_BLOCKS),
+    Step("llm_fp4", {"calibration": BATCHES, "runner": Opt("calibration_runner")},
+         when=("search", True)),
     *_QUANT_CLEANUP,
 )
 _FP32_STEPS = (Step("canonicalize"), *_CLEANUP)
@@ -330,8 +366,8 @@ class Target:
 
     @property
     def static(self) -> bool:
-        """Whether the pipeline calibrates (and so needs calibration batches)."""
-        return any(s.name == CALIBRATE for s in self.steps)
+        """Whether the default pipeline calibrates (and so needs calibration batches)."""
+        return any(s.needs_batches for s in self.resolve_steps(self.resolve_options({})))
 
     def option_schema(self) -> dict[str, tuple[Any, Any, str]]:
         """{option name: (type, default, help)}."""
@@ -351,7 +387,7 @@ class Target:
         return {k: spec.check(self.name, k, given[k]) if k in given else spec.default for k, spec in schema.items()}
 
     def resolve_steps(self, options: Mapping[str, Any]) -> list[Step]:
-        return [s.resolve(options) for s in self.steps]
+        return [s.resolve(options) for s in self.steps if s.applies(options)]
 
     def missing(self, steps: tuple[Step, ...] | list[Step] | None = None) -> list[str]:
         """What this target needs that is not available: its passes, calibration, the
@@ -445,7 +481,25 @@ def lowering_status(backend: str, op: str) -> str | None:
             return f"ONNX lowering of op '{op}' (backends/onnx/lowering.py: no entry yet)"
         if isinstance(entry, Unsupported):
             return f"ONNX lowering of op '{op}' (unsupported: {entry.reason})"
+    if backend == "tvm":
+        reason = _module_status("requant.backends.tvm.relax_lowering", "LOWERINGS", "the TVM lowering table")
+        if reason:
+            return reason
+        from requant.backends.tvm.relax_lowering import LOWERINGS, Unsupported
+
+        entry = LOWERINGS.get(op)
+        if entry is None:
+            return f"TVM lowering of op '{op}' (backends/tvm/relax_lowering.py: no entry)"
+        if isinstance(entry, Unsupported):
+            return f"TVM lowering of op '{op}' (unsupported: {entry.reason})"
     return None
+
+
+def _nvcc_reason() -> str | None:
+    from requant.backends.tvm.cuda import nvcc_status
+
+    reason = nvcc_status()
+    return None if reason is None else f"CUDA builds ({reason})"
 
 
 def backend_status(backend: str, device: str) -> str | None:
@@ -459,6 +513,8 @@ def backend_status(backend: str, device: str) -> str | None:
             return f"backend 'tvm' for {device} (requant.backends.tvm: not written yet)"
         if importlib.util.find_spec("tvm") is None:
             return "backend 'tvm' (needs the package 'apache-tvm': pip install 'requant[tvm]')"
+        if device == "cuda":
+            return _module_status("requant.backends.tvm.cuda", "nvcc_status", "CUDA builds") or _nvcc_reason()
         return None
     return f"backend '{backend}' (unknown)"
 
@@ -484,15 +540,17 @@ TARGETS: dict[str, Target] = _table(
            _FP4_STEPS, options=_FP4_OPTIONS, simulated=True, backend_ops=("FakeQuantize",)),
     Target("cpu-intonly", "integer-only inference (I-ViT: Shiftmax, ShiftGELU, I-LayerNorm, dyadic requantization) "
            "on ONNX Runtime (CPU)", _INTONLY_STEPS, options=_CALIBRATION_OPTIONS | _QUANT_OPTIONS),
-    Target("cuda-int8", "static W8A8 on NVIDIA GPUs through TVM (CUDA)", _INT8_STEPS[:3] + _QUANT_CLEANUP,
-           backend="tvm", device="cuda", options=_INT8_OPTIONS),
-    Target("cuda-fp8", "fp8 (e4m3) weights and activations on NVIDIA GPUs through TVM (CUDA)", _FP8_STEPS,
-           backend="tvm", device="cuda", options=_FP8_OPTIONS),
-    Target("cuda-fp4", "fp4 (e2m1) NVFP4/MXFP4 blocks on NVIDIA GPUs through TVM (CUDA)", _FP4_STEPS,
-           backend="tvm", device="cuda", options=_FP4_OPTIONS),
+    Target("cuda-int8", "static W8A8 on NVIDIA GPUs through TVM (CUDA): int8 matmuls with int32 accumulation",
+           _TVM_INT8_STEPS, backend="tvm", device="cuda", options=_TVM_INT8_OPTIONS, backend_ops=_TVM_INT8_OPS),
+    Target("cuda-fp8", "fp8 (e4m3) weights and activations on NVIDIA GPUs through TVM (CUDA), "
+           "simulated by quantize-dequantize", _FP8_STEPS, backend="tvm", device="cuda", options=_FP8_OPTIONS,
+           simulated=True, backend_ops=_QDQ),
+    Target("cuda-fp4", "fp4 (e2m1) NVFP4/MXFP4 blocks on NVIDIA GPUs through TVM (CUDA), "
+           "simulated by quantize-dequantize", _FP4_STEPS, backend="tvm", device="cuda", options=_FP4_OPTIONS,
+           simulated=True, backend_ops=("FakeQuantize",)),
     Target("tvm-cpu-fp32", "float32 compiled by TVM for the CPU (LLVM)", _FP32_STEPS, backend="tvm", device="llvm"),
-    Target("tvm-cpu-int8", "static W8A8 compiled by TVM for the CPU (LLVM)", _INT8_STEPS[:3] + _QUANT_CLEANUP,
-           backend="tvm", device="llvm", options=_INT8_OPTIONS),
+    Target("tvm-cpu-int8", "static W8A8 compiled by TVM for the CPU (LLVM): int8 matmuls with int32 accumulation",
+           _TVM_INT8_STEPS, backend="tvm", device="llvm", options=_TVM_INT8_OPTIONS, backend_ops=_TVM_INT8_OPS),
 )
 
 

@@ -10,6 +10,8 @@ for values near zero), not bit for bit.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -369,3 +371,26 @@ def test_a_failing_step_is_named_with_the_steps_before_it(test_passes) -> None:
         requant.compile(mlp_graph(), passes=["dce", "test_compile_broken", "cse"])
     with pytest.raises(requant.PassError, match=r"step 1 of 2 \('calibrate', after: none\).*batch"):
         requant.compile(mlp_graph(), passes=["calibrate", "dce"], calibration=[np.ones((2, 8), np.float64)])
+
+
+def test_cpu_fp4_search_swaps_the_block_quantizer_for_llm_fp4(tmp_path) -> None:
+    target = TARGETS["cpu-fp4"]
+    steps = [s.name for s in target.resolve_steps(target.resolve_options({"search": True}))]
+    assert steps == ["canonicalize", "llm_fp4", "cse", "dce"]
+    assert [s.name for s in target.resolve_steps(target.resolve_options({}))][:3] == ["canonicalize", "calibrate",
+                                                                                       "quantize"]
+    model = WideMLP().eval()
+    calib = batches(6, shape=(4, 64), seed=5)
+    with pytest.raises(RequantError, match="cpu-fp4 is static"):
+        requant.compile(model, "cpu-fp4", example_inputs=calib[0], search=True)
+    cm = requant.compile(model, "cpu-fp4", example_inputs=calib[0], calibration=calib, search=True)
+    record = next(r for r in cm.stats["passes"] if r["name"] == "llm_fp4")
+    assert record["stats"]["activations_quantized"] == 2 and record["stats"]["weights_quantized"] == 2
+    assert sum(n.op == "FakeQuantize" for n in cm.graph) == 4
+    assert cm.stats["accuracy"]["note"] == "held back from calibration"
+    x = calib[-1][0]
+    y, ref = cm(x)[0], model(x).detach().numpy()
+    assert float((y * ref).sum() / (np.linalg.norm(y) * np.linalg.norm(ref))) > MIN_COSINE["cpu-fp4"]
+    saved = json.loads((cm.save(tmp_path / "fp4s") / "pipeline.json").read_text())
+    assert saved["steps"][1] == {"name": "llm_fp4", "options": {"calibration": "<the calibration batches>",
+                                                                "runner": "auto"}}
