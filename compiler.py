@@ -31,7 +31,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ import numpy as np
 
 from requant.errors import PassError, RequantError, UnsupportedOpError
 from requant.report import Accuracy, StepRecord, constant_bytes, render_report
-from requant.targets import BATCHES, CALIBRATE, LINEAR_INPUTS, STATS, Scheme, Step, Target, get_target
+from requant.targets import BATCHES, CALIBRATE, INPUT_DIMS, LINEAR_INPUTS, STATS, Scheme, Step, Target, get_target
 
 __all__ = ["compile", "load", "CompiledModel", "FORMAT", "FORMAT_VERSION", "MANIFEST", "MODEL_FILE", "PIPELINE_FILE"]
 
@@ -187,7 +187,8 @@ def _accepts_stats(name: str) -> bool:
     return "stats" in inspect.signature(fn).parameters
 
 
-def _make_pass(step: Step, stats: Any, batches: list[dict[str, np.ndarray]], target: str) -> Any:
+def _make_pass(step: Step, graph: Any, stats: Any, batches: list[dict[str, np.ndarray]],
+               sized: Callable[[], Mapping[str, np.ndarray] | None], target: str) -> Any:
     from requant.passes.manager import get_pass
 
     options = {}
@@ -196,6 +197,11 @@ def _make_pass(step: Step, stats: Any, batches: list[dict[str, np.ndarray]], tar
             value = stats
         elif value is BATCHES:
             value = batches
+        elif value is INPUT_DIMS:
+            from requant.passes.bind_dims import dims_from_feeds
+
+            arrays = sized()
+            value = {} if arrays is None else dims_from_feeds(graph, arrays)
         elif isinstance(value, Scheme):
             value = value.build()
         options[key] = value
@@ -208,10 +214,12 @@ def _make_pass(step: Step, stats: Any, batches: list[dict[str, np.ndarray]], tar
 class _Pipeline:
     """Runs steps over a graph, recording each one."""
 
-    def __init__(self, target: Target, steps: list[Step | Any], verify: bool) -> None:
+    def __init__(self, target: Target, steps: list[Step | Any], verify: bool,
+                 sized: Callable[[], Mapping[str, np.ndarray] | None] = lambda: None) -> None:
         self.target = target
         self.steps = steps
         self.verify = verify
+        self.sized = sized  # the inputs whose sizes INPUT_DIMS reads
         self.records: list[StepRecord] = []
         self.calibration_seconds = 0.0
 
@@ -224,7 +232,7 @@ class _Pipeline:
             if isinstance(step, Step):
                 if not step.options and stats is not None and _accepts_stats(step.name):
                     step = Step(step.name, {"stats": STATS})
-                p = _make_pass(step, stats, batches, self.target.name)
+                p = _make_pass(step, graph, stats, batches, self.sized, self.target.name)
             else:
                 p = step
             graph = self._run_pass(p, graph, position)
@@ -335,7 +343,12 @@ def compile(  # noqa: A001  (requant.compile is the public name)
     work = graph.clone() if not owned else graph
     constants_before = constant_bytes(work)
 
-    pipeline = _Pipeline(spec, steps, verify_enabled(opts["verify"]))
+    def sized() -> Mapping[str, np.ndarray] | None:
+        if feeds:
+            return feeds[0]
+        return None if example_inputs is None else _as_feeds(names, example_inputs, "example_inputs")
+
+    pipeline = _Pipeline(spec, steps, verify_enabled(opts["verify"]), sized)
     work = pipeline.run(work, calib)
     pipeline_done = time.perf_counter()
     runtime = _build_runtime(spec, work, opts)
@@ -447,6 +460,8 @@ def _jsonable(value: Any) -> Any:
         return "<statistics from the calibrate step>"
     if value is BATCHES:
         return "<the calibration batches>"
+    if value is INPUT_DIMS:
+        return "<the sizes of the first calibration batch or example inputs>"
     if isinstance(value, Scheme):
         return value.to_json()
     if isinstance(value, np.ndarray):
@@ -724,7 +739,7 @@ def load(directory: str | os.PathLike) -> CompiledModel:
         from requant.backends.tvm import load_runtime
 
         device = manifest.get("device", spec.device)
-        runtime: Any = load_runtime(root, device, [o["name"] for o in manifest["outputs"]], threads=threads)
+        runtime: Any = load_runtime(root, device, threads=threads)
     else:
         from requant.backends.onnx import OnnxRuntimeSession
 

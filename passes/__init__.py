@@ -4,6 +4,7 @@ per transformation family. Importing this package registers every pass it ships,
 
 from __future__ import annotations
 
+from requant.passes import bind_dims  # noqa: F401  (registers "bind_dims")
 from requant.passes import cleanup
 from requant.passes import canonicalize  # noqa: F401  (registers the canonicalize passes)
 from requant.passes import fold  # noqa: F401  (registers the fold passes)

@@ -55,19 +55,14 @@ def _w4a4_minmax(dtype: str) -> list:
             "cse", "dce"]
 
 
-def _w4a4_llm_fp4(batches: list) -> list:
-    """LLM-FP4: searched E/M split, bias and clipping per tensor, per-channel activation
-    exponent biases folded into the next weight's rows (passes/fold_llm_fp4.py)."""
-    return ["canonicalize", ("llm_fp4", {"calibration": batches}), "cse", "dce"]
-
-
-def w4a4_rows(batches: list) -> tuple:
-    """The W4A4 comparison of issue 5: (row name, target, compile options)."""
-    return (
-        ("W4A4 INT4 minmax (simulated)", "cpu-fp4", {"passes": _w4a4_minmax("int4")}),
-        ("W4A4 FP4 E2M1 minmax (simulated)", "cpu-fp4", {"passes": _w4a4_minmax("fp4_e2m1")}),
-        ("W4A4 LLM-FP4 searched + folded biases (simulated)", "cpu-fp4", {"passes": _w4a4_llm_fp4(batches)}),
-    )
+W4A4_ROWS = (
+    ("W4A4 INT4 minmax (simulated)", "cpu-fp4", {"passes": _w4a4_minmax("int4")}),
+    ("W4A4 FP4 E2M1 minmax (simulated)", "cpu-fp4", {"passes": _w4a4_minmax("fp4_e2m1")}),
+    # LLM-FP4 (passes/fold_llm_fp4.py): searched E/M split, bias and clipping per tensor,
+    # per-channel activation exponent biases folded into the next weight's rows
+    ("W4A4 LLM-FP4 searched + folded biases (cpu-fp4 search=True, simulated)", "cpu-fp4", {"search": True}),
+)
+"""The W4A4 comparison of issue 5: (row name, target, compile options)."""
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -129,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             row.name = name
             rows.append(row)
             compile_s[name] = seconds
-        for name, target, options in REQUANT_ROWS + w4a4_rows(batches):
+        for name, target, options in REQUANT_ROWS + W4A4_ROWS:
             try:
                 row, seconds = _requant_row(name, float_path, target, options, batches)
             except Exception as exc:  # noqa: BLE001  (a failed target is a table row, not a crash)

@@ -1,0 +1,112 @@
+"""Pass "bind_dims": specialise a graph to concrete sizes of its symbolic dims.
+
+Backends that generate code per shape (TVM's schedules tile static loops; its Relax
+ops want constant shape operands for Range/Expand/Reshape) build faster and better
+code for `batch = 64` than for `batch = ?`. Given `dims` ({symbol: size}), every value
+type (inputs, outputs and intermediates) has the symbol replaced by the size; the
+computed shapes (Shape -> Gather -> Concat chains that exporters write for a dynamic
+batch) then fold to constants with `fold_constants`, which this pass runs after the
+substitution, followed by `refine_types` so readers of folded shapes get static types;
+graph outputs whose declared dims were unknown take the inferred sizes too (binding is
+the one place where an output's type is meant to become more specific).
+
+A symbol not in `dims` stays symbolic; a size that contradicts a static dim elsewhere
+is found by the verifier (types no longer agree), not silently accepted. Stats:
+`dims_bound` (symbols replaced), `values_specialised`, plus the folding's counts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from requant.errors import RequantError
+from requant.ir import registry
+from requant.ir.graph import Graph, Value
+from requant.ir.types import TensorType
+from requant.passes.manager import PassResult, get_pass, graph_pass
+
+__all__ = ["bind_dims", "dims_from_feeds"]
+
+logger = logging.getLogger(__name__)
+
+
+def dims_from_feeds(graph: Graph, feeds: Mapping[str, Any]) -> dict[str, int]:
+    """{symbol: size} read off arrays fed to the graph's inputs (by name); a symbol seen
+    with two sizes is an error naming both inputs."""
+    sizes: dict[str, tuple[int, str]] = {}
+    for v in graph.inputs:
+        arr = feeds.get(v.name)
+        if arr is None or v.type.shape is None:
+            continue
+        shape = np.shape(arr)
+        if len(shape) != len(v.type.shape):
+            raise RequantError(f"input '{v.name}' is {len(v.type.shape)}-D, got an array of shape {list(shape)}")
+        for d, n in zip(v.type.shape, shape):
+            if isinstance(d, str):
+                seen = sizes.setdefault(d, (int(n), v.name))
+                if seen[0] != int(n):
+                    raise RequantError(f"dim '{d}' is {seen[0]} in input '{seen[1]}' and {n} in input '{v.name}'")
+    return {d: n for d, (n, _) in sizes.items()}
+
+
+def _bound(t: TensorType, dims: Mapping[str, int]) -> TensorType | None:
+    if t.shape is None or not any(isinstance(d, str) and d in dims for d in t.shape):
+        return None
+    return TensorType(tuple(dims.get(d, d) if isinstance(d, str) else d for d in t.shape), t.dtype)
+
+
+def _values(graph: Graph) -> list[Value]:
+    seen: dict[int, Value] = {id(v): v for v in graph.inputs}
+    for node in graph:
+        for v in node.outputs:
+            seen.setdefault(id(v), v)
+    for v in graph.outputs:
+        seen.setdefault(id(v), v)
+    return list(seen.values())
+
+
+def _refine_outputs(graph: Graph) -> int:
+    refined = 0
+    for v in graph.outputs:
+        if v.producer is None or v.type.shape is None or None not in v.type.shape:
+            continue
+        node = v.producer
+        try:
+            inferred = registry.infer_types(node.op, node.inputs, node.attrs, len(node.outputs))[node.outputs.index(v)]
+        except RequantError:
+            continue
+        if inferred.shape is None or len(inferred.shape) != len(v.type.shape):
+            continue
+        dims = tuple(new if old is None else old for old, new in zip(v.type.shape, inferred.shape))
+        if dims != v.type.shape:
+            v.type = TensorType(dims, v.type.dtype)
+            refined += 1
+    return refined
+
+
+@graph_pass("bind_dims", "specialise symbolic dims to sizes (then fold the computed shapes)")
+def bind_dims(graph: Graph, dims: Mapping[str, int] | None = None) -> PassResult:
+    dims = dict(dims or {})
+    for name, size in dims.items():
+        if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 0:
+            raise RequantError(f"bind_dims: dim '{name}' must be a size >= 0, got {size!r}")
+    specialised = 0
+    used: set[str] = set()
+    for v in _values(graph):
+        t = _bound(v.type, dims)
+        if t is not None:
+            used.update(d for d in v.type.shape if isinstance(d, str) and d in dims)
+            v.type = t
+            specialised += 1
+    stats: dict[str, Any] = {"dims_bound": len(used), "values_specialised": specialised}
+    if specialised:
+        for name in ("fold_constants", "refine_types"):
+            result = get_pass(name).run(graph)
+            stats.update({f"{name}:{k}": v for k, v in result.stats.items() if isinstance(v, (int, float))})
+        stats["outputs_refined"] = _refine_outputs(graph)
+    logger.debug("bind_dims: %s", stats)
+    return PassResult(graph, specialised > 0, stats)
