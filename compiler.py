@@ -344,9 +344,10 @@ def compile(  # noqa: A001  (requant.compile is the public name)
     constants_before = constant_bytes(work)
 
     def sized() -> Mapping[str, np.ndarray] | None:
-        if feeds:
-            return feeds[0]
-        return None if example_inputs is None else _as_feeds(names, example_inputs, "example_inputs")
+        # the example inputs show the deployment shape better than a calibration batch
+        if example_inputs is not None:
+            return _as_feeds(names, example_inputs, "example_inputs")
+        return feeds[0] if feeds else None
 
     pipeline = _Pipeline(spec, steps, verify_enabled(opts["verify"]), sized)
     work = pipeline.run(work, calib)
@@ -402,7 +403,7 @@ class _OnnxRuntime:
 
 def _build_runtime(spec: Target, graph: Any, opts: Mapping[str, Any]) -> Any:
     if spec.backend == "tvm":
-        from requant.backends.tvm import build_runtime
+        from requant.backends.tvm.runtime import build_runtime
 
         try:
             return build_runtime(graph, spec.device, threads=opts["threads"] or None)
@@ -461,7 +462,7 @@ def _jsonable(value: Any) -> Any:
     if value is BATCHES:
         return "<the calibration batches>"
     if value is INPUT_DIMS:
-        return "<the sizes of the first calibration batch or example inputs>"
+        return "<the sizes of the example inputs or first calibration batch>"
     if isinstance(value, Scheme):
         return value.to_json()
     if isinstance(value, np.ndarray):
@@ -567,9 +568,19 @@ class CompiledModel:
                 raise RequantError(f"input '{k}' is given twice (by position and by name)")
             feeds[k] = v
         feeds = _as_feeds(self.input_names, feeds, "model call")
+        bound = self._bound_dims()
+        hint = (f" (this build is specialised to {bound}: compile with dims={{...}} for other sizes, or "
+                f"static_shapes=False)") if bound else ""
         for sig in self.inputs:
-            _check_input(sig, feeds[sig["name"]])
+            _check_input(sig, feeds[sig["name"]], hint)
         return self._runtime(feeds)
+
+    def _bound_dims(self) -> str:
+        """The symbolic dims the bind_dims step fixed, as text ("" when none)."""
+        for record in self._stats.get("passes", []):
+            if record["name"] == "bind_dims" and record.get("stats", {}).get("bound"):
+                return record["stats"]["bound"]
+        return ""
 
     def save(self, directory: str | os.PathLike, *, external_data: bool | None = None) -> Path:
         """Write model.onnx (weights in model.onnx.data when `external_data`, or when too
@@ -618,7 +629,7 @@ class CompiledModel:
         return f"<CompiledModel target={self.target} inputs={self.input_names} outputs={self.output_names}>"
 
 
-def _check_input(sig: Mapping[str, Any], arr: np.ndarray) -> None:
+def _check_input(sig: Mapping[str, Any], arr: np.ndarray, hint: str = "") -> None:
     from requant.ir import dtypes
 
     want = dtypes.dtype(sig["dtype"]).np
@@ -630,7 +641,7 @@ def _check_input(sig: Mapping[str, Any], arr: np.ndarray) -> None:
         return
     if arr.ndim != len(shape) or any(isinstance(d, int) and d != n for d, n in zip(shape, arr.shape)):
         shown = ",".join("?" if d is None else str(d) for d in shape)
-        raise RequantError(f"input '{sig['name']}' must have shape [{shown}], got {list(arr.shape)}")
+        raise RequantError(f"input '{sig['name']}' must have shape [{shown}], got {list(arr.shape)}{hint}")
 
 
 def _write_onnx(proto: Any, out: Path, external_data: bool | None) -> list[str]:
@@ -736,10 +747,13 @@ def load(directory: str | os.PathLike) -> CompiledModel:
     threads = manifest.get("options", {}).get("threads") or None
     spec = _loaded_target(manifest)
     if backend == "tvm":
-        from requant.backends.tvm import load_runtime
+        from requant.backends.tvm.runtime import load_runtime
 
         device = manifest.get("device", spec.device)
-        runtime: Any = load_runtime(root, device, threads=threads)
+        from requant.ir import dtypes as dt
+
+        signature = ([dt.dtype(i["dtype"]) for i in manifest["inputs"]], [dt.dtype(o["dtype"]) for o in manifest["outputs"]])
+        runtime: Any = load_runtime(root, device, threads=threads, dtypes=signature)
     else:
         from requant.backends.onnx import OnnxRuntimeSession
 

@@ -7,8 +7,8 @@ the target option `name`, optionally mapped through a dict), `Scheme(...)` (a
 quantization scheme written as data, built into `requant.ir.quant_formats.QuantScheme`
 only when the pass is made), `STATS` (the statistics the calibrate step collected) or
 `BATCHES` (the calibration batches themselves, for passes that search on activations)
-or `INPUT_DIMS` ({symbol: size} read off the first calibration batch, else the example
-inputs).
+or `INPUT_DIMS` ({symbol: size} read off the example inputs, else the first
+calibration batch).
 A step with `when=(option, value)` is in the pipeline only when the target option has
 that value (e.g. cpu-fp4's `search=True` swaps the block quantizer for LLM-FP4).
 
@@ -92,8 +92,8 @@ BATCHES = _Batches()
 
 
 class _InputDims:
-    """Sentinel: {symbolic dim: size} of the first calibration batch (else the example
-    inputs); {} when neither is given."""
+    """Sentinel: {symbolic dim: size} of the example inputs (else the first calibration
+    batch); {} when neither is given."""
 
     def __repr__(self) -> str:
         return "INPUT_DIMS"
@@ -293,16 +293,19 @@ _INT8_STEPS = (
     *_QUANT_CLEANUP,
 )
 
-# TVM schedules static loops: its targets specialise the graph to the input sizes first.
+# TVM schedules static loops: its targets specialise the graph to the input sizes last
+# (calibration batches may be smaller than the batch the model is built for).
 _TVM_OPTIONS = {
-    "static_shapes": OptionSpec(bool, True, "specialise symbolic dims to the sizes of the first calibration batch "
-                                            "(else the example inputs); False: keep them symbolic (slower code)"),
+    "static_shapes": OptionSpec(bool, True, "specialise symbolic dims to the sizes of the example inputs (else "
+                                            "the first calibration batch); False: keep them symbolic (slower code)"),
+    "dims": OptionSpec((dict, type(None)), None, "sizes of symbolic dims to build for, over those of the inputs, "
+                                                 "e.g. {'batch': 64}"),
 }
-_BIND_DIMS = Step("bind_dims", {"dims": INPUT_DIMS}, when=("static_shapes", True))
+_BIND_DIMS = Step("bind_dims", {"dims": INPUT_DIMS, "overrides": Opt("dims")}, when=("static_shapes", True))
 # TVM builds its own integer kernels from MatMulInteger (int32 accumulation); ONNX
 # Runtime's com.microsoft fused forms mean nothing there.
 _TVM_INT8_OPTIONS = {k: v for k, v in _INT8_OPTIONS.items() if k != "kernel"} | _TVM_OPTIONS
-_TVM_INT8_STEPS = (_BIND_DIMS, *_INT8_STEPS[:3], Step("lower_quant", {"kernel": "integer"}), *_QUANT_CLEANUP)
+_TVM_INT8_STEPS = (*_INT8_STEPS[:3], Step("lower_quant", {"kernel": "integer"}), *_QUANT_CLEANUP, _BIND_DIMS)
 _TVM_INT8_OPS = ("MatMulInteger", "QuantizeLinear", "DequantizeLinear")
 
 # -- weight-only int4 ------------------------------------------------------------------------
@@ -563,14 +566,14 @@ TARGETS: dict[str, Target] = _table(
     Target("cuda-int8", "static W8A8 on NVIDIA GPUs through TVM (CUDA): int8 matmuls with int32 accumulation",
            _TVM_INT8_STEPS, backend="tvm", device="cuda", options=_TVM_INT8_OPTIONS, backend_ops=_TVM_INT8_OPS),
     Target("cuda-fp8", "fp8 (e4m3) weights and activations on NVIDIA GPUs through TVM (CUDA), "
-           "simulated by quantize-dequantize", (_BIND_DIMS, *_FP8_STEPS), backend="tvm", device="cuda",
+           "simulated by quantize-dequantize", (*_FP8_STEPS, _BIND_DIMS), backend="tvm", device="cuda",
            options=_FP8_OPTIONS | _TVM_OPTIONS,
            simulated=True, backend_ops=_QDQ),
     Target("cuda-fp4", "fp4 (e2m1) NVFP4/MXFP4 blocks on NVIDIA GPUs through TVM (CUDA), "
-           "simulated by quantize-dequantize", (_BIND_DIMS, *_FP4_STEPS), backend="tvm", device="cuda",
+           "simulated by quantize-dequantize", (*_FP4_STEPS, _BIND_DIMS), backend="tvm", device="cuda",
            options=_FP4_OPTIONS | _TVM_OPTIONS,
            simulated=True, backend_ops=("FakeQuantize",)),
-    Target("tvm-cpu-fp32", "float32 compiled by TVM for the CPU (LLVM)", (_BIND_DIMS, *_FP32_STEPS), backend="tvm",
+    Target("tvm-cpu-fp32", "float32 compiled by TVM for the CPU (LLVM)", (*_FP32_STEPS, _BIND_DIMS), backend="tvm",
            device="llvm", options=_TVM_OPTIONS),
     Target("tvm-cpu-int8", "static W8A8 compiled by TVM for the CPU (LLVM): int8 matmuls with int32 accumulation",
            _TVM_INT8_STEPS, backend="tvm", device="llvm", options=_TVM_INT8_OPTIONS, backend_ops=_TVM_INT8_OPS),

@@ -12,7 +12,8 @@ the one place where an output's type is meant to become more specific).
 
 A symbol not in `dims` stays symbolic; a size that contradicts a static dim elsewhere
 is found by the verifier (types no longer agree), not silently accepted. Stats:
-`dims_bound` (symbols replaced), `values_specialised`, plus the folding's counts.
+`dims_bound` (symbols replaced), `bound` ("batch=64, seq=128"), `values_specialised`,
+plus the folding's counts.
 """
 
 from __future__ import annotations
@@ -89,8 +90,10 @@ def _refine_outputs(graph: Graph) -> int:
 
 
 @graph_pass("bind_dims", "specialise symbolic dims to sizes (then fold the computed shapes)")
-def bind_dims(graph: Graph, dims: Mapping[str, int] | None = None) -> PassResult:
-    dims = dict(dims or {})
+def bind_dims(graph: Graph, dims: Mapping[str, int] | None = None,
+              overrides: Mapping[str, int] | None = None) -> PassResult:
+    """`dims` (e.g. read off example inputs) updated by `overrides` (given by the user)."""
+    dims = {**(dims or {}), **(overrides or {})}
     for name, size in dims.items():
         if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 0:
             raise RequantError(f"bind_dims: dim '{name}' must be a size >= 0, got {size!r}")
@@ -103,6 +106,8 @@ def bind_dims(graph: Graph, dims: Mapping[str, int] | None = None) -> PassResult
             v.type = t
             specialised += 1
     stats: dict[str, Any] = {"dims_bound": len(used), "values_specialised": specialised}
+    if used:
+        stats["bound"] = ", ".join(f"{d}={dims[d]}" for d in sorted(used))
     if specialised:
         for name in ("fold_constants", "refine_types"):
             result = get_pass(name).run(graph)

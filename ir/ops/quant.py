@@ -227,6 +227,9 @@ define_op(
     attrs={"axis": 1, "block_size": 0, "output_dtype": None},
     infer=_infer_dequantize_linear,
     kernel=_dequantize_linear,
+    # DQ(constant codes) is how a quantized weight is stored: folding it would turn the
+    # weight back into float32 (4x the bytes) and hide it from lower_quant.
+    foldable=False,
 )
 
 

@@ -21,7 +21,6 @@ its lowering in tests/backends/test_onnx_quant_ops.py.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import Any
 
 import ml_dtypes
@@ -30,6 +29,19 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from op_testing import check_type, run_oracle
+from op_cases import (  # noqa: F401  (the shared case list and its helpers)
+    FQ_SCHEMES,
+    OPSET,
+    UNKNOWN_RANK,
+    C,
+    Case,
+    I,
+    In,
+    f32,
+    ints,
+    ties,
+)
+from op_cases import QUANT_CASES as CASES
 
 from requant.errors import RequantError, ShapeInferenceError
 from requant.ir import Builder, Graph, dtypes, run, tensor_type
@@ -38,7 +50,6 @@ from requant.ir.ops.quant import dynamic_qparams_u8, pack_low_first, unpack_low_
 from requant.ir.registry import all_schemas
 
 FLOAT_TOL = 1e-5
-OPSET = 23
 
 ONNX_DTYPE = {
     "f32": TensorProto.FLOAT, "f16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16,
@@ -48,53 +59,6 @@ ONNX_DTYPE = {
 }
 _ML_STORAGE = {"i4": ml_dtypes.int4, "u4": ml_dtypes.uint4}
 _DTYPE_ATTRS = {"output_dtype"}
-_RNG = np.random.default_rng(20250101)
-UNKNOWN_RANK = "unknown rank"
-
-
-@dataclass
-class In:
-    value: np.ndarray
-    const: bool = False
-    dtype: str | None = None
-    shape: tuple | str | None = None
-
-    @property
-    def dt(self) -> str:
-        return self.dtype or dtypes.from_numpy(self.value.dtype).short
-
-
-@dataclass
-class Case:
-    op: str
-    inputs: list[In | None]
-    attrs: dict[str, Any] = field(default_factory=dict)
-    n_out: int | None = None
-    oracle: str = "reference"  # or "ort", or "none" (types only)
-    expect: tuple | None = None
-    label: str = ""
-    opset: int = OPSET
-
-    def __str__(self) -> str:
-        return f"{self.op}{'-' + self.label if self.label else ''}"
-
-
-def I(value: Any, dtype: str | None = None, shape: tuple | str | None = None) -> In:  # noqa: E743
-    return In(np.asarray(value), False, dtype, shape)
-
-
-def C(value: Any, dtype: str | None = None) -> In:
-    return In(np.asarray(value), True, dtype)
-
-
-def f32(*shape: int, lo: float = -3.0, hi: float = 3.0) -> np.ndarray:
-    return _RNG.uniform(lo, hi, size=shape).astype(np.float32)
-
-
-def ints(*shape: int, dt: str = "u8", lo: int | None = None, hi: int | None = None) -> np.ndarray:
-    d = dtypes.dtype(dt)
-    a, b = d.int_range
-    return _RNG.integers(a if lo is None else lo, (b if hi is None else hi) + 1, size=shape).astype(d.np)
 
 
 # ----------------------------------------------------------------------------- harness
@@ -194,132 +158,6 @@ def check_case(case: Case) -> list[np.ndarray]:
         for j, (a, w) in enumerate(zip(got, want)):
             compare(a, w, types[j].dtype.short, exact, f"{case} output {j} vs {case.oracle}")
     return got
-
-
-# ----------------------------------------------------------------------------- cases
-
-CASES: list[Case] = []
-
-
-def case(*args: Any, **kw: Any) -> None:
-    CASES.append(Case(*args, **kw))
-
-
-def ties(*shape: int) -> np.ndarray:
-    """Multiples of 1/8 in [-20, 20]: divided by 0.25 many land exactly on .5."""
-    return (_RNG.integers(-160, 161, size=shape) / 8).astype(np.float32)
-
-
-# QuantizeLinear
-case("QuantizeLinear", [I(ties(3, 8)), C(np.float32(0.25)), C(np.uint8(100))], label="u8_ties")
-case("QuantizeLinear", [I(f32(3, 8, lo=-80, hi=80)), C(np.float32(0.3)), C(np.int8(-5))], label="i8_saturate")
-case("QuantizeLinear", [I(f32(4, 5)), C(np.float32(0.02))], label="default_u8")
-case("QuantizeLinear", [I(ties(4, 5)), C(np.float32(0.25))], {"output_dtype": "i8"}, label="output_dtype")
-case("QuantizeLinear", [I(f32(4, 6)), C(f32(4, lo=0.01, hi=0.1)), C(ints(4, dt="i8"))], {"axis": 0}, label="per_axis0")
-case("QuantizeLinear", [I(f32(2, 3, 6)), C(f32(6, lo=0.01, hi=0.1)), C(ints(6, dt="u8"))], {"axis": -1}, label="per_axis_neg")
-case("QuantizeLinear", [I(f32(2, 3, 4), shape=("B", 3, 4)), C(f32(3, lo=0.01, hi=0.1)), C(ints(3, dt="i8"))],
-     {"axis": 1}, expect=("B", 3, 4), label="sym")
-case("QuantizeLinear", [I(ties(4, 6)), C(f32(4, lo=0.1, hi=2)), C(ints(4, dt="i8", lo=-8, hi=7), "i4")], {"axis": 0},
-     label="i4_axis")
-case("QuantizeLinear", [I(ties(4, 6)), C(np.float32(0.5)), C(np.uint8(3), "u4")], label="u4")
-case("QuantizeLinear", [I(ties(6, 4)), C(f32(2, 4, lo=0.2, hi=2)), C(ints(2, 4, dt="i8", lo=-8, hi=7), "i4")],
-     {"axis": 0, "block_size": 3}, label="i4_blocked")
-case("QuantizeLinear", [I(f32(5, 8)), C(f32(5, 3, lo=0.2, hi=2)), C(ints(5, 3, dt="u8", lo=0, hi=15), "u4")],
-     {"axis": 1, "block_size": 3}, label="u4_blocked_partial")
-case("QuantizeLinear", [I(f32(4, 8, lo=-600, hi=600)), C(np.float32(1.0))], {"output_dtype": "fp8_e4m3"}, label="fp8_e4m3")
-case("QuantizeLinear", [I(f32(4, 8, lo=-600, hi=600)), C(np.float32(0.5)), C(np.zeros((), ml_dtypes.float8_e4m3fn))],
-     {"saturate": 0}, label="fp8_e4m3_no_saturate")
-case("QuantizeLinear", [I(f32(4, 8, lo=-1e5, hi=1e5)), C(f32(8, lo=0.5, hi=2)), C(np.zeros(8, ml_dtypes.float8_e5m2))],
-     label="fp8_e5m2_axis")
-case("QuantizeLinear", [I(f32(4, 8, lo=-10, hi=10)), C(np.float32(0.5))], {"output_dtype": "fp4_e2m1"}, label="fp4")
-case("QuantizeLinear", [I(f32(3, 5).astype(np.float16)), C(np.float16(0.07)), C(np.uint8(9))],
-     oracle="ort", opset=21, label="f16_divides_in_f32")
-
-# DequantizeLinear
-case("DequantizeLinear", [I(ints(3, 8)), C(np.float32(0.05)), C(np.uint8(128))], label="u8")
-case("DequantizeLinear", [I(ints(3, 8, dt="i8")), C(f32(8, lo=0.01, hi=0.1)), C(ints(8, dt="i8"))], label="i8_axis")
-case("DequantizeLinear", [I(ints(3, 8, dt="i32", lo=-10**6, hi=10**6)), C(np.float32(0.001))], label="i32")
-case("DequantizeLinear", [I(ints(6, 4, dt="i8", lo=-8, hi=7), "i4"), C(f32(2, 4, lo=0.1, hi=1)),
-                          C(ints(2, 4, dt="i8", lo=-8, hi=7), "i4")], {"axis": 0, "block_size": 3}, label="i4_blocked")
-case("DequantizeLinear", [I(ints(4, 6, dt="u8", lo=0, hi=15), "u4"), C(f32(6, lo=0.1, hi=1)),
-                          C(ints(6, dt="u8", lo=0, hi=15), "u4")], label="u4_axis")
-case("DequantizeLinear", [I(qf.from_bits(np.arange(256).reshape(16, 16), dtypes.fp8_e4m3)), C(np.float32(0.5))],
-     label="fp8_e4m3_every_code")
-case("DequantizeLinear", [I(qf.from_bits(np.arange(256).reshape(16, 16), dtypes.fp8_e5m2)), C(f32(16, lo=0.5, hi=2))],
-     label="fp8_e5m2_every_code")
-case("DequantizeLinear", [I(qf.from_bits(np.arange(16).reshape(2, 8), dtypes.fp4_e2m1)), C(np.float32(0.75))],
-     label="fp4_every_code")
-case("DequantizeLinear", [I(ints(3, 4)), C(np.float16(0.01)), C(np.uint8(3))], label="f16_scale")
-case("DequantizeLinear", [I(ints(2, 3, 4), shape=("N", 3, 4)), C(np.float32(0.1))], expect=("N", 3, 4), label="sym")
-
-# DynamicQuantizeLinear
-case("DynamicQuantizeLinear", [I(f32(4, 9))], n_out=3)
-case("DynamicQuantizeLinear", [I(f32(4, 9, lo=0.5, hi=3))], n_out=3, label="positive")
-case("DynamicQuantizeLinear", [I(f32(4, 9, lo=-3, hi=-0.5))], n_out=3, label="negative")
-# all zeros: the spec's formula gives scale 0; ORT gives 1, ONNX's reference 1/255 (it
-# divides the 1 by 255 too): requant follows ORT
-case("DynamicQuantizeLinear", [I(np.zeros((2, 3), np.float32))], n_out=3, oracle="ort", opset=21, label="zeros")
-case("DynamicQuantizeLinear", [I(ties(3, 7), shape=("B", 7))], n_out=3, expect=("B", 7), label="sym")
-
-# MatMulInteger
-case("MatMulInteger", [I(ints(3, 5)), I(ints(5, 4))], label="u8u8")
-case("MatMulInteger", [I(ints(3, 5)), I(ints(5, 4, dt="i8")), C(np.uint8(128)), C(np.int8(-3))], label="u8i8_zp")
-case("MatMulInteger", [I(ints(2, 3, 5, dt="i8")), I(ints(5, 4, dt="i8")), C(np.int8(4))], label="i8_batched")
-case("MatMulInteger", [I(ints(3, 5)), I(ints(5, 4, dt="i8")), None, C(ints(4, dt="i8"))], label="b_zp_per_column")
-case("MatMulInteger", [I(ints(5)), I(ints(2, 5, 4))], label="vector_a")
-case("MatMulInteger", [I(ints(2, 3, 5), shape=("B", "S", 5)), I(ints(5, 4, dt="i8"))], expect=("B", "S", 4), label="sym")
-
-# QLinearMatMul (reference requantizes in float64, ORT in float32: both checked)
-_QL = [I(ints(2, 3, 6)), C(np.float32(0.02)), C(np.uint8(128)), C(ints(6, 5, dt="i8")), C(np.float32(0.004)),
-       C(np.int8(0)), C(np.float32(0.03)), C(np.uint8(120))]
-case("QLinearMatMul", _QL, label="u8_i8")
-case("QLinearMatMul", _QL, oracle="ort", label="u8_i8_ort")
-_QL2 = [I(ints(4, 6, dt="i8")), C(np.float32(0.05)), C(np.int8(2)), I(ints(6, 3, dt="i8")),
-        C(f32(3, lo=0.001, hi=0.01)), C(np.zeros(3, np.int8)), C(np.float32(0.2)), C(np.int8(-7))]
-case("QLinearMatMul", _QL2, oracle="ort", label="i8_per_column_ort")
-case("QLinearMatMul", [I(ints(3, 6), shape=("M", 6))] + _QL[1:], expect=("M", 5), oracle="none", label="sym")
-
-# contrib ops (oracle: ONNX Runtime)
-_B = ints(16, 5, dt="i8")
-case("MatMulIntegerToFloat", [I(ints(2, 3, 16)), C(_B), C(np.float32(0.02)), C(np.float32(0.003))], oracle="ort")
-case("MatMulIntegerToFloat", [I(ints(3, 16)), C(_B), C(np.float32(0.02)), C(f32(5, lo=0.001, hi=0.01)),
-                              C(np.uint8(128)), C(ints(5, dt="i8", lo=-3, hi=3)), C(f32(5))], oracle="ort",
-     label="per_column_bias")
-case("MatMulIntegerToFloat", [I(ints(3, 16, dt="i8")), C(_B), C(np.float32(0.02)), C(np.float32(0.003)),
-                              C(np.int8(1)), C(np.int8(-2))], oracle="ort", label="i8i8")
-case("MatMulIntegerToFloat", [I(ints(2, 3, 16), shape=("B", "S", 16)), C(_B), C(np.float32(0.02)),
-                              C(np.float32(0.003))], expect=("B", "S", 5), oracle="ort", label="sym")
-case("DynamicQuantizeMatMul", [I(f32(2, 3, 16)), C(_B), C(np.float32(0.004))], oracle="ort")
-case("DynamicQuantizeMatMul", [I(f32(3, 16)), C(ints(16, 5)), C(f32(5, lo=0.001, hi=0.01)),
-                               C(ints(5, lo=100, hi=140)), C(f32(5))], oracle="ort", label="u8_per_column_bias")
-case("DynamicQuantizeMatMul", [I(f32(2, 3, 16), shape=("B", "S", 16)), C(_B), C(np.float32(0.004)), C(np.int8(3))],
-     expect=("B", "S", 5), oracle="ort", label="sym")
-
-
-def _nbits(n: int, k: int, block: int, bits: int, zp: str | None, lead: tuple = (3,), bias: bool = False,
-           label: str = "", sym: tuple | None = None) -> None:
-    k_blocks = -(-k // block)
-    codes = ints(n, k_blocks * block, lo=0, hi=(1 << bits) - 1)
-    packed = pack_low_first(codes, bits).reshape(n, k_blocks, block * bits // 8)
-    ins = [I(f32(*lead, k), shape=sym), C(packed), C(f32(n, k_blocks, lo=0.01, hi=0.1))]
-    if zp == "packed":
-        ins.append(C(pack_low_first(ints(n, k_blocks, lo=0, hi=(1 << bits) - 1), bits)))
-    elif zp == "float":
-        ins.append(C(f32(n, k_blocks, lo=0, hi=(1 << bits) - 1)))
-    elif bias:
-        ins.append(None)
-    if bias:
-        ins += [None, C(f32(n))]
-    case("MatMulNBits", ins, {"K": k, "N": n, "bits": bits, "block_size": block}, oracle="ort", label=label,
-         expect=None if sym is None else tuple(sym[:-1]) + (n,))
-
-
-_nbits(6, 64, 32, 4, None, label="4bit_default_zp")
-_nbits(6, 40, 16, 4, "packed", lead=(2, 3), bias=True, label="4bit_partial_block_zp_bias")
-_nbits(5, 48, 16, 4, "float", label="4bit_float_zp")
-_nbits(4, 32, 16, 8, "packed", label="8bit")
-_nbits(4, 64, 32, 2, "packed", label="2bit")
-_nbits(3, 32, 16, 4, None, lead=(2, 5), sym=("B", "S", 32), label="sym")
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c}#{i}" for i, c in enumerate(CASES)])
@@ -431,12 +269,6 @@ def test_matmul_nbits_matches_an_explicit_dequantization() -> None:
     np.testing.assert_allclose(y8, a @ w8, rtol=1e-6, atol=1e-6)
 
 
-FQ_SCHEMES = [
-    (qf.INT8_PER_TENSOR, True), (qf.UINT8_PER_TENSOR, True), (qf.int8_per_channel(1), True),
-    (qf.uint4_per_group(16, 1), True), (qf.FP8_E4M3_PER_TENSOR, True), (qf.fp8_per_channel(0, dtypes.fp8_e5m2), True),
-    (qf.QuantScheme(dtypes.fp4_e2m1, "group", 1, 16), True), (qf.QuantScheme(dtypes.dtype("ff_e3m2_b2.5")), True),
-    (qf.MXFP4, False), (qf.NVFP4, False),
-]
 
 
 @pytest.mark.parametrize("scheme,needs_scale", FQ_SCHEMES, ids=[str(s) for s, _ in FQ_SCHEMES])

@@ -29,7 +29,7 @@ def test_binding_the_batch_folds_the_computed_shape() -> None:
     before = g.clone()
     result = run_pass("bind_dims", g, dims={"batch": 5})
     assert result.changed
-    assert result.stats["dims_bound"] == 1 and result.stats["values_specialised"] == 1
+    assert result.stats["dims_bound"] == 1 and result.stats["values_specialised"] == 1 and result.stats["bound"] == "batch=5"
     assert result.stats["fold_constants:nodes_folded"] == 4 and result.stats["outputs_refined"] == 1
     assert g.inputs[0].type.shape == (5, 4, 2) and g.outputs[0].type.shape == (5, 8)
     assert "Shape" not in ops(g) and "Gather" not in ops(g)

@@ -1,0 +1,150 @@
+"""IR -> Relax: `to_relax(graph)` builds an `IRModule` with one function "main" through
+`relax.BlockBuilder`, one lowering per node from `relax_lowering.LOWERINGS`.
+
+The function's parameters are the graph inputs, in order and named after them; it
+returns a Relax `Tuple` of the graph outputs, always (one output gives a 1-tuple).
+Constants become Relax constants (emitted where first read). Symbolic dims (strings in
+the inputs' `TensorType` shapes) become `tirx.Var`s shared by name, unless `bind_dims`
+fixes them to ints; an unknown dim (None) of an input gets its own variable.
+Tensors of a dtype TVM cannot hold exactly travel in another (`relax_dtype`: fp8, fp4
+and `FloatFormat` as float32 grid values, int4/uint4 in int8/uint8); `to_relax_array`
+/ `from_relax_array` convert numpy arrays at the boundary.
+
+Before emitting anything, every node is checked against the table (and against its
+emitter's node-level check): all nodes that cannot be lowered are reported in one
+`UnsupportedOpError`, each op with its count, one node's name and the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import relax, tirx
+
+from requant.errors import RequantError, UnsupportedOpError
+from requant.ir.dtypes import DType
+from requant.ir.graph import Graph, Value
+from requant.backends.tvm.relax_lowering import (
+    LowerContext,
+    _const_array,
+    is_emulated,
+    lowering_for,
+    relax_dtype,
+    unsupported_reason,
+)
+
+__all__ = ["to_relax", "check_lowerable", "to_relax_array", "from_relax_array"]
+
+logger = logging.getLogger(__name__)
+
+
+def check_lowerable(graph: Graph) -> None:
+    """Raise one `UnsupportedOpError` naming every op of `graph` the TVM backend cannot
+    lower (op, count, one node, reason); return quietly when all can be."""
+    missing: OrderedDict[str, list] = OrderedDict()
+    for node in graph:
+        reason = unsupported_reason(node)
+        if reason is None:
+            continue
+        entry = missing.setdefault(node.op, [0, node.label, reason])
+        entry[0] += 1
+    if not missing:
+        return
+    lines = [f"  - {op} (x{count}, e.g. {label}): {reason}" for op, (count, label, reason) in missing.items()]
+    raise UnsupportedOpError(
+        f"graph '{graph.name}': {len(missing)} op(s) have no TVM lowering: {', '.join(missing)}\n"
+        + "\n".join(lines)
+        + "\nlower or rewrite these ops first, or use the ONNX backend (target cpu-*/cuda-* with backend='onnx')"
+    )
+
+
+def _input_var(value: Value, dims: dict[str, Any]) -> relax.Var:
+    t = value.type
+    dt = relax_dtype(t.dtype)
+    if t.shape is None:
+        return relax.Var(value.name, relax.TensorType(None, dt, ndim=-1))
+    shape = []
+    for i, d in enumerate(t.shape):
+        if isinstance(d, int):
+            shape.append(d)
+        elif isinstance(d, str):
+            if d not in dims:
+                dims[d] = tirx.Var(d, "int64")
+            shape.append(dims[d])
+        else:
+            shape.append(tirx.Var(f"{value.name}_dim{i}", "int64"))
+    return relax.Var(value.name, relax.TensorType(shape, dt))
+
+
+def to_relax(graph: Graph, *, bind_dims: Mapping[str, int] | None = None) -> tvm.IRModule:
+    """The Relax module of `graph` (module docstring). Raises `UnsupportedOpError`
+    listing every op without a lowering before emitting anything."""
+    check_lowerable(graph)
+    dims: dict[str, Any] = {k: int(v) for k, v in (bind_dims or {}).items()}
+    params = [_input_var(v, dims) for v in graph.inputs]
+    env: dict[int, relax.Expr] = {id(v): p for v, p in zip(graph.inputs, params)}
+    bb = relax.BlockBuilder()
+    ctx = LowerContext(bb, dims)
+
+    def read(v: Value | None) -> relax.Expr | None:
+        if v is None:
+            return None
+        found = env.get(id(v))
+        if found is None:
+            if v.const is None:
+                raise RequantError(f"to_relax: %{v.name} is read before it is defined (graph not verified?)")
+            found = _const_array(v.const, v.type.dtype)
+            env[id(v)] = found
+        return found
+
+    with bb.function("main", params):
+        with bb.dataflow():
+            for node in graph:
+                emitter = lowering_for(node.op)
+                ins = [read(v) for v in node.inputs]
+                try:
+                    result = emitter(ctx, node, ins)
+                except RequantError:
+                    raise
+                except Exception as exc:
+                    raise RequantError(f"to_relax: lowering {node.label} failed: {type(exc).__name__}: {exc}") from exc
+                outs = list(result) if isinstance(result, (list, tuple)) else [result]
+                if len(outs) != len(node.outputs):
+                    raise RequantError(f"to_relax: {node.label} gave {len(outs)} outputs, it has {len(node.outputs)}")
+                for value, expr in zip(node.outputs, outs):
+                    _check_dtype(node.label, value, expr)
+                    env[id(value)] = expr
+            result = bb.emit_output(relax.Tuple([read(v) for v in graph.outputs]))
+        bb.emit_func_output(result)
+    return bb.get()
+
+
+def _check_dtype(label: str, value: Value, expr: relax.Expr) -> None:
+    want = relax_dtype(value.type.dtype)
+    sinfo = expr.ty
+    got = getattr(sinfo, "dtype", None)
+    if got is not None and str(got) != want:
+        raise RequantError(f"to_relax: {label} output %{value.name} lowered to {got}, expected {want} "
+                           f"(for {value.type.dtype}): a bug in backends/tvm/relax_lowering.py")
+
+
+def to_relax_array(array: Any, dt: DType) -> np.ndarray:
+    """A numpy array of requant dtype `dt` in the storage its Relax tensor uses."""
+    arr = np.asarray(array)
+    if is_emulated(dt):
+        return arr.astype(np.float32)
+    return arr
+
+
+def from_relax_array(array: np.ndarray, dt: DType) -> np.ndarray:
+    """The inverse of `to_relax_array`: a Relax result as requant's storage of `dt`
+    (exact: emulated formats hold values on their grid)."""
+    arr = np.asarray(array)
+    if arr.dtype != dt.np:
+        return arr.astype(dt.np)
+    return arr

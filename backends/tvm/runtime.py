@@ -1,0 +1,172 @@
+"""The "tvm" backend as `requant.compile` sees it: build a graph for a device, call it,
+write it into a saved directory and read it back.
+
+What this module owns:
+- `build_runtime(graph, device, ...)`: the graph -> Relax (`emit.to_relax`) -> a TVM
+  build for "llvm" (`pipeline.build_cpu`, requant's CPU schedules) or "cuda"
+  (`cuda.build_cuda`: CUDA source + nvcc, no GPU needed to build);
+- `TvmRuntime`: numpy feeds in, a tuple of numpy arrays out, through the Relax VM; on a
+  machine without a CUDA GPU a cuda build can be saved and inspected but calling it
+  raises a `RequantError` saying so;
+- the files it adds to a saved directory (`model.so`, the exported TVM library; for
+  cuda also `model.cu`, the generated CUDA source for inspection, and `model.fatbin`,
+  its nvcc build for sm_80/sm_90) and `load_runtime`, which reads them back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from requant.errors import RequantError
+
+__all__ = ["TvmRuntime", "build_runtime", "load_runtime", "LIBRARY_FILE"]
+
+logger = logging.getLogger(__name__)
+
+LIBRARY_STEM = "model"
+LIBRARY_FILE = LIBRARY_STEM + ".so"
+
+
+def _set_threads(threads: int | None) -> None:
+    # TVM's thread pool reads TVM_NUM_THREADS when it first starts, so this only takes
+    # effect before the first run in the process.
+    if threads:
+        os.environ["TVM_NUM_THREADS"] = str(int(threads))
+
+
+class TvmRuntime:
+    """A TVM build (or the library a saved directory holds) and the Relax VM that runs
+    its "main", made on first call."""
+
+    kind = "tvm"
+
+    def __init__(self, device: str, *, executable: Any = None, cuda_build: Any = None,
+                 library_path: Path | None = None, dtypes: tuple[list[Any], list[Any]] | None = None) -> None:
+        self.device = device
+        self._dtypes = dtypes  # requant dtypes of (inputs, outputs): low-bit floats travel as float32
+        self._executable = executable  # what tvm.compile returned (llvm builds)
+        self._cuda_build = cuda_build  # a cuda.CudaBuild (cuda builds)
+        self._library_path = library_path  # a saved model.so (loaded models)
+        self._vm: Any = None
+        self._dev: Any = None
+        self._size: int | None = None
+
+    @property
+    def artifact_kind(self) -> str:
+        return "TVM library (CUDA)" if self.device == "cuda" else "TVM library (LLVM)"
+
+    @property
+    def cuda_source(self) -> str | None:
+        """The generated CUDA C of a cuda build (None for llvm)."""
+        if self._cuda_build is not None:
+            return self._cuda_build.cuda_source
+        if self._library_path is not None and self._library_path.with_suffix(".cu").is_file():
+            return self._library_path.with_suffix(".cu").read_text()
+        return None
+
+    def cannot_run(self) -> str | None:
+        """Why this build cannot run on this machine, or None."""
+        if self.device == "cuda":
+            from requant.backends.tvm.cuda import gpu_present
+
+            if not gpu_present():
+                return ("no CUDA GPU is present on this machine: the cuda build is compiled "
+                        "(save() writes its library and CUDA source) and runs where a GPU exists")
+        return None
+
+    def _make_vm(self) -> Any:
+        import tvm
+        from tvm import relax
+
+        if self.device == "cuda":
+            from requant.backends.tvm.cuda import load_cuda_library
+
+            reason = self.cannot_run()
+            if reason:
+                raise RequantError(reason)
+            self._dev = tvm.cuda(0)
+            if self._library_path is None:  # a fresh build runs from its exported files
+                import tempfile
+
+                self._tmp = tempfile.TemporaryDirectory(prefix="requant-cuda-")
+                self._library_path = self._cuda_build.export(self._tmp.name)["so"]
+            return load_cuda_library(self._library_path)
+        self._dev = tvm.cpu(0)
+        module = self._executable if self._library_path is None else tvm.runtime.load_module(str(self._library_path))
+        return relax.VirtualMachine(module, self._dev)
+
+    def __call__(self, feeds: Mapping[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+        import tvm
+
+        if self._vm is None:
+            self._vm = self._make_vm()
+        arrays = list(feeds.values())
+        if self._dtypes is not None:
+            from requant.backends.tvm.emit import to_relax_array
+
+            arrays = [to_relax_array(a, dt) for a, dt in zip(arrays, self._dtypes[0])]
+        args = [tvm.runtime.tensor(np.ascontiguousarray(a), self._dev) for a in arrays]
+        out = self._vm["main"](*args)
+        items = [t.numpy() for t in ([out] if isinstance(out, tvm.runtime.Tensor) else list(out))]
+        if self._dtypes is not None:
+            from requant.backends.tvm.emit import from_relax_array
+
+            items = [from_relax_array(a, dt) for a, dt in zip(items, self._dtypes[1])]
+        return tuple(items)
+
+    def artifact_bytes(self) -> int:
+        """The size of the files `write` produces (written once to a temporary directory)."""
+        if self._size is None:
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                self._size = sum((Path(tmp) / f).stat().st_size for f in self.write(Path(tmp)))
+        return self._size
+
+    def write(self, out: Path, external_data: bool | None = None) -> list[str]:
+        """Write the library (for CUDA also its source and fatbin); the file names."""
+        del external_data  # the constants live inside the library
+        if self._cuda_build is not None:
+            return sorted(p.name for p in self._cuda_build.export(out, name=LIBRARY_STEM).values())
+        if self._executable is None:
+            raise RequantError("this TVM model was loaded from disk: copy the directory it came from instead")
+        self._executable.export_library(str(out / LIBRARY_FILE))
+        return [LIBRARY_FILE]
+
+
+def build_runtime(graph: Any, device: str, *, threads: int | None = None,
+                  bind_dims: Mapping[str, int] | None = None) -> TvmRuntime:
+    """`graph` built by TVM for `device` ("llvm" or "cuda")."""
+    from requant.backends.tvm.emit import to_relax
+
+    _set_threads(threads)
+    mod = to_relax(graph, bind_dims=bind_dims)
+    dtypes = ([v.dtype for v in graph.inputs], [v.dtype for v in graph.outputs])
+    if device == "llvm":
+        from requant.backends.tvm.pipeline import build_cpu
+
+        return TvmRuntime(device, executable=build_cpu(mod), dtypes=dtypes)
+    if device == "cuda":
+        from requant.backends.tvm.cuda import build_cuda
+
+        return TvmRuntime(device, cuda_build=build_cuda(mod), dtypes=dtypes)
+    raise RequantError(f"the TVM backend builds for 'llvm' or 'cuda', not {device!r}")
+
+
+def load_runtime(root: Path, device: str, *, threads: int | None = None,
+                 dtypes: tuple[list[Any], list[Any]] | None = None) -> TvmRuntime:
+    """A runtime on the library a saved directory holds (its files already checked
+    against the manifest by `requant.load`); a cuda library loads on first call."""
+    _set_threads(threads)
+    path = root / LIBRARY_FILE
+    if not path.is_file():
+        raise RequantError(f"cannot load {root}: {LIBRARY_FILE} is missing")
+    runtime = TvmRuntime(device, library_path=path, dtypes=dtypes)
+    runtime._size = sum(f.stat().st_size for f in root.glob(LIBRARY_STEM + ".*") if f.suffix != ".onnx")
+    return runtime

@@ -1,0 +1,249 @@
+"""requant's CPU schedules (backends/tvm/schedule_cpu.py) and build pipeline
+(backends/tvm/pipeline.py): scheduled results agree with numpy / TVM's default build,
+the heavy kernels are parallel, vectorised and read pre-packed weights. No timing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+from tvm import relax, tirx  # noqa: E402
+from tvm.relax import op as R  # noqa: E402
+
+from requant.backends.tvm import pipeline, schedule_cpu  # noqa: E402
+
+RNG_SEED = 0
+FP32_TOL = dict(rtol=1e-4, atol=1e-4)
+
+
+def _module(params: list, body) -> tvm.IRModule:
+    bb = relax.BlockBuilder()
+    with bb.function("main", params):
+        with bb.dataflow():
+            out = bb.emit_output(body(bb, *params))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _run(ex, *arrays) -> np.ndarray:
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    return vm["main"](*(tvm.runtime.tensor(a) for a in arrays)).numpy()
+
+
+def _var(name: str, shape, dtype: str = "float32") -> relax.Var:
+    return relax.Var(name, relax.TensorType(shape, dtype))
+
+
+def _scheduled_funcs(mod: tvm.IRModule) -> dict[str, tirx.PrimFunc]:
+    """The module after build_cpu's Relax pipeline up to the schedules."""
+    target = pipeline.host_llvm_target()
+    seq = tvm.transform.Sequential([
+        relax.transform.FoldConstant(), schedule_cpu.PackConstantWeights(), schedule_cpu.FastMath(),
+        relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
+        relax.transform.FuseOps(), relax.transform.FuseTIR(), schedule_cpu.schedule_cpu_module(target)])
+    with target:
+        out = seq(mod)
+    return {gv.name_hint: f for gv, f in out.functions_items() if isinstance(f, tirx.PrimFunc)}
+
+
+def _loop_kinds(func: tirx.PrimFunc) -> set[str]:
+    """The loop kinds in the TVMScript of `func` ("parallel", "vectorized", ...)."""
+    text = func.script()
+    return {kind for kind in ("parallel", "vectorized", "unroll") if f"T.{kind}(" in text}
+
+
+PARALLEL, VECTORIZED = "parallel", "vectorized"
+
+
+# ----------------------------------------------------------------------------- dense
+
+
+@pytest.mark.parametrize("m,k,n", [(64, 384, 384), (37, 100, 50), (5, 64, 33), (1, 16, 7)])
+def test_dense_constant_weight_matches_numpy(m: int, k: int, n: int) -> None:
+    rng = np.random.default_rng(RNG_SEED)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    mod = _module([_var("x", (m, k))], lambda bb, x_: R.add(R.matmul(x_, relax.const(w)), relax.const(b)))
+    got = _run(pipeline.build_cpu(mod), x)
+    np.testing.assert_allclose(got, x @ w + b, rtol=1e-4, atol=1e-3)
+
+
+def test_dense_3d_input_with_gelu_epilogue_matches_default_build() -> None:
+    rng = np.random.default_rng(RNG_SEED)
+    w = (rng.standard_normal((48, 80)) * 0.2).astype(np.float32)
+    x = rng.standard_normal((3, 10, 48)).astype(np.float32)
+    b = rng.standard_normal(80).astype(np.float32)
+    mod = _module([_var("x", (3, 10, 48))],
+                  lambda bb, x_: R.nn.gelu(R.add(R.matmul(x_, R.permute_dims(relax.const(w.T.copy()))), relax.const(b))))
+    np.testing.assert_allclose(_run(pipeline.build_cpu(mod), x), _run(pipeline.build_cpu(mod, schedule=False), x),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_dense_symbolic_batch_matches_numpy() -> None:
+    rng = np.random.default_rng(RNG_SEED)
+    w = rng.standard_normal((24, 40)).astype(np.float32)
+    n = tirx.Var("n", "int64")
+    mod = _module([_var("x", (n, 24))], lambda bb, x_: R.matmul(x_, relax.const(w)))
+    ex = pipeline.build_cpu(mod)
+    for rows in (1, 13, 64):
+        x = rng.standard_normal((rows, 24)).astype(np.float32)
+        np.testing.assert_allclose(_run(ex, x), x @ w, rtol=1e-4, atol=1e-4)
+
+
+def test_dense_kernel_is_packed_parallel_and_vectorised() -> None:
+    w = np.ones((64, 96), np.float32)
+    funcs = _scheduled_funcs(_module([_var("x", (128, 64))], lambda bb, x_: R.matmul(x_, relax.const(w))))
+    dense = [f for name, f in funcs.items() if "packed_dense" in name]
+    assert len(dense) == 1
+    func = dense[0]
+    w_param = func.params[1]
+    assert [int(d) for d in w_param.shape] == [96 // schedule_cpu.NR, 64, schedule_cpu.NR]
+    assert {PARALLEL, VECTORIZED} <= _loop_kinds(func)
+    assert func.attrs["tirx.is_scheduled"]
+
+
+def test_pack_weight_fp32_layout() -> None:
+    w = np.arange(5 * 40, dtype=np.float32).reshape(5, 40)
+    p = schedule_cpu.pack_weight_fp32(w, nr=16)
+    assert p.shape == (3, 5, 16)
+    assert p[1, 2, 3] == w[2, 16 + 3]
+    assert (p[2, :, 8:] == 0).all()  # padded columns
+
+
+def test_non_constant_weight_is_not_packed() -> None:
+    funcs = _scheduled_funcs(_module([_var("a", (16, 8)), _var("b", (8, 32))], lambda bb, a, b: R.matmul(a, b)))
+    assert not any("packed" in name for name in funcs)
+
+
+# ----------------------------------------------------------------------------- batch matmul
+
+
+@pytest.mark.parametrize("shape_a,shape_b", [((2, 3, 64, 32), (2, 3, 32, 64)), ((2, 3, 13, 7), (2, 3, 7, 19))])
+def test_batch_matmul_matches_numpy(shape_a, shape_b) -> None:
+    rng = np.random.default_rng(RNG_SEED)
+    a = rng.standard_normal(shape_a).astype(np.float32)
+    b = rng.standard_normal(shape_b).astype(np.float32)
+    mod = _module([_var("a", shape_a), _var("b", shape_b)],
+                  lambda bb, a_, b_: R.multiply(R.matmul(a_, b_), relax.const(0.5, "float32")))
+    ex = pipeline.build_cpu(mod)
+    np.testing.assert_allclose(_run(ex, a, b), 0.5 * (a @ b), rtol=1e-4, atol=1e-4)
+
+
+def test_batch_matmul_is_parallel_and_vectorised() -> None:
+    funcs = _scheduled_funcs(_module([_var("a", (4, 64, 32)), _var("b", (4, 32, 64))],
+                                     lambda bb, a, b: R.matmul(a, b)))
+    (func,) = [f for name, f in funcs.items() if "matmul" in name]
+    assert {PARALLEL, VECTORIZED} <= _loop_kinds(func)
+
+
+# ----------------------------------------------------------------------------- softmax, LayerNorm, GELU
+
+
+def test_softmax_layernorm_gelu_match_default_build() -> None:
+    rng = np.random.default_rng(RNG_SEED)
+    x = rng.standard_normal((4, 10, 96)).astype(np.float32)
+    gamma = rng.standard_normal(96).astype(np.float32)
+    beta = rng.standard_normal(96).astype(np.float32)
+
+    def body(bb, x_):
+        s = bb.emit(R.nn.softmax(x_, axis=-1))
+        ln = bb.emit(R.nn.layer_norm(R.add(x_, s), relax.const(gamma), relax.const(beta), [-1]))
+        return R.nn.gelu(ln)
+
+    mod = _module([_var("x", x.shape)], body)
+    got = _run(pipeline.build_cpu(mod), x)
+    ref = _run(pipeline.build_cpu(mod, schedule=False), x)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)  # fast exp/erf: ~1e-7 relative
+
+
+def test_row_reductions_and_elementwise_are_parallel_and_vectorised() -> None:
+    def body(bb, x_):
+        s = bb.emit(R.nn.softmax(x_, axis=-1))
+        return R.add(R.nn.layer_norm(s, relax.const(np.ones(64, np.float32)), relax.const(np.zeros(64, np.float32)),
+                                     [-1]), relax.const(1.0, "float32"))
+
+    funcs = _scheduled_funcs(_module([_var("x", (8, 16, 64))], body))
+    assert funcs
+    for name, func in funcs.items():
+        assert PARALLEL in _loop_kinds(func), name
+        assert VECTORIZED in _loop_kinds(func), name
+
+
+def test_symbolic_elementwise_and_softmax_are_correct() -> None:
+    n = tirx.Var("n", "int64")
+    mod = _module([_var("x", (n, 40))], lambda bb, x_: R.nn.softmax(R.add(x_, relax.const(1.0, "float32")), axis=-1))
+    ex = pipeline.build_cpu(mod)
+    x = np.random.default_rng(RNG_SEED).standard_normal((7, 40)).astype(np.float32)
+    e = np.exp(x + 1 - (x + 1).max(-1, keepdims=True))
+    np.testing.assert_allclose(_run(ex, x), e / e.sum(-1, keepdims=True), rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- int8
+
+
+def _int8_module(x_dtype: str, m: int, k: int, w: np.ndarray, zero_point: int | None):
+    def body(bb, x_):
+        a = R.astype(x_, "int32")
+        if zero_point is not None:
+            a = R.subtract(a, relax.const(zero_point, "int32"))
+        return R.matmul(a, R.astype(relax.const(w), "int32"))
+
+    return _module([_var("x", (m, k), x_dtype)], body)
+
+
+@pytest.mark.parametrize("x_dtype,zero_point,m,k,n", [
+    ("uint8", None, 64, 384, 96), ("uint8", 128, 13, 64, 40), ("int8", None, 9, 32, 17), ("int8", 3, 70, 128, 64)])
+def test_int8_matmul_is_exact(x_dtype: str, zero_point: int | None, m: int, k: int, n: int) -> None:
+    rng = np.random.default_rng(RNG_SEED)
+    lo, hi = (0, 256) if x_dtype == "uint8" else (-128, 128)
+    x = rng.integers(lo, hi, (m, k)).astype(x_dtype)
+    w = rng.integers(-128, 128, (k, n)).astype(np.int8)
+    mod = _int8_module(x_dtype, m, k, w, zero_point)
+    ref = (x.astype(np.int64) - (zero_point or 0)) @ w.astype(np.int64)
+    np.testing.assert_array_equal(_run(pipeline.build_cpu(mod), x), ref.astype(np.int32))
+
+
+def test_int8_matmul_kernel_reads_vnni_layout_and_is_vectorised() -> None:
+    w = np.ones((64, 32), np.int8)
+    funcs = _scheduled_funcs(_int8_module("uint8", 16, 64, w, None))
+    (func,) = [f for name, f in funcs.items() if "u8s8" in name]
+    assert [int(d) for d in func.params[1].shape] == [2, 16, 16, 4]
+    assert func.params[0].dtype == "uint8" and func.params[1].dtype == "int8"
+    assert {PARALLEL, VECTORIZED} <= _loop_kinds(func)
+
+
+def test_int8_weights_out_of_range_fall_back_to_int32_matmul() -> None:
+    rng = np.random.default_rng(RNG_SEED)
+    x = rng.integers(0, 256, (8, 16)).astype(np.uint8)
+    w = rng.integers(-300, 300, (16, 24)).astype(np.int32)
+    mod = _module([_var("x", (8, 16), "uint8")], lambda bb, x_: R.matmul(R.astype(x_, "int32"), relax.const(w)))
+    np.testing.assert_array_equal(_run(pipeline.build_cpu(mod), x), x.astype(np.int32) @ w)
+
+
+# ----------------------------------------------------------------------------- pipeline helpers
+
+
+def test_host_target_and_breakdown() -> None:
+    target = pipeline.host_llvm_target(threads=2)
+    assert target.kind.name == "llvm" and str(target.attrs["mcpu"])
+    w = np.ones((32, 64), np.float32)
+    mod = _module([_var("x", (16, 32))], lambda bb, x_: R.nn.softmax(R.matmul(x_, relax.const(w)), axis=-1))
+    ex = pipeline.build_cpu(mod)
+    x = np.ones((16, 32), np.float32)
+    assert pipeline.time_module(ex, [x], repeat=2) > 0
+    kinds, kernels = pipeline.profile_by_kind(ex, [x], runs=1)
+    names = {k.kind for k in kinds}
+    assert {"matmul", "softmax"} <= names
+    assert abs(sum(k.share for k in kinds) - 1.0) < 1e-6
+    assert "| op kind |" in pipeline.format_breakdown(kinds)
+
+
+@pytest.mark.parametrize("name,kind", [
+    ("fused_packed_dense_64x64x384_1536_add_fast_erf", "matmul"), ("matmul1", "batch_matmul"),
+    ("fused_matmul_multiply_add1", "batch_matmul"), ("fast_softmax", "softmax"), ("layer_norm", "layer_norm"),
+    ("fused_reshape_transpose1", "reshape/transpose"), ("add3", "elementwise"), ("gelu", "gelu"),
+    ("vm.builtin.alloc_storage", "other")])
+def test_kernel_kind(name: str, kind: str) -> None:
+    assert pipeline.kernel_kind(name) == kind
