@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from requant.errors import RequantError
 
 __all__ = [
@@ -254,19 +256,101 @@ def _dp4a_operands(call: Any) -> tuple[str, str, int, int] | None:
     return a_dt, w_dt, k, n
 
 
+def _op_name(expr: Any) -> str | None:
+    import tvm
+    from tvm import relax
+
+    if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
+        return str(expr.op.name)
+    return None
+
+
+def _int8_constant(expr: Any) -> np.ndarray | None:
+    """The values of a constant 2-D weight (int8, or wider integers that fit int8) as int8."""
+    import tvm
+
+    if _op_name(expr) == "relax.astype":
+        expr = expr.args[0]
+    if not isinstance(expr, tvm.ir.expr.Constant) or not hasattr(expr.value, "numpy"):
+        return None
+    w = expr.value.numpy()
+    if w.ndim != 2 or w.dtype.kind not in "iu" or w.size == 0 or w.min() < -128 or w.max() > 127:
+        return None
+    return w.astype(np.int8)
+
+
+def _widened_int8(expr: Any, lookup: Any) -> tuple[Any, np.ndarray | None] | None:
+    """`astype(x8, int32)` [`- zp`, zp a scalar constant] -> (x8, zp or None)."""
+    import tvm
+    from tvm import relax
+
+    zp = None
+    if _op_name(expr) == "relax.subtract":
+        z = expr.args[1]
+        while True:  # a scalar constant behind bindings, astype and reshape
+            z = lookup(z) if isinstance(z, relax.Var) and lookup(z) is not None else z
+            if _op_name(z) not in ("relax.astype", "relax.reshape"):
+                break
+            z = z.args[0]
+        if not isinstance(z, tvm.ir.expr.Constant) or not hasattr(z.value, "numpy") or z.value.numpy().size != 1:
+            return None
+        zp = z.value.numpy().reshape(())
+        expr = expr.args[0]
+        expr = lookup(expr) if isinstance(expr, relax.Var) and lookup(expr) is not None else expr
+    if _op_name(expr) != "relax.astype" or str(expr.attrs.dtype) != "int32":
+        return None
+    x8 = expr.args[0]
+    if str(getattr(x8.ty, "dtype", "")) not in ("int8", "uint8"):
+        return None
+    return x8, zp
+
+
 def rewrite_int8_matmuls(mod: Any) -> tuple[Any, int]:
-    """Replace every `relax.matmul(int8|uint8 [..., K], int8 [K, N], out_dtype=int32)` with a
-    call to the dp4a kernel (leading dims flattened and restored). Returns (module, count)."""
+    """Replace every 8-bit matmul with a call to the dp4a kernel (leading dims flattened
+    and restored). Returns (module, count). Two forms are taken:
+    `relax.matmul(int8|uint8 [..., K], int8 [K, N], out_dtype=int32)`, and the widened
+    form requant's emitter writes for MatMulInteger with a constant weight,
+    `matmul(astype(x8, int32) [- zp], W)` (W constant, values in int8), which becomes
+    `dp4a(x8, W8) - zp * colsum(W)` (exact in int32)."""
     from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
+    # zero points and weights reach the matmul through astype/reshape chains of constants
+    mod = relax.transform.FoldConstant()(mod)
     kernels: dict[tuple[str, str, int, int], Any] = {}
     count = [0]
 
     @mutator
     class _Rewriter(PyExprMutator):
+        def _lookup(self, var: Any) -> Any:
+            try:
+                return self.lookup_binding(var)
+            except Exception:  # noqa: BLE001  (not a bound var)
+                return None
+
+        def _widened(self, call: Any) -> tuple[Any, Any, np.ndarray | None] | None:
+            if _op_name(call) != "relax.matmul":
+                return None
+            a, w = call.args
+            a_def = self._lookup(a) if isinstance(a, relax.Var) else a
+            w_def = self._lookup(w) if isinstance(w, relax.Var) else w
+            if a_def is None or w_def is None:
+                return None
+            widened = _widened_int8(a_def, self._lookup)
+            w8 = _int8_constant(w_def)
+            if widened is None or w8 is None:
+                return None
+            x8, zp = widened
+            return x8, w8, zp
+
         def visit_call_(self, call: Any) -> Any:  # noqa: N802 (TVM's name)
             call = super().visit_call_(call)
+            widened = self._widened(call)
+            zp = None
+            if widened is not None:
+                x8, w8, zp = widened
+                call = relax.Call(call.op, [x8, relax.const(w8)], call.attrs)
+                call = self.builder_.normalize(call)
             key = _dp4a_operands(call)
             if key is None:
                 return call
@@ -283,6 +367,9 @@ def rewrite_int8_matmuls(mod: Any) -> tuple[Any, int]:
             a2 = a if len(shape) == 2 else self.builder_.emit(relax.op.reshape(a, [rows, k]))
             out = self.builder_.emit(relax.call_tir(kernels[key], [a2, w],
                                                     relax.TensorType([rows, n], "int32")))
+            if zp is not None and int(zp) != 0:
+                colsum = w.value.numpy().astype(np.int64).sum(axis=0) * int(zp)
+                out = self.builder_.emit(relax.op.subtract(out, relax.const(colsum.astype(np.int32))))
             count[0] += 1
             return out if len(shape) == 2 else relax.op.reshape(out, lead + [n])
 

@@ -21,7 +21,8 @@ HIDDEN, HEADS, FFN, SEQ = 128, 2, 256, 16
 
 def _int8_linear(bb, x, w_q, w_scale, bias, x_scale, x_zp):
     """QuantizeLinear(x) to uint8 -> int8 @ int8 weights with int32 accumulation ->
-    zero-point correction -> float rescale + bias (the form requant's emitter produces)."""
+    zero-point correction -> float rescale + bias (the 8-bit form; requant's emitter
+    writes the widened form, test_the_emitters_widened_matmul_integer_form_is_rewritten)."""
     from tvm import relax
 
     q = bb.emit(relax.op.astype(relax.op.clip(
@@ -190,3 +191,39 @@ def test_runs_on_gpu_like_cpu(built, tmp_path):
     got = vm["main"](tvm.runtime.tensor(x, tvm.cuda(0))).numpy()
     # integer matmuls are exact; the float parts differ by fast-math rounding only
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
+
+
+def test_the_emitters_widened_matmul_integer_form_is_rewritten() -> None:
+    """MatMulInteger(u8 x, s8 W, zp) as the Relax emitter writes it, (astype(x, i32) - zp)
+    @ astype(W, i32), becomes the dp4a kernel minus zp * colsum(W) (exact in int32)."""
+    from requant.backends.tvm.emit import to_relax
+    from requant.ir.builder import Builder
+    from requant.ir.graph import Graph
+    from requant.ir.types import TensorType
+    from requant.ir import dtypes
+
+    rng = np.random.default_rng(0)
+    w = rng.integers(-128, 128, (64, 32), dtype=np.int8)
+    g = Graph()
+    b = Builder(g)
+    x = b.input("x", TensorType((8, 64), dtypes.uint8))
+    y = b.MatMulInteger(x, b.const(w), b.const(np.uint8(131)))
+    g.outputs.append(y)
+    mod, count = tcuda.rewrite_int8_matmuls(to_relax(g))
+    assert count == 1
+    text = mod.script()  # (show_meta=True crashes TVM 0.27 on this module)
+    assert "requant_dp4a_matmul_uint8_int8_k64_n32" in text and "R.matmul" not in text
+    subtracted = [c.args[1].value.numpy() for c in _calls(mod["main"], "relax.subtract")
+                  if isinstance(c.args[1], tvm.ir.expr.Constant)]
+    assert len(subtracted) == 1
+    np.testing.assert_array_equal(subtracted[0], 131 * w.astype(np.int64).sum(axis=0))
+
+
+def _calls(func, op_name: str) -> list:
+    from tvm import relax
+
+    found = []
+    relax.analysis.post_order_visit(
+        func, lambda e: found.append(e) if isinstance(e, relax.Call) and getattr(e.op, "name", None) == op_name
+        else None)
+    return found
