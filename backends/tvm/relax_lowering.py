@@ -31,6 +31,8 @@ Numerics (the interpreter in `requant.ir` is the oracle):
   with Cast's saturation rules); converting from one is exact. The runtime converts
   arrays of these dtypes at the boundary (`relax_dtype` says the Relax dtype).
 - int4/uint4 travel in int8/uint8, as in the interpreter.
+- Gather indices out of range (the interpreter raises; ONNX leaves it undefined) are
+  clamped to the axis, never read out of bounds (TVM's default "fast" take would).
 """
 
 from __future__ import annotations
@@ -990,7 +992,7 @@ def _gather(ctx: LowerContext, node: Node, ins: list) -> Any:
     dims = _shape(x)
     axis = _axis(int(ctx.attrs(node)["axis"]), len(dims))
     idx = _norm_index(ctx, idx, dims[axis])
-    return ctx.emit(R.take(x, idx, axis=axis))
+    return ctx.emit(R.take(x, idx, axis=axis, mode="clip"))
 
 
 def _gather_elements(ctx: LowerContext, node: Node, ins: list) -> Any:

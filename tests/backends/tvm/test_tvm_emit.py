@@ -327,3 +327,17 @@ def test_constants_and_outputs_pass_through() -> None:
     mod = to_relax(g)
     assert [p.name for p in mod["main"].params] == ["x"]
     assert isinstance(mod["main"].ret_ty, tvm.ir.type.TupleType)
+
+
+def test_out_of_range_gather_indices_are_clamped_not_read_out_of_bounds() -> None:
+    """The interpreter refuses them; the built module must not crash or read past the
+    table (a token id past the vocabulary): it clamps to the last row."""
+    g = Graph("gather")
+    b = Builder(g)
+    ids = b.input("ids", tensor_type("i64", (4,)))
+    table = np.arange(12, dtype=np.float32).reshape(6, 2)
+    g.outputs = [b.Gather(b.const(table), ids, axis=0)]
+    got = run_tvm(compile_graph(g), g, {"ids": np.array([0, 5, 6, 1_000_000], np.int64)})[0]
+    np.testing.assert_array_equal(got, table[[0, 5, 5, 5]])
+    got = run_tvm(compile_graph(g), g, {"ids": np.array([-1, -6, 2, 3], np.int64)})[0]
+    np.testing.assert_array_equal(got, table[[5, 0, 2, 3]])  # negative indices count from the end
