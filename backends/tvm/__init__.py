@@ -6,11 +6,13 @@
 - `cuda.py`: CUDA builds (dp4a int8 matmuls, nvcc for sm_80/sm_90, no GPU needed);
 - `runtime.py`: what `requant.compile` / `requant.load` use (build, call, save, load).
 
-Importing this package imports tvm; `import requant` does not import it.
+Importing this package imports tvm and sets TVM's CPU thread-pool defaults (one worker
+per usable CPU, unpinned: see pipeline.py); `import requant` does not import it.
 """
 
 from __future__ import annotations
 
+from requant.backends.tvm import pipeline  # noqa: F401  (thread-pool defaults before any run)
 from requant.backends.tvm.emit import to_relax
 from requant.backends.tvm.relax_lowering import LOWERINGS
 

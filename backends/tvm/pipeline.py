@@ -11,7 +11,9 @@ This module owns:
   usual lowering; returns a `tvm.runtime.Executable` that needs no tuning to load
   (`relax.VirtualMachine(ex, tvm.cpu())`). `build_cpu(..., schedule=False)` is the
   default TVM build of the same module, for comparison.
-- `set_threads(n)`: size TVM's CPU thread pool for this process.
+- `set_threads(n)`: size TVM's CPU thread pool for this process (up to the size it
+  started with); `tvm_threads()`: its size. Importing this module makes the pool start
+  with one thread per usable CPU, unpinned (see `_default_thread_pool_env`).
 - `time_module(ex, inputs)`: median latency of `main`; `profile_by_kind(ex, inputs)`:
   the VM profiler's per-kernel times grouped into op kinds (matmul, batch_matmul,
   softmax, layer_norm, gelu, elementwise, reshape/transpose, other);
@@ -23,6 +25,7 @@ Measured numbers are in schedule_cpu's docstring and tools/bench/tvm_cpu.py.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import statistics
 import time
@@ -41,6 +44,7 @@ __all__ = [
     "build_cpu",
     "cpu_relax_pipeline",
     "set_threads",
+    "tvm_threads",
     "time_module",
     "profile_by_kind",
     "format_breakdown",
@@ -50,6 +54,25 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+def _default_thread_pool_env() -> None:
+    """One TVM worker per usable CPU, threads not pinned, unless the user said otherwise.
+
+    TVM's thread pool halves `hardware_concurrency()` on x86 (it assumes SMT pairs), so
+    on a 2-vCPU machine every kernel ran on ONE thread while ONNX Runtime used two; and
+    it pins the calling (Python main) thread to core 0, which threads created later in
+    the process (ONNX Runtime's pool) inherit. Both are read once, when the pool starts
+    (the first parallel kernel), so they are set when this module is imported."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    os.environ.setdefault("TVM_NUM_THREADS", str(cpus))
+    os.environ.setdefault("TVM_BIND_THREADS", "0")
+
+
+_default_thread_pool_env()
 
 KINDS = ("matmul", "batch_matmul", "softmax", "layer_norm", "gelu", "elementwise", "reshape/transpose", "other")
 
@@ -68,6 +91,12 @@ def host_llvm_target(threads: int | None = None, mcpu: str | None = None) -> tvm
     if threads:
         spec["num-cores"] = int(threads)
     return tvm.target.Target(spec)
+
+
+def tvm_threads() -> int:
+    """How many threads TVM's CPU pool runs kernels on (starts the pool)."""
+    count = tvm.get_global_func("runtime.NumThreads", allow_missing=True)
+    return int(count()) if count is not None else 0
 
 
 def set_threads(threads: int | None) -> None:

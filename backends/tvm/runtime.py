@@ -16,7 +16,6 @@ What this module owns:
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,10 +33,12 @@ LIBRARY_FILE = LIBRARY_STEM + ".so"
 
 
 def _set_threads(threads: int | None) -> None:
-    # TVM's thread pool reads TVM_NUM_THREADS when it first starts, so this only takes
-    # effect before the first run in the process.
+    """`threads` workers in TVM's CPU pool; 0/None keeps the backend's default (one per
+    usable CPU, unpinned: set when requant.backends.tvm.pipeline is imported)."""
+    from requant.backends.tvm import pipeline
+
     if threads:
-        os.environ["TVM_NUM_THREADS"] = str(int(threads))
+        pipeline.set_threads(threads)
 
 
 class TvmRuntime:

@@ -9,7 +9,7 @@ This module owns two things:
    float32 `W[K, N]` -> `W[ceil(N/32), K, 32]` (one contiguous K x 32 panel per column
    tile, zero-padded); int8 `W` (an int32 or int8 constant whose values fit int8, times
    uint8/int8 activations widened to int32, optionally minus a constant zero point)
-   -> `W[ceil(N/16), K/4, 16, 4]`, the operand layout of AVX-512 VNNI `vpdpbusd`, plus
+   -> `W[ceil(N/16), K/4, 64]`, the operand layout of AVX-512 VNNI `vpdpbusd`, plus
    an int32 per-column compensation for signed activations and activation zero points.
    The kernels are ordinary PrimFuncs, so FuseOps still fuses bias, GELU, residual adds
    into them (they are marked out-elementwise-fusable).
@@ -22,9 +22,10 @@ This module owns two things:
      rows blocked by 64 for cache reuse of the right panel; the accumulator tile lives in
      a local buffer (cache_write) that the fused epilogue reads back; parallel over
      (row block, column tile), the inner 16 columns vectorised.
-   - `MatmulVNNI`: the int8 packed dense kernel (uint8 x int8 -> int32, exact), tiled,
-     16 int32 lanes vectorised. Tensorising with `vpdpbusd` (tensor_intrin.x86
-     dot_16x4_vnni) is written but off: TVM 0.27's Tensorize segfaults on it.
+   - `MatmulVNNI`: the int8 packed dense kernel (uint8 x int8 -> int32, exact), tiled
+     8 x 32; on a VNNI CPU every 16-column x 4-deep step is one `vpdpbusd`
+     (`llvm.x86.avx512.vpdpbusd.512`, written into the TIR by `_emit_vnni`, since TVM
+     0.27's Tensorize segfaults on this kernel), else a 16-lane vector loop.
    - `RowReduction`: softmax, LayerNorm and similar (reductions along the last axis
      followed by elementwise blocks): parallel over rows, every block computed at the
      row, elementwise blocks vectorised.
@@ -45,15 +46,19 @@ numbers swing ~2x between runs (compare columns of one run only):
     4096 x 1536 x 384        1.9            121.9               162.9
     (quiet machine, kernel alone: 237 / 250 / 251 for requant's tile 8 x 32)
 
-Whole all-MiniLM-L6-v2 fp32, 64 x 64 tokens, same run, round-robin: TVM with these
-schedules 731 ms, ONNX Runtime 1198 ms (0.61x; busy machine). Breakdown: matmuls 74%,
-softmax 11%, LayerNorm 6%, batch matmul 5%, transposes 3%.
+The single-kernel numbers above were measured with TVM's default pool, which on this
+2-vCPU machine was ONE thread (TVM halves the core count on x86); pipeline now starts
+the pool with every usable CPU. Whole all-MiniLM-L6-v2 through requant.compile, 64 x 64
+tokens, same run, round-robin (busy machine): ORT fp32 421.5 ms, tvm-cpu-fp32 262.6 ms
+(0.62x), tvm-cpu-int8 126.5 ms (0.30x), ORT cpu-int8 222.4 ms. fp32 breakdown:
+matmuls 80%, elementwise/softmax guards 10%, batch matmul 5.5%.
 `python -m requant.tools.bench.tvm_cpu --shapes` reprints both tables.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -112,12 +117,14 @@ def pack_weight_fp32(w: np.ndarray, nr: int = NR) -> np.ndarray:
 
 
 def pack_weight_int8(w: np.ndarray) -> np.ndarray:
-    """int8 `W[K, N]` (K % 4 == 0) -> `W[ceil(N/16), K/4, 16, 4]` for vpdpbusd."""
+    """int8 `W[K, N]` (K % 4 == 0) -> `W[ceil(N/16), K/4, 64]`: per 16-column tile and
+    4-deep k group, the 64 bytes one `vpdpbusd` reads (column-major 16 x 4)."""
     k, n = w.shape
     tiles = -(-n // _VNNI_N)
     padded = np.zeros((k, tiles * _VNNI_N), dtype=np.int8)
     padded[:, :n] = w
-    return np.ascontiguousarray(padded.reshape(k // _VNNI_K, _VNNI_K, tiles, _VNNI_N).transpose(2, 0, 3, 1))
+    packed = padded.reshape(k // _VNNI_K, _VNNI_K, tiles, _VNNI_N).transpose(2, 0, 3, 1)
+    return np.ascontiguousarray(packed).reshape(tiles, k // _VNNI_K, _VNNI_N * _VNNI_K)
 
 
 # --------------------------------------------------------------------------------------
@@ -166,12 +173,12 @@ def packed_dense_func(x_shape: Sequence, n: int, dtype: str = "float32", nr: int
 
 
 def packed_dense_int8_func(x_shape: Sequence, n: int, x_dtype: str = "uint8") -> tirx.PrimFunc:
-    """`y[..., j] = sum_k i32(x[..., k]) * i32(w[j//16, k//4, j%16, k%4]) - comp[j]`
+    """`y[..., j] = sum_k i32(x[..., k]) * i32(w[j//16, k//4, (j%16)*4 + k%4]) - comp[j]`
     with uint8 `x`, int8 `w` from `pack_weight_int8`, int32 `comp`."""
     x_shape = _fresh_shape(x_shape)
     k = int(x_shape[-1])
     x = te.placeholder(x_shape, x_dtype, name="x")
-    w = te.placeholder(tuple(_i64(v) for v in (-(-n // _VNNI_N), k // _VNNI_K, _VNNI_N, _VNNI_K)), "int8",
+    w = te.placeholder(tuple(_i64(v) for v in (-(-n // _VNNI_N), k // _VNNI_K, _VNNI_N * _VNNI_K)), "int8",
                        name="w_packed")
     comp = te.placeholder((_i64(n),), "int32", name="compensation")
     r = te.reduce_axis((_i64(0), _i64(k)), name="k")
@@ -179,10 +186,13 @@ def packed_dense_int8_func(x_shape: Sequence, n: int, x_dtype: str = "uint8") ->
     def dot(*idx):
         *rows, j = idx
         return te.sum(x[(*rows, r)].astype("int32")
-                      * w[j // _VNNI_N, r // _VNNI_K, j % _VNNI_N, r % _VNNI_K].astype("int32"), axis=r)
+                      * w[j // _VNNI_N, r // _VNNI_K, j % _VNNI_N * _VNNI_K + r % _VNNI_K].astype("int32"), axis=r)
 
-    acc = te.compute((*x_shape[:-1], _i64(n)), dot, name=DENSE_INT8_BLOCK)
-    y = te.compute(acc.shape, lambda *idx: acc(*idx) - comp[idx[-1]], name="compensate")
+    # the accumulator covers whole 16-column tiles (the padded weight columns), so that
+    # every vpdpbusd step is unpredicated; the compensation step drops the padding
+    n_pad = -(-n // _VNNI_N) * _VNNI_N
+    acc = te.compute((*x_shape[:-1], _i64(n_pad)), dot, name=DENSE_INT8_BLOCK)
+    y = te.compute((*x_shape[:-1], _i64(n)), lambda *idx: acc(*idx) - comp[idx[-1]], name="compensate")
     func = te.create_prim_func([x, w, comp, y])
     return func.with_attr("op_pattern", _OP_PATTERN_OUT_EWISE_FUSABLE)
 
@@ -213,6 +223,15 @@ class _WeightPacker(relax.PyExprMutator):
                 return expr
             expr = bound
         return expr
+
+    def _const_through_cast(self, expr) -> np.ndarray | None:
+        """A constant, possibly behind `astype` (FoldConstant leaves the cast of a
+        scalar zero point, e.g. astype(uint8 const, int32), in place)."""
+        expr = self._resolve(expr)
+        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == "relax.astype":
+            inner = _const_array(self._resolve(expr.args[0]))
+            return None if inner is None else inner.astype(str(expr.ty.dtype))
+        return _const_array(expr)
 
     def _kernel(self, key: tuple, make: Callable[[], tirx.PrimFunc]) -> tvm.ir.GlobalVar:
         gv = self._funcs.get(key)
@@ -254,7 +273,7 @@ class _WeightPacker(relax.PyExprMutator):
         zero_point = 0
         inner = self._resolve(a)
         if isinstance(inner, relax.Call) and isinstance(inner.op, tvm.ir.Op) and inner.op.name == "relax.subtract":
-            zp = _const_array(self._resolve(inner.args[1]))
+            zp = self._const_through_cast(inner.args[1])
             if zp is None or zp.size != 1:
                 return call
             zero_point, inner = int(zp.reshape(())), self._resolve(inner.args[0])
@@ -505,17 +524,33 @@ class MatmulTile(_Rule):
 
 
 class MatmulVNNI(_Rule):
-    """The int8 packed dense kernel (uint8 x int8 -> int32, weights in the
-    [N/16, K/4, 16, 4] vpdpbusd layout): tiled like MatmulTile, 16 int32 lanes
-    vectorised, the 4-deep k group unrolled.
+    """The int8 packed dense kernel (uint8 x int8 -> int32, exact; weights in the
+    [N/16, K/4, 64] vpdpbusd layout): tiled like MatmulTile (8 rows x 32 columns of
+    int32 accumulators), and on a VNNI target each 16-column x 4-deep step is one
+    AVX-512 VNNI `vpdpbusd` (`llvm.x86.avx512.vpdpbusd.512`: 16 int32 lanes += the dot
+    products of 4 uint8 activations, broadcast, with 4 int8 weights each).
 
-    Tensorising the inner 16 x 4 with tvm.s_tir.tensor_intrin.x86's dot_16x4_vnni
-    (`tensorize=True`) segfaults inside TVM 0.27's Tensorize (ToJSONGraph) on this
-    kernel, which no try/except can catch, so it is off by default; the layout is
-    ready for it."""
+    TVM 0.27's `sch.tensorize` with tensor_intrin.x86's dot_16x4_vnni segfaults on this
+    kernel (inside Tensorize, uncatchable), so the 16 x 4 step is blockized and its body
+    replaced in the TVMScript text of the scheduled function (`_emit_vnni`): the block
+    is one this rule generated, so its printed form is known. Without VNNI the same
+    tiling runs with 16 int32 lanes vectorised and the k group unrolled."""
 
-    def __init__(self, tensorize: bool = False) -> None:
-        self.tensorize = tensorize
+    def __init__(self, vnni: bool | None = None) -> None:
+        self.vnni = vnni  # None: whatever the target has
+
+    def apply(self, func, target, tunable):  # noqa: D102
+        sch = super().apply(func, target, tunable)
+        if sch is None or not self._use_vnni(target):
+            return sch
+        try:
+            return s_tir.Schedule(_emit_vnni(sch.mod["main"]))
+        except Exception as exc:  # noqa: BLE001  (the text did not look as expected: keep the vector loop)
+            logger.warning("VNNI rewrite failed, int8 kernel stays a vector loop: %s", exc)
+            return MatmulVNNI(vnni=False).apply(func, target, tunable)
+
+    def _use_vnni(self, target: Target) -> bool:
+        return _has_vnni(target) if self.vnni is None else self.vnni
 
     def schedule(self, sch: s_tir.Schedule, target: Target) -> bool:
         names = [sch.get(b).name_hint for b in _blocks(sch)]
@@ -527,7 +562,9 @@ class MatmulVNNI(_Rule):
         i_ext = _extent(sch, i)
         mr = max(1, min(MR, i_ext)) if i_ext is not None else MR
         mo, mi, ii = sch.split(i, [None, max(1, MB // mr), mr])
-        jo, jb, jv = sch.split(j, [None, NR // _VNNI_N, _VNNI_N])
+        j_ext = _extent(sch, j)
+        per_tile = NR // _VNNI_N if j_ext is None or j_ext % NR == 0 else 1
+        jo, jb, jv = sch.split(j, [None, per_tile, _VNNI_N])
         ko, kv = sch.split(k, [None, _VNNI_K])
         sch.reorder(*outer, mo, jo, mi, ko, ii, jb, kv, jv)
         sch.parallel(sch.fuse(*outer, mo, jo))
@@ -537,15 +574,91 @@ class MatmulVNNI(_Rule):
         _vectorize_inner(sch, sch.get_loops(init)[-1])
         sch.unroll(ii)
         sch.unroll(jb)
-        if self.tensorize and _has_vnni(target):
-            from tvm.s_tir.tensor_intrin.x86 import VNNI_DOT_16x4_INTRIN
-
-            sch.reorder(jv, kv)
-            sch.tensorize(jv, VNNI_DOT_16x4_INTRIN)
+        if self._use_vnni(target):
+            sch.blockize(kv)  # the 4 x 16 step: one block, rewritten by _emit_vnni
         else:
             sch.unroll(kv)
             sch.vectorize(jv)
         return True
+
+
+VNNI_INTRINSIC = "llvm.x86.avx512.vpdpbusd.512"
+_VNNI_OUTER = re.compile(r'^(?P<ind> *)with T\.sblock\("' + DENSE_INT8_BLOCK + r'_update_o"\):\n', re.M)
+_VNNI_INNER_ITERS = re.compile(r'(?P<a>\w+), (?P<b>\w+) = T\.axis\.remap\("SR", \[\w+, \w+\]\)')
+_VNNI_STORE = re.compile(
+    r'^ *(?P<acc>\w+)\[(?P<ai>[^\]]+)\] = (?P=acc)\[(?P=ai)\] \+ T\.Cast\("int32", (?P<x>\w+)\[(?P<xi>[^\]]+)\]\)'
+    r' \* T\.Cast\("int32", (?P<w>\w+)\[(?P<wi>[^\]]+)\]\)$', re.M)
+
+
+def _split_last_index(index: str) -> tuple[str, str]:
+    """'a, b + c' -> ('a, ', 'b + c'): the last subscript of a printed index list (the
+    earlier ones hold no top-level comma-free brackets that matter here)."""
+    depth, cut = 0, -1
+    for pos, ch in enumerate(index):
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            cut = pos
+    return (index[:cut + 2], index[cut + 2:]) if cut >= 0 else ("", index)
+
+
+def _emit_vnni(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """Replace the body of every blockized 16 x 4 int8 step (MatmulVNNI) by one
+    `vpdpbusd`: acc[.., j:j+16] = vpdpbusd(acc, broadcast(x[.., k:k+4] as i32),
+    w[.., 0:64] as i32x16). Parses the TVMScript text back."""
+    from tvm.target import codegen
+
+    # LLVM 21 retyped the VNNI intrinsics' multiplicands from <16 x i32> to <64 x i8>
+    byte_operands = codegen.llvm_version_major() >= 21
+    text = func.script()
+    out, pos, count = [], 0, 0
+    for outer in _VNNI_OUTER.finditer(text):
+        indent = outer.group("ind") + "    "
+        # the blockized block's own lines, then its inner loop nest
+        body_start = outer.end()
+        end = body_start
+        lines = text[body_start:].split("\n")
+        taken = []
+        for line in lines:
+            if line.strip() and not line.startswith(indent):
+                break
+            taken.append(line)
+        end = body_start + len("\n".join(taken))
+        block_text = text[body_start:end]
+        loop_at = block_text.index(indent + "for ")
+        iters = _VNNI_INNER_ITERS.search(block_text, loop_at)
+        store = _VNNI_STORE.search(block_text, loop_at)
+        if iters is None or store is None:
+            raise ValueError("unexpected int8 update block")
+
+        def at_zero(index: str) -> str:
+            for name in (iters.group("a"), iters.group("b")):
+                index = re.sub(rf"\b{name}\b", "T.int64(0)", index)
+            return index
+
+        acc_head, acc_last = _split_last_index(at_zero(store.group("ai")))
+        x_head, x_last = _split_last_index(at_zero(store.group("xi")))
+        w_head, _ = _split_last_index(at_zero(store.group("wi")))
+        acc = f'{store.group("acc")}[{acc_head}T.Ramp({acc_last}, T.int64(1), 16)]'
+        x = f'{store.group("x")}[{x_head}T.Ramp({x_last}, T.int64(1), 4)]'
+        w = f'{store.group("w")}[{w_head}T.Ramp(T.int64(0), T.int64(1), 64)]'
+        x4 = f'T.Broadcast(T.reinterpret("int32", {x}), 16)'
+        if byte_operands:
+            operands = f'T.reinterpret("uint8x64", {x4}), {w}'
+        else:
+            operands = f'{x4}, T.reinterpret("int32x16", {w})'
+        call = f'{acc} = T.call_llvm_pure_intrin("int32x16", "{VNNI_INTRINSIC}", {acc}, {operands})'
+        out.append(text[pos:body_start])
+        out.append(block_text[:loop_at] + indent + call + "\n")
+        pos = end + 1
+        count += 1
+    if not count:
+        raise ValueError("no blockized int8 step found")
+    out.append(text[pos:])
+    new = tvm.script.from_source("".join(out))
+    return new["main"] if isinstance(new, tvm.IRModule) else new
 
 
 def _has_vnni(target: Target) -> bool:

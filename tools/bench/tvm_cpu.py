@@ -1,16 +1,14 @@
-"""TVM on this CPU next to ONNX Runtime, in one run: all-MiniLM-L6-v2 fp32 (64 real
-sentences x 64 tokens in one batch) built by `requant.backends.tvm.pipeline.build_cpu`,
-timed round-robin against ONNX Runtime fp32 on the same float ONNX file, plus the
-per-op-kind time breakdown of the TVM build, and (`--shapes`) GFLOP/s of MiniLM's
-matmul shapes: TVM default build, requant's schedules, ONNX Runtime.
+"""TVM on this CPU next to ONNX Runtime, in one run, through the public API:
+all-MiniLM-L6-v2 with its trained weights, 64 real sentences x 64 tokens in one batch,
+`requant.compile(float.onnx, target=...)` for tvm-cpu-fp32 and tvm-cpu-int8
+(dims={"batch": 64}), ONNX Runtime fp32 (requant cpu-fp32) as the baseline and requant
+cpu-int8 on ONNX Runtime as the int8 reference. Prints one table (median latency over
+interleaved round-robin runs, ratio to ORT fp32, max relative error vs ORT fp32, cosine
+of mean-pooled embeddings, compile time), the per-op-kind time of both TVM builds, and
+PASS/FAIL lines for the TVM targets' bars. `--shapes` adds GFLOP/s of MiniLM's matmul
+shapes (TVM default build, requant's schedules, ONNX Runtime).
 
-The TVM model comes from `to_relax(graph)` of requant's float graph of the model
-(`--source graph`, the default when it lowers); `--source handbuilt` builds the same
-BERT encoder directly with relax.BlockBuilder from the torch weights (`bert_relax`),
-which is what this benchmark ran before `to_relax` existed. Both read the same trained
-weights, so outputs are compared (cosine of mean-pooled embeddings to ORT fp32).
-
-    python -m requant.tools.bench.tvm_cpu [--seconds 20] [--shapes] [--source graph|handbuilt]
+    python -m requant.tools.bench.tvm_cpu [--seconds 20] [--shapes]
 """
 
 from __future__ import annotations
@@ -26,94 +24,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["bert_relax", "main"]
+__all__ = ["main", "matmul_shapes_table"]
 
 logger = logging.getLogger(__name__)
 
 BATCH, SEQ = 64, 64
 MATMUL_SHAPES = ((384, 384), (384, 1536), (1536, 384))
-
-
-# ----------------------------------------------------------------------------- models
-
-
-def bert_relax(torch_model: Any, batch: int = BATCH, seq: int = SEQ) -> Any:
-    """A HF BERT encoder (`load_minilm()`'s model) as a Relax module
-    `(input_ids i64[b, s], attention_mask i64[b, s]) -> last_hidden_state`, written with
-    relax.BlockBuilder and relax.op.* (the ops `to_relax` emits)."""
-    from tvm import relax
-    from tvm.relax import op as R
-
-    bert = getattr(torch_model, "inner", torch_model)
-    cfg = bert.config
-    sd = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in bert.state_dict().items()}
-    hidden, heads = cfg.hidden_size, cfg.num_attention_heads
-    d, eps = hidden // heads, float(cfg.layer_norm_eps)
-
-    def c(name: str) -> Any:
-        return relax.const(sd[name])
-
-    bb = relax.BlockBuilder()
-    ids = relax.Var("input_ids", relax.TensorType((batch, seq), "int64"))
-    mask = relax.Var("attention_mask", relax.TensorType((batch, seq), "int64"))
-    with bb.function("main", [ids, mask]):
-        with bb.dataflow():
-            pos_type = sd["embeddings.position_embeddings.weight"][:seq] + sd["embeddings.token_type_embeddings.weight"][0]
-            h = bb.emit(R.add(R.take(c("embeddings.word_embeddings.weight"), ids, axis=0), relax.const(pos_type)))
-            h = bb.emit(R.nn.layer_norm(h, c("embeddings.LayerNorm.weight"), c("embeddings.LayerNorm.bias"), [-1],
-                                        epsilon=eps))
-            m = bb.emit(R.multiply(R.subtract(relax.const(1.0), R.astype(mask, "float32")),
-                                   relax.const(float(np.finfo(np.float32).min))))
-            m = bb.emit(R.reshape(m, (batch, 1, 1, seq)))
-
-            def linear(x: Any, prefix: str) -> Any:
-                w = R.permute_dims(c(prefix + ".weight"))
-                return bb.emit(R.add(R.matmul(x, w), c(prefix + ".bias")))
-
-            def split_heads(x: Any) -> Any:
-                return bb.emit(R.permute_dims(R.reshape(x, (batch, seq, heads, d)), [0, 2, 1, 3]))
-
-            for i in range(cfg.num_hidden_layers):
-                p = f"encoder.layer.{i}."
-                q, k, v = (split_heads(linear(h, p + f"attention.self.{n}")) for n in ("query", "key", "value"))
-                s = bb.emit(R.matmul(q, R.permute_dims(k, [0, 1, 3, 2])))
-                s = bb.emit(R.add(R.multiply(s, relax.const(1.0 / np.sqrt(d), "float32")), m))
-                ctx = bb.emit(R.matmul(R.nn.softmax(s, axis=-1), v))
-                ctx = bb.emit(R.reshape(R.permute_dims(ctx, [0, 2, 1, 3]), (batch, seq, hidden)))
-                a = linear(ctx, p + "attention.output.dense")
-                h = bb.emit(R.nn.layer_norm(R.add(a, h), c(p + "attention.output.LayerNorm.weight"),
-                                            c(p + "attention.output.LayerNorm.bias"), [-1], epsilon=eps))
-                f = bb.emit(R.nn.gelu(linear(h, p + "intermediate.dense")))
-                o = linear(f, p + "output.dense")
-                h = bb.emit(R.nn.layer_norm(R.add(o, h), c(p + "output.LayerNorm.weight"),
-                                            c(p + "output.LayerNorm.bias"), [-1], epsilon=eps))
-            out = bb.emit_output(h)
-        bb.emit_func_output(out)
-    return bb.get()
-
-
-def _graph_relax(float_path: Path) -> Any:
-    """requant's graph of the float ONNX file, lowered by `to_relax` (batch bound)."""
-    from requant.backends.tvm.emit import to_relax
-    from requant.frontends import from_onnx
-
-    graph = from_onnx(str(float_path))
-    return to_relax(graph, bind_dims={"batch": BATCH})
-
-
-def _vm_runner(ex: Any, names: list[str]) -> Any:
-    import tvm
-    from tvm import relax
-
-    vm = relax.VirtualMachine(ex, tvm.cpu())
-
-    def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
-        out = vm["main"](*(tvm.runtime.tensor(np.ascontiguousarray(feeds[n])) for n in names))
-        while not hasattr(out, "numpy"):  # to_relax returns a tuple of outputs
-            out = out[0]
-        return out.numpy()
-
-    return run
+FP32_REL_TOL = 1e-4      # tvm-cpu-fp32: max |y - y_ort| / max |y_ort|
+FP32_LATENCY_BAR = 1.3   # tvm-cpu-fp32 latency <= 1.3x ORT fp32
+INT8_COS_TOL = 0.002     # tvm-cpu-int8 mean cosine within this of the ONNX cpu-int8 model's
 
 
 # ----------------------------------------------------------------------------- matmul shapes
@@ -172,13 +91,36 @@ def matmul_shapes_table(seconds: float, default: bool = True) -> list[str]:
 # ----------------------------------------------------------------------------- main
 
 
+def _compiled_row(name: str, float_path: Path, target: str, feeds: dict, batches: list) -> tuple[Any, Any, float]:
+    """(demo.Row, the compiled model, compile seconds) of `requant.compile(..., target)`."""
+    import requant
+    from requant.tools import demo
+
+    calibration = batches if "int8" in target else [feeds]
+    options = {"dims": {"batch": BATCH}} if target.startswith("tvm") else {}
+    start = time.perf_counter()
+    cm = requant.compile(str(float_path), target=target, calibration=calibration, holdout=0, **options)
+    seconds = time.perf_counter() - start
+    return demo.Row(name, lambda f: cm(**f)[0]), cm, seconds
+
+
+def _breakdown(cm: Any, feeds: dict) -> tuple[list, dict]:
+    """Per-op-kind times of a tvm-* model (its executable through pipeline.profile_by_kind)."""
+    from requant.backends.tvm import pipeline
+    from requant.tools import demo
+
+    executable = getattr(getattr(cm, "_runtime", None), "_executable", None)  # the build compile() made
+    if executable is None:
+        from requant.backends.tvm.emit import to_relax
+
+        executable = pipeline.build_cpu(to_relax(cm.graph, bind_dims={"batch": BATCH}))
+    return pipeline.profile_by_kind(executable, [feeds[n] for n in demo.INPUTS])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=20.0, help="timing budget for the models together")
     ap.add_argument("--shapes", action="store_true", help="also time MiniLM's matmul shapes alone")
-    ap.add_argument("--source", choices=("auto", "graph", "handbuilt"), default="auto",
-                    help="TVM model from to_relax(requant graph) or the hand-built Relax BERT")
-    ap.add_argument("--threads", type=int, default=None, help="TVM threads (default: one per core)")
     args = ap.parse_args(argv)
 
     from requant.backends.tvm import pipeline
@@ -187,44 +129,51 @@ def main(argv: list[str] | None = None) -> int:
     with demo._silenced_transformers(), tempfile.TemporaryDirectory(prefix="requant-bench-") as tmp_name:
         model, feeds, batches = demo._data()
         float_path = demo._export_float(model, batches[0], Path(tmp_name))
-        rows = [demo._session_row("ONNX Runtime fp32", float_path)]
-        names = list(demo.INPUTS)
-        mod, source = None, args.source
-        if source in ("auto", "graph"):
-            try:
-                mod, source = _graph_relax(float_path), "graph"
-            except Exception as exc:  # noqa: BLE001  (auto: fall back to the hand-built encoder)
-                if source == "graph":
-                    raise
-                logger.warning("to_relax failed (%s: %s); using the hand-built encoder", type(exc).__name__, exc)
-        if mod is None:
-            mod, source = bert_relax(model), "handbuilt"
-        start = time.perf_counter()
-        ex = pipeline.build_cpu(mod, threads=args.threads)
-        build_s = time.perf_counter() - start
-        rows.append(demo.Row(f"TVM cpu fp32 (requant schedules, {source})", _vm_runner(ex, names), 0))
+        specs = [("ONNX Runtime fp32 (cpu-fp32)", "cpu-fp32"), ("ONNX Runtime int8 (cpu-int8)", "cpu-int8"),
+                 ("TVM tvm-cpu-fp32", "tvm-cpu-fp32"), ("TVM tvm-cpu-int8", "tvm-cpu-int8")]
+        rows, models, compile_s = [], {}, {}
+        for name, target in specs:
+            row, cm, seconds = _compiled_row(name, float_path, target, feeds, batches)
+            rows.append(row)
+            models[target], compile_s[name] = cm, seconds
+        outputs = {r.name: r.run(feeds) for r in rows}
         demo._accuracy(rows, feeds)
         rounds = demo._time(rows, feeds, args.seconds)
-        inputs = [feeds[n] for n in names]
-        kinds, kernels = pipeline.profile_by_kind(ex, inputs)
+        breakdowns = {t: _breakdown(models[t], feeds) for t in ("tvm-cpu-fp32", "tvm-cpu-int8")}
 
     base = rows[0]
-    print(f"all-MiniLM-L6-v2 fp32, {BATCH} real sentences x {SEQ} tokens in one batch; median of {rounds} "
-          f"round-robin runs; TVM build {build_s:.1f} s\n")
-    print("| model | latency ms | vs ORT fp32 | cos mean | cos min |")
-    print("|---|---:|---:|---:|---:|")
+    ref = outputs[base.name]
+    rel = {r.name: float(np.abs(outputs[r.name] - ref).max() / np.abs(ref).max()) for r in rows}
+    print(f"all-MiniLM-L6-v2 (trained), {BATCH} real sentences x {SEQ} tokens in one batch; median of {rounds} "
+          f"interleaved round-robin runs; TVM threads: {pipeline.tvm_threads()}\n")
+    print("| model | latency ms | vs ORT fp32 | max rel err vs ORT fp32 | cos mean | cos min | compile s |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r.name} | {r.ms:.1f} | {r.ms / base.ms:.2f}x | {r.cos_mean:.5f} | {r.cos_min:.5f} |")
-    print("| TVM cpu int8 | n/a: needs the cpu-int8 graph through to_relax (not wired yet) | | | |")
+        print(f"| {r.name} | {r.ms:.1f} | {r.ms / base.ms:.2f}x | {rel[r.name]:.2e} | {r.cos_mean:.5f} | "
+              f"{r.cos_min:.5f} | {compile_s[r.name]:.1f} |")
+    for target, (kinds, kernels) in breakdowns.items():
+        print()
+        print(pipeline.format_breakdown(kinds, f"{target} time by op kind (one call, instrumented):"))
+        print("slowest kernels (ms):")
+        for name, ms in sorted(kernels.items(), key=lambda kv: -kv[1])[:5]:
+            print(f"  {ms:8.2f}  {name[:110]}")
+    by = {r.name: r for r in rows}
+    fp32, int8, ort_int8 = by["TVM tvm-cpu-fp32"], by["TVM tvm-cpu-int8"], by["ONNX Runtime int8 (cpu-int8)"]
+    checks = [
+        (f"tvm-cpu-fp32 max abs error / max |output| = {rel[fp32.name]:.2e} <= {FP32_REL_TOL:g}",
+         rel[fp32.name] <= FP32_REL_TOL),
+        (f"tvm-cpu-fp32 latency {fp32.ms:.1f} ms = {fp32.ms / base.ms:.2f}x ORT fp32 <= {FP32_LATENCY_BAR}x",
+         fp32.ms <= FP32_LATENCY_BAR * base.ms),
+        (f"tvm-cpu-int8 mean cosine {int8.cos_mean:.5f} within {INT8_COS_TOL} of ONNX cpu-int8's {ort_int8.cos_mean:.5f}",
+         abs(int8.cos_mean - ort_int8.cos_mean) <= INT8_COS_TOL),
+    ]
     print()
-    print(pipeline.format_breakdown(kinds, "TVM fp32 time by op kind (one call, instrumented):"))
-    print("\nslowest kernels (ms):")
-    for name, ms in sorted(kernels.items(), key=lambda kv: -kv[1])[:8]:
-        print(f"  {ms:8.2f}  {name}")
+    for text, ok in checks:
+        print(f"{'PASS' if ok else 'FAIL'}: {text}")
     if args.shapes:
         print()
         print("\n".join(matmul_shapes_table(seconds=max(args.seconds / 6, 2.0))))
-    return 0
+    return 0 if all(ok for _, ok in checks) else 1
 
 
 if __name__ == "__main__":

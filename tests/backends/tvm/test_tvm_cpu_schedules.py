@@ -209,9 +209,70 @@ def test_int8_matmul_kernel_reads_vnni_layout_and_is_vectorised() -> None:
     w = np.ones((64, 32), np.int8)
     funcs = _scheduled_funcs(_int8_module("uint8", 16, 64, w, None))
     (func,) = [f for name, f in funcs.items() if "u8s8" in name]
-    assert [int(d) for d in func.params[1].shape] == [2, 16, 16, 4]
+    assert [int(d) for d in func.params[1].shape] == [2, 16, 64]
     assert func.params[0].dtype == "uint8" and func.params[1].dtype == "int8"
-    assert {PARALLEL, VECTORIZED} <= _loop_kinds(func)
+    assert PARALLEL in _loop_kinds(func)
+
+
+def test_pack_weight_int8_layout() -> None:
+    rng = np.random.default_rng(RNG_SEED)
+    w = rng.integers(-128, 128, (8, 20)).astype(np.int8)
+    packed = schedule_cpu.pack_weight_int8(w)
+    assert packed.shape == (2, 2, 64)
+    for j, k in [(0, 0), (5, 3), (17, 6), (19, 7)]:  # column j, depth k -> [j//16, k//4, (j%16)*4 + k%4]
+        assert packed[j // 16, k // 4, (j % 16) * 4 + k % 4] == w[k, j]
+    assert not packed[1, :, 4 * 4:].any()  # padded columns are zero
+
+
+_VNNI_HOST = schedule_cpu._has_vnni(pipeline.host_llvm_target())
+
+
+@pytest.mark.skipif(not _VNNI_HOST, reason="this CPU has no AVX-512 VNNI")
+def test_int8_matmul_is_one_vpdpbusd_per_16x4_step() -> None:
+    """The scheduled kernel calls the VNNI intrinsic (no 4 x 16 scalar loop left) and
+    LLVM emits the instruction."""
+    w = np.ones((64, 32), np.int8)
+    mod = _int8_module("uint8", 16, 64, w, None)
+    (func,) = [f for name, f in _scheduled_funcs(mod).items() if "u8s8" in name]
+    text = func.script()
+    assert schedule_cpu.VNNI_INTRINSIC in text and "packed_dense_u8s8_update\")" not in text
+    asm = pipeline.build_cpu(mod).mod.imports[0].inspect_source("asm")
+    assert "vpdpbusd" in asm
+
+
+@pytest.mark.parametrize("vnni", [True, False])
+def test_int8_matmul_exact_with_and_without_vnni(vnni: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if vnni and not _VNNI_HOST:
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    rules = [schedule_cpu.MatmulVNNI(vnni=vnni)] + schedule_cpu.default_rules()[1:]
+    monkeypatch.setattr(schedule_cpu, "default_rules", lambda: list(rules))
+    rng = np.random.default_rng(RNG_SEED)
+    x = rng.integers(0, 256, (2, 21, 96)).astype(np.uint8)
+    w = rng.integers(-128, 128, (96, 48)).astype(np.int8)
+    mod = _module([_var("x", x.shape, "uint8")],
+                  lambda bb, x_: R.matmul(R.astype(x_, "int32"), R.astype(relax.const(w), "int32")))
+    text = "".join(f.script() for name, f in _scheduled_funcs(mod).items() if "u8s8" in name)
+    assert (schedule_cpu.VNNI_INTRINSIC in text) == vnni
+    ref = x.astype(np.int64) @ w.astype(np.int64)
+    np.testing.assert_array_equal(_run(pipeline.build_cpu(mod), x), ref.astype(np.int32))
+
+
+def test_zero_point_behind_a_cast_is_folded_into_the_int8_kernel() -> None:
+    """to_relax writes the activation zero point as astype(uint8 scalar, int32), which
+    FoldConstant leaves alone: the packer still sees it as a constant."""
+    rng = np.random.default_rng(RNG_SEED)
+    x = rng.integers(0, 256, (12, 32)).astype(np.uint8)
+    w = rng.integers(-128, 128, (32, 16)).astype(np.int8)
+    zp = np.array(131, np.uint8)
+
+    def body(bb, x_):
+        a = R.subtract(R.astype(x_, "int32"), R.astype(relax.const(zp), "int32"))
+        return R.matmul(a, R.astype(relax.const(w), "int32"))
+
+    mod = _module([_var("x", x.shape, "uint8")], body)
+    assert any("u8s8" in name for name in _scheduled_funcs(mod))
+    ref = (x.astype(np.int64) - 131) @ w.astype(np.int64)
+    np.testing.assert_array_equal(_run(pipeline.build_cpu(mod), x), ref.astype(np.int32))
 
 
 def test_int8_weights_out_of_range_fall_back_to_int32_matmul() -> None:
@@ -223,6 +284,14 @@ def test_int8_weights_out_of_range_fall_back_to_int32_matmul() -> None:
 
 
 # ----------------------------------------------------------------------------- pipeline helpers
+
+
+def test_thread_pool_defaults_to_every_usable_cpu_unpinned() -> None:
+    import os
+
+    # set on import of pipeline unless the user set them; TVM alone would use half the cores on x86
+    assert int(os.environ["TVM_NUM_THREADS"]) >= 1 and "TVM_BIND_THREADS" in os.environ
+    assert pipeline.tvm_threads() >= 1
 
 
 def test_host_target_and_breakdown() -> None:
