@@ -18,13 +18,13 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from requant.ir import dtypes
+from requant.ir import Builder, Graph, dtypes, tensor_type
 from requant.ir import quant_formats as qf
 from requant.ir.ops.quant import pack_low_first
 
 __all__ = [
     "OPSET", "INT_MAX", "UNKNOWN_RANK", "In", "Case", "I", "C", "r", "ri", "rq", "rb", "i64",
-    "f32", "ints", "ties", "OP_CASES", "QUANT_CASES", "FQ_SCHEMES",
+    "f32", "ints", "ties", "OP_CASES", "QUANT_CASES", "FQ_SCHEMES", "build_case",
 ]
 
 OPSET = 23
@@ -589,3 +589,23 @@ FQ_SCHEMES = [
     (qf.QuantScheme(dtypes.fp4_e2m1, "group", 1, 16), True), (qf.QuantScheme(dtypes.dtype("ff_e3m2_b2.5")), True),
     (qf.MXFP4, False), (qf.NVFP4, False),
 ]
+
+
+def build_case(case: Case) -> tuple[Graph, dict[str, np.ndarray]]:
+    """The one-node graph of `case` (inputs x0, x1, ... or constants c0, c1, ...; the
+    node's outputs are the graph's) and the feed of its graph inputs."""
+    g = Graph("case")
+    b = Builder(g)
+    values, feed = [], {}
+    for i, x in enumerate(case.inputs):
+        if x is None:
+            values.append(None)
+        elif x.const:
+            values.append(b.const(x.value, name=f"c{i}", dtype=dtypes.dtype(x.dt)))
+        else:
+            shape = None if x.shape == UNKNOWN_RANK else x.shape if x.shape is not None else x.value.shape
+            values.append(b.input(f"x{i}", tensor_type(x.dt, shape)))
+            feed[f"x{i}"] = x.value
+    node = b.node(case.op, *values, _outputs=case.n_out, **case.attrs)
+    g.outputs = list(node.outputs)
+    return g, feed

@@ -1,47 +1,64 @@
-"""Every op in requant's registry has an entry in the ONNX lowering table: an emitter, or
-an explicit `Unsupported` with a reason a user can act on."""
+"""Every op in requant's registry has an entry in each backend's lowering table (the ONNX
+table in backends/onnx/lowering.py, the TVM one in backends/tvm/relax_lowering.py): an
+emitter, or an explicit `Unsupported` with a reason a user can act on."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+
 import pytest
 
-pytest.importorskip("onnx")
+import requant.ir as ir
+from requant.errors import UnsupportedOpError
 
-import requant.ir as ir  # noqa: E402
-from requant.backends.onnx.lowering import LOWERINGS, Unsupported, lowering_for  # noqa: E402
-from requant.errors import UnsupportedOpError  # noqa: E402
-
-
-def test_every_registered_op_has_an_onnx_lowering_entry() -> None:
-    missing = sorted(op for op in ir.all_schemas() if op not in LOWERINGS)
-    assert not missing, (
-        f"ops without an entry in backends/onnx/lowering.py LOWERINGS: {missing}; "
-        f"add an emitter or Unsupported('because ...')"
-    )
+TABLES = {
+    "onnx": ("onnx", "requant.backends.onnx.lowering", "backends/onnx/lowering.py"),
+    "tvm": ("tvm", "requant.backends.tvm.relax_lowering", "backends/tvm/relax_lowering.py"),
+}
 
 
-def test_no_entry_for_an_op_the_registry_does_not_have() -> None:
-    stale = sorted(set(LOWERINGS) - set(ir.all_schemas()))
-    assert not stale, f"lowering table entries for unregistered ops (renamed or removed?): {stale}"
+@pytest.fixture(params=sorted(TABLES), scope="module")
+def table(request):
+    package, module, path = TABLES[request.param]
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(f"{package} is not installed")
+    return importlib.import_module(module), path
+
+
+def test_every_registered_op_has_an_entry(table) -> None:
+    lowering, path = table
+    missing = sorted(op for op in ir.all_schemas() if op not in lowering.LOWERINGS)
+    assert not missing, f"ops without an entry in {path} LOWERINGS: {missing}; add an emitter or Unsupported('...')"
+
+
+def test_no_entry_for_an_op_the_registry_does_not_have(table) -> None:
+    lowering, path = table
+    stale = sorted(set(lowering.LOWERINGS) - set(ir.all_schemas()))
+    assert not stale, f"{path} has entries for unregistered ops (renamed or removed?): {stale}"
 
 
 @pytest.mark.parametrize("op", sorted(ir.all_schemas()))
-def test_entry_is_an_emitter_or_a_reasoned_refusal(op: str) -> None:
-    entry = LOWERINGS[op]
-    if isinstance(entry, Unsupported):
+def test_entry_is_an_emitter_or_a_reasoned_refusal(table, op: str) -> None:
+    lowering, _ = table
+    entry = lowering.LOWERINGS[op]
+    if isinstance(entry, lowering.Unsupported):
         assert len(entry.reason.strip()) >= 10, f"{op}: say why it cannot be lowered"
         with pytest.raises(UnsupportedOpError, match=op):
-            lowering_for(op)
+            lowering.lowering_for(op)
     else:
         assert callable(entry)
-        assert lowering_for(op) is entry
+        assert lowering.lowering_for(op) is entry
+        check = getattr(entry, "check", None)
+        assert check is None or callable(check)
 
 
 def test_standard_ops_use_onnx_names_the_installed_onnx_knows() -> None:
-    import onnx.defs
+    onnx_defs = pytest.importorskip("onnx.defs")
+    from requant.backends.onnx.lowering import LOWERINGS, Unsupported
 
     unknown = [
         op for op, schema in ir.all_schemas().items()
-        if schema.domain == "" and not isinstance(LOWERINGS.get(op), Unsupported) and not onnx.defs.has(op)
+        if schema.domain == "" and not isinstance(LOWERINGS.get(op), Unsupported) and not onnx_defs.has(op)
     ]
     assert not unknown, f"standard-domain ops unknown to onnx: {unknown}"

@@ -35,6 +35,7 @@ from op_cases import (  # noqa: F401  (the shared case list and its helpers)
     rq,
 )
 from op_cases import OP_CASES as CASES
+from op_cases import build_case
 
 from requant.errors import RequantError, ShapeInferenceError
 from requant.ir import Builder, Graph, dtypes, run, shapes, tensor_type
@@ -86,21 +87,8 @@ def _onnx_attr(op: str, name: str, value: Any) -> Any:
 
 
 def build(case: Case) -> tuple[Graph, list, dict]:
-    g = Graph("case")
-    b = Builder(g)
-    values, feed = [], {}
-    for i, x in enumerate(case.inputs):
-        if x is None:
-            values.append(None)
-        elif x.const:
-            values.append(b.const(x.value, name=f"c{i}", dtype=dtypes.dtype(x.dt)))
-        else:
-            shape = None if x.shape == UNKNOWN_RANK else x.shape if x.shape is not None else x.value.shape
-            values.append(b.input(f"x{i}", tensor_type(x.dt, shape)))
-            feed[f"x{i}"] = x.value
-    node = b.node(case.op, *values, _outputs=case.n_out, **case.attrs)
-    g.outputs = list(node.outputs)
-    return g, list(node.outputs), feed
+    g, feed = build_case(case)
+    return g, list(g.outputs), feed
 
 
 def run_onnx(case: Case, out_types: list) -> list[np.ndarray]:

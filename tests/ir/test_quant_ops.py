@@ -42,6 +42,7 @@ from op_cases import (  # noqa: F401  (the shared case list and its helpers)
     ties,
 )
 from op_cases import QUANT_CASES as CASES
+from op_cases import build_case
 
 from requant.errors import RequantError, ShapeInferenceError
 from requant.ir import Builder, Graph, dtypes, run, tensor_type
@@ -65,20 +66,8 @@ _DTYPE_ATTRS = {"output_dtype"}
 
 
 def build(case: Case) -> tuple[Graph, list]:
-    g = Graph("case")
-    b = Builder(g)
-    values = []
-    for i, x in enumerate(case.inputs):
-        if x is None:
-            values.append(None)
-        elif x.const:
-            values.append(b.const(x.value, name=f"c{i}", dtype=dtypes.dtype(x.dt)))
-        else:
-            shape = None if x.shape == UNKNOWN_RANK else x.shape if x.shape is not None else x.value.shape
-            values.append(b.input(f"x{i}", tensor_type(x.dt, shape)))
-    node = b.node(case.op, *values, _outputs=case.n_out, **case.attrs)
-    g.outputs = list(node.outputs)
-    return g, list(node.outputs)
+    g, _ = build_case(case)
+    return g, list(g.outputs)
 
 
 def feeds(case: Case) -> dict[str, np.ndarray]:

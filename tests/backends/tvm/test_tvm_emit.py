@@ -32,7 +32,7 @@ import pytest
 
 tvm = pytest.importorskip("tvm")
 
-from op_cases import FQ_SCHEMES, OP_CASES, QUANT_CASES, UNKNOWN_RANK, C, Case, I, In  # noqa: E402
+from op_cases import FQ_SCHEMES, OP_CASES, QUANT_CASES, C, Case, I, In, build_case  # noqa: E402
 
 from requant.backends.tvm import to_relax  # noqa: E402
 from requant.backends.tvm.emit import from_relax_array, to_relax_array  # noqa: E402
@@ -84,21 +84,7 @@ def run_tvm(vm: Any, graph: Graph, feed: dict[str, np.ndarray]) -> list[np.ndarr
 
 
 def build(case: Case) -> tuple[Graph, dict[str, np.ndarray]]:
-    g = Graph("case")
-    b = Builder(g)
-    values, feed = [], {}
-    for i, x in enumerate(case.inputs):
-        if x is None:
-            values.append(None)
-        elif x.const:
-            values.append(b.const(x.value, name=f"c{i}", dtype=dtypes.dtype(x.dt)))
-        else:
-            shape = None if x.shape == UNKNOWN_RANK else x.shape if x.shape is not None else x.value.shape
-            values.append(b.input(f"x{i}", tensor_type(x.dt, shape)))
-            feed[f"x{i}"] = x.value
-    node = b.node(case.op, *values, _outputs=case.n_out, **case.attrs)
-    g.outputs = list(node.outputs)
-    return g, feed
+    return build_case(case)
 
 
 def compare(got: np.ndarray, want: np.ndarray, dt: Any, op: str, where: str) -> None:
