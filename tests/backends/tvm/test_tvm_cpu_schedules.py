@@ -316,3 +316,136 @@ def test_host_target_and_breakdown() -> None:
     ("vm.builtin.alloc_storage", "other")])
 def test_kernel_kind(name: str, kind: str) -> None:
     assert pipeline.kernel_kind(name) == kind
+
+
+# ----------------------------------------------------------------------------- conv2d
+
+CONV_REL_TOL = 1e-5  # fp32: vs the unscheduled build, relative to the output's scale
+
+
+def _conv_module(x_shape, w: np.ndarray, *, strides=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups: int = 1,
+                 epilogue: str = "bias_relu") -> tvm.IRModule:
+    """conv2d with a constant weight (+ bias + ReLU, or + bias + residual add)."""
+    b = np.random.default_rng(RNG_SEED + 1).standard_normal((1, w.shape[0], 1, 1)).astype(np.float32)
+
+    def body(bb, x_):
+        y = bb.emit(R.nn.conv2d(x_, relax.const(w), strides=list(strides), padding=list(padding),
+                                dilation=list(dilation), groups=groups))
+        y = bb.emit(R.add(y, relax.const(b)))
+        if epilogue == "bias_relu":
+            return R.nn.relu(y)
+        return R.add(y, R.multiply(y, relax.const(0.5, "float32")))  # a residual-style second operand
+
+    return _module([_var("x", x_shape)], body)
+
+
+def _assert_close_to_default(mod: tvm.IRModule, x: np.ndarray) -> None:
+    got = _run(pipeline.build_cpu(mod), x)
+    ref = _run(pipeline.build_cpu(mod, schedule=False), x)
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=0, atol=CONV_REL_TOL * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("n,c,h,w,o,k,strides,padding,dilation,groups", [
+    (2, 8, 10, 10, 16, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),      # 3x3 same
+    (1, 3, 13, 11, 8, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1),       # odd sizes, stride 2, 8 < 16 output channels
+    (2, 16, 9, 9, 64, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1),       # 1x1, no padding
+    (1, 32, 15, 17, 32, 3, (2, 1), (1, 0, 1, 2), (1, 1), 1),     # asymmetric stride and padding
+    (1, 16, 11, 11, 48, 3, (1, 1), (2, 2, 2, 2), (2, 2), 1),     # dilation, 48 = 3 blocks of 16
+    (2, 32, 12, 12, 32, 3, (1, 1), (1, 1, 1, 1), (1, 1), 2),     # 2 groups of 16 output channels
+    (1, 24, 7, 7, 40, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),       # 7 wide, 40 channels (padded block)
+])
+def test_conv2d_matches_default_build(n, c, h, w, o, k, strides, padding, dilation, groups) -> None:
+    rng = np.random.default_rng(RNG_SEED)
+    wt = rng.standard_normal((o, c // groups, k, k)).astype(np.float32)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    mod = _conv_module(x.shape, wt, strides=strides, padding=padding, dilation=dilation, groups=groups)
+    assert any("packed_conv2d" in name for name in _scheduled_funcs(mod))
+    _assert_close_to_default(mod, x)
+
+
+def test_conv2d_residual_epilogue_matches_default_build() -> None:
+    rng = np.random.default_rng(RNG_SEED)
+    wt = rng.standard_normal((64, 32, 3, 3)).astype(np.float32)
+    x = rng.standard_normal((2, 32, 14, 14)).astype(np.float32)
+    _assert_close_to_default(_conv_module(x.shape, wt, padding=(1, 1, 1, 1), epilogue="residual"), x)
+
+
+def test_conv2d_symbolic_batch_matches_numpy_reference() -> None:
+    rng = np.random.default_rng(RNG_SEED)
+    wt = rng.standard_normal((32, 8, 3, 3)).astype(np.float32)
+    batch = tirx.Var("n", "int64")
+    mod = _conv_module((batch, 8, 10, 10), wt, padding=(1, 1, 1, 1))
+    ex, ref_ex = pipeline.build_cpu(mod), pipeline.build_cpu(mod, schedule=False)
+    for rows in (1, 3):
+        x = rng.standard_normal((rows, 8, 10, 10)).astype(np.float32)
+        ref = _run(ref_ex, x)
+        np.testing.assert_allclose(_run(ex, x), ref, rtol=0, atol=CONV_REL_TOL * np.abs(ref).max())
+
+
+def test_conv2d_kernel_is_packed_parallel_and_vectorised() -> None:
+    wt = np.ones((64, 16, 3, 3), np.float32)
+    mod = _conv_module((2, 16, 56, 56), wt, padding=(1, 1, 1, 1))
+    funcs = _scheduled_funcs(mod)
+    fused = [f for name, f in funcs.items() if name.startswith("fused_packed_conv2d")]
+    assert len(fused) == 1
+    func = fused[0]
+    ob, owt = schedule_cpu.conv_tile(64, 56)
+    assert (ob, owt) == (32, 8)
+    assert [int(d) for d in func.params[1].shape] == [64 // ob, 16, 3, 3, ob]  # OIHW{ob}o
+    assert {PARALLEL, VECTORIZED, "unroll"} <= _loop_kinds(func)
+    assert func.attrs["tirx.is_scheduled"]
+    text = func.script()
+    assert 'scope="local"' in text and "packed_conv2d_update" in text  # the register tile, in the fused kernel
+
+
+def test_pack_conv_weight_layout_and_tiles() -> None:
+    w = np.arange(20 * 3 * 2 * 2, dtype=np.float32).reshape(20, 3, 2, 2)
+    p = schedule_cpu.pack_conv_weight(w, 16)
+    assert p.shape == (2, 3, 2, 2, 16)
+    for o, i, r, s in [(0, 0, 0, 0), (17, 2, 1, 0), (19, 1, 0, 1)]:
+        assert p[o // 16, i, r, s, o % 16] == w[o, i, r, s]
+    assert not p[1, ..., 4:].any()  # padded output channels are zero
+    # ResNet widths divide exactly; the tile stays within the accumulator budget
+    assert schedule_cpu.conv_tile(128, 28) == (32, 7)
+    assert schedule_cpu.conv_tile(48, 56) == (16, 14)
+    for ob_in, width in [(64, 13), (16, 100), (8, 3)]:
+        ob, owt = schedule_cpu.conv_tile(ob_in, width)
+        assert owt * ob // schedule_cpu.LANES <= schedule_cpu.CONV_ACCUMULATORS and 1 <= owt <= width
+
+
+@pytest.mark.parametrize("case", ["dynamic_weight", "depthwise"])
+def test_conv2d_not_packed_still_matches_default_build(case: str) -> None:
+    """A weight that is an input, and depthwise conv, keep TVM's conv (and its fallback schedule)."""
+    rng = np.random.default_rng(RNG_SEED)
+    x = rng.standard_normal((2, 16, 9, 9)).astype(np.float32)
+    if case == "dynamic_weight":
+        wt = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+        mod = _module([_var("x", x.shape), _var("w", wt.shape)],
+                      lambda bb, x_, w_: R.nn.relu(R.nn.conv2d(x_, w_, padding=[1, 1, 1, 1])))
+        args = (x, wt)
+    else:
+        wt = rng.standard_normal((16, 1, 3, 3)).astype(np.float32)
+        mod = _conv_module(x.shape, wt, padding=(1, 1, 1, 1), groups=16)
+        args = (x,)
+    assert not any("packed_conv2d" in name for name in _scheduled_funcs(mod))
+    ref = _run(pipeline.build_cpu(mod, schedule=False), *args)
+    np.testing.assert_allclose(_run(pipeline.build_cpu(mod), *args), ref, rtol=0, atol=CONV_REL_TOL * np.abs(ref).max())
+
+
+def test_small_cnn_tvm_cpu_fp32_matches_torch() -> None:
+    torch = pytest.importorskip("torch")
+    import sys
+    from pathlib import Path
+
+    import requant
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models"))
+    import zoo
+
+    case = zoo.small_cnn()
+    cm = requant.compile(case.module, target="tvm-cpu-fp32", example_inputs=case.example_inputs)
+    for seed in range(2):
+        x = torch.randn(*case.example_inputs[0].shape, generator=torch.Generator().manual_seed(seed))
+        ref = case.module(x).detach().numpy()
+        np.testing.assert_allclose(cm(x.numpy())[0], ref, rtol=0, atol=1e-5 * np.abs(ref).max())
