@@ -141,13 +141,13 @@ class TvmRuntime:
         return [LIBRARY_FILE]
 
 
-def build_runtime(graph: Any, device: str, *, threads: int | None = None,
-                  bind_dims: Mapping[str, int] | None = None) -> TvmRuntime:
-    """`graph` built by TVM for `device` ("llvm" or "cuda")."""
+def build_runtime(graph: Any, device: str, *, threads: int | None = None) -> TvmRuntime:
+    """`graph` built by TVM for `device` ("llvm" or "cuda"); symbolic dims stay symbolic
+    (the targets' bind_dims step specialises the graph before this)."""
     from requant.backends.tvm.emit import to_relax
 
     _set_threads(threads)
-    mod = to_relax(graph, bind_dims=bind_dims)
+    mod = to_relax(graph)
     dtypes = ([v.dtype for v in graph.inputs], [v.dtype for v in graph.outputs])
     if device == "llvm":
         from requant.backends.tvm.pipeline import build_cpu
