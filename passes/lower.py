@@ -24,6 +24,16 @@ What it rewrites (A: the activation operand, W: a constant weight [K, N]):
   `Mul(Cast(Gather(T_q, ids)), Gather(s[rows, 1], ids))`, per tensor ->
   `DQ(Gather(T_q, ids), s)`: ORT then gathers int8 rows instead of dequantizing the
   whole table on every run ("gather");
+- then (kernel="auto" only) self-attention on those kernels: three MatMulIntegerToFloat
+  of the same static uint8 activation (same codes, scale, zero point) -> Reshape
+  [B, S, H, D] -> Transpose [0, 2, 1, 3] into a non-causal ScaledDotProductAttention's
+  Q, K, V, its output Transpose [0, 2, 1, 3] -> Reshape [B, S, H*D] -> one com.microsoft
+  `QAttention(a_q, [W_q|W_k|W_v], [b_q|b_k|b_v], a_s, w_s, mask_index, a_zp, w_zp)
+  {num_heads=H, scale}` ("lower_qattention"); SDPA's bool mask [B, 1, 1, S] or
+  [B, 1, S, S] (or an additive Where(mask, 0, c <= -10000)) becomes mask_index
+  `Squeeze(Cast(mask, int32))` [B, S] or [B, S, S]. One kernel runs the Q/K/V GEMM and
+  the attention (measured below). Not exact at fully masked rows (tolerance below);
+  kernel="integer" (TVM targets) never makes it;
 - kernel="integer": `Mul(Cast(MatMulInteger(a_q, W_q, a_zp, w_zp)), a_s * w_s)` [+ Add];
 - kernel="qlinear": `Q(MatMul(DQ(a), DQ(W)), y_s, y_zp)` -> `QLinearMatMul` (only where
   the Q/DQ graph requantizes the output itself; ONNX Runtime's requantization may round
@@ -41,6 +51,14 @@ float32 products, the kernels sum integers exactly and round 3 times (int32 -> f
 a_s * w_s, the product), so |lowered - qdq| <= (K + 3) u (|DQ(a)| @ |DQ(W)|) + 2 u |y|,
 u = 2^-24 (Higham's bound for a float32 dot product plus the kernels' roundings and the
 bias add); MatMulNBits and the embedding rewrites are float32 in both forms.
+QAttention: its projections are the bound above; the attention is float32 in both forms
+with sums in another order (tests: |lowered - qdq| <= 1e-5 * max(1, max|y|)). Masking
+differs in kind: ORT *adds* mask_filter_value = -10000 to masked scores where SDPA
+selects -inf, so a masked key still gets exp(s - 10000 - max), 0 in float32 unless its
+score beats the row's best attended one by > ~9900; and a query row with *every* key
+masked gets softmax over all keys (the -10000 cancels) where SDPA gives 0. A padding
+mask [B, 1, 1, S] masks whole rows only for an all-padding sequence; such rows' outputs
+then differ (the rule cannot see the mask's values, so it does not refuse them).
 
 Kernel choice (kernel="auto"): measured with tools/bench/matmul_kernels.py --cpu-time,
 one linear layer x[64, 64, K] @ W[K, N] + b (MiniLM's shapes), onnxruntime 1.32 CPU,
@@ -60,6 +78,10 @@ same ranking, 2 threads, times 1.5-2x noisier), median ms (speed-up vs fp32):
     DQ(W_i8) -> MatMul (ORT: MatMulNBits) 6.65 (0.87)  22.51 (1.25)  23.00 (1.16)  no (level 4)
     MatMulNBits 4-bit, accuracy_level 0   5.35 (1.08)  20.81 (1.35)  20.58 (1.30)  yes  <- auto, int4
     MatMulNBits 4-bit, accuracy_level 4   6.86 (0.84)  23.61 (1.19)  25.09 (1.07)  no
+QAttention vs its unfused form (3 MatMulIntegerToFloat + Reshape/Transpose + SDPA's
+MatMul/Softmax/Where/IsNaN decomposition), one MiniLM attention x[64, 64, 384], 12
+heads, [B, S] padding mask, same ORT, 1 thread, median ms: 14.8 fused (2-D mask), 15.0
+(3-D mask), 18.1 unfused (1.22x per layer, 6 layers in MiniLM).
 The static u8 x s8 MatMulIntegerToFloat is the fastest exact form (s8 activations are
 ~15x slower: ORT has no fast s8 x s8 path on x86, hence the u8 re-quantization above);
 ORT does not fuse a float-output DQ -> MatMul into an integer kernel (it runs DQ + a
@@ -80,8 +102,9 @@ from requant.errors import RequantError
 from requant.ir import dtypes
 from requant.ir.builder import Builder
 from requant.ir.graph import Graph, Node, Value
-from requant.ir.pattern import Match, Var, op
+from requant.ir.pattern import Match, OpPattern, Var, op
 from requant.ir.rewrite import Rule, rewrite
+from requant.ir.types import Dim
 from requant.passes.manager import PassResult, graph_pass
 
 __all__ = ["lower_quant", "KERNELS", "rules_for"]
@@ -500,6 +523,137 @@ def _qlinear_rule() -> Rule:
     return Rule("lower_qlinear_matmul", pattern, replace, check)
 
 
+_HEADS_FIRST = [0, 2, 1, 3]
+_MASK_FLOOR = -10000.0  # an additive mask this negative masks out as QAttention's does
+
+
+def _projection(t: str) -> OpPattern:
+    """Transpose(Reshape(MatMulIntegerToFloat(a, W_t, ...), shape) -> [B, S, H, D], heads first)."""
+    mm = op.MatMulIntegerToFloat(Var("a"), Var(f"w_{t}"), Var("a_scale"), Var(f"ws_{t}"),
+                                 Var("a_zp", optional=True), Var(f"wz_{t}", optional=True),
+                                 Var(f"bias_{t}", optional=True), _bind=f"mm_{t}")
+    return op.Transpose(op.Reshape(mm, Var(f"shape_{t}"), _bind=f"split_{t}"), perm=_HEADS_FIRST)
+
+
+def _attention_mask(mask: Value | None, batch: Dim, seq: Dim) -> Value | str | None:
+    """The bool mask [B, 1, 1 or S, T=S] QAttention's mask_index is made from: SDPA's
+    own bool mask, or the condition of an additive Where(cond, 0, c <= -10000) mask."""
+    if mask is None:
+        return None
+    if mask.dtype != dtypes.bool_:
+        w = mask.producer
+        ok = w is not None and w.op == "Where" and w.inputs[0].dtype == dtypes.bool_ and \
+            w.inputs[1].const is not None and w.inputs[2].const is not None and \
+            not np.any(w.inputs[1].const) and bool(np.all(w.inputs[2].const <= _MASK_FLOOR))
+        if not ok:
+            return "the additive float mask is not Where(bool, 0, c <= -10000): mask_index is a 0/1 mask"
+        if w.inputs[0].type.shape is None or w.outputs[0].type.shape != w.inputs[0].type.shape:
+            return "the additive mask's condition does not have the mask's shape"
+        mask = w.inputs[0]
+    shape = mask.type.shape
+    if shape is None or len(shape) != 4 or shape[1] != 1 or shape[3] != seq or shape[2] not in (1, seq) \
+            or shape[0] != batch:
+        return (f"mask {mask.type} is not [B, 1, 1, S] or [B, 1, S, S] with B = {batch}, S = {seq} "
+                f"(QAttention takes a [B, S] or [B, S, S] mask_index)")
+    return mask
+
+
+def _attention_parts(m: Match) -> dict | str:
+    """What the QAttention node needs, read off the match, or why it cannot be made."""
+    sdpa = m.sdpa
+    if int(sdpa.attrs.get("is_causal", 0)):
+        return "causal attention is not mapped to QAttention's unidirectional"
+    a = m.a
+    src = a.producer
+    if a.dtype != dtypes.uint8 or src is None or src.op != "QuantizeLinear":
+        return f"activation %{a.name} is not uint8 codes of a QuantizeLinear (static)"
+    if _numel(m.a_scale) != 1 or (m.a_zp is not None and _numel(m.a_zp) != 1):
+        return "activation is not quantized per tensor"
+    if a.type.shape is None or len(a.type.shape) != 3:
+        return f"activation %{a.name} is not 3-D [batch, seq, hidden]"
+    batch, seq = a.type.shape[0], a.type.shape[1]
+    heads_dim = None
+    weights = []
+    for t in "qkv":
+        w, ws, wz, bias = m[f"w_{t}"], m[f"ws_{t}"], m[f"wz_{t}"], m[f"bias_{t}"]
+        if any(v is not None and v.const is None for v in (w, ws, wz, bias)):
+            return f"the {t} projection's weight, scales, zero points or bias are not constants"
+        if w.type.rank != 2 or w.dtype not in (dtypes.int8, dtypes.uint8):
+            return f"the {t} projection's weight is not 2-D 8-bit"
+        split = m[f"split_{t}"].outputs[0].type.shape
+        if split is None or len(split) != 4 or tuple(split[:2]) != (batch, seq) \
+                or not all(isinstance(d, int) for d in split[2:]) or split[2] * split[3] != w.type.shape[1]:
+            return f"the {t} projection is not reshaped to [B, S, heads, head_size]"
+        if heads_dim not in (None, tuple(split[2:])):
+            return "q, k and v do not have the same heads and head size"
+        heads_dim = tuple(split[2:])
+        weights.append((w, ws, wz, bias))
+    if len({w.dtype for w, *_ in weights}) != 1 or len({w.type.shape for w, *_ in weights}) != 1:
+        return "q, k and v weights differ in dtype or shape"
+    heads, size = heads_dim
+    out = m.root.outputs[0].type.shape
+    if out is None or tuple(out) != (batch, seq, heads * size):
+        return f"the attention output is not merged back to [B, S, {heads * size}]"
+    mask = _attention_mask(m.mask if "mask" in m.bindings else None, batch, seq)
+    if isinstance(mask, str):
+        return mask
+    scale = float(sdpa.attrs.get("scale", 0.0) or 0.0)
+    return {"weights": weights, "heads": heads, "size": size, "mask": mask, "scale": scale}
+
+
+def _concat_columns(parts: list[np.ndarray | None], n: int, dtype: np.dtype, fill: float = 0) -> np.ndarray:
+    """Three per-column (or per-tensor, or absent) vectors of N side by side: [3N]."""
+    cols = [np.full(n, fill, dtype) if p is None else np.broadcast_to(np.asarray(p).reshape(-1), (n,)) for p in parts]
+    return np.concatenate(cols).astype(dtype)
+
+
+def _qattention_rules() -> list[Rule]:
+    """Three MatMulIntegerToFloat of one static uint8 activation, split into heads,
+    into a non-causal ScaledDotProductAttention whose output is merged back to [B, S, N]
+    -> one com.microsoft QAttention (mask -> Cast int32 + Squeeze mask_index). Masking
+    differs where a query row has every key masked (module docstring, "QAttention")."""
+
+    def check(m: Match) -> str | None:
+        parts = _attention_parts(m)
+        return parts if isinstance(parts, str) else None
+
+    def replace(b: Builder, m: Match) -> Value:
+        parts = _attention_parts(m)
+        assert not isinstance(parts, str)
+        weights = parts["weights"]
+        w_dt = weights[0][0].dtype
+        n = weights[0][0].type.shape[1]
+        codes = np.concatenate([np.asarray(w.const) for w, *_ in weights], axis=1)
+        scales = [np.asarray(ws.const, np.float32) for _, ws, _, _ in weights]
+        if all(s.size == 1 for s in scales) and len({float(s.reshape(())) for s in scales}) == 1:
+            ws_v = b.const(scales[0].reshape(()).astype(np.float32))
+        else:
+            ws_v = b.const(_concat_columns(scales, n, np.float32))
+        zps = [None if wz is None else np.asarray(wz.const) for _, _, wz, _ in weights]
+        wz_v = None
+        if any(z is not None and np.any(z) for z in zps):
+            wz_v = b.const(_concat_columns(zps, n, w_dt.np), dtype=w_dt)
+        bias = _concat_columns([None if c is None else np.asarray(c.const) for *_, c in weights], n, np.float32)
+        mask = parts["mask"]
+        mask_index = None
+        if mask is not None:
+            axes = [1, 2] if mask.type.shape[2] == 1 and mask.type.shape[3] != 1 else [1]
+            mask_index = b.Squeeze(b.Cast(mask, to="int32"), b.const(np.asarray(axes, np.int64)))
+        scale = parts["scale"]
+        if scale != 0.0 and np.float32(scale) == np.float32(1.0 / np.sqrt(parts["size"])):
+            scale = 0.0
+        attrs = {"num_heads": parts["heads"]} | ({"scale": scale} if scale != 0.0 else {})
+        return b.QAttention(m.a, b.const(codes, dtype=w_dt), b.const(bias), m.a_scale, ws_v, mask_index, m.a_zp,
+                            wz_v, **attrs)
+
+    def pattern(with_mask: bool) -> OpPattern:
+        ins = [_projection("q"), _projection("k"), _projection("v")] + ([Var("mask", optional=True)] if with_mask else [])
+        sdpa = op.ScaledDotProductAttention(*ins, _bind="sdpa")
+        return op.Reshape(op.Transpose(sdpa, perm=_HEADS_FIRST), Var("out_shape"))
+
+    return [Rule("lower_qattention", pattern(w), replace, check) for w in (True, False)]
+
+
 def rules_for(graph: Graph, kernel: str) -> list[Rule]:
     """The rules of one run of the pass with `kernel`."""
     low = _Lowering(graph, kernel)
@@ -520,8 +674,13 @@ def lower_quant(graph: Graph, kernel: str = "auto") -> PassResult:
     stats: dict[str, int | float | str] = {"rewrites": 0}
     if kernel != "qdq":
         result = rewrite(graph, rules_for(graph, kernel))
+        by_rule = dict(result.by_rule)
         stats["rewrites"] = result.rewrites
-        stats.update({f"rule:{k}": v for k, v in sorted(result.by_rule.items())})
+        if kernel == "auto":  # on the kernels the linear rules made: Q/K/V + attention -> QAttention
+            fused = rewrite(graph, _qattention_rules())
+            stats["rewrites"] += fused.rewrites
+            by_rule.update(fused.by_rule)
+        stats.update({f"rule:{k}": v for k, v in sorted(by_rule.items())})
         for new_op, count in _created_ops(graph).items():
             stats[f"op:{new_op}"] = count
     stats["nodes_removed"], stats["constants_removed"] = _remove_dead_qdq(graph)
@@ -536,7 +695,8 @@ def _created_ops(graph: Graph) -> dict[str, int]:
     counts: dict[str, int] = {}
     for node in graph:
         if str(node.meta.get("created_by", "")).startswith("lower_") and node.op in (
-                "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulNBits", "MatMulInteger", "QLinearMatMul"):
+                "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulNBits", "MatMulInteger", "QLinearMatMul",
+                "QAttention"):
             counts[node.op] = counts.get(node.op, 0) + 1
     return counts
 

@@ -634,8 +634,8 @@ def lowering_for(op: str) -> Emitter:
 # ----------------------------------------------------------------------------- quantization ops
 #
 # QuantizeLinear / DequantizeLinear / DynamicQuantizeLinear / MatMulInteger / QLinearMatMul
-# are standard ONNX. MatMulIntegerToFloat, DynamicQuantizeMatMul and MatMulNBits are ONNX
-# Runtime contrib ops, emitted in domain "com.microsoft" (the exporter imports each domain
+# are standard ONNX. MatMulIntegerToFloat, DynamicQuantizeMatMul, MatMulNBits and QAttention are
+# ONNX Runtime contrib ops, emitted in domain "com.microsoft" (the exporter imports each domain
 # an emitter uses, version 1). FakeQuantize becomes QuantizeLinear + DequantizeLinear
 # where ONNX Runtime has kernels for the format (int8/uint8/int4/uint4, fp8) and an exact
 # float emulation from basic ops otherwise (fp4_e2m1, FloatFormat, MXFP4, NVFP4): the grid
@@ -685,6 +685,14 @@ def _qdq(ctx: EmitContext, node: Node, ins: list, outs: list) -> None:
 def _contrib(ctx: EmitContext, node: Node, ins: list, outs: list) -> None:
     """An ONNX Runtime contrib op: the same op in domain com.microsoft."""
     attrs = {k: int(v) for k, v in node.attrs.items() if v is not None}
+    ctx.emit(node.op, ins, outs, domain="com.microsoft", name=node.name or None, **attrs)
+
+
+def _qattention(ctx: EmitContext, node: Node, ins: list, outs: list) -> None:
+    """com.microsoft QAttention as it is: num_heads / unidirectional are ONNX ints, scale
+    and mask_filter_value floats; attributes left at their defaults stay unset."""
+    floats = ("scale", "mask_filter_value")
+    attrs = {k: (float(v) if k in floats else int(v)) for k, v in node.attrs.items() if v is not None}
     ctx.emit(node.op, ins, outs, domain="com.microsoft", name=node.name or None, **attrs)
 
 
@@ -954,5 +962,6 @@ LOWERINGS.update({
     "MatMulIntegerToFloat": _contrib,
     "DynamicQuantizeMatMul": _contrib,
     "MatMulNBits": _contrib,
+    "QAttention": _qattention,
     "FakeQuantize": _fake_quantize,
 })

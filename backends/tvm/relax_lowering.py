@@ -1994,6 +1994,10 @@ LOWERINGS.update({
     "QLinearMatMul": _qlinear_matmul, "MatMulIntegerToFloat": _matmul_integer_to_float,
     "DynamicQuantizeMatMul": _dynamic_quantize_matmul, "MatMulNBits": _matmul_nbits,
     "FakeQuantize": _fake_quantize,
+    "QAttention": Unsupported(
+        "QAttention is ONNX Runtime's fused CPU attention kernel (its mask adds mask_filter_value "
+        "rather than masking out); TVM targets lower with lower_quant(kernel='integer'), which never "
+        "makes it: run lower_quant with kernel='integer' on the Q/DQ graph instead of kernel='auto'"),
 })
 
 def lowering_for(op: str) -> Emitter:

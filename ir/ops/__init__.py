@@ -12,6 +12,8 @@ registers them all in `requant.ir.registry`.
 - `conv`: Conv, ConvTranspose. `pooling`: MaxPool, AveragePool, Global*Pool.
 - `cast`: Cast, CastLike (and `cast_to`, the shared conversion routine).
 - `misc`: Constant, ConstantOfShape, Range, Dropout.
+- `quant` / `quant_attention`: Q/DQ, integer matmuls, ONNX Runtime's contrib kernels and
+  its fused QAttention.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from requant.ir.ops import (  # noqa: F401
     normalization,
     pooling,
     quant,
+    quant_attention,
     reduce,
     shape_ops,
     unary,

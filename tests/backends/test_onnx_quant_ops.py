@@ -1,10 +1,11 @@
 """ONNX backend for the quantization ops: one-node graphs of every quantization op
-(requant.ir.ops.quant) exported with `to_onnx` (full onnx.checker) and run in ONNX
+(requant.ir.ops.quant, quant_attention) exported with `to_onnx` (full onnx.checker) and run in ONNX
 Runtime, against the interpreter, at the default opset and older ones; the graph reads
 back unchanged with `from_onnx`.
 
-Every output compares exactly (floats bit for bit, NaN where NaN) except MatMulNBits,
-whose float32 sums ORT orders differently: |ort - ref| <= NBITS_TOL * max(1, max|ref|).
+Every output compares exactly (floats bit for bit, NaN where NaN) except MatMulNBits and
+QAttention, whose float32 sums ORT orders differently: |ort - ref| <= NBITS_TOL (QATTENTION_TOL)
+* max(1, max|ref|).
 FakeQuantize is exact through both of its lowerings: Q/DQ for int8/uint8/int4/uint4
 and fp8, the float emulation for fp4_e2m1, FloatFormat, MXFP4 and NVFP4.
 
@@ -35,6 +36,7 @@ from requant.ir import quant_formats as qf  # noqa: E402
 from requant.ir.ops.quant import pack_low_first  # noqa: E402
 
 NBITS_TOL = 1e-5
+QATTENTION_TOL = 1e-5  # float32 attention, ORT's GEMMs sum in another order
 
 
 @lru_cache(maxsize=1)
@@ -252,6 +254,32 @@ def contrib_matmul_nbits(b, rng):
     return outs, {"x": f32(rng, 2, 3, k)}, (None,), NBITS_TOL
 
 
+@written
+def contrib_qattention(b, rng):
+    """ORT's fused QAttention: per-column int8 weights with zero points and a [B, S] mask;
+    uint8 per-tensor weights, a custom scale and a [B, S, S] mask with one fully masked
+    row (ORT adds mask_filter_value, so that row attends to every key); no mask."""
+    bsz, s, d_in, n, heads = 2, 5, 16, 12, 3
+    x = inp(b, "x", "u8", ("b", s, d_in))
+    m2 = inp(b, "mask2", "i32", ("b", s))
+    m3 = inp(b, "mask3", "i32", ("b", s, s))
+    bias = b.const(f32(rng, 3 * n, lo=-0.5, hi=0.5))
+    w8 = b.const(ints(rng, d_in, 3 * n, dt="i8"))
+    y1 = b.QAttention(x, w8, bias, b.const(np.float32(0.02)), b.const(f32(rng, 3 * n, lo=1e-3, hi=1e-2)), m2,
+                      b.const(np.uint8(131)), b.const(ints(rng, 3 * n, dt="i8", lo=-3, hi=3)), num_heads=heads)
+    y2 = b.QAttention(x, b.const(ints(rng, d_in, 3 * n)), bias, b.const(np.float32(0.02)), b.const(np.float32(0.004)),
+                      m3, b.const(np.uint8(120)), b.const(np.uint8(128)), num_heads=heads, scale=0.3)
+    y3 = b.QAttention(x, w8, bias, b.const(np.float32(0.03)), b.const(np.float32(0.005)), num_heads=heads,
+                      mask_filter_value=-1e9)
+    mask2 = np.ones((bsz, s), np.int32)
+    mask2[1, 3:] = 0
+    mask3 = np.ones((bsz, s, s), np.int32)
+    mask3[0, :, 4] = 0
+    mask3[1, 2, :] = 0
+    return ([y1, y2, y3], {"x": ints(rng, bsz, s, d_in), "mask2": mask2, "mask3": mask3}, (None, 17),
+            QATTENTION_TOL)
+
+
 def _fake(b, x, scheme: qf.QuantScheme, scale=None, zp=None):
     ins = [x]
     if scale is not None or zp is not None:
@@ -337,7 +365,8 @@ def test_ort_matches_interpreter(case: Case, opset) -> None:
 
 
 def test_every_lowered_quant_op_has_a_case() -> None:
-    ours = {op for op, s in ir.all_schemas().items() if s.kernel.__module__ == "requant.ir.ops.quant"}
+    modules = ("requant.ir.ops.quant", "requant.ir.ops.quant_attention")
+    ours = {op for op, s in ir.all_schemas().items() if s.kernel.__module__ in modules}
     lowered = {op for op in ours if not isinstance(LOWERINGS.get(op), Unsupported)}
     covered = set().union(*(c.ops for c in _CASES))
     assert not lowered - covered, f"quantization ops with an ONNX lowering but no case: {sorted(lowered - covered)}"
