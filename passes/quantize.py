@@ -83,7 +83,9 @@ against fp32's ~231 ms of MatMul; the static QuantizeLinear nodes ~9 ms (what
 quantize_dynamic's fused DynamicQuantizeMatMul spends inside the kernel); smoothing's
 Muls ~10 ms; per-column weight scales cost ~3% of GEMM time over per-tensor ones. The
 float rest (ORT's SkipLayerNormalization ~77 ms, attention masking Where/IsNaN ~20 ms)
-is the same in every model.
+is the same in every model. (Measured before lower_quant fused attention blocks into ORT's
+QAttention: since then requant's defaults run ahead of quantize_dynamic, 183 vs 200 ms
+in tools/bench/quantize_minilm.py, README.)
 """
 
 from __future__ import annotations
