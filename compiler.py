@@ -356,12 +356,14 @@ def compile(  # noqa: A001  (requant.compile is the public name)
     backend_done = time.perf_counter()
 
     cm = CompiledModel(work, spec, opts, runtime, _steps_json(steps, spec, passes is not None))
-    cannot_run = runtime.cannot_run()
-    if held and cannot_run:
-        logger.warning("accuracy not measured: %s", cannot_run)
-    accuracy = _measure_accuracy(reference, cm, held, note) if held and not cannot_run else None
-    if held and cannot_run:
-        accuracy = {"not_measured": cannot_run}
+    accuracy = None
+    if held:
+        reason = runtime.cannot_run()  # e.g. a CUDA build on a machine without a GPU
+        if reason:
+            logger.warning("accuracy not measured: %s", reason)
+            accuracy = {"not_measured": reason}
+        else:
+            accuracy = _measure_accuracy(reference, cm, held, note)
     done = time.perf_counter()
     cm._stats.update({
         "passes": [r.to_dict() for r in pipeline.records],

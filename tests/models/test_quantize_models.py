@@ -3,8 +3,9 @@ calibrate -> "quantize" -> "lower_quant" -> ONNX Runtime.
 
 Real sentences (the first sentences of installed packages' docstrings, as
 tools/bench/minilm_int8.py uses): 16 to calibrate on, 16 others to evaluate, 32 tokens.
-Checks: every linear lowered to MatMulIntegerToFloat, attention / LayerNorm / Gelu left
-float, constants <= 27% of the float model's bytes, and mean-pooled sentence embeddings
+Checks: every linear lowered to an integer kernel (the attention blocks' Q/K/V linears
+with their attention to QAttention, the rest to MatMulIntegerToFloat), LayerNorm / Gelu
+left float, constants <= 27% of the float model's bytes, and mean-pooled sentence embeddings
 with cosine >= 0.99 (mean) against the float graph, both in ONNX Runtime. (The full-size
 measurement, 64 x 64 tokens and timings, is the tool's job: no timing assertions here.)
 """
@@ -54,8 +55,11 @@ def test_minilm_int8_defaults_keep_embeddings():
     assert quant_stats["embeddings_quantized"] >= 1
     assert quant_stats["bytes_after"] <= 0.27 * quant_stats["bytes_before"]
     hist = result.graph.op_histogram()
-    assert hist["MatMulIntegerToFloat"] == 36 and "DequantizeLinear" not in hist and "MatMul" not in hist
-    assert hist["ScaledDotProductAttention"] == 6 and hist["LayerNormalization"] == 13 and hist["Gelu"] == 6
+    # per layer: Q/K/V + attention fused into one QAttention, the output and the two FFN
+    # linears as MatMulIntegerToFloat
+    assert hist["MatMulIntegerToFloat"] == 18 and hist["QAttention"] == 6
+    assert "DequantizeLinear" not in hist and "MatMul" not in hist and "ScaledDotProductAttention" not in hist
+    assert hist["LayerNormalization"] == 13 and hist["Gelu"] == 6
 
     out = OnnxRuntimeSession(result.graph)(ids[:16], mask[:16])[0]
     cos = cosine(mean_pool(float_out, mask[:16]), mean_pool(out, mask[:16]))
