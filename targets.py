@@ -303,10 +303,11 @@ _TVM_OPTIONS = {
 }
 _BIND_DIMS = Step("bind_dims", {"dims": INPUT_DIMS, "overrides": Opt("dims")}, when=("static_shapes", True))
 # TVM builds its own integer kernels from MatMulInteger (int32 accumulation); ONNX
-# Runtime's com.microsoft fused forms mean nothing there.
+# Runtime's com.microsoft fused forms mean nothing there. (No backend_ops for TVM targets:
+# checking them would import tvm into requant.targets(); every op has a TVM lowering,
+# tests/backends/test_lowering_coverage.py, and to_relax names any node it refuses.)
 _TVM_INT8_OPTIONS = {k: v for k, v in _INT8_OPTIONS.items() if k != "kernel"} | _TVM_OPTIONS
 _TVM_INT8_STEPS = (*_INT8_STEPS[:3], Step("lower_quant", {"kernel": "integer"}), *_QUANT_CLEANUP, _BIND_DIMS)
-_TVM_INT8_OPS = ("MatMulInteger", "QuantizeLinear", "DequantizeLinear")
 
 # -- weight-only int4 ------------------------------------------------------------------------
 _INT4_OPTIONS = {
@@ -504,17 +505,6 @@ def lowering_status(backend: str, op: str) -> str | None:
             return f"ONNX lowering of op '{op}' (backends/onnx/lowering.py: no entry yet)"
         if isinstance(entry, Unsupported):
             return f"ONNX lowering of op '{op}' (unsupported: {entry.reason})"
-    if backend == "tvm":
-        reason = _module_status("requant.backends.tvm.relax_lowering", "LOWERINGS", "the TVM lowering table")
-        if reason:
-            return reason
-        from requant.backends.tvm.relax_lowering import LOWERINGS, Unsupported
-
-        entry = LOWERINGS.get(op)
-        if entry is None:
-            return f"TVM lowering of op '{op}' (backends/tvm/relax_lowering.py: no entry)"
-        if isinstance(entry, Unsupported):
-            return f"TVM lowering of op '{op}' (unsupported: {entry.reason})"
     return None
 
 
@@ -564,19 +554,18 @@ TARGETS: dict[str, Target] = _table(
     Target("cpu-intonly", "integer-only inference (I-ViT: Shiftmax, ShiftGELU, I-LayerNorm, dyadic requantization) "
            "on ONNX Runtime (CPU)", _INTONLY_STEPS, options=_CALIBRATION_OPTIONS | _QUANT_OPTIONS),
     Target("cuda-int8", "static W8A8 on NVIDIA GPUs through TVM (CUDA): int8 matmuls with int32 accumulation",
-           _TVM_INT8_STEPS, backend="tvm", device="cuda", options=_TVM_INT8_OPTIONS, backend_ops=_TVM_INT8_OPS),
+           _TVM_INT8_STEPS, backend="tvm", device="cuda", options=_TVM_INT8_OPTIONS),
     Target("cuda-fp8", "fp8 (e4m3) weights and activations on NVIDIA GPUs through TVM (CUDA), "
            "simulated by quantize-dequantize", (*_FP8_STEPS, _BIND_DIMS), backend="tvm", device="cuda",
            options=_FP8_OPTIONS | _TVM_OPTIONS,
-           simulated=True, backend_ops=_QDQ),
+           simulated=True),
     Target("cuda-fp4", "fp4 (e2m1) NVFP4/MXFP4 blocks on NVIDIA GPUs through TVM (CUDA), "
            "simulated by quantize-dequantize", (*_FP4_STEPS, _BIND_DIMS), backend="tvm", device="cuda",
-           options=_FP4_OPTIONS | _TVM_OPTIONS,
-           simulated=True, backend_ops=("FakeQuantize",)),
+           options=_FP4_OPTIONS | _TVM_OPTIONS, simulated=True),
     Target("tvm-cpu-fp32", "float32 compiled by TVM for the CPU (LLVM)", (*_FP32_STEPS, _BIND_DIMS), backend="tvm",
            device="llvm", options=_TVM_OPTIONS),
     Target("tvm-cpu-int8", "static W8A8 compiled by TVM for the CPU (LLVM): int8 matmuls with int32 accumulation",
-           _TVM_INT8_STEPS, backend="tvm", device="llvm", options=_TVM_INT8_OPTIONS, backend_ops=_TVM_INT8_OPS),
+           _TVM_INT8_STEPS, backend="tvm", device="llvm", options=_TVM_INT8_OPTIONS),
 )
 
 
