@@ -44,7 +44,7 @@ DEFAULT_OUT = Path("out") / "minilm-cpu-int8"
 INPUTS = ("input_ids", "attention_mask")
 FLOAT_OPSET = 21
 STAGES = ("loading all-MiniLM-L6-v2", "exporting float ONNX", "requant compile cpu-int8",
-          "ORT quantize_dynamic", "ORT quantize_static", "accuracy", "timing")
+          "ORT quantize_dynamic", "ORT quantize_static", "requant compile tvm-cpu-int8", "accuracy", "timing")
 
 
 @dataclass
@@ -151,6 +151,17 @@ def _requant_row(float_path: Path, batches: list[dict[str, np.ndarray]], out: Pa
              f"{'outputs identical' if same else 'OUTPUTS DIFFER after reload'}")
     row = Row("requant cpu-int8", lambda feeds: loaded(**feeds)[0], _onnx_bytes(saved / "model.onnx"))
     return row, notes
+
+
+def _tvm_row(float_path: Path, batches: list[dict[str, np.ndarray]], batch: int, tmp: Path) -> Row:
+    """The same W8A8 quantization built by TVM for this CPU (tvm-cpu-int8), for the
+    evaluation batch size; its size is the saved library's."""
+    import requant
+
+    cm = requant.compile(str(float_path), target="tvm-cpu-int8", calibration=batches, holdout=0,
+                         dims={"batch": batch})
+    saved = cm.save(tmp / "tvm-int8")
+    return Row("requant tvm-cpu-int8 (TVM)", lambda feeds: cm(**feeds)[0], (saved / "model.so").stat().st_size)
 
 
 def _ort_dynamic(float_path: Path, tmp: Path) -> Row:
@@ -287,6 +298,9 @@ def run_demo(out_dir: Path, *, quiet: bool = False, seconds: float = 10.0, strea
         rows.append(_guarded("ORT quantize_static QDQ int8", lambda: _ort_static(float_path, tmp, batches)))
         rows.append(requant_row)
         bar.advance()
+        n_eval = feeds["input_ids"].shape[0]
+        rows.append(_guarded("requant tvm-cpu-int8 (TVM)", lambda: _tvm_row(float_path, batches, n_eval, tmp)))
+        bar.advance()
         _accuracy(rows, feeds)
         bar.advance()
         rounds = _time(rows, feeds, seconds)
@@ -294,7 +308,7 @@ def run_demo(out_dir: Path, *, quiet: bool = False, seconds: float = 10.0, strea
     print(f"all-MiniLM-L6-v2 (trained), {n} real sentences x {SEQ} tokens; calibration: {N_CALIB} other sentences "
           f"in batches of {CALIB_BATCH} (requant and ORT static alike)", file=stream)
     print(f"ONNX Runtime {onnxruntime.__version__}, {physical_cores()} threads; latency: one {n} x {SEQ} batch, "
-          f"median of {rounds} interleaved runs; size: ONNX file(s)", file=stream)
+          f"median of {rounds} interleaved runs; size: ONNX file(s), the TVM row its library", file=stream)
     print("accuracy: cosine of mean-pooled sentence embeddings vs float32, and how often each sentence's "
           "nearest neighbour stays the same\n", file=stream)
     for line in format_table(rows):
