@@ -999,14 +999,3 @@ def schedule_cpu_module(target: Target, rules: Sequence | None = None) -> tvm.tr
     """Module pass: apply the CPU schedule rules (default_rules()) to every PrimFunc."""
     return _ScheduleCPU(target, rules)
 
-
-def rule_for(func: tirx.PrimFunc, target: Target, rules: Sequence | None = None) -> str | None:
-    """Which rule schedules `func` (for tests and the benchmark breakdown)."""
-    for rule in rules if rules is not None else default_rules():
-        try:
-            if rule.apply(func, target, False) is not None:
-                return type(rule).__name__
-        except Exception:  # noqa: BLE001
-            continue
-    return None
-
