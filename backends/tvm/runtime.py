@@ -57,6 +57,7 @@ class TvmRuntime:
         self._vm: Any = None
         self._dev: Any = None
         self._size: int | None = None
+        self._export: Any = None  # a TemporaryDirectory holding the build's files, made once
 
     @property
     def artifact_kind(self) -> str:
@@ -93,10 +94,7 @@ class TvmRuntime:
                 raise RequantError(reason)
             self._dev = tvm.cuda(0)
             if self._library_path is None:  # a fresh build runs from its exported files
-                import tempfile
-
-                self._tmp = tempfile.TemporaryDirectory(prefix="requant-cuda-")
-                self._library_path = self._cuda_build.export(self._tmp.name)["so"]
+                self._library_path = self._exported() / LIBRARY_FILE
             return load_cuda_library(self._library_path)
         self._dev = tvm.cpu(0)
         module = self._executable if self._library_path is None else tvm.runtime.load_module(str(self._library_path))
@@ -121,24 +119,37 @@ class TvmRuntime:
             items = [from_relax_array(a, dt) for a, dt in zip(items, self._dtypes[1])]
         return tuple(items)
 
-    def artifact_bytes(self) -> int:
-        """The size of the files `write` produces (written once to a temporary directory)."""
-        if self._size is None:
+    def _exported(self) -> Path:
+        """The build exported (linked) once into a temporary directory: the library, and
+        for CUDA its source and fatbin; sizes, saves and the CUDA loader read it there."""
+        if self._export is None:
             import tempfile
 
-            with tempfile.TemporaryDirectory() as tmp:
-                self._size = sum((Path(tmp) / f).stat().st_size for f in self.write(Path(tmp)))
+            if self._executable is None and self._cuda_build is None:
+                raise RequantError("this TVM model was loaded from disk: copy the directory it came from instead")
+            self._export = tempfile.TemporaryDirectory(prefix="requant-tvm-")
+            out = Path(self._export.name)
+            if self._cuda_build is not None:
+                self._cuda_build.export(out, name=LIBRARY_STEM)
+            else:
+                self._executable.export_library(str(out / LIBRARY_FILE))
+        return Path(self._export.name)
+
+    def artifact_bytes(self) -> int:
+        """The size of the files `write` produces."""
+        if self._size is None:
+            self._size = sum(f.stat().st_size for f in self._exported().iterdir())
         return self._size
 
     def write(self, out: Path, external_data: bool | None = None) -> list[str]:
         """Write the library (for CUDA also its source and fatbin); the file names."""
         del external_data  # the constants live inside the library
-        if self._cuda_build is not None:
-            return sorted(p.name for p in self._cuda_build.export(out, name=LIBRARY_STEM).values())
-        if self._executable is None:
-            raise RequantError("this TVM model was loaded from disk: copy the directory it came from instead")
-        self._executable.export_library(str(out / LIBRARY_FILE))
-        return [LIBRARY_FILE]
+        import shutil
+
+        names = sorted(f.name for f in self._exported().iterdir())
+        for name in names:
+            shutil.copyfile(self._exported() / name, out / name)
+        return names
 
 
 def build_runtime(graph: Any, device: str, *, threads: int | None = None) -> TvmRuntime:
