@@ -383,7 +383,7 @@ def rewrite_int8_matmuls(mod: Any) -> tuple[Any, int]:
 # ----------------------------------------------------------------------------- pipeline
 
 
-def _cuda_relax_pipeline(target: Any) -> Any:
+def _cuda_relax_pipeline(target: Any, rewritten: list[int] | None = None) -> Any:
     """TVM's default CUDA pipeline, with the dp4a rewrite first and dlight's tensor-core
     tensorization switched off (it crashes in TVM 0.27, see the module docstring)."""
     import tvm
@@ -393,7 +393,10 @@ def _cuda_relax_pipeline(target: Any) -> Any:
 
     @tvm.transform.module_pass(opt_level=0, name="RequantDp4aMatmul")
     def dp4a(mod: Any, _ctx: Any) -> Any:
-        return rewrite_int8_matmuls(mod)[0]
+        mod, count = rewrite_int8_matmuls(mod)
+        if rewritten is not None:
+            rewritten.append(count)
+        return mod
 
     @tvm.transform.module_pass(opt_level=0, name="RequantNoTensorize")
     def no_tensorize(mod: Any, _ctx: Any) -> Any:
@@ -504,11 +507,12 @@ def build_cuda(mod: Any, *, archs: Any = DEFAULT_ARCHS) -> CudaBuild:
     codegen_arch = archs[0]
     target = tvm.target.Target({"kind": "cuda", "arch": codegen_arch}, host={"kind": "llvm"})
     started = time.perf_counter()
-    _, dp4a_count = rewrite_int8_matmuls(mod)
+    rewritten: list[int] = []  # the pipeline's dp4a pass reports how many matmuls it took
     try:
-        executable = tvm.compile(mod, target, relax_pipeline=_cuda_relax_pipeline(target))
+        executable = tvm.compile(mod, target, relax_pipeline=_cuda_relax_pipeline(target, rewritten))
     except Exception as exc:
         raise RequantError(f"TVM could not build the module for CUDA ({codegen_arch}): {exc}") from exc
+    dp4a_count = sum(rewritten)
     tvm_done = time.perf_counter()
     source = _cuda_source(executable)
     fatbin = compile_fatbin(source, archs, nvcc)
