@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from requant.backends.lowering_table import Unsupported, entry_for
 from requant.errors import RequantError, UnsupportedOpError
 from requant.frontends.onnx_types import dtype_to_onnx, tensor_from_array
 from requant.ir import dtypes
@@ -49,13 +49,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Unsupported:
-    """A table entry saying why the ONNX backend cannot emit an op."""
-
-    reason: str
 
 
 def onnx_schema(op_type: str, opset: int, domain: str = "") -> Any | None:
@@ -620,15 +613,7 @@ LOWERINGS.update({
 
 def lowering_for(op: str) -> Emitter:
     """The emitter of `op`; raises `UnsupportedOpError` with the table's reason."""
-    entry = LOWERINGS.get(op)
-    if entry is None:
-        raise UnsupportedOpError(
-            f"op {op} has no entry in the ONNX lowering table (backends/onnx/lowering.py); "
-            f"add an emitter or an Unsupported(reason) entry"
-        )
-    if isinstance(entry, Unsupported):
-        raise UnsupportedOpError(f"op {op} cannot be exported to ONNX: {entry.reason}")
-    return entry
+    return entry_for(LOWERINGS, op, table_name="ONNX lowering table (backends/onnx/lowering.py)", cannot="cannot be exported to ONNX")
 
 
 # ----------------------------------------------------------------------------- quantization ops

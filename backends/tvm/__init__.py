@@ -13,18 +13,18 @@ exists without it); `to_relax` and `LOWERINGS` import it on first use.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 __all__ = ["to_relax", "LOWERINGS"]
 
+_LAZY = {"to_relax": "requant.backends.tvm.emit", "LOWERINGS": "requant.backends.tvm.relax_lowering"}
+
 
 def __getattr__(name: str) -> Any:
-    if name == "to_relax":
-        from requant.backends.tvm.emit import to_relax
-
-        return to_relax
-    if name == "LOWERINGS":
-        from requant.backends.tvm.relax_lowering import LOWERINGS
-
-        return LOWERINGS
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

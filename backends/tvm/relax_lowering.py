@@ -40,13 +40,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import tvm
 from tvm import relax, te, tirx, topi
 
+from requant.backends.lowering_table import Unsupported, entry_for
 from requant.errors import UnsupportedOpError
 from requant.ir import dtypes
 from requant.ir.dtypes import DType, FloatFormat
@@ -70,13 +70,6 @@ R = relax.op
 
 EMULATED_FLOATS = frozenset({dtypes.fp8_e4m3, dtypes.fp8_e5m2, dtypes.fp4_e2m1})
 _HALF = frozenset({dtypes.float16, dtypes.bfloat16})
-
-
-@dataclass(frozen=True)
-class Unsupported:
-    """A table entry saying why the TVM backend cannot lower an op."""
-
-    reason: str
 
 
 def is_emulated(dt: DType) -> bool:
@@ -2004,15 +1997,7 @@ LOWERINGS.update({
 
 def lowering_for(op: str) -> Emitter:
     """The emitter of `op`; raises `UnsupportedOpError` with the table's reason."""
-    entry = LOWERINGS.get(op)
-    if entry is None:
-        raise UnsupportedOpError(
-            f"op {op} has no entry in the TVM lowering table (backends/tvm/relax_lowering.py); "
-            f"add an emitter or an Unsupported(reason) entry"
-        )
-    if isinstance(entry, Unsupported):
-        raise UnsupportedOpError(f"op {op} cannot be lowered to TVM Relax: {entry.reason}")
-    return entry
+    return entry_for(LOWERINGS, op, table_name="TVM lowering table (backends/tvm/relax_lowering.py)", cannot="cannot be lowered to TVM Relax")
 
 
 def unsupported_reason(node: Node) -> str | None:
