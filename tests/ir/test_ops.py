@@ -17,9 +17,10 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import numpy_helper
 
-from op_testing import check_type, run_oracle
+from op_testing import ML_STORAGE as _ML_STORAGE
+from op_testing import ONNX_DTYPE, check_type, run_one_node
 from op_cases import (  # noqa: F401  (the shared case list and its helpers)
     INT_MAX,
     OPSET,
@@ -51,27 +52,6 @@ TOL: dict[str, tuple[float, float]] = {
     "bf16": (1.6e-2, 1.6e-2),  # about two bf16 ulps
 }
 
-ONNX_DTYPE = {
-    "f64": TensorProto.DOUBLE,
-    "f32": TensorProto.FLOAT,
-    "f16": TensorProto.FLOAT16,
-    "bf16": TensorProto.BFLOAT16,
-    "i64": TensorProto.INT64,
-    "i32": TensorProto.INT32,
-    "i16": TensorProto.INT16,
-    "i8": TensorProto.INT8,
-    "u64": TensorProto.UINT64,
-    "u32": TensorProto.UINT32,
-    "u16": TensorProto.UINT16,
-    "u8": TensorProto.UINT8,
-    "bool": TensorProto.BOOL,
-    "fp8_e4m3": TensorProto.FLOAT8E4M3FN,
-    "fp8_e5m2": TensorProto.FLOAT8E5M2,
-    "fp4_e2m1": TensorProto.FLOAT4E2M1,
-    "i4": TensorProto.INT4,
-    "u4": TensorProto.UINT4,
-}
-_ML_STORAGE = {"i4": ml_dtypes.int4, "u4": ml_dtypes.uint4}
 
 
 
@@ -92,35 +72,10 @@ def build(case: Case) -> tuple[Graph, list, dict]:
 
 
 def run_onnx(case: Case, out_types: list) -> list[np.ndarray]:
-    names, inits, graph_inputs, feed = [], [], [], {}
-    for i, x in enumerate(case.inputs):
-        if x is None:
-            names.append("")
-            continue
-        name = f"x{i}"
-        names.append(name)
-        arr = x.value.astype(_ML_STORAGE[x.dt]) if x.dt in _ML_STORAGE else x.value
-        if x.const:
-            inits.append(numpy_helper.from_array(arr, name))
-        else:
-            graph_inputs.append(helper.make_tensor_value_info(name, ONNX_DTYPE[x.dt], list(arr.shape)))
-            feed[name] = arr
-    while names and names[-1] == "":
-        names.pop()
-    outs = [f"y{j}" for j in range(len(out_types))]
     attrs = {k: _onnx_attr(case.op, k, v) for k, v in case.attrs.items() if v is not None}
     if case.onnx_attrs is not None:
         attrs.update(case.onnx_attrs)
-    node = helper.make_node(case.op, names, outs, **attrs)
-    graph = helper.make_graph(
-        [node],
-        "case",
-        graph_inputs,
-        [helper.make_tensor_value_info(o, ONNX_DTYPE[t.dtype.short], None) for o, t in zip(outs, out_types)],
-        initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", case.opset)])
-    return run_oracle(model, feed, case.oracle)
+    return run_one_node(case, out_types, attrs)
 
 
 def compare(got: np.ndarray, want: np.ndarray, dt: str, where: str) -> None:

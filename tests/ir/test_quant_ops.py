@@ -26,9 +26,9 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
-from op_testing import check_type, run_oracle
+from op_testing import ML_STORAGE as _ML_STORAGE
+from op_testing import ONNX_DTYPE, check_type, run_one_node
 from op_cases import (  # noqa: F401  (the shared case list and its helpers)
     FQ_SCHEMES,
     OPSET,
@@ -52,13 +52,6 @@ from requant.ir.registry import all_schemas
 
 FLOAT_TOL = 1e-5
 
-ONNX_DTYPE = {
-    "f32": TensorProto.FLOAT, "f16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16,
-    "i64": TensorProto.INT64, "i32": TensorProto.INT32, "i16": TensorProto.INT16, "i8": TensorProto.INT8,
-    "u16": TensorProto.UINT16, "u8": TensorProto.UINT8, "i4": TensorProto.INT4, "u4": TensorProto.UINT4,
-    "fp8_e4m3": TensorProto.FLOAT8E4M3FN, "fp8_e5m2": TensorProto.FLOAT8E5M2, "fp4_e2m1": TensorProto.FLOAT4E2M1,
-}
-_ML_STORAGE = {"i4": ml_dtypes.int4, "u4": ml_dtypes.uint4}
 _DTYPE_ATTRS = {"output_dtype"}
 
 
@@ -75,36 +68,9 @@ def feeds(case: Case) -> dict[str, np.ndarray]:
 
 
 def run_onnx(case: Case, out_types: list) -> list[np.ndarray]:
-    names, inits, graph_inputs, feed = [], [], [], {}
-    for i, x in enumerate(case.inputs):
-        if x is None:
-            names.append("")
-            continue
-        name = f"x{i}"
-        names.append(name)
-        arr = x.value.astype(_ML_STORAGE[x.dt]) if x.dt in _ML_STORAGE else x.value
-        if x.const:
-            inits.append(numpy_helper.from_array(arr, name))
-        else:
-            graph_inputs.append(helper.make_tensor_value_info(name, ONNX_DTYPE[x.dt], list(arr.shape)))
-            feed[name] = arr
-    while names and names[-1] == "":
-        names.pop()
-    outs = [f"y{j}" for j in range(len(out_types))]
     attrs = {k: (ONNX_DTYPE[dtypes.dtype(v).short] if k in _DTYPE_ATTRS else v)
              for k, v in case.attrs.items() if v is not None}
-    schema = all_schemas()[case.op]
-    node = helper.make_node(case.op, names, outs, domain=schema.domain or None, **attrs)
-    graph = helper.make_graph(
-        [node], "case", graph_inputs,
-        [helper.make_tensor_value_info(o, ONNX_DTYPE[t.dtype.short], None) for o, t in zip(outs, out_types)],
-        initializer=inits,
-    )
-    opsets = [helper.make_opsetid("", case.opset)]
-    if schema.domain:
-        opsets.append(helper.make_opsetid(schema.domain, 1))
-    model = helper.make_model(graph, opset_imports=opsets)
-    return run_oracle(model, feed, case.oracle)
+    return run_one_node(case, out_types, attrs, all_schemas()[case.op].domain)
 
 
 def compare(got: np.ndarray, want: np.ndarray, dt: str, exact_float: bool, where: str) -> None:
