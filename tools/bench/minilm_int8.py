@@ -38,7 +38,6 @@ import inspect
 import logging
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -85,30 +84,22 @@ def docstring_sentences(count: int, min_chars: int = 40) -> list[str]:
 
 
 def _encode(sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    from transformers import AutoTokenizer
+    from requant.tools.bench.minilm import tokenize
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
-    from models.zoo import minilm_path
-
-    tok = AutoTokenizer.from_pretrained(minilm_path())
-    enc = tok(sentences, padding="max_length", truncation=True, max_length=SEQ, return_tensors="np")
-    return enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+    return tokenize(sentences, SEQ)
 
 
 def float_graph():
     """The canonical float MiniLM graph (batch dynamic, sequence 64)."""
     import torch
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
-    from models.zoo import minilm
-
     from requant.frontends import from_torch
     from requant.passes import get_pass
+    from requant.tools.bench.minilm import load_minilm
 
-    case = minilm(seq_len=SEQ)
-    ids, mask = (t[:2] for t in case.example_inputs)
+    ids, mask = _encode(docstring_sentences(2))  # example inputs: only their shapes matter
     dims = {"input_ids": {0: "batch"}, "attention_mask": {0: "batch"}}
-    graph = from_torch(case.module, (torch.as_tensor(ids), torch.as_tensor(mask)), dynamic_dims=dims)
+    graph = from_torch(load_minilm(), (torch.as_tensor(ids), torch.as_tensor(mask)), dynamic_dims=dims)
     return get_pass("canonicalize")(graph).graph
 
 
