@@ -326,13 +326,6 @@ def _compare(fn: Callable) -> Emitter:
     return emit
 
 
-def _div(ctx: LowerContext, node: Node, ins: list) -> Any:
-    # integer divide in TVM truncates toward zero, as requant's Div
-    dt = _in_dt(node)
-    a, b = (_to_compute(ctx, x, dt) for x in ins)
-    return _from_compute(ctx, ctx.emit(R.divide(a, b)), dt)
-
-
 def _mod(ctx: LowerContext, node: Node, ins: list) -> Any:
     a = ctx.attrs(node)
     fn = R.mod if a["fmod"] else R.floor_mod  # mod: C fmod (sign of the dividend)
@@ -1237,12 +1230,6 @@ def _topk(ctx: LowerContext, node: Node, ins: list) -> Any:
 # ----------------------------------------------------------------------------- linear algebra
 
 
-def _matmul(ctx: LowerContext, node: Node, ins: list) -> Any:
-    dt = _in_dt(node)
-    a, b = (_to_compute(ctx, x, dt) for x in ins)
-    return _from_compute(ctx, ctx.emit(R.matmul(a, b)), dt)
-
-
 def _gemm(ctx: LowerContext, node: Node, ins: list) -> Any:
     at = ctx.attrs(node)
     dt = _in_dt(node)
@@ -1931,7 +1918,7 @@ LOWERINGS: dict[str, Emitter | Unsupported] = {}
 LOWERINGS.update({op: _float_unary(fn) for op, fn in _UNARY.items()})
 LOWERINGS.update({
     # elementwise
-    "Add": _binary(R.add), "Sub": _binary(R.subtract), "Mul": _binary(R.multiply), "Div": _div,
+    "Add": _binary(R.add), "Sub": _binary(R.subtract), "Mul": _binary(R.multiply), "Div": _binary(R.divide),  # integer divide truncates toward zero, as requant's Div
     "Pow": _pow, "Mod": _mod, "BitShift": _bitshift,
     "Equal": _compare(R.equal), "Less": _compare(R.less), "LessOrEqual": _compare(R.less_equal),
     "Greater": _compare(R.greater), "GreaterOrEqual": _compare(R.greater_equal),
@@ -1962,7 +1949,7 @@ LOWERINGS.update({
     "GatherND": _gather_nd, "ScatterElements": _scatter_elements, "ScatterND": _scatter_nd, "Pad": _pad,
     "Tile": _tile, "Trilu": _trilu,
     # linear algebra, conv, pool
-    "MatMul": _matmul, "Gemm": _gemm, "Einsum": _einsum,
+    "MatMul": _binary(R.matmul), "Gemm": _gemm, "Einsum": _einsum,
     "Conv": _conv, "ConvTranspose": _conv_transpose,
     "MaxPool": _pool(_MAXPOOL, False), "AveragePool": _pool(_AVGPOOL, True),
     "GlobalAveragePool": _global_pool(R.mean), "GlobalMaxPool": _global_pool(R.max),
