@@ -1918,7 +1918,8 @@ LOWERINGS: dict[str, Emitter | Unsupported] = {}
 LOWERINGS.update({op: _float_unary(fn) for op, fn in _UNARY.items()})
 LOWERINGS.update({
     # elementwise
-    "Add": _binary(R.add), "Sub": _binary(R.subtract), "Mul": _binary(R.multiply), "Div": _binary(R.divide),  # integer divide truncates toward zero, as requant's Div
+    # (TVM's integer divide truncates toward zero, as requant's Div)
+    "Add": _binary(R.add), "Sub": _binary(R.subtract), "Mul": _binary(R.multiply), "Div": _binary(R.divide),
     "Pow": _pow, "Mod": _mod, "BitShift": _bitshift,
     "Equal": _compare(R.equal), "Less": _compare(R.less), "LessOrEqual": _compare(R.less_equal),
     "Greater": _compare(R.greater), "GreaterOrEqual": _compare(R.greater_equal),
