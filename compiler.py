@@ -570,18 +570,17 @@ class CompiledModel:
                 raise RequantError(f"input '{k}' is given twice (by position and by name)")
             feeds[k] = v
         feeds = _as_feeds(self.input_names, feeds, "model call")
-        bound = self._bound_dims()
-        hint = (f" (this build is specialised to {bound}: compile with dims={{...}} for other sizes, or "
-                f"static_shapes=False)") if bound else ""
         for sig in self.inputs:
-            _check_input(sig, feeds[sig["name"]], hint)
+            _check_input(sig, feeds[sig["name"]], self._shape_hint)
         return self._runtime(feeds)
 
-    def _bound_dims(self) -> str:
-        """The symbolic dims the bind_dims step fixed, as text ("" when none)."""
+    def _shape_hint(self) -> str:
+        """What a wrong-shape error adds when the bind_dims step fixed symbolic dims."""
         for record in self._stats.get("passes", []):
-            if record["name"] == "bind_dims" and record.get("stats", {}).get("bound"):
-                return record["stats"]["bound"]
+            bound = record.get("stats", {}).get("bound") if record["name"] == "bind_dims" else None
+            if bound:
+                return (f" (this build is specialised to {bound}: compile with dims={{...}} for other sizes, "
+                        f"or static_shapes=False)")
         return ""
 
     def save(self, directory: str | os.PathLike, *, external_data: bool | None = None) -> Path:
@@ -631,7 +630,7 @@ class CompiledModel:
         return f"<CompiledModel target={self.target} inputs={self.input_names} outputs={self.output_names}>"
 
 
-def _check_input(sig: Mapping[str, Any], arr: np.ndarray, hint: str = "") -> None:
+def _check_input(sig: Mapping[str, Any], arr: np.ndarray, hint: Callable[[], str] = lambda: "") -> None:
     from requant.ir import dtypes
 
     want = dtypes.dtype(sig["dtype"]).np
@@ -643,7 +642,7 @@ def _check_input(sig: Mapping[str, Any], arr: np.ndarray, hint: str = "") -> Non
         return
     if arr.ndim != len(shape) or any(isinstance(d, int) and d != n for d, n in zip(shape, arr.shape)):
         shown = ",".join("?" if d is None else str(d) for d in shape)
-        raise RequantError(f"input '{sig['name']}' must have shape [{shown}], got {list(arr.shape)}{hint}")
+        raise RequantError(f"input '{sig['name']}' must have shape [{shown}], got {list(arr.shape)}{hint()}")
 
 
 def _write_onnx(proto: Any, out: Path, external_data: bool | None) -> list[str]:
