@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from requant.errors import RequantError
-from requant.ir import registry
 from requant.ir.graph import Graph, Value
 from requant.ir.types import TensorType
 from requant.passes.manager import PassResult, get_pass, graph_pass
@@ -70,25 +69,6 @@ def _values(graph: Graph) -> list[Value]:
     return list(seen.values())
 
 
-def _refine_outputs(graph: Graph) -> int:
-    refined = 0
-    for v in graph.outputs:
-        if v.producer is None or v.type.shape is None or None not in v.type.shape:
-            continue
-        node = v.producer
-        try:
-            inferred = registry.infer_types(node.op, node.inputs, node.attrs, len(node.outputs))[node.outputs.index(v)]
-        except RequantError:
-            continue
-        if inferred.shape is None or len(inferred.shape) != len(v.type.shape):
-            continue
-        dims = tuple(new if old is None else old for old, new in zip(v.type.shape, inferred.shape))
-        if dims != v.type.shape:
-            v.type = TensorType(dims, v.type.dtype)
-            refined += 1
-    return refined
-
-
 @graph_pass("bind_dims", "specialise symbolic dims to sizes (then fold the computed shapes)")
 def bind_dims(graph: Graph, dims: Mapping[str, int] | None = None,
               overrides: Mapping[str, int] | None = None) -> PassResult:
@@ -109,9 +89,9 @@ def bind_dims(graph: Graph, dims: Mapping[str, int] | None = None,
     if used:
         stats["bound"] = ", ".join(f"{d}={dims[d]}" for d in sorted(used))
     if specialised:
-        for name in ("fold_constants", "refine_types"):
-            result = get_pass(name).run(graph)
-            stats.update({f"{name}:{k}": v for k, v in result.stats.items() if isinstance(v, (int, float))})
-        stats["outputs_refined"] = _refine_outputs(graph)
+        for p in (get_pass("fold_constants"), get_pass("refine_types", outputs=True)):
+            result = p.run(graph)
+            stats.update({f"{p.name}:{k}": v for k, v in result.stats.items() if isinstance(v, (int, float))})
+        stats["outputs_refined"] = result.stats["outputs_refined"]
     logger.debug("bind_dims: %s", stats)
     return PassResult(graph, specialised > 0, stats)

@@ -79,12 +79,13 @@ def _refined(declared: TensorType, inferred: TensorType) -> TensorType | None:
 
 
 @graph_pass("refine_types", "fill in unknown dims of node outputs that inference now knows (after folding)")
-def refine_types(graph: Graph) -> PassResult:
+def refine_types(graph: Graph, outputs: bool = False) -> PassResult:
     """Constant folding turns computed shapes (Shape -> Gather -> Concat) into constants,
     but the nodes reading them keep the unknown dims they were built with; re-inferring
     lets the no-op rules see that e.g. an Expand does not broadcast. Graph outputs keep
-    their declared types."""
-    refined = 0
+    their declared types unless `outputs` (bind_dims: specialising is meant to make them
+    more specific); `outputs_refined` counts those."""
+    refined = outputs_refined = 0
     for node in graph:
         outs = node.outputs
         if all(o.type.shape is not None and None not in o.type.shape for o in outs):
@@ -94,11 +95,14 @@ def refine_types(graph: Graph) -> PassResult:
         except RequantError:
             continue
         for out, want in zip(outs, inferred):
-            better = None if graph.is_output(out) else _refined(out.type, want)
+            is_output = graph.is_output(out)
+            better = None if is_output and not outputs else _refined(out.type, want)
             if better is not None:
                 out.type = better
                 refined += 1
-    return PassResult(graph, refined > 0, {"types_refined": refined})
+                outputs_refined += is_output
+    stats = {"types_refined": refined} | ({"outputs_refined": outputs_refined} if outputs else {})
+    return PassResult(graph, refined > 0, stats)
 
 
 # Each sweep can expose work for an earlier pass (a fold enables a fusion that enables
