@@ -201,21 +201,8 @@ def _guarded(name: str, build: Callable[[], Row]) -> Row:
 # ----------------------------------------------------------------------------- measure
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.linalg.norm(a, axis=-1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=-1, keepdims=True)
-    return (a * b).sum(axis=-1)
-
-
-def _nearest(e: np.ndarray) -> np.ndarray:
-    e = e / np.linalg.norm(e, axis=-1, keepdims=True)
-    sim = e @ e.T
-    np.fill_diagonal(sim, -np.inf)
-    return sim.argmax(axis=1)
-
-
 def _accuracy(rows: list[Row], feeds: dict[str, np.ndarray]) -> None:
-    from requant.tools.bench.minilm import mean_pool
+    from requant.tools.bench.minilm import cosine, mean_pool, nn_agreement
 
     mask = feeds["attention_mask"]
     ref = mean_pool(rows[0].run(feeds), mask)
@@ -223,9 +210,9 @@ def _accuracy(rows: list[Row], feeds: dict[str, np.ndarray]) -> None:
         if row.run is None:
             continue
         emb = mean_pool(row.run(feeds), mask)
-        cos = _cosine(ref.astype(np.float64), emb.astype(np.float64))
+        cos = cosine(ref.astype(np.float64), emb.astype(np.float64))
         row.cos_mean, row.cos_min = float(cos.mean()), float(cos.min())
-        row.nn_agree = float((_nearest(ref) == _nearest(emb)).mean())
+        row.nn_agree = nn_agreement(ref, emb)
 
 
 def _time(rows: list[Row], feeds: dict[str, np.ndarray], seconds: float) -> int:

@@ -45,6 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from requant.tools.bench.minilm import cosine, nn_agreement  # noqa: F401  (re-exported for tests)
+
 __all__ = ["docstring_sentences", "main"]
 
 logger = logging.getLogger(__name__)
@@ -106,22 +108,6 @@ def float_graph():
 def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     m = mask[..., None].astype(np.float64)
     return (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.linalg.norm(a, axis=-1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=-1, keepdims=True)
-    return (a * b).sum(axis=-1)
-
-
-def nn_agreement(ref: np.ndarray, other: np.ndarray) -> float:
-    def nearest(e: np.ndarray) -> np.ndarray:
-        e = e / np.linalg.norm(e, axis=-1, keepdims=True)
-        sim = e @ e.T
-        np.fill_diagonal(sim, -np.inf)
-        return sim.argmax(axis=1)
-
-    return float((nearest(ref) == nearest(other)).mean())
 
 
 def quantized_graph(graph, stats, options: dict[str, Any]):

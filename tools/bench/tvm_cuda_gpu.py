@@ -62,22 +62,6 @@ def _check_machine() -> str:
     return torch.cuda.get_device_name(0)
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.linalg.norm(a, axis=1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    return (a * b).sum(axis=1)
-
-
-def _nn_agreement(emb: np.ndarray, ref: np.ndarray) -> float:
-    def nearest(e: np.ndarray) -> np.ndarray:
-        e = e / np.linalg.norm(e, axis=1, keepdims=True)
-        sim = e @ e.T
-        np.fill_diagonal(sim, -np.inf)
-        return sim.argmax(axis=1)
-
-    return float((nearest(emb) == nearest(ref)).mean())
-
-
 def _time(fn: Callable[[], Any], repeat: int, sync: Callable[[], None]) -> tuple[float, float]:
     for _ in range(5):
         fn()
@@ -102,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import requant
-    from requant.tools.bench.minilm import load_minilm, mean_pool, tokenize
+    from requant.tools.bench.minilm import cosine, load_minilm, mean_pool, nn_agreement, tokenize
     from requant.tools.bench.sentences import real_sentences
 
     started = time.perf_counter()
@@ -160,10 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         median, best = _time(fn, args.repeat, sync)
         if name == "torch fp16":
             fp16_median = median
-        cos = _cosine(emb, ref_emb)
+        cos = cosine(emb, ref_emb)
         ratio = f"{fp16_median / median:.2f}x" if fp16_median else "-"
         print(f"{name:<26}{median:>10.2f}{best:>9.2f}{cos.mean():>10.4f}{cos.min():>9.4f}"
-              f"{_nn_agreement(emb, ref_emb):>10.2f}{ratio:>9}")
+              f"{nn_agreement(ref_emb, emb):>10.2f}{ratio:>9}")
     print(f"\ncosine and NN agreement vs torch fp32 on the same sentences; 'vs fp16' = torch fp16 median / "
           f"this median (>1: faster). Total {time.perf_counter() - started:.0f} s.")
     return 0
