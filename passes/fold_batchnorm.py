@@ -26,7 +26,14 @@ import logging
 import numpy as np
 
 from requant.ir.graph import Graph, Node, Value
-from requant.passes.fold_common import Linear, add_to_bias, as_linear, mark_folded, replace_constant_input
+from requant.passes.fold_common import (
+    Linear,
+    add_to_bias,
+    as_linear,
+    count_refusal,
+    mark_folded,
+    replace_constant_input,
+)
 from requant.passes.manager import PassResult, graph_pass
 
 __all__ = ["fold_batchnorm", "batchnorm_fold_refusal"]
@@ -126,10 +133,7 @@ def fold_batchnorm(graph: Graph) -> PassResult:
             continue
         reason = batchnorm_fold_refusal(bn)
         if reason is not None:
-            stats["refused"] += 1
-            key = f"refused:{reason}"
-            stats[key] = int(stats.get(key, 0)) + 1
-            logger.debug("fold_batchnorm: %s not folded: %s", bn.label, reason)
+            count_refusal(stats, PASS, bn, reason)
             continue
         kind, producer = _producer(bn)  # type: ignore[misc]
         a, shift = _affine(bn)

@@ -25,6 +25,7 @@ from requant.ir.graph import Graph, Node, Value
 from requant.ir.shapes import normalize_axis
 
 __all__ = [
+    "count_refusal",
     "NORM_OPS",
     "Linear",
     "as_linear",
@@ -209,6 +210,14 @@ def rebuild_node(graph: Graph, node: Node, inputs: Sequence[Value | None], *, cr
     for v in replaced:
         _drop_if_unused(graph, v)
     return new_node
+
+
+def count_refusal(stats: dict, pass_name: str, node: Node, reason: str) -> None:
+    """A fold left undone: `refused` and `refused:<reason>` counted in `stats`, logged."""
+    stats["refused"] += 1
+    key = f"refused:{reason}"
+    stats[key] = int(stats.get(key, 0)) + 1
+    logger.debug("%s: %s not folded: %s", pass_name, node.label, reason)
 
 
 def mark_folded(node: Node, pass_name: str) -> None:

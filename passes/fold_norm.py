@@ -33,6 +33,7 @@ from requant.passes.fold_common import (
     NORM_OPS,
     Linear,
     add_to_bias,
+    count_refusal,
     linear_readers,
     mark_folded,
     norm_affine,
@@ -91,10 +92,7 @@ def fold_norm_affine(graph: Graph) -> PassResult:
         if reason == "no_readers":
             continue
         if reason is not None:
-            stats["refused"] += 1
-            key = f"refused:{reason}"
-            stats[key] = int(stats.get(key, 0)) + 1
-            logger.debug("fold_norm_affine: %s not folded: %s", node.label, reason)
+            count_refusal(stats, PASS, node, reason)
             continue
         gamma, beta = found  # type: ignore[misc]
         linears, _ = linear_readers(node.outputs[0])
