@@ -84,7 +84,7 @@ quantize_dynamic's fused DynamicQuantizeMatMul spends inside the kernel); smooth
 Muls ~10 ms; per-column weight scales cost ~3% of GEMM time over per-tensor ones. The
 float rest (ORT's SkipLayerNormalization ~77 ms, attention masking Where/IsNaN ~20 ms)
 is the same in every model. (Measured before lower_quant fused attention blocks into ORT's
-QAttention: since then requant's defaults run ahead of quantize_dynamic, 183 vs 200 ms
+QAttention: since then requant's defaults run ahead of quantize_dynamic, 182.6 vs 189.8 ms
 in tools/bench/quantize_minilm.py, README.)
 """
 
