@@ -124,9 +124,11 @@ def _quiet_ort() -> Iterator[None]:
 
 
 def _session_row(name: str, path: Path) -> Row:
+    """An ONNX Runtime anchor: the model run with ORT's own graph optimisations (all of
+    them, as its users get them) on requant's thread settings."""
     from requant.backends.onnx import OnnxRuntimeSession
 
-    session = OnnxRuntimeSession(str(path))
+    session = OnnxRuntimeSession(str(path), disabled_optimizers=())
     return Row(name, lambda feeds: session(**feeds)[0], _onnx_bytes(path))
 
 

@@ -4,8 +4,18 @@ numpy-in, tuple-of-numpy-out call.
 
 Settings (`make_session_options`): intra-op threads = the physical cores this process may
 use, inter-op threads = 1 with sequential execution (the graphs requant emits are chains;
-a second pool only adds contention), every graph optimisation on (ORT_ENABLE_ALL), and
-warnings off unless asked (ORT logs routine initializer clean-ups as warnings).
+a second pool only adds contention), every graph optimisation on (ORT_ENABLE_ALL) except
+those in `SLOW_ORT_FUSIONS`, and warnings off unless asked (ORT logs routine initializer
+clean-ups as warnings).
+
+`SLOW_ORT_FUSIONS`: ORT fusions whose fused kernel is slower than the ops it replaces, so
+requant's sessions turn them off (`disabled_optimizers`). "SkipLayerNormFusion" rewrites
+Add + LayerNormalization into com.microsoft SkipLayerNormalization, whose CPU kernel in
+ONNX Runtime 1.32 took 2-10x the time of the two ops it replaces on every shape measured
+(1x8x384 to 4x512x4096, 2 threads; 3.4 vs 0.55 ms per residual on MiniLM's 64x64x384,
+12 of them per model): `python -m requant.tools.bench.ort_fusions`. The saved model.onnx
+is plain ONNX either way; only ONNX Runtime sessions made outside requant keep ORT's
+defaults.
 """
 
 from __future__ import annotations
@@ -21,9 +31,12 @@ import numpy as np
 
 from requant.errors import RequantError
 
-__all__ = ["OnnxRuntimeSession", "make_session_options", "physical_cores", "run_onnx"]
+__all__ = ["OnnxRuntimeSession", "SLOW_ORT_FUSIONS", "make_session_options", "physical_cores", "run_onnx"]
 
 logger = logging.getLogger(__name__)
+
+SLOW_ORT_FUSIONS: tuple[str, ...] = ("SkipLayerNormFusion",)
+"""ONNX Runtime graph optimizers requant's sessions disable (module docstring)."""
 
 
 def physical_cores() -> int:
@@ -97,7 +110,9 @@ def make_session_options(
 class OnnxRuntimeSession:
     """An ONNX Runtime session on a model given as a path, a ModelProto, its bytes or a
     requant `Graph` (exported with `to_onnx`). Call it with numpy arrays by position
-    or by input name; it returns a tuple of numpy arrays, one per graph output."""
+    or by input name; it returns a tuple of numpy arrays, one per graph output.
+    `disabled_optimizers`: ORT optimizers to turn off (default `SLOW_ORT_FUSIONS`; `()`
+    runs ORT exactly as its defaults do, as the benchmarks' ONNX Runtime anchors do)."""
 
     def __init__(
         self,
@@ -108,6 +123,7 @@ class OnnxRuntimeSession:
         inter_op_threads: int = 1,
         log_severity: int = 3,
         session_options: Any | None = None,
+        disabled_optimizers: Sequence[str] | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -115,10 +131,12 @@ class OnnxRuntimeSession:
             intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads, log_severity=log_severity
         )
         self.providers = list(providers or ["CPUExecutionProvider"])
+        self.disabled_optimizers = tuple(SLOW_ORT_FUSIONS if disabled_optimizers is None else disabled_optimizers)
         self._tmp: tempfile.TemporaryDirectory | None = None
         source = self._source(model)
         try:
-            self.session = ort.InferenceSession(source, sess_options=self.options, providers=self.providers)
+            self.session = ort.InferenceSession(source, sess_options=self.options, providers=self.providers,
+                                                disabled_optimizers=list(self.disabled_optimizers))
         except Exception as exc:
             raise RequantError(f"ONNX Runtime cannot load the model: {exc}") from exc
         self.input_names = [i.name for i in self.session.get_inputs()]

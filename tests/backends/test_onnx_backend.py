@@ -754,3 +754,35 @@ def test_backends_package_import_is_cheap() -> None:
             "assert 'onnx' not in sys.modules and 'onnxruntime' not in sys.modules; "
             "assert callable(b.to_onnx) and callable(b.save_onnx) and b.OnnxRuntimeSession")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _optimized_ops(session: OnnxRuntimeSession, model: bytes, tmp_path) -> list[str]:
+    """The node types ORT's optimised graph holds under `session`'s settings."""
+    opts = make_session_options()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(model, opts, providers=session.providers,
+                         disabled_optimizers=list(session.disabled_optimizers))
+    return [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
+
+
+def test_runner_turns_off_slow_skip_layernorm_fusion(tmp_path) -> None:
+    from requant.backends.onnx.runtime import SLOW_ORT_FUSIONS
+
+    g = Graph("residual_layernorm")
+    b = Builder(g)
+    x = inp(b, "x", "f32", (2, 5, 16))
+    skip = inp(b, "skip", "f32", (2, 5, 16))
+    rng = np.random.default_rng(0)
+    gamma = b.const(rng.standard_normal(16).astype(np.float32), "gamma")
+    beta = b.const(rng.standard_normal(16).astype(np.float32), "beta")
+    g.outputs.append(b.LayerNormalization(b.Add(x, skip), gamma, beta, axis=-1, epsilon=1e-5))
+    model = to_onnx(g).SerializeToString()
+    ours, anchor = OnnxRuntimeSession(model), OnnxRuntimeSession(model, disabled_optimizers=())
+    assert ours.disabled_optimizers == SLOW_ORT_FUSIONS == ("SkipLayerNormFusion",)
+    assert _optimized_ops(ours, model, tmp_path) == ["Add", "LayerNormalization"]
+    # the case that must not match: ORT's defaults fuse the residual into SkipLayerNormalization
+    assert _optimized_ops(anchor, model, tmp_path) == ["SkipLayerNormalization"]
+    feeds = {n: rng.standard_normal((2, 5, 16)).astype(np.float32) for n in ("x", "skip")}
+    expected = ir.run(g, feeds)[0]
+    for session in (ours, anchor):  # fp32: 1e-5 relative to the output's scale
+        np.testing.assert_allclose(session(**feeds)[0], expected, rtol=0, atol=1e-5 * np.abs(expected).max())
