@@ -261,6 +261,9 @@ _INT8_OPTIONS = {
     "kernel": OptionSpec(str, "auto", "integer kernel for lower_quant ('auto': chosen by measurement)"),
     "smooth_alpha": OptionSpec((float, type(None)), 0.7, "SmoothQuant migration strength for linear inputs "
                                                          "(None: no smoothing)"),
+    "smooth_scope": OptionSpec(str, "all", "SmoothQuant on every linear input, or only on LayerNorm / RMSNorm "
+                                           "outputs ('norm': fewer run-time multiplies on post-LN models)",
+                               ("all", "norm")),
 }
 _INT8_WEIGHTS = Scheme("int8", Opt("per_channel", {True: "channel", False: "tensor"}),
                        axis=Opt("per_channel", {True: 1, False: None}), symmetric=True)
@@ -269,9 +272,10 @@ _INT8_ACTIVATIONS = Scheme(Opt("activations"), "tensor", symmetric=Opt("activati
 
 def _quantize_step(weights: Scheme, activations: Scheme | None, *, stats: Any = STATS, weight_only: bool = False,
                    method: Any = Opt("method"), ops: Any = Opt("ops"), embeddings: Any = False,
-                   smooth_alpha: Any = None) -> Step:
+                   smooth_alpha: Any = None, smooth_scope: Any = "all") -> Step:
     return Step("quantize", {
         "smooth_alpha": smooth_alpha,
+        "smooth_scope": smooth_scope,
         "weight_scheme": weights,
         "activation_scheme": activations,
         "ops": ops,
@@ -288,7 +292,7 @@ _INT8_STEPS = (
     # per-channel ranges of every linear input, for SmoothQuant inside the quantize pass
     Step(CALIBRATE, {"runner": Opt("calibration_runner"), "per_channel_axis": LINEAR_INPUTS}),
     _quantize_step(_INT8_WEIGHTS, _INT8_ACTIVATIONS, embeddings=Opt("quantize_embeddings"),
-                   smooth_alpha=Opt("smooth_alpha")),
+                   smooth_alpha=Opt("smooth_alpha"), smooth_scope=Opt("smooth_scope")),
     Step("lower_quant", {"kernel": Opt("kernel")}),
     *_QUANT_CLEANUP,
 )

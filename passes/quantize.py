@@ -21,6 +21,8 @@ What it rewrites (the graph edits are in `quantize_insert`, smoothing in
   else a `Mul(x, 1 / s)`: `quantize_smooth`); it needs per-channel min/max, i.e.
   `collect_stats(..., per_channel_axis=smoothing_axes(graph))` (without them the pass
   warns and counts `smoothing_unavailable`). Smoothed ranges are min/max of x / s;
+  `smooth_scope="norm"` smooths only LayerNorm / RMSNorm outputs (on post-LN models the
+  cheaper half of the multiplies; MiniLM: tools/bench/quantize_minilm.py);
 - with `quantize_embeddings` (default on), a Gather from a constant float table (word
   embeddings: half of a BERT's bytes) -> `Gather(DequantizeLinear(table_q, scale,
   axis=0))`, int8 with one scale per row (`embedding_scheme`);
@@ -102,7 +104,7 @@ from requant.ir.graph import Graph, Node, Value
 from requant.ir.quant_formats import QuantScheme, parse_scheme
 from requant.passes.manager import PassResult, graph_pass
 from requant.passes.quantize_insert import QuantEditor, constant_bytes, uses_qdq, with_axis
-from requant.passes.quantize_smooth import Smoothing, apply_smoothing, smoothing_axes, smoothing_factors
+from requant.passes.quantize_smooth import SMOOTH_SCOPES, Smoothing, apply_smoothing, smoothing_axes, smoothing_factors
 
 __all__ = ["quantize", "DEFAULT_OPS", "DEFAULT_METHOD", "resolve_scheme", "QuantizeConfig", "smoothing_axes",
            "smoothing_factors"]
@@ -191,8 +193,11 @@ def quantize(
     embedding_scheme: QuantScheme | str | None = None,
     smooth_alpha: float | None = DEFAULT_SMOOTH_ALPHA,
     smooth_min_ratio: float = DEFAULT_SMOOTH_MIN_RATIO,
+    smooth_scope: str = "all",
 ) -> PassResult:
     """See the module docstring."""
+    if smooth_scope not in SMOOTH_SCOPES:
+        raise RequantError(f"quantize: smooth_scope must be one of {', '.join(SMOOTH_SCOPES)}, got {smooth_scope!r}")
     cfg = QuantizeConfig.make(weight_scheme, activation_scheme, embedding_scheme, ops, method, method_options,
                               exclude, weight_only, dynamic, quantize_embeddings, stats)
     bytes_before = constant_bytes(graph)
@@ -203,7 +208,8 @@ def quantize(
     plans = {id(n): _plan(n, cfg, stats) for n in graph if n.op in cfg.ops}
     smooth: dict[int, Smoothing] = {}
     if smooth_alpha is not None and cfg.activation is not None and not cfg.dynamic:
-        factors, missing = smoothing_factors(graph, plans, stats or {}, float(smooth_alpha), float(smooth_min_ratio))
+        factors, missing = smoothing_factors(graph, plans, stats or {}, float(smooth_alpha), float(smooth_min_ratio),
+                                             smooth_scope)
         smooth = apply_smoothing(graph, factors, {k for k, p in plans.items() if not isinstance(p, str)})
         counts["smoothing_unavailable"] = len(missing)
         if missing:

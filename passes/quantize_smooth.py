@@ -25,10 +25,15 @@ from typing import Any
 import numpy as np
 
 from requant.ir.graph import Graph, Node, Value
-from requant.passes.fold_common import Linear, as_linear, migrate_channel_scale
+from requant.passes.fold_common import NORM_OPS, Linear, as_linear, migrate_channel_scale
 from requant.passes.quantize_insert import uses_qdq
 
-__all__ = ["Smoothing", "input_axis", "smoothing_axes", "smoothing_factors", "apply_smoothing"]
+__all__ = ["Smoothing", "SMOOTH_SCOPES", "input_axis", "smoothing_axes", "smoothing_factors", "apply_smoothing"]
+
+SMOOTH_SCOPES = ("all", "norm")
+"""Which activations `smoothing_factors` may smooth: every linear input, or only the
+outputs of a LayerNorm / RMSNorm (the reference's choice; on a post-LN model those are
+the cheaper multiplies, hidden-size wide where the FFN's GELU output is 4x wider)."""
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +76,7 @@ def smoothing_axes(graph: Graph, ops: Sequence[str] = ("MatMul", "Gemm")) -> dic
 
 
 def smoothing_factors(graph: Graph, plans: Mapping[int, Any], stats: Mapping[str, Any], alpha: float,
-                      min_ratio: float = 0.0) -> tuple[dict[int, Smoothing], list[str]]:
+                      min_ratio: float = 0.0, scope: str = "all") -> tuple[dict[int, Smoothing], list[str]]:
     """SmoothQuant's factors (Xiao et al. 2023) for each activation x read by planned
     MatMuls with constant 2-D weights (the canonical linears; a Gemm reader rules x
     out): s_k = max|x_k|^alpha / max|W_k|^(1 - alpha),
@@ -79,7 +84,8 @@ def smoothing_factors(graph: Graph, plans: Mapping[int, Any], stats: Mapping[str
     statistics along x's last axis (`smoothing_axes`); x without them is not smoothed
     and is returned in the list of names. x whose channel ranges are even (largest
     channel max|x_k| < `min_ratio` x the median one) is left alone: smoothing it costs a
-    Mul at run time and gains nothing (MiniLM's attention-output inputs, ratio 2.4-3)."""
+    Mul at run time and gains nothing (MiniLM's attention-output inputs, ratio 2.4-3).
+    `scope` (`SMOOTH_SCOPES`): "norm" leaves every x not made by a LayerNorm / RMSNorm."""
     readers: dict[int, list[Node]] = {}
     values: dict[int, Value] = {}
     blocked: set[int] = set()
@@ -103,7 +109,7 @@ def smoothing_factors(graph: Graph, plans: Mapping[int, Any], stats: Mapping[str
     missing: list[str] = []
     for key, nodes in readers.items():
         x = values[key]
-        if key in blocked:
+        if key in blocked or (scope == "norm" and (x.producer is None or x.producer.op not in NORM_OPS)):
             continue
         stat = stats.get(x.name)
         if stat is None or getattr(stat, "per_channel_max", None) is None or x.type.rank is None \

@@ -105,16 +105,18 @@ def test_quantize_options_follow_the_contract() -> None:
     steps = {s.name: s for s in int8.resolve_steps(int8.resolve_options({}))}
     q = steps["quantize"].options
     assert set(q) == {"weight_scheme", "activation_scheme", "ops", "method", "stats", "exclude",
-                      "quantize_embeddings", "weight_only", "smooth_alpha"}
+                      "quantize_embeddings", "weight_only", "smooth_alpha", "smooth_scope"}
     assert q["weight_scheme"] == Scheme("int8", "channel", axis=1, group_size=None, symmetric=True)
     assert q["activation_scheme"] == Scheme("uint8", "tensor", symmetric=False)
     assert q["method"] == "minmax" and q["weight_only"] is False and q["quantize_embeddings"] is True
-    assert q["smooth_alpha"] == 0.7
+    assert q["smooth_alpha"] == 0.7 and q["smooth_scope"] == "all"
     assert steps["calibrate"].options["per_channel_axis"] == LINEAR_INPUTS  # SmoothQuant needs channel ranges
     assert [s.name for s in int8.steps][-3:] == ["lower_quant", "cse", "dce"]
     q = {s.name: s for s in int8.resolve_steps(int8.resolve_options({"per_channel": False, "activations": "int8",
                                                                      "smooth_alpha": None}))}
     assert q["quantize"].options["smooth_alpha"] is None
+    q_norm = {s.name: s for s in int8.resolve_steps(int8.resolve_options({"smooth_scope": "norm"}))}
+    assert q_norm["quantize"].options["smooth_scope"] == "norm"
     assert q["quantize"].options["weight_scheme"].granularity == "tensor"
     assert q["quantize"].options["activation_scheme"] == Scheme("int8", "tensor", symmetric=True)
 

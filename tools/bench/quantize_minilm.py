@@ -6,7 +6,8 @@ standard library, tools/bench/sentences.py), 64 tokens each; the evaluation runs
 batch of 64. Every model starts from the same float ONNX file (requant cpu-fp32, opset
 21 so ORT's quantizers can run on it). Rows: ONNX Runtime fp32, ORT quantize_dynamic
 int8, ORT quantize_static QDQ int8 (its defaults, the same calibration batches), and
-requant cpu-int8 (default: SmoothQuant alpha 0.7), cpu-int8 without SmoothQuant,
+requant cpu-int8 (default: SmoothQuant alpha 0.7 on every quantized linear input), cpu-int8
+with SmoothQuant on LayerNorm outputs only (`smooth_scope="norm"`), cpu-int8 without it,
 cpu-int4, cpu-fp8 and cpu-fp4 (the last two simulated: quantize-dequantize on CPU).
 
 Columns: mean and min cosine of mean-pooled embeddings to fp32; Spearman correlation
@@ -33,6 +34,7 @@ __all__ = ["main", "spearman"]
 
 REQUANT_ROWS = (
     ("requant cpu-int8", "cpu-int8", {}),
+    ("requant cpu-int8, SmoothQuant on LayerNorm outputs only", "cpu-int8", {"smooth_scope": "norm"}),
     ("requant cpu-int8, no SmoothQuant", "cpu-int8", {"smooth_alpha": None}),
     ("requant cpu-int4 (weight-only, g32)", "cpu-int4", {}),
     ("requant cpu-fp8 (simulated)", "cpu-fp8", {}),

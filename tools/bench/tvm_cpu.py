@@ -5,7 +5,8 @@ all-MiniLM-L6-v2 with its trained weights, 64 real sentences x 64 tokens in one 
 cpu-int8 on ONNX Runtime as the int8 reference. Prints one table (median latency over
 interleaved round-robin runs, ratio to ORT fp32, max relative error vs ORT fp32, cosine
 of mean-pooled embeddings, compile time), the per-op-kind time of both TVM builds, and
-PASS/FAIL lines for the TVM targets' bars. `--shapes` adds GFLOP/s of MiniLM's matmul
+PASS/FAIL lines for the TVM targets' bars. Both int8 targets also run without
+SmoothQuant (`smooth_alpha=None`): what its per-channel multiplies cost on each backend. `--shapes` adds GFLOP/s of MiniLM's matmul
 shapes (TVM default build, requant's schedules, ONNX Runtime).
 
     python -m requant.tools.bench.tvm_cpu [--seconds 20] [--shapes]
@@ -32,6 +33,7 @@ BATCH, SEQ = 64, 64
 MATMUL_SHAPES = ((384, 384), (384, 1536), (1536, 384))
 FP32_REL_TOL = 1e-4      # tvm-cpu-fp32: max |y - y_ort| / max |y_ort|
 FP32_LATENCY_BAR = 1.3   # tvm-cpu-fp32 latency <= 1.3x ORT fp32
+NO_SMOOTHING = {"smooth_alpha": None}
 INT8_COS_TOL = 0.002     # tvm-cpu-int8 mean cosine within this of the ONNX cpu-int8 model's
 
 
@@ -91,13 +93,15 @@ def matmul_shapes_table(seconds: float, default: bool = True) -> list[str]:
 # ----------------------------------------------------------------------------- main
 
 
-def _compiled_row(name: str, float_path: Path, target: str, feeds: dict, batches: list) -> tuple[Any, Any, float]:
-    """(demo.Row, the compiled model, compile seconds) of `requant.compile(..., target)`."""
+def _compiled_row(name: str, float_path: Path, target: str, feeds: dict, batches: list,
+                  **extra: Any) -> tuple[Any, Any, float]:
+    """(demo.Row, the compiled model, compile seconds) of `requant.compile(..., target, **extra)`."""
     import requant
     from requant.tools import demo
 
     calibration = batches if "int8" in target else [feeds]
     options = {"dims": {"batch": BATCH}} if target.startswith("tvm") else {}
+    options.update(extra)
     start = time.perf_counter()
     cm = requant.compile(str(float_path), target=target, calibration=calibration, holdout=0, **options)
     seconds = time.perf_counter() - start
@@ -129,13 +133,19 @@ def main(argv: list[str] | None = None) -> int:
     with demo._silenced_transformers(), tempfile.TemporaryDirectory(prefix="requant-bench-") as tmp_name:
         model, feeds, batches = demo._data()
         float_path = demo._export_float(model, batches[0], Path(tmp_name))
-        specs = [("ONNX Runtime fp32 (cpu-fp32)", "cpu-fp32"), ("ONNX Runtime int8 (cpu-int8)", "cpu-int8"),
-                 ("TVM tvm-cpu-fp32", "tvm-cpu-fp32"), ("TVM tvm-cpu-int8", "tvm-cpu-int8")]
+        # the last two rows: what SmoothQuant's per-channel multiplies cost on each backend
+        # (TVM fuses them into the quantize kernels; ONNX Runtime runs each as a Mul)
+        specs = [("ONNX Runtime fp32 (cpu-fp32)", "cpu-fp32", {}), ("ONNX Runtime int8 (cpu-int8)", "cpu-int8", {}),
+                 ("TVM tvm-cpu-fp32", "tvm-cpu-fp32", {}), ("TVM tvm-cpu-int8", "tvm-cpu-int8", {}),
+                 ("ONNX Runtime int8 (cpu-int8), no SmoothQuant", "cpu-int8", NO_SMOOTHING),
+                 ("TVM tvm-cpu-int8, no SmoothQuant", "tvm-cpu-int8", NO_SMOOTHING)]
         rows, models, compile_s = [], {}, {}
-        for name, target in specs:
-            row, cm, seconds = _compiled_row(name, float_path, target, feeds, batches)
+        for name, target, extra in specs:
+            row, cm, seconds = _compiled_row(name, float_path, target, feeds, batches, **extra)
             rows.append(row)
-            models[target], compile_s[name] = cm, seconds
+            compile_s[name] = seconds
+            if not extra:
+                models[target] = cm
         outputs = {r.name: r.run(feeds) for r in rows}
         demo._accuracy(rows, feeds)
         rounds = demo._time(rows, feeds, args.seconds)
