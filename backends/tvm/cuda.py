@@ -12,7 +12,10 @@ What this module owns:
   `__dp4a` (int8x4 . int8x4 + int32; uint8 activations are staged as a - 128 and
   128 * colsum(W), itself a dp4a, is added back). Every other int8 matmul gets dlight's plain tiled
   schedule (int32 accumulation, no tensor cores).
-- `nvcc_status()`, `find_nvcc()`, `gpu_present()`, `load_cuda_library(path)`.
+- `nvcc_status()`, `find_nvcc()`, `gpu_present()`, `load_cuda_library(path)`; the
+  loading side needs only TVM's runtime (libtvm_runtime + libtvm_runtime_cuda, e.g.
+  `TVM_USE_RUNTIME_LIB=1` or a TVM without libtvm_compiler), not its compiler:
+  `load_cuda_runtime()` loads the CUDA runtime library that a full TVM loads at import.
 
 Why these choices (TVM 0.27 as shipped on PyPI):
 - `Schedule.tensorize` crashes the process (segfault) in this build, even on TVM's own
@@ -56,6 +59,7 @@ __all__ = [
     "nvcc_status",
     "gpu_present",
     "load_cuda_library",
+    "load_cuda_runtime",
     "rewrite_int8_matmuls",
     "DEFAULT_ARCHS",
 ]
@@ -128,11 +132,34 @@ def _probe_nvcc() -> tuple[str | None, str]:
     ), ""
 
 
+def load_cuda_runtime() -> None:
+    """Make sure TVM's CUDA runtime (libtvm_runtime_cuda: the cuda device API and the
+    loader of cuda modules) is loaded. A full TVM loads it at `import tvm`; a runtime-only
+    TVM (`TVM_USE_RUNTIME_LIB=1`, or no libtvm_compiler) does not, so it is loaded here
+    from the directory libtvm_runtime came from. Raises `RequantError` with the reason
+    (e.g. libcudart or the driver's libcuda.so.1 missing) when it cannot be loaded."""
+    import tvm
+    from tvm.base import _LOADED_LIBS
+
+    if "tvm_runtime_cuda" in _LOADED_LIBS or tvm.get_global_func("device_api.cuda", allow_missing=True):
+        return
+    from tvm_ffi.libinfo import load_lib_ctypes
+
+    runtime_dir = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
+    try:
+        _LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes(
+            package="tvm", target_name="tvm_runtime_cuda", extra_lib_paths=[runtime_dir], mode="RTLD_LOCAL")
+    except (OSError, RuntimeError) as exc:
+        raise RequantError(f"TVM's CUDA runtime (libtvm_runtime_cuda next to {runtime_dir / 'libtvm_runtime.so'}) "
+                           f"could not be loaded: {exc}") from exc
+
+
 def gpu_present() -> bool:
     """Whether this process can see a CUDA GPU (TVM's runtime: tvm.cuda(0).exist)."""
     try:
         import tvm
 
+        load_cuda_runtime()
         return bool(tvm.cuda(0).exist)
     except Exception:  # no CUDA runtime library, no driver: no GPU as far as we can use one
         return False
@@ -558,17 +585,20 @@ def _install_compile_hook() -> None:
     def compile_hook(code: str, *_: Any) -> bytearray:
         prebuilt = _PREBUILT.get(_source_key(code))
         if prebuilt is not None:
+            logger.info("CUDA kernels: the prebuilt fatbin (%d bytes)", len(prebuilt))
             return bytearray(prebuilt)
         dev = tvm.cuda(0)
         arch = "sm_" + str(dev.compute_version).replace(".", "")
+        logger.warning("no prebuilt fatbin matches the library's CUDA source: compiling it with nvcc for %s", arch)
         return bytearray(compile_fatbin(code, (arch,)))
 
     tvm_ffi.register_global_func("tvm_callback_cuda_compile", compile_hook, override=True)
 
 
 def load_cuda_library(path: str | os.PathLike, *, fatbin: str | os.PathLike | None = None) -> Any:
-    """Load an exported CUDA library and return a `relax.VirtualMachine` on cuda:0.
-    Raises `NoGpuError` where there is no CUDA GPU."""
+    """Load an exported CUDA library and return a `relax.VirtualMachine` on cuda:0 (TVM's
+    runtime is enough: see `load_cuda_runtime`). Raises `NoGpuError` where there is no
+    CUDA GPU."""
     path = Path(path)
     if not path.is_file():
         raise RequantError(f"no CUDA library at {path}")
@@ -576,7 +606,7 @@ def load_cuda_library(path: str | os.PathLike, *, fatbin: str | os.PathLike | No
         raise NoGpuError(f"no CUDA GPU is present on this machine; the library at {path} runs where one exists "
                          f"(an NVIDIA GPU of the arch it was built for, with its driver)")
     import tvm
-    from tvm import relax
+    from tvm.runtime.vm import VirtualMachine  # = relax.VirtualMachine, without the compiler
 
     fatbin_path = Path(fatbin) if fatbin is not None else path.with_suffix(".fatbin")
     source_path = path.with_suffix(".cu")
@@ -584,4 +614,4 @@ def load_cuda_library(path: str | os.PathLike, *, fatbin: str | os.PathLike | No
         _PREBUILT[_source_key(source_path.read_text())] = fatbin_path.read_bytes()
     _install_compile_hook()
     lib = tvm.runtime.load_module(str(path))
-    return relax.VirtualMachine(lib, tvm.cuda(0))
+    return VirtualMachine(lib, tvm.cuda(0))
