@@ -410,6 +410,28 @@ def rewrite_int8_matmuls(mod: Any) -> tuple[Any, int]:
 # ----------------------------------------------------------------------------- pipeline
 
 
+def serialize_bool_kernels(mod: Any) -> Any:
+    """Scalar loops in every scheduled kernel that takes a bool buffer. TVM 0.27's CUDA
+    codegen loads two bools (one byte each) as a `ushort2` -- four bytes, one 16-bit lane
+    per PAIR of bools -- so a vectorized read of an attention mask (dlight's matmul
+    epilogue: `where(mask, q @ k^T * scale, -inf)`) let each key see its neighbour's
+    mask bit: MiniLM's attention was wrong on the H100 (73% of the scores off, embedding
+    cosine 0.994 instead of 0.998) while every int8 matmul was exact. Only those kernels
+    lose their vector loads."""
+    from tvm import tirx
+
+    def has_bool_buffer(func: Any) -> bool:
+        return any(str(getattr(p, "dtype", "")) == "bool" for p in func.params)
+
+    scalar = tirx.transform.VectorizeLoop(False)
+    for gv, func in list(mod.functions_items()):
+        if isinstance(func, tirx.PrimFunc) and has_bool_buffer(func):
+            import tvm
+
+            mod[gv] = scalar(tvm.IRModule({gv: func}))[gv]
+    return mod
+
+
 def _cuda_relax_pipeline(target: Any, rewritten: list[int] | None = None) -> Any:
     """TVM's default CUDA pipeline, with the dp4a rewrite first and dlight's tensor-core
     tensorization switched off (it crashes in TVM 0.27, see the module docstring)."""
@@ -432,6 +454,10 @@ def _cuda_relax_pipeline(target: Any, rewritten: list[int] | None = None) -> Any
                 mod[gv] = func.with_attr("dlight.do_not_tensorize", True)
         return mod
 
+    @tvm.transform.module_pass(opt_level=0, name="RequantScalarBoolLoads")
+    def scalar_bool_loads(mod: Any, _ctx: Any) -> Any:
+        return serialize_bool_kernels(mod)
+
     legalize = [
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
@@ -441,6 +467,7 @@ def _cuda_relax_pipeline(target: Any, rewritten: list[int] | None = None) -> Any
         no_tensorize,
         dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
                                 dl.gpu.GeneralReduction(), dl.gpu.Fallback()),
+        scalar_bool_loads,
     ]
 
     @tvm.transform.module_pass(opt_level=0, name="RequantCudaPipeline")

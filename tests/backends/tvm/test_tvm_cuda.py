@@ -227,3 +227,35 @@ def _calls(func, op_name: str) -> list:
         func, lambda e: found.append(e) if isinstance(e, relax.Call) and getattr(e.op, "name", None) == op_name
         else None)
     return found
+
+
+def _masked_attention():
+    """requant's ScaledDotProductAttention with a bool key mask, lowered to Relax."""
+    from requant.backends.tvm.emit import to_relax
+    from requant.ir import Builder, Graph, tensor_type
+
+    g = Graph("masked_attention")
+    b = Builder(g)
+    q, k, v = (b.input(n, tensor_type("float32", [2, HEADS, SEQ, HIDDEN // HEADS])) for n in "qkv")
+    mask = b.input("mask", tensor_type("bool", [2, 1, SEQ, SEQ]))
+    g.outputs = [b.ScaledDotProductAttention(q, k, v, mask)]
+    return to_relax(g)
+
+
+_VECTOR_BOOL_LOAD = re.compile(r"\*\((?:u?short|u?char|u?int)\d\*\)\(mask_ptr")
+
+
+def test_bool_masks_are_read_one_element_at_a_time():
+    """TVM 0.27 reads a 2-lane bool vector as `ushort2` (two bools per lane): the mask in
+    dlight's matmul epilogue must be read with scalar loads (serialize_bool_kernels)."""
+    source = tcuda.build_cuda(_masked_attention(), archs=("sm_90",)).cuda_source
+    assert "bool* __restrict__ mask_ptr" in source
+    assert re.search(r"\(\(int\)mask_ptr\[", source)  # scalar reads of the mask
+    assert not _VECTOR_BOOL_LOAD.search(source)
+
+
+def test_without_the_bool_fix_tvm_packs_two_bools_per_vector_lane(monkeypatch):
+    # the case that must not match: the codegen bug the fix exists for
+    monkeypatch.setattr(tcuda, "serialize_bool_kernels", lambda mod: mod)
+    source = tcuda.build_cuda(_masked_attention(), archs=("sm_90",)).cuda_source
+    assert re.search(r"\*\(ushort2\*\)\(mask_ptr", source)
