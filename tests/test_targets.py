@@ -109,14 +109,22 @@ def test_quantize_options_follow_the_contract() -> None:
     assert q["weight_scheme"] == Scheme("int8", "channel", axis=1, group_size=None, symmetric=True)
     assert q["activation_scheme"] == Scheme("uint8", "tensor", symmetric=False)
     assert q["method"] == "minmax" and q["weight_only"] is False and q["quantize_embeddings"] is True
-    assert q["smooth_alpha"] == 0.7 and q["smooth_scope"] == "all"
+    assert q["smooth_alpha"] == 0.7 and q["smooth_scope"] == "norm"
     assert steps["calibrate"].options["per_channel_axis"] == LINEAR_INPUTS  # SmoothQuant needs channel ranges
     assert [s.name for s in int8.steps][-3:] == ["lower_quant", "cse", "dce"]
     q = {s.name: s for s in int8.resolve_steps(int8.resolve_options({"per_channel": False, "activations": "int8",
                                                                      "smooth_alpha": None}))}
     assert q["quantize"].options["smooth_alpha"] is None
-    q_norm = {s.name: s for s in int8.resolve_steps(int8.resolve_options({"smooth_scope": "norm"}))}
-    assert q_norm["quantize"].options["smooth_scope"] == "norm"
+    q_all = {s.name: s for s in int8.resolve_steps(int8.resolve_options({"smooth_scope": "all"}))}
+    assert q_all["quantize"].options["smooth_scope"] == "all"
+    # TVM fuses the smoothing multiply into its quantize kernels: every linear input there
+    for name in ("tvm-cpu-int8", "cuda-int8"):
+        tvm = get_target(name)
+        assert {s.name: s for s in tvm.resolve_steps(tvm.resolve_options({}))}["quantize"].options["smooth_scope"] == "all"
+    from requant.passes.quantize_smooth import SMOOTH_SCOPES as pass_scopes
+    from requant.targets import SMOOTH_SCOPES
+
+    assert SMOOTH_SCOPES == pass_scopes
     assert q["quantize"].options["weight_scheme"].granularity == "tensor"
     assert q["quantize"].options["activation_scheme"] == Scheme("int8", "tensor", symmetric=True)
 

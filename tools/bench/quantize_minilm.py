@@ -6,8 +6,8 @@ standard library, tools/bench/sentences.py), 64 tokens each; the evaluation runs
 batch of 64. Every model starts from the same float ONNX file (requant cpu-fp32, opset
 21 so ORT's quantizers can run on it). Rows: ONNX Runtime fp32, ORT quantize_dynamic
 int8, ORT quantize_static QDQ int8 (its defaults, the same calibration batches), and
-requant cpu-int8 (default: SmoothQuant alpha 0.7 on every quantized linear input), cpu-int8
-with SmoothQuant on LayerNorm outputs only (`smooth_scope="norm"`), cpu-int8 without it,
+requant cpu-int8 (default: SmoothQuant alpha 0.7 on the LayerNorm outputs), cpu-int8 with
+SmoothQuant on every quantized linear input (`smooth_scope="all"`), cpu-int8 without it,
 cpu-int4, cpu-fp8 and cpu-fp4 (the last two simulated: quantize-dequantize on CPU).
 
 Columns: mean and min cosine of mean-pooled embeddings to fp32; Spearman correlation
@@ -34,7 +34,7 @@ __all__ = ["main", "spearman"]
 
 REQUANT_ROWS = (
     ("requant cpu-int8", "cpu-int8", {}),
-    ("requant cpu-int8, SmoothQuant on LayerNorm outputs only", "cpu-int8", {"smooth_scope": "norm"}),
+    ("requant cpu-int8, SmoothQuant on every linear input", "cpu-int8", {"smooth_scope": "all"}),
     ("requant cpu-int8, no SmoothQuant", "cpu-int8", {"smooth_alpha": None}),
     ("requant cpu-int4 (weight-only, g32)", "cpu-int4", {}),
     ("requant cpu-fp8 (simulated)", "cpu-fp8", {}),
@@ -154,10 +154,11 @@ def main(argv: list[str] | None = None) -> int:
               f"| {r.size_bytes / base.size_bytes:.1%} | {r.ms:.1f} | {base.ms / r.ms:.2f}x | {compile_s[r.name]:.1f} |")
     by = {r.name: r for r in rows}
     q, dyn = by["requant cpu-int8"], by["ORT quantize_dynamic int8"]
+    plain = by["requant cpu-int8, no SmoothQuant"]
     if q.run is not None and dyn.run is not None:
         checks = [
-            ("cpu-int8 mean cosine >= 0.99", q.cos_mean >= 0.99),
-            ("cpu-int8 Spearman >= 0.99", rho[q.name] >= 0.99),
+            ("cpu-int8 mean cosine >= 0.995", q.cos_mean >= 0.995),
+            ("cpu-int8 Spearman >= 0.995", rho[q.name] >= 0.995),
             ("cpu-int8 size <= 27% of fp32", q.size_bytes <= 0.27 * base.size_bytes),
             ("cpu-int8 >= 1.4x faster than fp32", base.ms / q.ms >= 1.4),
             ("cpu-int8 no slower than ORT quantize_dynamic", q.ms <= dyn.ms),
@@ -165,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         print()
         for text, ok in checks:
             print(f"- {text}: {'PASS' if ok else 'FAIL'}")
+        if plain.run is not None:
+            print(f"- SmoothQuant's cost: cpu-int8 {q.ms:.1f} ms vs {plain.ms:.1f} ms without smoothing "
+                  f"({q.ms / plain.ms - 1:+.1%}; run-to-run noise on this machine is a few %)")
     return 0
 
 
