@@ -85,7 +85,10 @@ against fp32's ~231 ms of MatMul; the static QuantizeLinear nodes ~9 ms (what
 quantize_dynamic's fused DynamicQuantizeMatMul spends inside the kernel); smoothing's
 Muls ~10 ms; per-column weight scales cost ~3% of GEMM time over per-tensor ones. The
 float rest (ORT's SkipLayerNormalization ~77 ms, attention masking Where/IsNaN ~20 ms)
-is the same in every model. (Measured before lower_quant fused attention blocks into ORT's
+is the same in every model. (requant's ORT sessions have since turned the
+SkipLayerNormalization fusion off, `backends/onnx/runtime.SLOW_ORT_FUSIONS`, and the
+cpu-int8 target smooths only LayerNorm outputs, `smooth_scope="norm"`: GELU-output
+multiplies cost ~6% on ORT for +0.0017 cosine.) (Measured before lower_quant fused attention blocks into ORT's
 QAttention: since then requant's defaults run ahead of quantize_dynamic, 182.6 vs 189.8 ms
 in tools/bench/quantize_minilm.py, README.)
 """
