@@ -12,6 +12,8 @@ What this module owns:
   `__dp4a` (int8x4 . int8x4 + int32; uint8 activations are staged as a - 128 and
   128 * colsum(W), itself a dp4a, is added back). Every other int8 matmul gets dlight's plain tiled
   schedule (int32 accumulation, no tensor cores).
+- `serialize_bool_kernels`: scalar loads in kernels that read bool buffers (TVM 0.27
+  reads two bools as one `ushort2`; see the function).
 - `nvcc_status()`, `find_nvcc()`, `gpu_present()`, `load_cuda_library(path)`; the
   loading side needs only TVM's runtime (libtvm_runtime + libtvm_runtime_cuda, e.g.
   `TVM_USE_RUNTIME_LIB=1` or a TVM without libtvm_compiler), not its compiler:
@@ -61,6 +63,7 @@ __all__ = [
     "load_cuda_library",
     "load_cuda_runtime",
     "rewrite_int8_matmuls",
+    "serialize_bool_kernels",
     "DEFAULT_ARCHS",
 ]
 
@@ -418,6 +421,7 @@ def serialize_bool_kernels(mod: Any) -> Any:
     mask bit: MiniLM's attention was wrong on the H100 (73% of the scores off, embedding
     cosine 0.994 instead of 0.998) while every int8 matmul was exact. Only those kernels
     lose their vector loads."""
+    import tvm
     from tvm import tirx
 
     def has_bool_buffer(func: Any) -> bool:
@@ -426,8 +430,6 @@ def serialize_bool_kernels(mod: Any) -> Any:
     scalar = tirx.transform.VectorizeLoop(False)
     for gv, func in list(mod.functions_items()):
         if isinstance(func, tirx.PrimFunc) and has_bool_buffer(func):
-            import tvm
-
             mod[gv] = scalar(tvm.IRModule({gv: func}))[gv]
     return mod
 
