@@ -12,6 +12,7 @@ frontend or backend that needs them; `compile`, `load` and `CompiledModel` load
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from requant.errors import (
@@ -45,16 +46,27 @@ __all__ = [
     "PassError",
 ]
 
-_LAZY = {"compile": "requant.compiler", "load": "requant.compiler", "CompiledModel": "requant.compiler"}
+
+def _lazy_getattr(package: str, table: Mapping[str, str], namespace: dict[str, Any]) -> Callable[[str], Any]:
+    """A module-level `__getattr__` (PEP 562) for `package` that imports each name of
+    `table` ({name: module}) from its module on first use and caches it in `namespace`
+    (the package's `globals()`), so later lookups skip the hook. requant's packages
+    use it to keep their imports cheap (`__getattr__ = _lazy_getattr(__name__, {...}, globals())`)."""
+
+    def __getattr__(name: str) -> Any:
+        module = table.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        namespace[name] = value
+        return value
+
+    return __getattr__
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'requant' has no attribute '{name}'")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = _lazy_getattr(
+    __name__, {"compile": "requant.compiler", "load": "requant.compiler", "CompiledModel": "requant.compiler"},
+    globals())
 
 
 def __dir__() -> list[str]:

@@ -391,7 +391,7 @@ class _OnnxRuntime:
         self.session = session
 
     def __call__(self, feeds: Mapping[str, np.ndarray]) -> tuple[np.ndarray, ...]:
-        return self.session(**feeds)
+        return self.session.run_feeds(feeds)  # CompiledModel checked the feeds already
 
     def cannot_run(self) -> str | None:
         return None
@@ -403,6 +403,11 @@ class _OnnxRuntime:
         return [MODEL_FILE] + _write_onnx(self.proto, out, external_data)
 
 
+def _in_context(exc: RequantError, message: str) -> RequantError:
+    """A RequantError saying `message`, an UnsupportedOpError when `exc` is one."""
+    return (UnsupportedOpError if isinstance(exc, UnsupportedOpError) else RequantError)(message)
+
+
 def _build_runtime(spec: Target, graph: Any, opts: Mapping[str, Any]) -> Any:
     if spec.backend == "tvm":
         from requant.backends.tvm.runtime import build_runtime
@@ -410,8 +415,7 @@ def _build_runtime(spec: Target, graph: Any, opts: Mapping[str, Any]) -> Any:
         try:
             return build_runtime(graph, spec.device, threads=opts["threads"] or None)
         except RequantError as exc:
-            cls = UnsupportedOpError if isinstance(exc, UnsupportedOpError) else RequantError
-            raise cls(f"target '{spec.name}': {exc}") from exc
+            raise _in_context(exc, f"target '{spec.name}': {exc}") from exc
     if spec.backend != "onnx":
         raise RequantError(f"target '{spec.name}': backend '{spec.backend}' is not wired into requant.compile")
     from requant.backends.onnx import OnnxRuntimeSession, to_onnx
@@ -420,8 +424,8 @@ def _build_runtime(spec: Target, graph: Any, opts: Mapping[str, Any]) -> Any:
         proto = to_onnx(graph, opset=opts["opset"])
         session = OnnxRuntimeSession(proto, intra_op_threads=opts["threads"] or None)
     except RequantError as exc:
-        cls = UnsupportedOpError if isinstance(exc, UnsupportedOpError) else RequantError
-        raise cls(f"target '{spec.name}': the compiled graph does not run on the ONNX backend: {exc}") from exc
+        raise _in_context(exc, f"target '{spec.name}': the compiled graph does not run on the ONNX backend: "
+                               f"{exc}") from exc
     return _OnnxRuntime(proto, session)
 
 
@@ -431,7 +435,7 @@ def _reference_runner(graph: Any) -> Any:
         from requant.backends.onnx import OnnxRuntimeSession, to_onnx
 
         session = OnnxRuntimeSession(to_onnx(graph))
-        return lambda feeds: session(**feeds)
+        return session.run_feeds
     except RequantError as exc:
         logger.info("float reference runs in the interpreter: %s", exc)
         from requant.ir.interpreter import run
@@ -526,6 +530,10 @@ class CompiledModel:
         self.outputs = outputs if outputs is not None else _signature(graph.outputs)
         self.input_names = [i["name"] for i in self.inputs]
         self.output_names = [o["name"] for o in self.outputs]
+        from requant.ir import dtypes
+
+        # (signature, numpy dtype) per input: what __call__ checks, resolved once here
+        self._input_checks = [(sig, dtypes.dtype(sig["dtype"]).np) for sig in self.inputs]
         self._stats: dict[str, Any] = {"target": spec.name, "description": spec.description,
                                        "backend": spec.backend, "simulated": spec.simulated,
                                        "custom_pipeline": bool(pipeline.get("custom"))}
@@ -570,8 +578,8 @@ class CompiledModel:
                 raise RequantError(f"input '{k}' is given twice (by position and by name)")
             feeds[k] = v
         feeds = _as_feeds(self.input_names, feeds, "model call")
-        for sig in self.inputs:
-            _check_input(sig, feeds[sig["name"]], self._shape_hint)
+        for sig, want in self._input_checks:
+            _check_input(sig, want, feeds[sig["name"]], self._shape_hint)
         return self._runtime(feeds)
 
     def _shape_hint(self) -> str:
@@ -621,7 +629,7 @@ class CompiledModel:
         }
         (out / MANIFEST).write_bytes(_dump(manifest))
         sizes = self._stats.setdefault("sizes", {})
-        sizes["saved"] = sum(f["bytes"] for f in manifest["files"].values()) + (out / MANIFEST).stat().st_size
+        sizes["saved"] = _saved_bytes(out, manifest)
         sizes["saved_to"] = str(out)
         logger.info("saved %s model to %s (%d bytes)", self.target, out, sizes["saved"])
         return out
@@ -630,10 +638,8 @@ class CompiledModel:
         return f"<CompiledModel target={self.target} inputs={self.input_names} outputs={self.output_names}>"
 
 
-def _check_input(sig: Mapping[str, Any], arr: np.ndarray, hint: Callable[[], str] = lambda: "") -> None:
-    from requant.ir import dtypes
-
-    want = dtypes.dtype(sig["dtype"]).np
+def _check_input(sig: Mapping[str, Any], want: np.dtype, arr: np.ndarray, hint: Callable[[], str]) -> None:
+    """`arr` has the dtype `want` (numpy's for `sig["dtype"]`) and a shape `sig` allows."""
     if arr.dtype != want:
         raise RequantError(f"input '{sig['name']}' must be {sig['dtype']} (numpy {want}), got {arr.dtype}; "
                            f"convert it, e.g. x.astype(np.{want})")
@@ -659,6 +665,11 @@ def _write_onnx(proto: Any, out: Path, external_data: bool | None) -> list[str]:
     # deterministic serialization: protobuf's default order is not guaranteed stable
     (out / MODEL_FILE).write_bytes(proto.SerializeToString(deterministic=True))
     return []
+
+
+def _saved_bytes(root: Path, manifest: Mapping[str, Any]) -> int:
+    """Bytes of a saved directory: the files its manifest lists, and the manifest."""
+    return sum(int(f["bytes"]) for f in manifest["files"].values()) + (root / MANIFEST).stat().st_size
 
 
 def _sha256(path: Path) -> str:
@@ -767,12 +778,11 @@ def load(directory: str | os.PathLike) -> CompiledModel:
 
     cm = CompiledModel(None, spec, manifest.get("options", {}), runtime, pipeline,
                        inputs=manifest["inputs"], outputs=manifest["outputs"], graph_loader=read_graph)
-    saved = sum(int(f["bytes"]) for f in manifest["files"].values()) + (root / MANIFEST).stat().st_size
     cm._stats.update({
         "loaded_from": str(root),
         "passes": ran,
         "sizes": {**manifest.get("sizes", {}), "artifact": runtime.artifact_bytes(), "artifact_kind": runtime.artifact_kind,
-                  "saved": saved, "saved_to": str(root)},
+                  "saved": _saved_bytes(root, manifest), "saved_to": str(root)},
         "times": {},
         "accuracy": None,
     })

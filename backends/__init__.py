@@ -8,28 +8,19 @@ session is asked for.
 
 from __future__ import annotations
 
-import importlib
 import logging
-from typing import Any
+
+from requant import _lazy_getattr
 
 __all__ = ["to_onnx", "save_onnx", "OnnxRuntimeSession"]
 
 logger = logging.getLogger(__name__)
 
-_LAZY = {
+__getattr__ = _lazy_getattr(__name__, {
     "to_onnx": "requant.backends.onnx.export",
     "save_onnx": "requant.backends.onnx.export",
     "OnnxRuntimeSession": "requant.backends.onnx.runtime",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'requant.backends' has no attribute '{name}'")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+}, globals())
 
 
 def __dir__() -> list[str]:

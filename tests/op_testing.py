@@ -9,7 +9,7 @@ import ml_dtypes
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["ONNX_DTYPE", "ML_STORAGE", "run_oracle", "run_one_node", "check_type"]
+__all__ = ["ONNX_DTYPE", "ML_STORAGE", "run_oracle", "run_one_node", "input_bindings", "check_type"]
 
 ONNX_DTYPE = {
     "f64": TensorProto.DOUBLE, "f32": TensorProto.FLOAT, "f16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16,
@@ -33,6 +33,18 @@ def run_oracle(model: Any, feed: dict[str, np.ndarray], oracle: str) -> list[np.
     from onnx.reference import ReferenceEvaluator
 
     return list(ReferenceEvaluator(model).run(None, feed))
+
+
+def input_bindings(case: Any) -> dict[str, int]:
+    """{symbol: size} of the symbols in the declared shapes of `case`'s graph inputs (an
+    op_cases.Case), read off their values: what `check_type` starts from."""
+    bindings: dict[str, int] = {}
+    for x in case.inputs:
+        if x is not None and not x.const and isinstance(x.shape, tuple):
+            for d, n in zip(x.shape, x.value.shape):
+                if isinstance(d, str):
+                    bindings[d] = n
+    return bindings
 
 
 def check_type(t, arr: np.ndarray, bindings: dict[str, int], where: str) -> None:

@@ -26,15 +26,21 @@ from requant.targets import TARGETS, Step, Target
 RTOL, ATOL = 1e-4, 1e-6
 
 
-class TinyMLP(nn.Module):
-    def __init__(self) -> None:
+class MLP(nn.Module):
+    """Linear -> ReLU -> Linear, its weights drawn after torch.manual_seed(seed)."""
+
+    def __init__(self, n_in: int, hidden: int, n_out: int, seed: int) -> None:
         super().__init__()
-        torch.manual_seed(0)
-        self.fc1 = nn.Linear(8, 16)
-        self.fc2 = nn.Linear(16, 4)
+        torch.manual_seed(seed)
+        self.fc1 = nn.Linear(n_in, hidden)
+        self.fc2 = nn.Linear(hidden, n_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(torch.relu(self.fc1(x)))
+
+
+def tiny_mlp() -> MLP:
+    return MLP(8, 16, 4, seed=0)
 
 
 class TwoInputs(nn.Module):
@@ -67,8 +73,8 @@ def batches(n: int, shape: tuple[int, ...] = (2, 8), seed: int = 0) -> list[tupl
 
 
 @pytest.fixture(scope="module")
-def mlp_compiled() -> tuple[TinyMLP, requant.CompiledModel]:
-    model = TinyMLP().eval()
+def mlp_compiled() -> tuple[MLP, requant.CompiledModel]:
+    model = tiny_mlp().eval()
     return model, requant.compile(model, "cpu-fp32", example_inputs=batches(1)[0], calibration=batches(5, seed=3))
 
 
@@ -107,7 +113,7 @@ def test_two_input_torch_module_by_position_and_name() -> None:
 
 
 def test_exported_program_needs_no_example_inputs() -> None:
-    model = TinyMLP().eval()
+    model = tiny_mlp().eval()
     x = torch.randn(2, 8)
     ep = torch.export.export(model, (x,))
     cm = requant.compile(ep)
@@ -115,7 +121,7 @@ def test_exported_program_needs_no_example_inputs() -> None:
 
 
 def test_torch_example_inputs_default_to_the_first_calibration_batch() -> None:
-    model = TinyMLP().eval()
+    model = tiny_mlp().eval()
     cm = requant.compile(model, calibration=[np.ones((2, 8), np.float32)])
     x = torch.randn(2, 8)
     np.testing.assert_allclose(cm(x)[0], model(x).detach().numpy(), rtol=RTOL, atol=ATOL)
@@ -123,7 +129,7 @@ def test_torch_example_inputs_default_to_the_first_calibration_batch() -> None:
 
 def test_torch_module_without_inputs_is_an_error() -> None:
     with pytest.raises(RequantError, match="example_inputs"):
-        requant.compile(TinyMLP().eval())
+        requant.compile(tiny_mlp().eval())
 
 
 def test_onnx_file_and_proto_match_the_interpreter(tmp_path) -> None:
@@ -329,15 +335,8 @@ def test_simulated_targets_are_marked_in_the_report() -> None:
 # -- quantized targets (run once their passes and lowerings exist) --------------------------------
 
 
-class WideMLP(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(2)
-        self.fc1 = nn.Linear(64, 64)
-        self.fc2 = nn.Linear(64, 8)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.relu(self.fc1(x)))
+def wide_mlp() -> MLP:
+    return MLP(64, 64, 8, seed=2)
 
 
 # loose floors: a sanity check that the pipeline quantizes and runs, not an accuracy benchmark
@@ -349,7 +348,7 @@ def test_quantized_targets_compile_report_and_save(name: str, tmp_path) -> None:
     target = TARGETS[name]
     if not target.available:
         pytest.skip(f"{name} not available yet: {'; '.join(target.missing())}")
-    model = WideMLP().eval()
+    model = wide_mlp().eval()
     calib = batches(6, shape=(4, 64), seed=5)
     cm = requant.compile(model, name, example_inputs=calib[0], calibration=calib)
     x = calib[-1][0]
@@ -379,7 +378,7 @@ def test_cpu_fp4_search_swaps_the_block_quantizer_for_llm_fp4(tmp_path) -> None:
     assert steps == ["canonicalize", "llm_fp4", "cse", "dce"]
     assert [s.name for s in target.resolve_steps(target.resolve_options({}))][:3] == ["canonicalize", "calibrate",
                                                                                        "quantize"]
-    model = WideMLP().eval()
+    model = wide_mlp().eval()
     calib = batches(6, shape=(4, 64), seed=5)
     with pytest.raises(RequantError, match="cpu-fp4 is static"):
         requant.compile(model, "cpu-fp4", example_inputs=calib[0], search=True)

@@ -667,18 +667,17 @@ def _qdq(ctx: EmitContext, node: Node, ins: list, outs: list) -> None:
     standard(ctx, node, ins, outs)
 
 
-def _contrib(ctx: EmitContext, node: Node, ins: list, outs: list) -> None:
-    """An ONNX Runtime contrib op: the same op in domain com.microsoft."""
-    attrs = {k: int(v) for k, v in node.attrs.items() if v is not None}
+def _contrib(ctx: EmitContext, node: Node, ins: list, outs: list, floats: tuple[str, ...] = ()) -> None:
+    """An ONNX Runtime contrib op: the same op in domain com.microsoft, its attributes
+    ONNX ints except those named in `floats`; attributes left at None stay unset."""
+    attrs = {k: (float(v) if k in floats else int(v)) for k, v in node.attrs.items() if v is not None}
     ctx.emit(node.op, ins, outs, domain="com.microsoft", name=node.name or None, **attrs)
 
 
 def _qattention(ctx: EmitContext, node: Node, ins: list, outs: list) -> None:
-    """com.microsoft QAttention as it is: num_heads / unidirectional are ONNX ints, scale
-    and mask_filter_value floats; attributes left at their defaults stay unset."""
-    floats = ("scale", "mask_filter_value")
-    attrs = {k: (float(v) if k in floats else int(v)) for k, v in node.attrs.items() if v is not None}
-    ctx.emit(node.op, ins, outs, domain="com.microsoft", name=node.name or None, **attrs)
+    """com.microsoft QAttention as it is: num_heads / unidirectional ints, scale and
+    mask_filter_value floats."""
+    _contrib(ctx, node, ins, outs, floats=("scale", "mask_filter_value"))
 
 
 def _onnx_type(dt: DType) -> int:

@@ -189,7 +189,11 @@ class OnnxRuntimeSession:
         return {k: np.asarray(v) for k, v in feeds.items()}
 
     def __call__(self, *args: Any, **kwargs: Any) -> tuple[np.ndarray, ...]:
-        feeds = self.feeds(*args, **kwargs)
+        return self.run_feeds(self.feeds(*args, **kwargs))
+
+    def run_feeds(self, feeds: Mapping[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+        """Run on {input name: numpy array} holding every input, as `feeds` returns it
+        (callers that checked their inputs already, e.g. `CompiledModel`, skip `feeds`)."""
         try:
             if not self._byte_io:
                 return tuple(self.session.run(self.output_names, feeds))
@@ -199,7 +203,7 @@ class OnnxRuntimeSession:
         except Exception as exc:
             raise RequantError(f"ONNX Runtime failed running the model: {exc}") from exc
 
-    def _run_with_ort_values(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+    def _run_with_ort_values(self, feeds: Mapping[str, np.ndarray]) -> tuple[np.ndarray, ...]:
         """ORT's numpy bridge has no bf16/fp8: pass those tensors as raw bytes."""
         import onnxruntime as ort
 

@@ -13,18 +13,9 @@ exists without it); `to_relax` and `LOWERINGS` import it on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from requant import _lazy_getattr
 
 __all__ = ["to_relax", "LOWERINGS"]
 
-_LAZY = {"to_relax": "requant.backends.tvm.emit", "LOWERINGS": "requant.backends.tvm.relax_lowering"}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = _lazy_getattr(
+    __name__, {"to_relax": "requant.backends.tvm.emit", "LOWERINGS": "requant.backends.tvm.relax_lowering"}, globals())

@@ -20,7 +20,7 @@ import pytest
 from onnx import numpy_helper
 
 from op_testing import ML_STORAGE as _ML_STORAGE
-from op_testing import ONNX_DTYPE, check_type, run_one_node
+from op_testing import ONNX_DTYPE, check_type, input_bindings, run_one_node
 from op_cases import (  # noqa: F401  (the shared case list and its helpers)
     INT_MAX,
     OPSET,
@@ -51,8 +51,6 @@ TOL: dict[str, tuple[float, float]] = {
     "f16": (2e-3, 2e-3),  # about two f16 ulps
     "bf16": (1.6e-2, 1.6e-2),  # about two bf16 ulps
 }
-
-
 
 
 # ----------------------------------------------------------------------------- harness
@@ -99,12 +97,7 @@ def check_case(case: Case) -> list[np.ndarray]:
     g.verify()
     types = [o.type for o in outs]
     got = run(g, feed)
-    bindings: dict[str, int] = {}
-    for x in case.inputs:
-        if x is not None and not x.const and isinstance(x.shape, tuple):
-            for d, n in zip(x.shape, x.value.shape):
-                if isinstance(d, str):
-                    bindings[d] = n
+    bindings = input_bindings(case)
     for j, (t, arr) in enumerate(zip(types, got)):
         check_type(t, arr, bindings, f"{case} output {j}")
     if case.expect is not None:

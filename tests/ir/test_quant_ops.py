@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 from op_testing import ML_STORAGE as _ML_STORAGE
-from op_testing import ONNX_DTYPE, check_type, run_one_node
+from op_testing import ONNX_DTYPE, check_type, input_bindings, run_one_node
 from op_cases import (  # noqa: F401  (the shared case list and its helpers)
     FQ_SCHEMES,
     OPSET,
@@ -58,13 +58,9 @@ _DTYPE_ATTRS = {"output_dtype"}
 # ----------------------------------------------------------------------------- harness
 
 
-def build(case: Case) -> tuple[Graph, list]:
-    g, _ = build_case(case)
-    return g, list(g.outputs)
-
-
-def feeds(case: Case) -> dict[str, np.ndarray]:
-    return {f"x{i}": x.value for i, x in enumerate(case.inputs) if x is not None and not x.const}
+def build(case: Case) -> tuple[Graph, list, dict]:
+    g, feed = build_case(case)
+    return g, list(g.outputs), feed
 
 
 def run_onnx(case: Case, out_types: list) -> list[np.ndarray]:
@@ -93,16 +89,11 @@ def compare(got: np.ndarray, want: np.ndarray, dt: str, exact_float: bool, where
 
 
 def check_case(case: Case) -> list[np.ndarray]:
-    g, outs = build(case)
+    g, outs, feed = build(case)
     g.verify()
     types = [o.type for o in outs]
-    got = run(g, feeds(case))
-    bindings: dict[str, int] = {}
-    for x in case.inputs:
-        if x is not None and not x.const and isinstance(x.shape, tuple):
-            for d, n in zip(x.shape, x.value.shape):
-                if isinstance(d, str):
-                    bindings[d] = n
+    got = run(g, feed)
+    bindings = input_bindings(case)
     for j, (t, arr) in enumerate(zip(types, got)):
         check_type(t, arr, bindings, f"{case} output {j}")
     if case.expect is not None:
@@ -128,9 +119,9 @@ def test_inference_with_unknown_shapes(case: Case, unknown: str) -> None:
         for x in case.inputs
     ]
     c = Case(case.op, blurred, case.attrs, n_out=case.n_out)
-    g, outs = build(c)
+    g, outs, feed = build(c)
     g.verify()
-    got = run(g, feeds(c))
+    got = run(g, feed)
     for j, (o, arr) in enumerate(zip(outs, got)):
         check_type(o.type, arr, {}, f"{c} output {j}")
 
@@ -145,9 +136,8 @@ def test_every_quant_op_is_tested() -> None:
 
 
 def run1(op: str, inputs: list[In | None], n_out: int | None = None, **attrs: Any) -> list[np.ndarray]:
-    c = Case(op, inputs, attrs, n_out=n_out)
-    g, outs = build(c)
-    got = run(g, feeds(c))
+    g, outs, feed = build(Case(op, inputs, attrs, n_out=n_out))
+    got = run(g, feed)
     for t, a in zip([o.type for o in outs], got):
         check_type(t, a, {}, op)
     return got
@@ -222,8 +212,6 @@ def test_matmul_nbits_matches_an_explicit_dequantization() -> None:
                  K=k, N=n, bits=4, block_size=block)
     w8 = ((codes[:, :k].astype(np.float32) - 8) * scales[:, blk]).T
     np.testing.assert_allclose(y8, a @ w8, rtol=1e-6, atol=1e-6)
-
-
 
 
 @pytest.mark.parametrize("scheme,needs_scale", FQ_SCHEMES, ids=[str(s) for s, _ in FQ_SCHEMES])
