@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from requant.errors import RequantError
-from requant.ir.graph import Graph, Value
+from requant.ir.graph import Graph
 from requant.ir.types import TensorType
 from requant.passes.manager import PassResult, get_pass, graph_pass
 
@@ -59,16 +59,6 @@ def _bound(t: TensorType, dims: Mapping[str, int]) -> TensorType | None:
     return TensorType(tuple(dims.get(d, d) if isinstance(d, str) else d for d in t.shape), t.dtype)
 
 
-def _values(graph: Graph) -> list[Value]:
-    seen: dict[int, Value] = {id(v): v for v in graph.inputs}
-    for node in graph:
-        for v in node.outputs:
-            seen.setdefault(id(v), v)
-    for v in graph.outputs:
-        seen.setdefault(id(v), v)
-    return list(seen.values())
-
-
 @graph_pass("bind_dims", "specialise symbolic dims to sizes (then fold the computed shapes)")
 def bind_dims(graph: Graph, dims: Mapping[str, int] | None = None,
               overrides: Mapping[str, int] | None = None) -> PassResult:
@@ -79,7 +69,7 @@ def bind_dims(graph: Graph, dims: Mapping[str, int] | None = None,
             raise RequantError(f"bind_dims: dim '{name}' must be a size >= 0, got {size!r}")
     specialised = 0
     used: set[str] = set()
-    for v in _values(graph):
+    for v in graph.values():  # constants have static shapes: never bound
         t = _bound(v.type, dims)
         if t is not None:
             used.update(d for d in v.type.shape if isinstance(d, str) and d in dims)

@@ -31,6 +31,7 @@ from requant.passes.fold_common import (
     add_to_bias,
     as_linear,
     count_refusal,
+    drop_if_unused,
     mark_folded,
     replace_constant_input,
 )
@@ -145,7 +146,6 @@ def fold_batchnorm(graph: Graph) -> PassResult:
         graph.replace_value(bn.outputs[0], y)
         graph.remove_node(bn)
         for v in params:
-            if not v.uses and v in graph.constants and not graph.is_output(v):
-                graph.remove_constant(v)
+            drop_if_unused(graph, v)
         stats["batchnorms_folded"] += 1
     return PassResult(graph, stats["batchnorms_folded"] > 0, stats)

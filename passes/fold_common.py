@@ -30,7 +30,9 @@ __all__ = [
     "Linear",
     "as_linear",
     "linear_readers",
+    "producing_linear",
     "replace_constant_input",
+    "drop_if_unused",
     "scale_weight_rows",
     "add_to_bias",
     "splice_after",
@@ -109,6 +111,20 @@ def linear_readers(x: Value) -> tuple[list[Linear], list[str]]:
     return linears, others
 
 
+def producing_linear(x: Value) -> Linear | None:
+    """The canonical linear whose output (after its bias Add, when it has one) is `x`."""
+    node = x.producer
+    if node is None or node.op not in ("MatMul", "Add"):
+        return None
+    matmuls = [node] if node.op == "MatMul" else [a.producer for a in node.inputs if a is not None
+                                                   and a.producer is not None and a.producer.op == "MatMul"]
+    for mm in matmuls:
+        lin = as_linear(mm, mm.inputs[0])
+        if isinstance(lin, Linear) and lin.output is x:
+            return lin
+    return None
+
+
 # -- editing constants and nodes ---------------------------------------------------------------
 
 
@@ -121,11 +137,12 @@ def replace_constant_input(graph: Graph, node: Node, index: int, array: np.ndarr
                              base=f"{old.name}_{suffix}")
     new.meta.update(old.meta)
     node.set_input(index, new)
-    _drop_if_unused(graph, old)
+    drop_if_unused(graph, old)
     return new
 
 
-def _drop_if_unused(graph: Graph, v: Value) -> None:
+def drop_if_unused(graph: Graph, v: Value) -> None:
+    """Remove constant `v` from `graph` when nothing reads it and it is not an output."""
     if v.const is not None and not v.uses and v in graph.constants and not graph.is_output(v):
         graph.remove_constant(v)
 
@@ -208,7 +225,7 @@ def rebuild_node(graph: Graph, node: Node, inputs: Sequence[Value | None], *, cr
     replaced = [v for v in node.inputs if v is not None]
     graph.remove_node(node)
     for v in replaced:
-        _drop_if_unused(graph, v)
+        drop_if_unused(graph, v)
     return new_node
 
 
@@ -298,18 +315,7 @@ def producer_absorber(x: Value, linears: Sequence[Linear], others: Sequence[str]
         return "mul"
     if node.op in NORM_OPS:
         return "norm" if not isinstance(norm_affine(node), str) else "mul"
-    if node.op == "Add":
-        for a in node.inputs:
-            mm = a.producer if a is not None else None
-            if mm is not None and mm.op == "MatMul":
-                lin = as_linear(mm, mm.inputs[0])
-                if isinstance(lin, Linear) and lin.add is node:
-                    return "linear"
-    if node.op == "MatMul":
-        lin = as_linear(node, node.inputs[0])
-        if isinstance(lin, Linear) and lin.add is None:
-            return "linear"
-    return "mul"
+    return "linear" if producing_linear(x) is not None else "mul"
 
 
 def migrate_channel_scale(graph: Graph, x: Value, linears: Sequence[Linear], others: Sequence[str], s: np.ndarray,
@@ -339,13 +345,8 @@ def migrate_channel_scale(graph: Graph, x: Value, linears: Sequence[Linear], oth
 
 
 def _divide_producer_linear(graph: Graph, x: Value, s: np.ndarray, created_by: str) -> None:
-    node = x.producer
-    mm = node
-    if node.op != "MatMul":
-        mm = next(a.producer for a in node.inputs if a is not None and a.producer is not None
-                  and a.producer.op == "MatMul")
-    lin = as_linear(mm, mm.inputs[0])
-    assert isinstance(lin, Linear)
+    lin = producing_linear(x)
+    assert lin is not None
     w = np.asarray(lin.weight.const, np.float64)
     replace_constant_input(graph, lin.matmul, 1, w / s[None, :], created_by)
     mark_folded(lin.matmul, created_by)

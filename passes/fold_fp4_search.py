@@ -209,9 +209,9 @@ def search_weight_format(w: np.ndarray, xq: np.ndarray, x: np.ndarray, w_ref: np
     e0 = xq @ w - np.asarray(x, np.float64) @ (w if w_ref is None else np.asarray(w_ref, np.float64))
     error = _OutputError.weight(xq, e0)
     per_channel = granularity == "channel"
+    amax = np.max(np.abs(w), axis=0) if per_channel else np.max(np.abs(w), keepdims=True).reshape(1)
     best: WeightFormat | None = None
     for e, m in splits or fp_splits(bits):
-        amax = np.max(np.abs(w), axis=0) if per_channel else np.max(np.abs(w), keepdims=True).reshape(1)
         b0 = maxfit_bias(e, m, amax)
 
         def evaluate(biases: np.ndarray) -> np.ndarray:

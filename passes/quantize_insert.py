@@ -32,6 +32,7 @@ import numpy as np
 from requant.ir import dtypes
 from requant.ir.graph import Graph, Node, Value
 from requant.ir.quant_formats import QuantScheme, choose_qparams, quantize, tensor_ranges
+from requant.passes.fold_common import unused_name
 
 __all__ = ["QuantEditor", "uses_qdq", "constant_bytes"]
 
@@ -78,11 +79,11 @@ class QuantEditor:
             scale, zp = choose_qparams(scheme, lo, hi)
             codes = quantize(w.const, scheme, scale, zp)
             g = self.graph
-            q = g.add_constant(codes, name=_unused(g, f"{w.name}_q"), dtype=scheme.dtype)
-            s = g.add_constant(scale, name=_unused(g, f"{w.name}_scale"))
+            q = g.add_constant(codes, name=unused_name(g, f"{w.name}_q"), dtype=scheme.dtype)
+            s = g.add_constant(scale, name=unused_name(g, f"{w.name}_scale"))
             z = None
             if zp is not None and not _all_zero_signed(zp, scheme):
-                z = g.add_constant(zp, name=_unused(g, f"{w.name}_zero_point"), dtype=scheme.dtype)
+                z = g.add_constant(zp, name=unused_name(g, f"{w.name}_zero_point"), dtype=scheme.dtype)
             q.meta["quant"] = scheme.to_attrs()
             self._codes[key] = (q, s, z)
             self.replaced_constants[id(w)] = w
@@ -105,12 +106,12 @@ class QuantEditor:
         if key not in self._quantized:
             scale, zp = choose_qparams(scheme, np.float32(lo), np.float32(hi))
             g = self.graph
-            s = g.add_constant(np.asarray(scale, np.float32).reshape(()), name=_unused(g, f"{x.name}_scale"))
-            z = g.add_constant(np.asarray(zp).reshape(()), name=_unused(g, f"{x.name}_zero_point"),
+            s = g.add_constant(np.asarray(scale, np.float32).reshape(()), name=unused_name(g, f"{x.name}_scale"))
+            z = g.add_constant(np.asarray(zp).reshape(()), name=unused_name(g, f"{x.name}_zero_point"),
                                dtype=scheme.dtype) if zp is not None else None
             attrs: dict[str, object] = {"output_dtype": scheme.dtype.name} if z is None else {}
             q = g.create_node("QuantizeLinear", [x, s, z], attrs, meta=_CREATED_BY,
-                              output_names=[_unused(g, f"{x.name}_q")], **self._after(x)).output
+                              output_names=[unused_name(g, f"{x.name}_q")], **self._after(x)).output
             q.meta["quant"] = scheme.to_attrs()
             self._quantized[key] = (q, s, z)
         q, s, z = self._quantized[key]
@@ -122,7 +123,7 @@ class QuantEditor:
         key = (id(x), None)
         if key not in self._quantized:
             g = self.graph
-            names = [_unused(g, f"{x.name}_q"), _unused(g, f"{x.name}_scale"), _unused(g, f"{x.name}_zero_point")]
+            names = [unused_name(g, f"{x.name}_{suffix}") for suffix in ("q", "scale", "zero_point")]
             dq = g.create_node("DynamicQuantizeLinear", [x], meta=_CREATED_BY, output_names=names, **self._after(x))
             q, s, z = dq.outputs
             q.meta["quant"] = dict(scheme.to_attrs(), dynamic=True)
@@ -139,14 +140,15 @@ class QuantEditor:
         if scheme.granularity == "nv":
             amax = max(abs(float(np.min(lo))), abs(float(np.max(hi))))
             scale, _ = choose_qparams(scheme, np.float32(-amax), np.float32(amax))
-            inputs.append(g.add_constant(np.asarray(scale, np.float32).reshape(()), name=_unused(g, f"{x.name}_scale")))
+            inputs.append(g.add_constant(np.asarray(scale, np.float32).reshape(()),
+                                         name=unused_name(g, f"{x.name}_scale")))
         elif scheme.granularity != "mx":
             scale, zp = choose_qparams(scheme, np.asarray(lo, np.float32), np.asarray(hi, np.float32))
-            inputs.append(g.add_constant(np.asarray(scale, np.float32), name=_unused(g, f"{x.name}_scale")))
+            inputs.append(g.add_constant(np.asarray(scale, np.float32), name=unused_name(g, f"{x.name}_scale")))
             if zp is not None and not scheme.symmetric:
-                inputs.append(g.add_constant(zp, name=_unused(g, f"{x.name}_zero_point"), dtype=scheme.dtype))
+                inputs.append(g.add_constant(zp, name=unused_name(g, f"{x.name}_zero_point"), dtype=scheme.dtype))
         out = g.create_node("FakeQuantize", inputs, scheme.op_attrs(), meta=_CREATED_BY, before=node,
-                            output_names=[_unused(g, f"{x.name}_fq")]).output
+                            output_names=[unused_name(g, f"{x.name}_fq")]).output
         out.meta["quant"] = scheme.to_attrs()
         node.set_input(index, out)
         return out
@@ -163,7 +165,7 @@ class QuantEditor:
         x = node.inputs[index]
         assert x is not None
         out = g.create_node("DequantizeLinear", [q, s, z], attrs, meta=_CREATED_BY, before=node,
-                            output_names=[_unused(g, f"{x.name}_dq")]).output
+                            output_names=[unused_name(g, f"{x.name}_dq")]).output
         out.meta["quant"] = dict(scheme.to_attrs(), dynamic=True) if dynamic else scheme.to_attrs()
         if x.type != out.type and x.type.shape is not None:
             out.type = x.type  # keep the symbolic dims the reader was typed with
@@ -185,16 +187,6 @@ class QuantEditor:
                 self.graph.remove_constant(v)
                 removed += 1
         return removed
-
-
-def _unused(graph: Graph, base: str) -> str:
-    """A value name `graph` does not use yet (not claimed: the caller's add_constant /
-    create_node claims it)."""
-    name, i = base, 0
-    while graph.has_name(name):
-        i += 1
-        name = f"{base}_{i}"
-    return name
 
 
 def _all_zero_signed(zp: np.ndarray, scheme: QuantScheme) -> bool:

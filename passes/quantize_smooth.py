@@ -2,8 +2,9 @@
 2023): move the per-channel outliers of an activation x into the weights that read it.
 
 For x read by MatMul layers with constant weights W (x @ W, K input channels),
-factors s[K] (`smoothing_factors`) give x @ W = (x / s) @ (s W) exactly in real
-arithmetic; quantizing x / s per tensor and s W per output column spreads the
+factors s[K] (`smoothing_factors`: SmoothQuant's formula, computed by the "smoothquant"
+pass's `fold_smoothquant.smoothing_scales`) give x @ W = (x / s) @ (s W) exactly in
+real arithmetic; quantizing x / s per tensor and s W per output column spreads the
 quantization error of x's outlier channels over the weights, which have room for it.
 `apply_smoothing` rewrites the graph that way through the fold passes' migration
 (`fold_common.migrate_channel_scale`, shared with the "smoothquant" pass): x / s is
@@ -26,9 +27,10 @@ import numpy as np
 
 from requant.ir.graph import Graph, Node, Value
 from requant.passes.fold_common import NORM_OPS, Linear, as_linear, migrate_channel_scale
+from requant.passes.fold_smoothquant import smoothing_scales
 from requant.passes.quantize_insert import uses_qdq
 
-__all__ = ["Smoothing", "SMOOTH_SCOPES", "input_axis", "smoothing_axes", "smoothing_factors", "apply_smoothing"]
+__all__ = ["Smoothing", "SMOOTH_SCOPES", "smoothing_axes", "smoothing_factors", "apply_smoothing"]
 
 SMOOTH_SCOPES = ("all", "norm")
 """Which activations `smoothing_factors` may smooth: every linear input, or only the
@@ -47,15 +49,6 @@ class Smoothing:
     lo: float
     hi: float
     how: str = ""  # "norm" | "linear" | "mul" once applied
-
-
-def input_axis(node: Node) -> int:
-    """The input-channel (K) axis of a MatMul / Gemm weight."""
-    w = node.inputs[1]
-    assert w is not None
-    if node.op == "Gemm":
-        return 1 if node.attrs.get("transB", 0) else 0
-    return int(w.type.rank) - 2
 
 
 def smoothing_axes(graph: Graph, ops: Sequence[str] = ("MatMul", "Gemm")) -> dict[str, int]:
@@ -80,7 +73,8 @@ def smoothing_factors(graph: Graph, plans: Mapping[int, Any], stats: Mapping[str
     """SmoothQuant's factors (Xiao et al. 2023) for each activation x read by planned
     MatMuls with constant 2-D weights (the canonical linears; a Gemm reader rules x
     out): s_k = max|x_k|^alpha / max|W_k|^(1 - alpha),
-    max over the readers' weight rows, clipped to [1e-5, 1e5]. Needs per-channel
+    max over the readers' weight rows (`fold_smoothquant.smoothing_scales`, both maxima
+    floored at 1e-8), clipped to [1e-5, 1e5]. Needs per-channel
     statistics along x's last axis (`smoothing_axes`); x without them is not smoothed
     and is returned in the list of names. x whose channel ranges are even (largest
     channel max|x_k| < `min_ratio` x the median one) is left alone: smoothing it costs a
@@ -120,20 +114,12 @@ def smoothing_factors(graph: Graph, plans: Mapping[int, Any], stats: Mapping[str
         a_max = np.maximum(np.abs(lo_c), np.abs(hi_c))
         if a_max.max() < min_ratio * np.median(a_max):
             continue
-        w_max = np.zeros_like(a_max)
-        for node in nodes:
-            w = node.inputs[1]
-            assert w is not None and w.const is not None
-            axis = input_axis(node)
-            others = tuple(i for i in range(w.const.ndim) if i != axis)
-            row = np.abs(w.const).max(axis=others)
-            if row.shape != w_max.shape:
-                break
-            w_max = np.maximum(w_max, row)
-        else:
-            s = np.clip(np.power(np.maximum(a_max, 1e-8), alpha) / np.power(np.maximum(w_max, 1e-8), 1 - alpha),
-                        1e-5, 1e5)
-            out[key] = Smoothing(x, s, float(min(np.min(lo_c / s), 0.0)), float(max(np.max(hi_c / s), 0.0)))
+        weights = [node.inputs[1].const for node in nodes]  # canonical linears: W [K, N]
+        if any(w.shape[0] != a_max.shape[0] for w in weights):
+            continue
+        # the "smoothquant" pass's formula with this pass's floors (1e-8) and clip
+        s = np.clip(smoothing_scales(np.maximum(a_max, 1e-8), weights, alpha, min_scale=1e-8), 1e-5, 1e5)
+        out[key] = Smoothing(x, s, float(min(np.min(lo_c / s), 0.0)), float(max(np.max(hi_c / s), 0.0)))
     return out, missing
 
 

@@ -34,6 +34,7 @@ pytest.importorskip("onnxscript")  # the dynamo exporter needs it
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import zoo  # noqa: E402
+from quant_testing import perturbed  # noqa: E402
 
 import requant.ir as ir  # noqa: E402
 from requant.frontends import from_onnx, from_torch  # noqa: E402
@@ -79,17 +80,6 @@ def signature(graph: Graph) -> Counter:
         attrs = ir.get_schema(node.op).fill_attrs(node.attrs)
         sig[(node.op, tuple(sorted((k, attr_key(v)) for k, v in attrs.items())))] += 1
     return sig
-
-
-def perturbed(case: zoo.ModelCase, seed: int = 0) -> zoo.ModelCase:
-    """Norm weights of exactly 1 and biases of exactly 0 (a fresh random init) let an
-    exporter drop or merge them; move every 1-D parameter off those values."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in case.module.parameters():
-            if p.ndim == 1:
-                p.add_(0.1 * torch.randn(p.shape, generator=gen))
-    return case
 
 
 @pytest.fixture(scope="module")

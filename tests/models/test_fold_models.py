@@ -25,6 +25,7 @@ pytest.importorskip("transformers")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import zoo  # noqa: E402
+from quant_testing import perturbed  # noqa: E402
 
 import requant.ir as ir  # noqa: E402
 from requant.frontends import from_torch  # noqa: E402
@@ -35,17 +36,6 @@ from requant.passes.fold import smoothing_channel_axes  # noqa: E402
 
 REL = 1e-5
 SEEDS = (0, 1, 2)
-
-
-def perturbed(case: zoo.ModelCase, seed: int = 0) -> zoo.ModelCase:
-    """Move every 1-D parameter (norm weights of 1, biases of 0) off its trivial value,
-    so the folds have something to fold and CSE cannot merge them."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in case.module.parameters():
-            if p.ndim == 1:
-                p.add_(0.1 * torch.randn(p.shape, generator=gen))
-    return case
 
 
 def canonical(case: zoo.ModelCase) -> Graph:

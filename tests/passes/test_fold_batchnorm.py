@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from canonical_testing import build_graph, only_node, ops, outputs_before_after, run_pass
+from quant_testing import assert_rel_close
 from requant.ir import Graph, tensor_type
 from requant.ir.builder import Builder
 from requant.passes import get_pass
@@ -21,15 +22,6 @@ PASS = "fold_batchnorm"
 F32 = "float32"
 REL = 1e-5
 RNG = np.random.default_rng(7)
-
-
-def assert_rel_close(pairs, rel: float = REL) -> None:
-    """max |after - before| <= rel * max |before|, per output and seed."""
-    for expected, actual in pairs:
-        for e, a in zip(expected, actual):
-            assert a.shape == e.shape and a.dtype == e.dtype
-            err = float(np.max(np.abs(a.astype(np.float64) - e.astype(np.float64))))
-            assert err <= rel * float(np.max(np.abs(e))), f"max error {err:.3g} vs scale {np.max(np.abs(e)):.3g}"
 
 
 def bn_params(b: Builder, c: int) -> list:
@@ -56,7 +48,7 @@ def test_conv_batchnorm_folds(bias: bool, group: int) -> None:
     assert len(c.inputs) == 3 and all(v.const is not None for v in c.inputs[1:])
     assert c.attrs["group"] == group and c.meta["folded"] == [PASS]
     assert len(g.constants) == 2  # the BatchNorm parameters and the old weights are gone
-    assert_rel_close(pairs)
+    assert_rel_close(pairs, REL)
 
 
 def test_batchnorm_output_is_graph_output_keeps_name() -> None:
@@ -64,7 +56,7 @@ def test_batchnorm_output_is_graph_output_keeps_name() -> None:
     result, pairs = outputs_before_after(PASS, g)
     assert result.changed and ops(g) == ["Conv"]
     assert g.outputs[0].name == "y0" and g.outputs[0].producer.op == "Conv"
-    assert_rel_close(pairs)
+    assert_rel_close(pairs, REL)
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -83,7 +75,7 @@ def test_linear_batchnorm1d_folds(bias: bool) -> None:
     assert ops(g) == ["MatMul", "Add"]
     add = only_node(g, "Add")
     assert g.outputs[0] is add.outputs[0] and g.outputs[0].name == "y0"
-    assert_rel_close(pairs)
+    assert_rel_close(pairs, REL)
 
 
 def test_batchnorm_output_read_by_two_convs_still_folds_backwards() -> None:
@@ -94,7 +86,7 @@ def test_batchnorm_output_read_by_two_convs_still_folds_backwards() -> None:
     g = build_graph({"x": (F32, [1, 3, 6, 6])}, body)
     result, pairs = outputs_before_after(PASS, g)
     assert result.changed and ops(g) == ["Conv", "Conv", "Conv"]
-    assert_rel_close(pairs)
+    assert_rel_close(pairs, REL)
 
 
 # -- must not fold -----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from canonical_testing import build_graph, only_node, ops, outputs_before_after, run_pass
+from quant_testing import assert_rel_close
 
 PASS = "fold_norm_affine"
 F32 = "float32"
@@ -23,14 +24,6 @@ RNG = np.random.default_rng(11)
 H = 8
 GAMMA = RNG.uniform(0.5, 1.5, H).astype(np.float32)
 BETA = RNG.uniform(-0.5, 0.5, H).astype(np.float32)
-
-
-def assert_rel_close(pairs, rel: float = REL) -> None:
-    for expected, actual in pairs:
-        for e, a in zip(expected, actual):
-            assert a.shape == e.shape and a.dtype == e.dtype
-            err = float(np.max(np.abs(a.astype(np.float64) - e.astype(np.float64))))
-            assert err <= rel * float(np.max(np.abs(e))), f"max error {err:.3g} vs scale {np.max(np.abs(e)):.3g}"
 
 
 def weight(n_out: int) -> np.ndarray:
@@ -58,7 +51,7 @@ def test_layer_norm_into_linears_with_and_without_bias() -> None:
     assert len(ln.inputs) == 2 and np.all(ln.inputs[1].const == 1.0)
     assert ops(g).count("Add") == 2  # the bias-less linear gained one for beta @ W
     assert ln.meta["folded"] == [PASS] and ln.meta["created_by"] == PASS
-    assert_rel_close(pairs)
+    assert_rel_close(pairs, REL)
 
 
 def test_rms_norm_into_linears() -> None:
@@ -71,7 +64,7 @@ def test_rms_norm_into_linears() -> None:
     assert result.changed and result.stats["linears_updated"] == 2
     assert ops(g) == ["RMSNormalization", "MatMul", "MatMul"]  # no beta: no Add
     assert np.all(only_node(g, "RMSNormalization").inputs[1].const == 1.0)
-    assert_rel_close(pairs)
+    assert_rel_close(pairs, REL)
 
 
 def test_shared_gamma_constant_is_not_mutated() -> None:
@@ -88,7 +81,7 @@ def test_shared_gamma_constant_is_not_mutated() -> None:
     assert result.stats["norms_folded"] == 1 and result.stats["refused:non_linear_reader"] == 1
     norms = [n for n in g if n.op == "LayerNormalization"]
     assert np.all(norms[0].inputs[1].const == 1.0) and np.array_equal(norms[1].inputs[1].const, GAMMA)
-    assert_rel_close(pairs)
+    assert_rel_close(pairs, REL)
 
 
 def test_identity_affine_is_left_alone() -> None:

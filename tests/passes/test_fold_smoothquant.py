@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from canonical_testing import build_graph, only_node, outputs_before_after, run_pass
+from quant_testing import assert_rel_close
 from requant.errors import PassError, RequantError
 from requant.ir import dtypes
 from requant.ir.quant_formats import QuantScheme
@@ -35,14 +36,6 @@ RNG = np.random.default_rng(5)
 GAMMA = RNG.uniform(0.5, 1.5, H).astype(np.float32)
 BETA = RNG.uniform(-0.5, 0.5, H).astype(np.float32)
 OUTLIERS = [2, 9]
-
-
-def assert_rel_close(pairs, rel: float = REL) -> None:
-    for expected, actual in pairs:
-        for e, a in zip(expected, actual):
-            assert a.shape == e.shape and a.dtype == e.dtype
-            err = float(np.max(np.abs(a.astype(np.float64) - e.astype(np.float64))))
-            assert err <= rel * float(np.max(np.abs(e))), f"max error {err:.3g} vs scale {np.max(np.abs(e)):.3g}"
 
 
 def batches(n: int = 4, shape=(2, 5, H), seed: int = 0) -> list[dict[str, np.ndarray]]:
@@ -97,7 +90,7 @@ def test_pre_ln_scales_fold_into_layer_norm() -> None:
     for mm, w in zip(mms, ws):
         np.testing.assert_allclose(mm.inputs[1].const, w * s[:, None], rtol=1e-6)
     assert g.meta["smoothquant"] == [{"value": name, "alpha": 0.5, "how": "norm", "linears": 3, "error_ratio": None}]
-    assert_rel_close(pairs)
+    assert_rel_close(pairs, REL)
 
 
 def test_post_ln_residual_gets_an_explicit_mul_on_the_linear_branch() -> None:
@@ -118,7 +111,7 @@ def test_post_ln_residual_gets_an_explicit_mul_on_the_linear_branch() -> None:
     residual = [n for n in g if n.op == "Add" and any(v is ln.outputs[0] for v in n.inputs)]
     assert len(residual) == 1
     assert only_node(g, "MatMul").inputs[0] is mul.outputs[0]
-    assert_rel_close(pairs)
+    assert_rel_close(pairs, REL)
 
 
 def test_linear_producer_absorbs_the_scale_with_scope_all() -> None:
@@ -134,7 +127,7 @@ def test_linear_producer_absorbs_the_scale_with_scope_all() -> None:
     # x (a graph input) gets a Mul; h, the first linear's output, is absorbed by it
     assert result.stats["activations_smoothed"] == 2
     assert result.stats["absorbed:linear"] == 1 and result.stats["explicit_mul"] == 1
-    assert_rel_close(pairs)
+    assert_rel_close(pairs, REL)
 
 
 def test_scope_norm_leaves_other_activations_and_all_smooths_them() -> None:
@@ -149,11 +142,11 @@ def test_scope_norm_leaves_other_activations_and_all_smooths_them() -> None:
     g_all = g.clone()
     result, pairs = outputs_before_after(PASS, g, stats=stats_for(g))
     assert result.stats["activations_smoothed"] == 1 and result.stats["absorbed:norm"] == 1
-    assert_rel_close(pairs)
+    assert_rel_close(pairs, REL)
     result, pairs = outputs_before_after(PASS, g_all, stats=stats_for(g_all, "all"), scope="all")
     # the LayerNorm output is absorbed as before; GELU's output needs a Mul
     assert result.stats["activations_smoothed"] == 2 and result.stats["explicit_mul"] == 1
-    assert_rel_close(pairs)
+    assert_rel_close(pairs, REL)
 
 
 def test_precomputed_maxima_and_missing_statistics() -> None:
@@ -163,7 +156,7 @@ def test_precomputed_maxima_and_missing_statistics() -> None:
     (name,) = smoothing_channel_axes(g)
     result, pairs = outputs_before_after(PASS, g, stats={name: np.linspace(1, 40, H)})
     assert result.stats["absorbed:norm"] == 1
-    assert_rel_close(pairs)
+    assert_rel_close(pairs, REL)
     g = build_graph({"x": (F32, [2, H])},
                     lambda b, x: linear(b, b.RMSNormalization(x, b.const(GAMMA)), w))
     result = run_pass(PASS, g, stats={"something_else": np.ones(H)})
@@ -186,7 +179,7 @@ def test_alpha_search_minimises_the_w8a8_output_error() -> None:
     result, pairs = outputs_before_after(PASS, g, calibration=cal, alpha_search=True, runner="interpreter")
     (entry,) = g.meta["smoothquant"]
     assert result.changed and entry["how"] == "norm" and entry["error_ratio"] < 1.0
-    assert_rel_close(pairs)
+    assert_rel_close(pairs, REL)
 
 
 def test_search_alpha_on_outlier_rows() -> None:

@@ -17,10 +17,11 @@ import pytest
 from requant.errors import RequantError
 from requant.ir import Builder, Graph, dtypes, run, tensor_type
 from requant.ir.quant_formats import dequantize_linear
-from requant.passes import PassManager, PassResult, get_pass
+from requant.passes import PassResult, get_pass
 from requant.passes.calibration import collect_stats
 from requant.passes.lower import pack_nbits
 from requant.passes.quantize import smoothing_axes
+from canonical_testing import run_pass
 from quant_testing import block
 
 F32 = "float32"
@@ -28,9 +29,7 @@ U = 2.0**-24
 
 
 def lower(graph: Graph, **options) -> PassResult:
-    result = PassManager([get_pass("lower_quant", **options)], verify=True).run(graph)
-    (record,) = result.records
-    return PassResult(result.graph, record.changed, record.stats)
+    return run_pass("lower_quant", graph, **options)
 
 
 def quantized_linear(k: int = 64, n: int = 24, rows: tuple[int, ...] = (2, 7), seed: int = 0, bias: bool = True,

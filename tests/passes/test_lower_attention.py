@@ -17,9 +17,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from canonical_testing import run_pass
 from requant.ir import Builder, Graph, Value, run, tensor_type
 from requant.ir.rewrite import explain
-from requant.passes import PassManager, PassResult, get_pass
+from requant.passes import PassResult, get_pass
 from requant.passes.calibration import collect_stats
 from requant.passes.lower import _qattention_rules
 from requant.passes.quantize import smoothing_axes
@@ -31,9 +32,7 @@ HEAD = D_MODEL // HEADS
 
 
 def lower(graph: Graph, **options) -> PassResult:
-    result = PassManager([get_pass("lower_quant", **options)], verify=True).run(graph)
-    (record,) = result.records
-    return PassResult(result.graph, record.changed, record.stats)
+    return run_pass("lower_quant", graph, **options)
 
 
 def attention_graph(mask: str = "bool2", causal: int = 0, scale: float = 0.0, k_from_other: bool = False,

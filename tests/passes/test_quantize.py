@@ -17,9 +17,10 @@ from requant.errors import RequantError
 from requant.ir import Builder, Graph, run, tensor_type
 from requant.ir.graph import Value
 from requant.ir.quant_formats import QuantScheme, fake_quantize, parse_scheme
-from requant.passes import PassManager, PassResult, get_pass
+from requant.passes import PassResult, get_pass
 from requant.passes.calibration import collect_stats
 from requant.passes.quantize import smoothing_axes
+from canonical_testing import run_pass as run_named_pass
 from quant_testing import block
 
 F32 = "float32"
@@ -28,9 +29,7 @@ U = 2.0**-24  # float32 unit roundoff
 
 def run_pass(graph: Graph, **options) -> PassResult:
     """Run "quantize" through a verifying PassManager."""
-    result = PassManager([get_pass("quantize", **options)], verify=True).run(graph)
-    (record,) = result.records
-    return PassResult(result.graph, record.changed, record.stats)
+    return run_named_pass("quantize", graph, **options)
 
 
 def linear(k: int = 32, n: int = 16, rows: tuple[int, ...] = (3, 5), seed: int = 0, bias: bool = True,
