@@ -309,24 +309,28 @@ def _int8_constant(expr: Any) -> np.ndarray | None:
     return w.astype(np.int8)
 
 
+def _bound(expr: Any, lookup: Any) -> Any:
+    """What a bound Relax variable stands for (`lookup`: var -> value or None); `expr`
+    itself otherwise."""
+    from tvm import relax
+
+    value = lookup(expr) if isinstance(expr, relax.Var) else None
+    return expr if value is None else value
+
+
 def _widened_int8(expr: Any, lookup: Any) -> tuple[Any, np.ndarray | None] | None:
     """`astype(x8, int32)` [`- zp`, zp a scalar constant] -> (x8, zp or None)."""
     import tvm
-    from tvm import relax
 
     zp = None
     if _op_name(expr) == "relax.subtract":
-        z = expr.args[1]
-        while True:  # a scalar constant behind bindings, astype and reshape
-            z = lookup(z) if isinstance(z, relax.Var) and lookup(z) is not None else z
-            if _op_name(z) not in ("relax.astype", "relax.reshape"):
-                break
-            z = z.args[0]
+        z = _bound(expr.args[1], lookup)
+        while _op_name(z) in ("relax.astype", "relax.reshape"):  # a scalar constant behind bindings and casts
+            z = _bound(z.args[0], lookup)
         if not isinstance(z, tvm.ir.expr.Constant) or not hasattr(z.value, "numpy") or z.value.numpy().size != 1:
             return None
         zp = z.value.numpy().reshape(())
-        expr = expr.args[0]
-        expr = lookup(expr) if isinstance(expr, relax.Var) and lookup(expr) is not None else expr
+        expr = _bound(expr.args[0], lookup)
     if _op_name(expr) != "relax.astype" or str(expr.attrs.dtype) != "int32":
         return None
     x8 = expr.args[0]
@@ -362,12 +366,8 @@ def rewrite_int8_matmuls(mod: Any) -> tuple[Any, int]:
             if _op_name(call) != "relax.matmul":
                 return None
             a, w = call.args
-            a_def = self._lookup(a) if isinstance(a, relax.Var) else a
-            w_def = self._lookup(w) if isinstance(w, relax.Var) else w
-            if a_def is None or w_def is None:
-                return None
-            widened = _widened_int8(a_def, self._lookup)
-            w8 = _int8_constant(w_def)
+            widened = _widened_int8(_bound(a, self._lookup), self._lookup)
+            w8 = _int8_constant(_bound(w, self._lookup))
             if widened is None or w8 is None:
                 return None
             x8, zp = widened

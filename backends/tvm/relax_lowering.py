@@ -171,13 +171,18 @@ def _out_dt(node: Node, j: int = 0) -> DType:
     return node.outputs[j].dtype
 
 
+def _as(ctx: LowerContext, x: relax.Expr, dt: str) -> relax.Expr:
+    """`x` cast to Relax dtype `dt` (no cast when it has it already)."""
+    return ctx.emit(R.astype(x, dt)) if _dt(x) != dt else x
+
+
 def _to_compute(ctx: LowerContext, x: relax.Expr, dt: DType) -> relax.Expr:
     """f16/bf16 compute in float32, like the reference kernels."""
     return ctx.emit(R.astype(x, "float32")) if dt in _HALF else x
 
 
 def _from_compute(ctx: LowerContext, y: relax.Expr, dt: DType) -> relax.Expr:
-    return ctx.emit(R.astype(y, relax_dtype(dt))) if _dt(y) != relax_dtype(dt) else y
+    return _as(ctx, y, relax_dtype(dt))
 
 
 def _compute_dt(dt: DType) -> str:
@@ -194,38 +199,30 @@ def _const_scalar(node: Node, i: int) -> Any:
     return np.asarray(node.inputs[i].const).reshape(-1)[0].item()
 
 
+def _requires(check: Callable[[Node], str | None]) -> Callable[[Emitter], Emitter]:
+    """Give an emitter a node-level `check` (chained after any it has already)."""
+
+    def deco(fn: Emitter) -> Emitter:
+        prev = getattr(fn, "check", None)
+        fn.check = check if prev is None else (lambda node: prev(node) or check(node))  # type: ignore[attr-defined]
+        return fn
+
+    return deco
+
+
 def _requires_const(*indices: int) -> Callable[[Emitter], Emitter]:
     """Mark an emitter as needing inputs `indices` (when present) to be graph constants."""
 
     def check(node: Node) -> str | None:
         for i in indices:
             if i < len(node.inputs) and node.inputs[i] is not None and node.inputs[i].const is None:
-                name = get_schema(node.op).inputs[min(i, len(get_schema(node.op).inputs) - 1)].name
+                inputs = get_schema(node.op).inputs
+                name = inputs[min(i, len(inputs) - 1)].name
                 return (f"input {name} must be a constant for the TVM backend (it fixes shapes or axes at "
                         f"compile time); run constant folding first or make it a graph constant")
         return None
 
-    def deco(fn: Emitter) -> Emitter:
-        _add_check(fn, check)
-        return fn
-
-    return deco
-
-
-def _add_check(fn: Emitter, check: Callable[[Node], str | None]) -> None:
-    prev = getattr(fn, "check", None)
-    if prev is None:
-        fn.check = check  # type: ignore[attr-defined]
-    else:
-        fn.check = lambda node: prev(node) or check(node)  # type: ignore[attr-defined]
-
-
-def _requires(check: Callable[[Node], str | None]) -> Callable[[Emitter], Emitter]:
-    def deco(fn: Emitter) -> Emitter:
-        _add_check(fn, check)
-        return fn
-
-    return deco
+    return _requires(check)
 
 
 def _needs_rank(node: Node) -> str | None:
@@ -337,21 +334,12 @@ def _pow(ctx: LowerContext, node: Node, ins: list) -> Any:
     x, y = ins
     if base_dt.is_float:
         ct = _compute_dt(base_dt)
-        xc = ctx.emit(R.astype(x, ct)) if _dt(x) != ct else x
-        yc = ctx.emit(R.astype(y, ct)) if _dt(y) != ct else y
-        return _from_compute(ctx, ctx.emit(R.power(xc, yc)), base_dt)
+        return _from_compute(ctx, ctx.emit(R.power(_as(ctx, x, ct), _as(ctx, y, ct))), base_dt)
     xs, ys = _bcast_all(ctx, [x, ctx.emit(R.astype(y, "float64")) if exp_dt.is_float else y])
     out_dt = relax_dtype(base_dt)
     if exp_dt.is_float:
-        lo, hi = base_dt.int_range
-
         def float_exp(a: Any, e: Any) -> Any:
-            r = tirx.trunc(tirx.power(a.astype("float64"), e))
-            r = tirx.Select(tirx.isnan(r), tirx.const(0.0, "float64"), r)
-            big = r >= tirx.const(float(hi), "float64")
-            small = r <= tirx.const(float(lo), "float64")
-            mid = tirx.Select(big | small, tirx.const(0.0, "float64"), r).astype(out_dt)
-            return tirx.Select(big, tirx.const(hi, out_dt), tirx.Select(small, tirx.const(lo, out_dt), mid))
+            return _trunc_saturate(tirx.power(a.astype("float64"), e), base_dt)
 
         return _ewise(ctx, float_exp, [xs, ys], out_dt, "pow_int_float")
     bits = min(exp_dt.bits, 64)
@@ -476,8 +464,7 @@ def _float_unary(fn: Callable, compute: str | None = None) -> Emitter:
         ct = compute or _compute_dt(dt)
         if dt == dtypes.float64:
             ct = "float64"
-        x = ctx.emit(R.astype(ins[0], ct)) if _dt(ins[0]) != ct else ins[0]
-        return _from_compute(ctx, ctx.emit(fn(x)), dt)
+        return _from_compute(ctx, ctx.emit(fn(_as(ctx, ins[0], ct))), dt)
 
     return emit
 
@@ -634,6 +621,12 @@ def _grid_params(dt: DType) -> tuple[int, int, float, float]:
     return 2, 1, 1.0, 6.0  # fp4_e2m1
 
 
+def _f64_exponent(v: Any) -> Any:
+    """The unbiased binary exponent of float64 `v` (int64, from its bits)."""
+    bits = tirx.reinterpret("int64", v)
+    return ((bits >> tirx.const(52, "int64")) & tirx.const(0x7FF, "int64")) - tirx.const(1023, "int64")
+
+
 def _pow2_f64(e: Any) -> Any:
     """2**e as float64 for an int64 exponent in the normal range (exact)."""
     biased = (e + tirx.const(1023, "int64")) << tirx.const(52, "int64")
@@ -646,9 +639,7 @@ def _grid_round(v: Any, man_bits: int, bias: float) -> Any:
     `round_to_float_format`. Non-finite values pass through."""
     scale = 2.0**bias
     y = v * tirx.const(scale, "float64")
-    bits = tirx.reinterpret("int64", y)
-    e = ((bits >> tirx.const(52, "int64")) & tirx.const(0x7FF, "int64")) - tirx.const(1023, "int64")
-    e = tirx.max(e, tirx.const(1, "int64"))
+    e = tirx.max(_f64_exponent(y), tirx.const(1, "int64"))
     e = tirx.min(e, tirx.const(1023 + man_bits, "int64"))
     q = _pow2_f64(e - tirx.const(man_bits, "int64"))
     r = tirx.round(y / q) * q
@@ -688,27 +679,30 @@ def _encode_float(ctx: LowerContext, x: relax.Expr, dst: DType, saturate: bool) 
     return _ewise(ctx, enc, [x], "float32", "encode_" + dst.short.replace(".", "_"))
 
 
-def _float_to_int(ctx: LowerContext, x: relax.Expr, dst: DType) -> relax.Expr:
-    """Truncate toward zero, saturate to dst's range, NaN -> 0 (requant's Cast)."""
+def _trunc_saturate(v: Any, dst: DType) -> Any:
+    """float64 scalar `v` as integer dtype `dst`: truncated toward zero, saturated to its
+    range, NaN -> 0 (requant's Cast; integer Pow with a float exponent)."""
     lo, hi = dst.int_range
     out = relax_dtype(dst)
     f64 = "float64"
+    r = tirx.trunc(v)
+    r = tirx.Select(tirx.isnan(r), tirx.const(0.0, f64), r)
+    small = r <= tirx.const(float(lo), f64)
+    big = r >= tirx.const(float(hi), f64)
+    mid = tirx.Select(small | big, tirx.const(0.0, f64), r).astype(out)
+    return tirx.Select(small, tirx.const(lo, out), tirx.Select(big, tirx.const(hi, out), mid))
 
-    def conv(a: Any) -> Any:
-        r = tirx.trunc(a.astype(f64))
-        r = tirx.Select(tirx.isnan(r), tirx.const(0.0, f64), r)
-        small = r <= tirx.const(float(lo), f64)
-        big = r >= tirx.const(float(hi), f64)
-        mid = tirx.Select(small | big, tirx.const(0.0, f64), r).astype(out)
-        return tirx.Select(small, tirx.const(lo, out), tirx.Select(big, tirx.const(hi, out), mid))
 
-    return _ewise(ctx, conv, [x], out, "float_to_" + dst.short)
+def _float_to_int(ctx: LowerContext, x: relax.Expr, dst: DType) -> relax.Expr:
+    """Truncate toward zero, saturate to dst's range, NaN -> 0 (requant's Cast)."""
+    return _ewise(ctx, lambda a: _trunc_saturate(a.astype("float64"), dst), [x], relax_dtype(dst),
+                  "float_to_" + dst.short)
 
 
 def _wrap_int(ctx: LowerContext, x: relax.Expr, dst: DType) -> relax.Expr:
     out = relax_dtype(dst)
     if dst.bits != 4:
-        return ctx.emit(R.astype(x, out)) if _dt(x) != out else x
+        return _as(ctx, x, out)
     v = ctx.emit(R.bitwise_and(R.astype(x, "int64"), _c(0xF, "int64")))
     if dst.kind == "int":
         v = ctx.emit(R.subtract(R.bitwise_xor(v, _c(8, "int64")), _c(8, "int64")))
@@ -730,7 +724,7 @@ def convert(ctx: LowerContext, x: relax.Expr, src: DType, dst: DType, saturate: 
         if src == dst:
             return x
         return _encode_float(ctx, x, dst, saturate)
-    return ctx.emit(R.astype(x, out)) if _dt(x) != out else x
+    return _as(ctx, x, out)
 
 
 def _cast(ctx: LowerContext, node: Node, ins: list) -> Any:
@@ -1161,6 +1155,7 @@ def _sqrt_post(ctx: LowerContext, v: relax.Expr, dt: DType) -> relax.Expr:
     return R.sqrt(v)
 
 
+@_requires_const(1)
 def _log_sum_exp(ctx: LowerContext, node: Node, ins: list) -> Any:
     dt = _in_dt(node)
     keep = bool(ctx.attrs(node)["keepdims"])
@@ -1174,9 +1169,6 @@ def _log_sum_exp(ctx: LowerContext, node: Node, ins: list) -> Any:
     if not keep:
         s = ctx.emit(R.squeeze(s, axes))
     return _from_compute(ctx, s, dt)
-
-
-_log_sum_exp = _requires_const(1)(_log_sum_exp)
 
 
 def _arg(fn: Callable) -> Emitter:
@@ -1356,27 +1348,20 @@ def _conv_transpose(ctx: LowerContext, node: Node, ins: list) -> Any:
     geo = _convt_geometry(in_sp, kernel, a.get, n)
     strides = list(a["strides"] or [1] * n)
     dilations = list(a["dilations"] or [1] * n)
-    out_pad = list(a["output_padding"] or [0] * n)
     # padding reduces the full output; output_padding / output_shape add at the end
     pb = [g[0] for g in geo]
     full = [s * (d - 1) + (k - 1) * dl + 1 for d, k, s, dl in zip(in_sp, kernel, strides, dilations)]
     extra = [g[2] + g[0] - f for g, f in zip(geo, full)]  # out = full + extra - pb - pe
-    pe = [0] * n
-    opad = [0] * n
-    for i in range(n):
-        if extra[i] >= 0:
-            opad[i] = extra[i]
-        else:
-            pe[i] = -extra[i]
+    pe = [max(-e, 0) for e in extra]
+    opad = [max(e, 0) for e in extra]
+    # Relax refuses an output_padding not below the stride; the positions it adds get no
+    # contributions, so it can be zero padding of the result instead
+    pad_after = any(o >= s and o >= dl for o, s, dl in zip(opad, strides, dilations))
     dl_, _, kl = _LAYOUTS[n]
-    if any(o >= s and o >= dl for o, s, dl in zip(opad, strides, dilations)):
-        y = ctx.emit(_CONVT[n](x, w, strides=strides, padding=pb + pe, output_padding=[0] * n,
-                               dilation=dilations, groups=int(a["group"]), data_layout=dl_, kernel_layout=kl))
+    y = ctx.emit(_CONVT[n](x, w, strides=strides, padding=pb + pe, output_padding=[0] * n if pad_after else opad,
+                           dilation=dilations, groups=int(a["group"]), data_layout=dl_, kernel_layout=kl))
+    if pad_after:
         y = ctx.emit(R.nn.pad(y, _pad_width([0, 0] + [0] * n, [0, 0] + opad), pad_mode="constant", pad_value=0.0))
-    else:
-        y = ctx.emit(_CONVT[n](x, w, strides=strides, padding=pb + pe, output_padding=opad,
-                               dilation=dilations, groups=int(a["group"]), data_layout=dl_, kernel_layout=kl))
-    del out_pad
     if len(ins) > 2 and ins[2] is not None:
         b = _to_compute(ctx, ins[2], dt)
         y = ctx.emit(R.add(y, R.reshape(b, [1, -1] + [1] * n)))
@@ -1439,13 +1424,13 @@ def _layer_norm(ctx: LowerContext, node: Node, ins: list) -> Any:
     x = ins[0]
     rank = _rank(x)
     axes = list(range(_axis(int(a["axis"]), rank), rank))
-    xs = ctx.emit(R.astype(x, st)) if _dt(x) != st else x
+    xs = _as(ctx, x, st)
     mean = ctx.emit(R.mean(xs, axes, True))
     d = ctx.emit(R.subtract(xs, mean))
     var = ctx.emit(R.mean(R.multiply(d, d), axes, True))
     inv = ctx.emit(R.divide(_c(1, st), R.sqrt(R.add(var, _c(a["epsilon"], st)))))
     y = ctx.emit(R.multiply(d, inv))
-    y = ctx.emit(R.astype(y, relax_dtype(dt))) if _dt(y) != relax_dtype(dt) else y
+    y = _from_compute(ctx, y, dt)
     y = _half_op(ctx, R.multiply, y, ins[1], dt)
     if len(ins) > 2 and ins[2] is not None:
         y = _half_op(ctx, R.add, y, ins[2], dt)
@@ -1466,16 +1451,15 @@ def _rms_norm(ctx: LowerContext, node: Node, ins: list) -> Any:
     x = ins[0]
     rank = _rank(x)
     axes = list(range(_axis(int(a["axis"]), rank), rank))
-    xs = ctx.emit(R.astype(x, st)) if _dt(x) != st else x
+    xs = _as(ctx, x, st)
     ms = ctx.emit(R.mean(R.multiply(xs, xs), axes, True))
     y = ctx.emit(R.divide(xs, R.sqrt(R.add(ms, _c(a["epsilon"], st)))))
-    y = ctx.emit(R.astype(y, relax_dtype(dt))) if _dt(y) != relax_dtype(dt) else y
+    y = _from_compute(ctx, y, dt)
     return _half_op(ctx, R.multiply, y, ins[1], dt)
 
 
 def _channel(ctx: LowerContext, p: relax.Expr, rank: int, ct: str) -> relax.Expr:
-    p = ctx.emit(R.astype(p, ct)) if _dt(p) != ct else p
-    return ctx.emit(R.reshape(p, [1, -1] + [1] * (rank - 2)))
+    return ctx.emit(R.reshape(_as(ctx, p, ct), [1, -1] + [1] * (rank - 2)))
 
 
 def _batch_norm(ctx: LowerContext, node: Node, ins: list) -> Any:
@@ -1611,10 +1595,6 @@ def _expand_param(ctx: LowerContext, p: relax.Expr, pv: Any, x: relax.Expr, axis
         return _align(ctx, ctx.emit(R.reshape(p, [1] * axis + [-1] + [1] * (rank - axis - 1))), x)
     rep = ctx.emit(R.repeat(p, block, axis=axis))
     return _align(ctx, ctx.emit(R.strided_slice(rep, axes=[axis], begin=[0], end=[dims[axis]])), x)
-
-
-def _as(ctx: LowerContext, x: relax.Expr, dt: str) -> relax.Expr:
-    return ctx.emit(R.astype(x, dt)) if _dt(x) != dt else x
 
 
 def _quantize_values(ctx: LowerContext, v: relax.Expr, zp: relax.Expr | None, dst: DType, saturate: bool) -> relax.Expr:
@@ -1872,12 +1852,10 @@ def _fake_quantize_blocks(ctx: LowerContext, node: Node, x: relax.Expr, scheme: 
     if scheme.granularity == "mx":
         def mx_factor(m: Any) -> Any:
             v = m.astype("float64")
-            bits = tirx.reinterpret("int64", v)
-            e = ((bits >> tirx.const(52, "int64")) & tirx.const(0x7FF, "int64")) - tirx.const(1023 + 2, "int64")
+            e = _f64_exponent(v) - tirx.const(2, "int64")  # fp4_e2m1's largest exponent is 2
             e = tirx.Select(v > tirx.const(0.0, "float64"), e, tirx.const(-127, "int64"))
             e = tirx.max(e, tirx.const(-127, "int64"))
-            # 2^e for e down to -127: split so every factor is a normal float64
-            p = _pow2_f64(e)
+            p = _pow2_f64(e)  # exact: 2^-127 is a normal float64
             return tirx.Select(tirx.isfinite(v), p, tirx.const(float("nan"), "float64"))
 
         factor = _ewise(ctx, mx_factor, [amax], "float64", "mx_scale")
@@ -1983,9 +1961,13 @@ LOWERINGS.update({
         "makes it: run lower_quant with kernel='integer' on the Q/DQ graph instead of kernel='auto'"),
 })
 
+
+_TABLE_NAME = "TVM lowering table (backends/tvm/relax_lowering.py)"
+
+
 def lowering_for(op: str) -> Emitter:
     """The emitter of `op`; raises `UnsupportedOpError` with the table's reason."""
-    return entry_for(LOWERINGS, op, table_name="TVM lowering table (backends/tvm/relax_lowering.py)", cannot="cannot be lowered to TVM Relax")
+    return entry_for(LOWERINGS, op, table_name=_TABLE_NAME, cannot="cannot be lowered to TVM Relax")
 
 
 def unsupported_reason(node: Node) -> str | None:
@@ -1993,7 +1975,7 @@ def unsupported_reason(node: Node) -> str | None:
     check of its emitter), or None when it can."""
     entry = LOWERINGS.get(node.op)
     if entry is None:
-        return "no entry in the TVM lowering table (backends/tvm/relax_lowering.py)"
+        return f"no entry in the {_TABLE_NAME}"
     if isinstance(entry, Unsupported):
         return entry.reason
     if node.op != "Constant":

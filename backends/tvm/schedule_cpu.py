@@ -333,6 +333,14 @@ def _const_array(expr) -> np.ndarray | None:
     return None
 
 
+def _mutate_relax_functions(mutator: relax.PyExprMutator, mod: tvm.IRModule) -> tvm.IRModule:
+    """`mod` with every Relax function rewritten by `mutator` (made on `mod`)."""
+    for gv, func in list(mod.functions_items()):
+        if isinstance(func, relax.Function):
+            mutator.builder_.update_func(gv, mutator.visit_expr(func))
+    return mutator.builder_.get()
+
+
 @relax.expr_functor.mutator
 class _WeightPacker(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule, vnni: bool, conv: bool = True) -> None:
@@ -462,10 +470,7 @@ class PackConstantWeights:
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         packer = _WeightPacker(mod, self.vnni, self.conv)
-        for gv, func in list(mod.functions_items()):
-            if isinstance(func, relax.Function):
-                packer.builder_.update_func(gv, packer.visit_expr(func))
-        out = packer.builder_.get()
+        out = _mutate_relax_functions(packer, mod)
         logger.debug("PackConstantWeights: %d matmuls packed", packer.packed)
         return relax.transform.DeadCodeElimination()(out) if packer.packed else out
 
@@ -491,11 +496,7 @@ class FastMath:
     matmul."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        decomposer = _GeluDecomposer(mod)
-        for gv, func in list(mod.functions_items()):
-            if isinstance(func, relax.Function):
-                decomposer.builder_.update_func(gv, decomposer.visit_expr(func))
-        return relax.transform.FastMathTransform()(decomposer.builder_.get())
+        return relax.transform.FastMathTransform()(_mutate_relax_functions(_GeluDecomposer(mod), mod))
 
 
 # --------------------------------------------------------------------------------------
@@ -537,9 +538,11 @@ def _vectorize_inner(sch: s_tir.Schedule, loop, lanes: int = LANES) -> None:
 def _vectorize_any(sch: s_tir.Schedule, loop) -> None:
     """Vectorise `loop` by the widest of 16 / 8 / 4 lanes that divides its extent."""
     ext = _extent(sch, loop)
+    if ext is None:
+        return
     for lanes in (LANES, LANES // 2, LANES // 4):
-        if ext is not None and ext % lanes == 0:
-            _vectorize_inner(sch, loop, lanes) if ext > lanes else sch.vectorize(loop)
+        if ext % lanes == 0:
+            _vectorize_inner(sch, loop, lanes)
             return
 
 
@@ -841,10 +844,8 @@ def _emit_vnni(func: tirx.PrimFunc) -> tirx.PrimFunc:
         indent = outer.group("ind") + "    "
         # the blockized block's own lines, then its inner loop nest
         body_start = outer.end()
-        end = body_start
-        lines = text[body_start:].split("\n")
         taken = []
-        for line in lines:
+        for line in text[body_start:].split("\n"):
             if line.strip() and not line.startswith(indent):
                 break
             taken.append(line)
@@ -887,7 +888,7 @@ def _emit_vnni(func: tirx.PrimFunc) -> tirx.PrimFunc:
 def _has_vnni(target: Target) -> bool:
     mcpu = str(target.attrs.get("mcpu", ""))
     attrs = " ".join(str(a) for a in target.attrs.get("mattr", []))
-    return "avx512vnni" in attrs or "+avx512vnni" in attrs or mcpu in _VNNI_CPUS
+    return "avx512vnni" in attrs or mcpu in _VNNI_CPUS
 
 
 _VNNI_CPUS = {
