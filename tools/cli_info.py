@@ -15,7 +15,7 @@ import numpy as np
 from requant.errors import RequantError
 from requant.tools.cli_models import ModelSource, check_target, open_model
 
-__all__ = ["cmd_inspect", "cmd_passes", "cmd_targets", "cmd_view", "inspect_lines", "quant_scheme_text"]
+__all__ = ["cmd_inspect", "cmd_passes", "cmd_targets", "cmd_view", "inspect_lines", "quant_scheme_text", "value_bytes"]
 
 _SHOWN = 20  # rows per section before "... N more (--all)"
 
@@ -44,7 +44,9 @@ def quant_scheme_text(attrs: dict[str, Any]) -> str:
     return text + (" dynamic" if attrs.get("dynamic") else "")
 
 
-def _bytes(v: Any) -> int:
+def value_bytes(v: Any) -> int:
+    """Bytes of a constant at its element width (int4 counts half a byte), as
+    `requant.report.constant_bytes` counts them."""
     return (int(np.asarray(v.const).size) * v.dtype.bits + 7) // 8
 
 
@@ -54,7 +56,7 @@ def _signature_lines(values: list[Any]) -> list[str]:
 
 def inspect_lines(source: ModelSource, show_all: bool = False) -> list[str]:
     """The text `requant inspect` prints."""
-    from requant.report import format_bytes
+    from requant.report import constant_bytes, format_bytes
 
     g = source.graph
     lines = [f"model: {source.label}", f"graph '{g.name}': {len(g)} nodes, {len(g.constants)} constants"]
@@ -69,14 +71,13 @@ def inspect_lines(source: ModelSource, show_all: bool = False) -> list[str]:
     hist = g.op_histogram()
     lines.append(f"ops ({len(hist)} kinds, {len(g)} nodes):")
     lines += _table([[op, str(n)] for op, n in sorted(hist.items(), key=lambda kv: (-kv[1], kv[0]))])
-    consts = sorted(g.constants, key=lambda v: (-_bytes(v), v.name))
-    total = sum(_bytes(v) for v in consts)
+    consts = sorted(g.constants, key=lambda v: (-value_bytes(v), v.name))
     by_dtype = Counter()
     for v in consts:
-        by_dtype[v.dtype.name] += _bytes(v)
+        by_dtype[v.dtype.name] += value_bytes(v)
     split = ", ".join(f"{k} {format_bytes(n)}" for k, n in by_dtype.most_common())
-    lines.append(f"constants: {len(consts)}, {format_bytes(total)}" + (f" ({split})" if split else ""))
-    lines += _limited([[v.name, str(v.type), format_bytes(_bytes(v))] for v in consts], show_all)
+    lines.append(f"constants: {len(consts)}, {format_bytes(constant_bytes(g))}" + (f" ({split})" if split else ""))
+    lines += _limited([[v.name, str(v.type), format_bytes(value_bytes(v))] for v in consts], show_all)
     lines += _quant_lines(g, show_all)
     return lines
 

@@ -203,18 +203,22 @@ def _guarded(name: str, build: Callable[[], Row]) -> Row:
 # ----------------------------------------------------------------------------- measure
 
 
-def _accuracy(rows: list[Row], feeds: dict[str, np.ndarray]) -> None:
+def _accuracy(rows: list[Row], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Fills each row's accuracy against `rows[0]` (the float reference); returns every
+    row's output, {name: output}, so callers need not run the models again."""
     from requant.tools.bench.minilm import cosine, mean_pool, nn_agreement
 
     mask = feeds["attention_mask"]
-    ref = mean_pool(rows[0].run(feeds), mask)
+    outputs = {row.name: row.run(feeds) for row in rows if row.run is not None}
+    ref = mean_pool(outputs[rows[0].name], mask)
     for row in rows:
         if row.run is None:
             continue
-        emb = mean_pool(row.run(feeds), mask)
+        emb = mean_pool(outputs[row.name], mask)
         cos = cosine(ref.astype(np.float64), emb.astype(np.float64))
         row.cos_mean, row.cos_min = float(cos.mean()), float(cos.min())
         row.nn_agree = nn_agreement(ref, emb)
+    return outputs
 
 
 def _time(rows: list[Row], feeds: dict[str, np.ndarray], seconds: float) -> int:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from requant.tools.cli_info import quant_scheme_text, value_bytes
 from requant.tools.viewer_layout import Box, Layout, layout_graph
 
 __all__ = ["render_html", "write_html", "color_key", "LEGEND", "svg_for_graph"]
@@ -108,11 +109,7 @@ def _short(text: str, n: int = _MAX_LINE) -> str:
 
 def _scheme_text(v: Any) -> str:
     q = v.meta.get("quant")
-    if not isinstance(q, Mapping):
-        return ""
-    from requant.tools.cli_info import quant_scheme_text
-
-    return quant_scheme_text(dict(q))
+    return quant_scheme_text(dict(q)) if isinstance(q, Mapping) else ""
 
 
 def box_lines(box: Box) -> list[str]:
@@ -128,10 +125,6 @@ def box_lines(box: Box) -> list[str]:
     return [_short(node.op), _short(second)] if second else [_short(node.op)]
 
 
-def _bytes(v: Any) -> int:
-    return (int(np.asarray(v.const).size) * v.dtype.bits + 7) // 8
-
-
 def _attr_text(value: Any) -> str:
     if isinstance(value, np.ndarray):
         return f"array {value.dtype}{list(value.shape)}" if value.size > 8 else np.array2string(value, separator=",")
@@ -141,7 +134,7 @@ def _attr_text(value: Any) -> str:
 
 def _value_line(v: Any) -> str:
     scheme = _scheme_text(v)
-    const = f" constant, {_bytes(v):,} bytes" if v.is_constant else ""
+    const = f" constant, {value_bytes(v):,} bytes" if v.is_constant else ""
     return f"  %{v.name}: {v.type}{const}" + (f"  [{scheme}]" if scheme else "")
 
 
@@ -194,8 +187,8 @@ def _svg_box(box: Box) -> str:
 
 def _svg_edge(edge: Any, uid: str) -> str:
     key = value_key(edge.value)
-    title = html.escape(f"%{edge.value.name}: {edge.value.type}" + (f"  [{_scheme_text(edge.value)}]"
-                                                                     if _scheme_text(edge.value) else ""))
+    scheme = _scheme_text(edge.value)
+    title = html.escape(f"%{edge.value.name}: {edge.value.type}" + (f"  [{scheme}]" if scheme else ""))
     return (f'<path class="edge e-{key}" d="{_path(edge.points)}" marker-end="url(#{uid}-arrow)">'
             f"<title>{title}</title></path>")
 
@@ -286,9 +279,9 @@ def _pipeline_table(pipeline: Mapping[str, Any] | None) -> str:
 
 
 def _summary(graph: Any) -> str:
-    from requant.report import format_bytes
+    from requant.report import constant_bytes, format_bytes
 
-    nbytes = sum(_bytes(v) for v in graph.constants)
+    nbytes = constant_bytes(graph)
     ins = ", ".join(f"{v.name}: {v.type}" for v in graph.inputs)
     outs = ", ".join(f"{v.name}: {v.type}" for v in graph.outputs)
     return (f"{len(graph)} nodes, {len(graph.constants)} constants ({format_bytes(nbytes)}); "
@@ -328,8 +321,9 @@ def render_html(graph: Any, *, title: str = "", source: str = "", before: Any | 
     panes.append(pane)
     keys |= k
     tables = f"<div>{_op_table(graph, before)}</div>"
-    if pipeline and pipeline.get("ran"):
-        tables += f"<div>{_pipeline_table(pipeline)}</div>"
+    steps = _pipeline_table(pipeline)
+    if steps:
+        tables += f"<div>{steps}</div>"
     heading = html.escape(title or graph.name)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">

@@ -52,13 +52,13 @@ import statistics
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SHAPES", "FORMS", "Case", "build", "bench_many", "main"]
+__all__ = ["SHAPES", "FORMS", "Case", "build", "bench_many", "round_robin", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -351,12 +351,27 @@ def _ran_ops(model) -> str:
     return " ".join(f"{op}" + (f"x{k}" if k > 1 else "") for op, k in sorted(hist.items()))
 
 
+def round_robin(calls: Mapping[str, Callable[[], object]], seconds: float, rounds: int = 5,
+                clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
+    """Per-run times (in `clock` seconds) of each call, timed round-robin: `rounds`
+    slices of `seconds / rounds` per call (at least 2 runs each), so a burst of load on
+    the machine hits every call alike rather than whichever happened to be running.
+    No warm-up: the caller's."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            while len(times[name]) < 2 or time.perf_counter() - start < seconds / rounds:
+                t0 = clock()
+                call()
+                times[name].append(clock() - t0)
+    return times
+
+
 def bench_many(models: dict[str, object], x: np.ndarray, seconds: float, rounds: int = 5,
                clock=time.perf_counter) -> dict[str, tuple[float, np.ndarray]]:
-    """Median ms per run and the output of each model. The models are timed round-robin,
-    `rounds` slices of `seconds / rounds` each, so a burst of load on the machine hits
-    every form alike rather than whichever happened to be running."""
-    sessions, outputs, times = {}, {}, {}
+    """Median ms per run and the output of each model, timed with `round_robin`."""
+    sessions, outputs = {}, {}
     for name, model in models.items():
         try:
             sessions[name] = _session(model)
@@ -365,14 +380,8 @@ def bench_many(models: dict[str, object], x: np.ndarray, seconds: float, rounds:
         except Exception as exc:  # a form this ORT build cannot run: reported, not fatal
             outputs[name] = exc
             sessions.pop(name, None)
-        times[name] = []
-    for _ in range(rounds):
-        for name, sess in sessions.items():
-            start = time.perf_counter()
-            while len(times[name]) < 2 or time.perf_counter() - start < seconds / rounds:
-                t0 = clock()
-                sess.run(None, {"x": x})
-                times[name].append(clock() - t0)
+    times = round_robin({name: (lambda s=sess: s.run(None, {"x": x})) for name, sess in sessions.items()},
+                        seconds, rounds, clock)
     return {name: (statistics.median(times[name]) * 1e3 if name in sessions else float("nan"), outputs[name])
             for name in models}
 
@@ -401,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n### [{BATCH * SEQ}, {k}] x [{k}, {n}]\n")
         print("| form | ms | vs fp32 | err vs own QDQ ref | err vs fp32 | exact | ORT ran |")
         print("|---|---:|---:|---:|---:|---|---|")
-        results = bench_many({form: FORMS[form][0](case) for form in args.forms}, case.x, args.seconds, clock=clock)
+        models = {form: build(form, case) for form in args.forms}
+        results = bench_many(models, case.x, args.seconds, clock=clock)
         base = results.get("fp32", (None,))[0]
         for form, (ms, y) in results.items():
             _, reference, exact = FORMS[form]
@@ -413,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
             err_32 = float(np.abs(y - y32).max() / np.abs(y32).max())
             speed = f"{base / ms:.2f}x" if base else "-"
             print(f"| {form} | {ms:.2f} | {speed} | {err_ref:.1e} | {err_32:.1e} | {'yes' if exact else 'no'} "
-                  f"| {_ran_ops(FORMS[form][0](case))} |")
+                  f"| {_ran_ops(models[form])} |")
     return 0
 
 

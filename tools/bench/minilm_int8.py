@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from requant.tools.bench.minilm import cosine, nn_agreement  # noqa: F401  (re-exported for tests)
+from requant.tools.bench.minilm import mean_pool as _mean_pool
 
 __all__ = ["docstring_sentences", "main"]
 
@@ -106,8 +107,8 @@ def float_graph():
 
 
 def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    m = mask[..., None].astype(np.float64)
-    return (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
+    """`minilm.mean_pool` in float64."""
+    return _mean_pool(np.asarray(hidden, np.float64), mask)
 
 
 def quantized_graph(graph, stats, options: dict[str, Any]):
@@ -150,16 +151,11 @@ def _model_bytes(model) -> int:
 def _time(sessions: dict[str, Any], feeds: dict[str, np.ndarray], seconds: float, rounds: int = 5,
           clock: Any = time.perf_counter) -> dict[str, tuple[float, float]]:
     """(median, min) ms per run of each session, timed round-robin with `clock`."""
-    times: dict[str, list[float]] = {k: [] for k in sessions}
+    from requant.tools.bench.matmul_kernels import round_robin
+
     for sess in sessions.values():
         sess(**feeds)
-    for _ in range(rounds):
-        for name, sess in sessions.items():
-            start = time.perf_counter()
-            while len(times[name]) < 2 or time.perf_counter() - start < seconds / rounds:
-                t0 = clock()
-                sess(**feeds)
-                times[name].append(clock() - t0)
+    times = round_robin({k: (lambda s=sess: s(**feeds)) for k, sess in sessions.items()}, seconds, rounds, clock)
     return {k: (statistics.median(v) * 1e3, min(v) * 1e3) for k, v in times.items()}
 
 
@@ -208,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     outs = {k: s(**feeds)[0] for k, s in sessions.items()}
     ref = mean_pool(outs["fp32"], mask)
     ms = _time(sessions, feeds, args.seconds, clock=time.process_time if args.cpu_time else time.perf_counter)
-    size32 = _model_bytes(fp32_model)
+    sizes = {k: _model_bytes(m) for k, m in models.items()}
+    size32 = sizes["fp32"]
     print(f"MiniLM-L6 batch {N_EVAL} x seq {SEQ}, {sessions['fp32'].options.intra_op_num_threads} threads, "
           f"eval set {args.eval_set}\n")
     print("| model | options | cos mean | cos min | NN agree | MB | size vs fp32 | ms median (min) "
@@ -217,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     for k, out in outs.items():
         emb = mean_pool(out, mask)
         cos = cosine(ref, emb)
-        size = _model_bytes(models[k])
+        size = sizes[k]
         med, best = ms[k]
         vs_dyn = f"{ms['ort_dyn'][0] / med:.2f}x" if "ort_dyn" in ms else "-"
         print(f"| {k} | {rows[k]} | {cos.mean():.5f} | {cos.min():.5f} | {nn_agreement(ref, emb):.3f} | "

@@ -99,12 +99,6 @@ def _requant_row(name: str, float_path: Path, target: str, options: dict, batche
     return demo.Row(name, lambda feeds: cm(**feeds)[0], size), seconds
 
 
-def _timed(build):
-    start = time.perf_counter()
-    row = build()
-    return row, time.perf_counter() - start
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=30.0, help="timing budget for all models together")
@@ -122,10 +116,9 @@ def main(argv: list[str] | None = None) -> int:
             ("ORT quantize_dynamic int8", lambda: demo._ort_dynamic(float_path, tmp)),
             ("ORT quantize_static QDQ int8", lambda: demo._ort_static(float_path, tmp, batches)),
         ):
-            row, seconds = _timed(lambda: demo._guarded(name, build))
-            row.name = name
-            rows.append(row)
-            compile_s[name] = seconds
+            start = time.perf_counter()
+            rows.append(demo._guarded(name, build))
+            compile_s[name] = time.perf_counter() - start
         for name, target, options in REQUANT_ROWS + W4A4_ROWS:
             try:
                 row, seconds = _requant_row(name, float_path, target, options, batches)
@@ -133,10 +126,10 @@ def main(argv: list[str] | None = None) -> int:
                 row, seconds = demo.Row(name, None, error=str(exc).splitlines()[0]), float("nan")
             rows.append(row)
             compile_s[name] = seconds
-        demo._accuracy(rows, feeds)
+        outputs = demo._accuracy(rows, feeds)
         mask = feeds["attention_mask"]
-        ref_pairs = _pairwise(mean_pool(rows[0].run(feeds), mask))
-        rho = {r.name: spearman(ref_pairs, _pairwise(mean_pool(r.run(feeds), mask))) for r in rows if r.run}
+        ref_pairs = _pairwise(mean_pool(outputs[rows[0].name], mask))
+        rho = {name: spearman(ref_pairs, _pairwise(mean_pool(out, mask))) for name, out in outputs.items()}
         rounds = demo._time(rows, feeds, args.seconds)
 
     n = feeds["input_ids"].shape[0]

@@ -151,8 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             compile_s[name] = seconds
             if target.startswith("tvm") and not extra:
                 models[target] = cm
-        outputs = {r.name: r.run(feeds) for r in rows}
-        demo._accuracy(rows, feeds)
+        outputs = demo._accuracy(rows, feeds)
         rounds = demo._time(rows, feeds, args.seconds)
         breakdowns = {t: _breakdown(models[t], feeds) for t in ("tvm-cpu-fp32", "tvm-cpu-int8")}
 
