@@ -1136,7 +1136,9 @@ def _int_mean(ctx: LowerContext, v: relax.Expr, axes: list[int], keep: bool, dt:
     if all(_static(dims[a]) is not None for a in axes):
         n = _c(int(math.prod(_static(dims[a]) for a in axes)), "int64")
     else:
-        n = ctx.emit(R.astype(R.prod(R.astype(R.shape_to_tensor(R.shape_of(v)), "int64")), "int64"))
+        # the reduced axes' sizes from the run-time shape (not the whole tensor's size)
+        sizes = R.astype(R.shape_to_tensor(R.shape_of(v)), "int64")
+        n = ctx.emit(R.prod(R.take(sizes, relax.const(np.array(axes, np.int64)), axis=0)))
     return R.astype(R.divide(total, n), relax_dtype(dt))  # TVM's integer divide truncates
 
 

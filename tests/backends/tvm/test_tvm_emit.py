@@ -239,6 +239,21 @@ def test_symbolic_batch_runs_at_two_sizes() -> None:
         np.testing.assert_array_equal(got[1], [batch, seq, 8])
 
 
+def test_integer_mean_over_some_axes_of_a_symbolic_tensor() -> None:
+    """An integer ReduceMean divides by the reduced axes' sizes only, also when another
+    axis is symbolic (the count comes from the run-time shape)."""
+    g = Graph("int_mean")
+    b = Builder(g)
+    x = b.input("x", tensor_type("int32", ("batch", "seq", 6)))
+    g.outputs = [b.ReduceMean(x, b.const(np.array([2], np.int64)), keepdims=0),
+                 b.ReduceMean(x, b.const(np.array([1, 2], np.int64)), keepdims=1)]
+    vm = compile_graph(g)
+    for batch, seq in ((2, 3), (4, 5)):
+        feed = {"x": _RNG.integers(-50, 50, (batch, seq, 6)).astype(np.int32)}
+        for got, want in zip(run_tvm(vm, g, feed), run(g, feed)):
+            compare(got, want, dtypes.int32, f"batch {batch} seq {seq}")
+
+
 def test_bind_dims_fixes_a_symbol() -> None:
     g = Graph("bind")
     b = Builder(g)
