@@ -1356,9 +1356,10 @@ def _conv_transpose(ctx: LowerContext, node: Node, ins: list) -> Any:
     extra = [g[2] + g[0] - f for g, f in zip(geo, full)]  # out = full + extra - pb - pe
     pe = [max(-e, 0) for e in extra]
     opad = [max(e, 0) for e in extra]
-    # Relax refuses an output_padding not below the stride; the positions it adds get no
-    # contributions, so it can be zero padding of the result instead
-    pad_after = any(o >= s and o >= dl for o, s, dl in zip(opad, strides, dilations))
+    # Relax refuses an output_padding not below the stride (ONNX allows it up to the
+    # dilation); the positions it adds get no contributions, so it can be zero padding of
+    # the result instead
+    pad_after = any(o >= s for o, s in zip(opad, strides))
     dl_, _, kl = _LAYOUTS[n]
     y = ctx.emit(_CONVT[n](x, w, strides=strides, padding=pb + pe, output_padding=[0] * n if pad_after else opad,
                            dilation=dilations, groups=int(a["group"]), data_layout=dl_, kernel_layout=kl))

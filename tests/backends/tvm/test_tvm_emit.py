@@ -254,6 +254,21 @@ def test_integer_mean_over_some_axes_of_a_symbolic_tensor() -> None:
             compare(got, want, dtypes.int32, f"batch {batch} seq {seq}")
 
 
+@pytest.mark.parametrize("strides,dilations,output_padding", [
+    ((1, 1), (2, 2), (1, 1)),  # output_padding >= stride, allowed by ONNX since < dilation
+    ((2, 2), (3, 3), (2, 2)),
+    ((2, 2), (1, 1), (1, 1)),  # below the stride: Relax's own output_padding
+])
+def test_conv_transpose_output_padding_up_to_the_dilation(strides, dilations, output_padding) -> None:
+    g = Graph("convt")
+    b = Builder(g)
+    x = b.input("x", tensor_type("f32", (1, 2, 5, 5)))
+    w = b.const(_RNG.standard_normal((2, 3, 3, 3)).astype(np.float32))
+    g.outputs = [b.ConvTranspose(x, w, strides=list(strides), dilations=list(dilations),
+                                 output_padding=list(output_padding))]
+    check_against_interpreter(g, {"x": _f32(1, 2, 5, 5)}, f"strides {strides} dilations {dilations}")
+
+
 def test_bind_dims_fixes_a_symbol() -> None:
     g = Graph("bind")
     b = Builder(g)
