@@ -191,13 +191,19 @@ def _ort_static(float_path: Path, tmp: Path, batches: list[dict[str, np.ndarray]
     return _session_row("ORT quantize_static QDQ int8", dst)
 
 
+def error_line(exc: BaseException) -> str:
+    """One line for a table cell: the exception's type and the first line of its message."""
+    lines = str(exc).splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+
+
 def _guarded(name: str, build: Callable[[], Row]) -> Row:
     """A baseline that fails is a row saying so, not a crashed demo."""
     try:
         return build()
     except Exception as exc:  # noqa: BLE001  (ORT's tools raise anything)
         logger.debug("%s failed", name, exc_info=True)
-        return Row(name, None, error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        return Row(name, None, error=error_line(exc))
 
 
 # ----------------------------------------------------------------------------- measure

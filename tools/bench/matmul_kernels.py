@@ -395,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import onnxruntime as ort
 
+    from requant.tools.demo import error_line
+
     global THREADS
     THREADS = 1 if args.cpu_time else None
     clock = time.process_time if args.cpu_time else time.perf_counter
@@ -416,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         for form, (ms, y) in results.items():
             _, reference, exact = FORMS[form]
             if isinstance(y, Exception):
-                print(f"| {form} | - | - | - | - | - | failed: {str(y).splitlines()[0][:80]} |")
+                print(f"| {form} | - | - | - | - | - | failed: {error_line(y)[:80]} |")
                 continue
             ref = reference(case)
             err_ref = float(np.abs(y - ref).max() / np.abs(ref).max())

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 row, seconds = _requant_row(name, float_path, target, options, batches)
             except Exception as exc:  # noqa: BLE001  (a failed target is a table row, not a crash)
-                row, seconds = demo.Row(name, None, error=str(exc).splitlines()[0]), float("nan")
+                row, seconds = demo.Row(name, None, error=demo.error_line(exc)), float("nan")
             rows.append(row)
             compile_s[name] = seconds
         outputs = demo._accuracy(rows, feeds)
