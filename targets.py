@@ -263,12 +263,12 @@ _INT8_OPTIONS = {
     "smooth_alpha": OptionSpec((float, type(None)), 0.7, "SmoothQuant migration strength for linear inputs "
                                                          "(None: no smoothing)"),
     # ONNX Runtime runs each smoothing multiply as its own pass over the tensor: on MiniLM
-    # those after GELU cost 2-6.5% of the model for +0.0017 cosine, those after LayerNorm
-    # nothing measurable (-0.1% / +0.6% in two runs of tools/bench/quantize_minilm.py),
+    # those after GELU cost 1.9-5.8% of the model for +0.0017 cosine, those after LayerNorm
+    # +0.6% / -0.1% / +1.4% in three runs of tools/bench/quantize_minilm.py,
     # hence "norm" here and "all" where TVM fuses the multiply into the quantize kernel
     "smooth_scope": OptionSpec(str, "norm", "SmoothQuant on LayerNorm / RMSNorm outputs only ('norm'), or on "
                                             "every quantized linear input ('all': MiniLM cosine 0.9979 vs 0.9962, "
-                                            "2-6.5% slower on ONNX Runtime)", SMOOTH_SCOPES),
+                                            "2-6% slower on ONNX Runtime)", SMOOTH_SCOPES),
 }
 _INT8_WEIGHTS = Scheme("int8", Opt("per_channel", {True: "channel", False: "tensor"}),
                        axis=Opt("per_channel", {True: 1, False: None}), symmetric=True)

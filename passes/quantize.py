@@ -88,7 +88,7 @@ float rest (ORT's SkipLayerNormalization ~77 ms, attention masking Where/IsNaN ~
 is the same in every model. (requant's ORT sessions have since turned the
 SkipLayerNormalization fusion off, `backends/onnx/runtime.SLOW_ORT_FUSIONS`, and the
 cpu-int8 target smooths only LayerNorm outputs, `smooth_scope="norm"`: GELU-output
-multiplies cost ~6% on ORT for +0.0017 cosine.) (Measured before lower_quant fused attention blocks into ORT's
+multiplies cost 2-6% on ORT for +0.0017 cosine.) (Measured before lower_quant fused attention blocks into ORT's
 QAttention: since then requant's defaults run ahead of quantize_dynamic, 182.6 vs 189.8 ms
 in tools/bench/quantize_minilm.py, README.)
 """

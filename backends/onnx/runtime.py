@@ -11,9 +11,9 @@ clean-ups as warnings).
 `SLOW_ORT_FUSIONS`: ORT fusions whose fused kernel is slower than the ops it replaces, so
 requant's sessions turn them off (`disabled_optimizers`). "SkipLayerNormFusion" rewrites
 Add + LayerNormalization into com.microsoft SkipLayerNormalization, whose CPU kernel in
-ONNX Runtime 1.32 took 1.7-6.7x the time of the two ops it replaces on every shape
-measured (1x8x384 to 4x512x4096, 2 threads; 7.2 vs 1.1 ms at MiniLM's 64x64x384, 12 of
-them per model; MiniLM fp32 1.10x, cpu-int8 1.22x faster without it):
+ONNX Runtime 1.32 took 1.7-6.8x the time of the two ops it replaces on every shape
+measured (1x8x384 to 4x512x4096, 2 threads; 7.1 vs 1.0 ms at MiniLM's 64x64x384, 12 of
+them per model; MiniLM fp32 1.09x, cpu-int8 1.24x faster without it):
 `python -m requant.tools.bench.ort_fusions`. The saved model.onnx
 is plain ONNX either way; only ONNX Runtime sessions made outside requant keep ORT's
 defaults.
