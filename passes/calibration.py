@@ -43,6 +43,9 @@ from requant.passes.calibration_grids import quant_grid
 from requant.passes.calibration_stats import DEFAULT_BINS, RANGE_METHODS, TensorStats
 
 __all__ = [
+    "ObservedGraph",
+    "InterpreterRunner",
+    "OrtRunner",
     "TensorStats",
     "RANGE_METHODS",
     "DEFAULT_CALIBRATION_OPS",
@@ -224,7 +227,7 @@ def _to_numpy(x: Any, want: Any) -> np.ndarray:
 # ----------------------------------------------------------------------------- runners
 
 
-class _Observed:
+class ObservedGraph:
     """A clone of the graph whose outputs are the requested node outputs (graph inputs
     and constants need no run: they are read from the batch or the payload)."""
 
@@ -249,10 +252,12 @@ class _Observed:
         self.graph.outputs = outputs
 
 
-class _InterpreterRunner:
+class InterpreterRunner:
+    """Runs an `ObservedGraph` in requant's interpreter: {value name: array}."""
+
     name = "interpreter"
 
-    def __init__(self, observed: _Observed) -> None:
+    def __init__(self, observed: ObservedGraph) -> None:
         from requant.ir.interpreter import run
 
         self._run = run
@@ -263,10 +268,12 @@ class _InterpreterRunner:
         return {n: outs[i] for n, i in self.observed.positions.items()}
 
 
-class _OrtRunner:
+class OrtRunner:
+    """Runs an `ObservedGraph` in ONNX Runtime: {value name: array}."""
+
     name = "onnxruntime"
 
-    def __init__(self, observed: _Observed) -> None:
+    def __init__(self, observed: ObservedGraph) -> None:
         from requant.backends.onnx.export import to_onnx
         from requant.backends.onnx.runtime import OnnxRuntimeSession
 
@@ -278,16 +285,16 @@ class _OrtRunner:
         return {n: outs[i] for n, i in self.observed.positions.items()}
 
 
-def _make_runner(runner: str, observed: _Observed) -> _InterpreterRunner | _OrtRunner:
+def _make_runner(runner: str, observed: ObservedGraph) -> InterpreterRunner | OrtRunner:
     if runner == "interpreter":
-        return _InterpreterRunner(observed)
+        return InterpreterRunner(observed)
     if runner == "onnxruntime":
-        return _OrtRunner(observed)
+        return OrtRunner(observed)
     try:
-        return _OrtRunner(observed)
+        return OrtRunner(observed)
     except RequantError as exc:
         logger.warning("calibration: ONNX Runtime cannot run the float graph (%s); using the interpreter", exc)
-        return _InterpreterRunner(observed)
+        return InterpreterRunner(observed)
 
 
 # ----------------------------------------------------------------------------- progress
@@ -375,7 +382,7 @@ def collect_stats(
         logger.warning("calibration: graph '%s' has no values to observe (no MatMul/Gemm/Conv/Gather activations)",
                        graph.name)
         return stats
-    observed = _Observed(graph, names)
+    observed = ObservedGraph(graph, names)
     run = _make_runner(runner, observed) if observed.positions else None
     for n, payload in observed.constants.items():
         stats[n].update(payload)

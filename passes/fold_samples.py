@@ -22,7 +22,7 @@ import numpy as np
 
 from requant.errors import RequantError
 from requant.ir.graph import Graph
-from requant.passes.calibration import _InterpreterRunner, _Observed, _OrtRunner, validate_calibration
+from requant.passes.calibration import InterpreterRunner, ObservedGraph, OrtRunner, validate_calibration
 
 __all__ = ["ActivationRows", "collect_rows"]
 
@@ -38,17 +38,17 @@ class ActivationRows:
     seen: int  # rows seen in total
 
 
-def _make_runner(observed: _Observed, runner: str) -> _OrtRunner | _InterpreterRunner:
+def _make_runner(observed: ObservedGraph, runner: str) -> OrtRunner | InterpreterRunner:
     """collect_stats' runners; unlike its "auto", this one also falls back when ONNX
     Runtime is not installed, and any other `runner` name means the interpreter."""
     if runner in ("onnxruntime", "auto"):
         try:
-            return _OrtRunner(observed)
+            return OrtRunner(observed)
         except (RequantError, ImportError) as exc:
             if runner == "onnxruntime":
                 raise
             logger.warning("fold samples: ONNX Runtime cannot run the graph (%s); using the interpreter", exc)
-    return _InterpreterRunner(observed)
+    return InterpreterRunner(observed)
 
 
 def collect_rows(graph: Graph, batches: Iterable[Any], names: Sequence[str], *, max_rows: int = 2048,
@@ -62,7 +62,7 @@ def collect_rows(graph: Graph, batches: Iterable[Any], names: Sequence[str], *, 
     if not names:
         return {}
     rng = np.random.default_rng(seed)
-    observed = _Observed(graph, names)
+    observed = ObservedGraph(graph, names)
     run = _make_runner(observed, runner) if observed.positions else None
     kept: dict[str, list[np.ndarray]] = {n: [] for n in names}
     absmax: dict[str, np.ndarray] = {}
