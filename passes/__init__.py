@@ -1,19 +1,39 @@
-"""requant's passes: the pass infrastructure (`requant.passes.manager`) and one module
-per transformation family. Importing this package registers every pass it ships, so
-`available_passes()` lists them all. It imports no torch, onnx or tvm."""
+"""requant's passes: the pass infrastructure (`requant.passes.manager`) and one module per
+pass, named after it (pass "fold_batchnorm" lives in passes/fold_batchnorm.py and is
+tested in tests/passes/test_fold_batchnorm.py). Importing this package registers every
+pass it ships, so `available_passes()` lists them all. It imports no torch, onnx or tvm.
+
+Families (each module's docstring states what it rewrites into what, and the math):
+- cleanup (exact): dce, cse, fold_constants;
+- canonical forms (exact): canonicalize and its rule passes canonicalize_linear /
+  _noops / _norm / _activation / _attention, refine_types, bind_dims;
+- fold (exact in float): fold_batchnorm, fold_norm_affine, smoothquant, llm_fp4; their
+  shared machinery is fold_common (moving an invertible transform between a tensor's
+  writers and readers), residual_stream (the analysis that finds them), fold_samples;
+- quantize (approximate): calibration, quantize;
+- lower (exact): lower_integer (Q/DQ -> standard integer ops). Lowerings to one
+  runtime's own kernels live under that backend (backends/onnx/lower_quant.py).
+"""
 
 from __future__ import annotations
 
-from requant.passes import bind_dims  # noqa: F401  (registers "bind_dims")
-from requant.passes import cleanup
-from requant.passes import canonicalize  # noqa: F401  (registers the canonicalize passes)
-from requant.passes import fold  # noqa: F401  (registers the fold passes)
-from requant.passes import lower, quantize  # noqa: F401  (registers "quantize" and "lower_quant")
-from requant.passes.cleanup import (
-    common_subexpression_elimination,
-    constant_folding,
-    dead_code_elimination,
+from requant.passes import (  # noqa: F401  (each module registers its pass)
+    bind_dims,
+    canonicalize,
+    cse,
+    dce,
+    fold_batchnorm,
+    fold_constants,
+    fold_norm_affine,
+    llm_fp4,
+    lower,
+    quantize,
+    refine_types,
+    smoothquant,
 )
+from requant.passes.cse import common_subexpression_elimination
+from requant.passes.dce import dead_code_elimination
+from requant.passes.fold_constants import constant_folding
 from requant.passes.manager import (
     FunctionPass,
     Pass,
@@ -30,7 +50,6 @@ from requant.passes.manager import (
 )
 
 __all__ = [
-    "cleanup",
     "Pass",
     "PassResult",
     "FunctionPass",

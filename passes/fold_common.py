@@ -2,7 +2,7 @@
 and normalisation affines, replacing constant operands, and migrating a per-channel
 scale from an activation into the linears that read it.
 
-Nothing here is a pass. The canonical linear (passes/canonical_linear.py) is
+Nothing here is a pass. The canonical linear (passes/canonicalize_linear.py) is
 `MatMul(x, W[in, out])` with W a constant, optionally followed by `Add(., b)` with b a
 constant per-feature vector; the fold passes read and write exactly that form.
 

@@ -3,7 +3,7 @@
 
 For x read by MatMul layers with constant weights W (x @ W, K input channels),
 factors s[K] (`smoothing_factors`: SmoothQuant's formula, computed by the "smoothquant"
-pass's `fold_smoothquant.smoothing_scales`) give x @ W = (x / s) @ (s W) exactly in
+pass's `smoothquant.smoothing_scales`) give x @ W = (x / s) @ (s W) exactly in
 real arithmetic; quantizing x / s per tensor and s W per output column spreads the
 quantization error of x's outlier channels over the weights, which have room for it.
 `apply_smoothing` rewrites the graph that way through the fold passes' migration
@@ -27,7 +27,7 @@ import numpy as np
 
 from requant.ir.graph import Graph, Node, Value
 from requant.passes.fold_common import NORM_OPS, Linear, as_linear, migrate_channel_scale
-from requant.passes.fold_smoothquant import smoothing_scales
+from requant.passes.smoothquant import smoothing_scales
 from requant.passes.quantize_insert import uses_qdq
 
 __all__ = ["Smoothing", "SMOOTH_SCOPES", "smoothing_axes", "smoothing_factors", "apply_smoothing"]
@@ -73,7 +73,7 @@ def smoothing_factors(graph: Graph, plans: Mapping[int, Any], stats: Mapping[str
     """SmoothQuant's factors (Xiao et al. 2023) for each activation x read by planned
     MatMuls with constant 2-D weights (the canonical linears; a Gemm reader rules x
     out): s_k = max|x_k|^alpha / max|W_k|^(1 - alpha),
-    max over the readers' weight rows (`fold_smoothquant.smoothing_scales`, both maxima
+    max over the readers' weight rows (`smoothquant.smoothing_scales`, both maxima
     floored at 1e-8), clipped to [1e-5, 1e5]. Needs per-channel
     statistics along x's last axis (`smoothing_axes`); x without them is not smoothed
     and is returned in the list of names. x whose channel ranges are even (largest

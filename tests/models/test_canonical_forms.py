@@ -40,7 +40,7 @@ import requant.ir as ir  # noqa: E402
 from requant.frontends import from_onnx, from_torch  # noqa: E402
 from requant.ir.graph import Graph  # noqa: E402
 from requant.passes import PassManager  # noqa: E402
-from requant.passes.cleanup import attr_key  # noqa: E402
+from requant.passes.cse import attr_key  # noqa: E402
 
 FP32_TOL = 1e-4
 

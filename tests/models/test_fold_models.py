@@ -32,7 +32,7 @@ from requant.frontends import from_torch  # noqa: E402
 from requant.ir.graph import Graph  # noqa: E402
 from requant.passes import PassManager, get_pass  # noqa: E402
 from requant.passes.calibration import collect_stats  # noqa: E402
-from requant.passes.fold import smoothing_channel_axes  # noqa: E402
+from requant.passes.smoothquant import smoothing_channel_axes  # noqa: E402
 
 REL = 1e-5
 SEEDS = (0, 1, 2)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from requant.ir.rewrite import explain
-from requant.passes.canonical_activation import GELU_ERF
+from requant.passes.canonicalize_activation import GELU_ERF
 
 from canonical_testing import (
     assert_same_outputs,

@@ -5,13 +5,11 @@ idempotent: a second run changes nothing."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
+from cleanup_testing import assert_bitwise_equal
 from hypothesis import HealthCheck, given, settings
-
 from requant.ir import Graph, run
 from requant.passes import PassManager
-
 from strategies import graphs, random_inputs
 
 SETTINGS = settings(
@@ -20,13 +18,6 @@ SETTINGS = settings(
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-
-
-def assert_bitwise_equal(expected: list[np.ndarray], actual: list[np.ndarray]) -> None:
-    assert len(expected) == len(actual)
-    for i, (e, a) in enumerate(zip(expected, actual)):
-        assert (a.dtype, a.shape) == (e.dtype, e.shape), f"output {i}"
-        assert np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(e).tobytes(), f"output {i}:\n{e}\n{a}"
 
 
 def check_pipeline_is_exact(graph: Graph, passes: list[str]) -> None:

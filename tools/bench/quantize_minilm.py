@@ -60,7 +60,7 @@ def _w4a4_minmax(dtype: str) -> list:
 W4A4_ROWS = (
     ("W4A4 INT4 minmax (simulated)", "cpu-fp4", {"passes": _w4a4_minmax("int4")}),
     ("W4A4 FP4 E2M1 minmax (simulated)", "cpu-fp4", {"passes": _w4a4_minmax("fp4_e2m1")}),
-    # LLM-FP4 (passes/fold_llm_fp4.py): searched E/M split, bias and clipping per tensor,
+    # LLM-FP4 (passes/llm_fp4.py): searched E/M split, bias and clipping per tensor,
     # per-channel activation exponent biases folded into the next weight's rows
     ("W4A4 LLM-FP4 searched + folded biases (cpu-fp4 search=True, simulated)", "cpu-fp4", {"search": True}),
 )

@@ -50,7 +50,7 @@ from requant.ir.registry import infer_types
 from requant.ir.rewrite import Rule
 from requant.ir.types import TensorType
 from requant.ir.verifier import types_agree
-from requant.passes.canonical_common import FLOAT_CONST_RTOL, ints, producer, scalar, variant_rules, would_infer
+from requant.passes.canonicalize_common import FLOAT_CONST_RTOL, ints, producer, scalar, variant_rules, would_infer
 from requant.passes.rule_pass import register_rule_pass
 
 __all__ = ["ATTENTION_RULES", "is_masking_constant"]

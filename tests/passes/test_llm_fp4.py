@@ -1,4 +1,4 @@
-"""llm_fp4 and its search (passes/fold_fp4_search.py): LLM-FP4's searched FP quantizers with
+"""llm_fp4 and its search (passes/llm_fp4_search.py): LLM-FP4's searched FP quantizers with
 per-channel exponent biases folded into the next weight as powers of two.
 
 - the quantizer: `fp_round` is `round_to_float_format` (the FakeQuantize kernel's
@@ -25,7 +25,7 @@ from requant.ir import dtypes, run
 from requant.ir.dtypes import FloatFormat
 from requant.ir.ops.cast import round_to_float_format
 from requant.ir.quant_formats import QuantScheme, choose_qparams, fake_quantize, tensor_ranges
-from requant.passes.fold_fp4_search import fp_round, fp_splits, maxfit_bias
+from requant.passes.llm_fp4_search import fp_round, fp_splits, maxfit_bias
 
 PASS = "llm_fp4"
 F32 = "float32"

@@ -246,7 +246,7 @@ def smoothquant(
     elif stats is None and not any("channel_absmax" in v.meta for v in candidates):
         raise RequantError(
             "smoothquant needs per-channel activation statistics: pass stats=collect_stats(graph, batches, "
-            "per_channel_axis=smoothing_channel_axes(graph)) (requant.passes.calibration / fold_smoothquant), "
+            "per_channel_axis=smoothing_channel_axes(graph)) (requant.passes.calibration / smoothquant), "
             "or calibration=[batches]")
     counters: dict[str, int | float | str] = {
         "activations_smoothed": 0, "linears_scaled": 0, "absorbed:norm": 0, "absorbed:linear": 0,

@@ -37,7 +37,7 @@ from requant.ir.builder import Builder
 from requant.ir.graph import Value
 from requant.ir.pattern import Const, Match, Var, op
 from requant.ir.rewrite import Rule
-from requant.passes.canonical_common import param_fits, scalar, trailing_axes, variant_rules
+from requant.passes.canonicalize_common import param_fits, scalar, trailing_axes, variant_rules
 from requant.passes.rule_pass import register_rule_pass
 
 __all__ = ["NORM_RULES"]

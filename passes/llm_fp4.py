@@ -1,6 +1,6 @@
 """Pass "llm_fp4": LLM-FP4's searched floating-point quantizers with pre-shifted
 per-channel exponent biases (nbasyl/LLM-FP4; ALGORITHMS.md section 2; the search is in
-passes/fold_fp4_search.py).
+passes/llm_fp4_search.py).
 
 For every float activation X read by canonical linears `X @ W_k (+ b_k)`:
 1. search (on calibration rows of X) the E/M split, a real per-tensor bias rho and
@@ -24,7 +24,7 @@ Every FakeQuantize output gets `meta["quant"]` (the QuantScheme's attributes), s
 Options: `calibration` (batches, required: the search needs activation rows), `bits` /
 `weight_bits` (4), `weight_granularity` ("channel" | "tensor"), `per_channel_shifts`
 (False: one bias per activation, no folding), `max_shift` (None: 2^E - 1, as the
-reference), `act_offsets` / `weight_offsets` (the bias grids of fold_fp4_search),
+reference), `act_offsets` / `weight_offsets` (the bias grids of llm_fp4_search),
 `insert_quantizers` (False: only the exact shift fold, formats recorded in meta),
 `exclude` (value names of activations to leave alone), `max_rows`, `runner`.
 
@@ -55,7 +55,7 @@ from requant.passes.fold_common import (
     splice_after,
     unused_name,
 )
-from requant.passes.fold_fp4_search import (
+from requant.passes.llm_fp4_search import (
     DEFAULT_ACT_OFFSETS,
     DEFAULT_WEIGHT_OFFSETS,
     ActivationFormat,
@@ -64,7 +64,7 @@ from requant.passes.fold_fp4_search import (
     search_weight_format,
 )
 from requant.passes.fold_samples import collect_rows
-from requant.passes.fold_smoothquant import smoothing_candidates
+from requant.passes.smoothquant import smoothing_candidates
 from requant.passes.manager import PassResult, graph_pass
 
 __all__ = ["llm_fp4", "fp4_candidates"]

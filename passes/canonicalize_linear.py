@@ -36,7 +36,7 @@ from requant.ir.pattern import Const, Match, op
 from requant.ir.rewrite import Rule
 from requant.ir.shapes import symbolic_product
 from requant.ir.types import TensorType
-from requant.passes.canonical_common import new_constant, producer
+from requant.passes.canonicalize_common import new_constant, producer
 from requant.passes.rule_pass import register_rule_pass
 
 __all__ = ["LINEAR_RULES"]

@@ -21,7 +21,7 @@ from requant.errors import PassError, RequantError
 from requant.ir import dtypes
 from requant.ir.quant_formats import QuantScheme
 from requant.passes.calibration import collect_stats
-from requant.passes.fold_smoothquant import (
+from requant.passes.smoothquant import (
     quantized_output_error,
     search_alpha,
     smoothing_channel_axes,

@@ -37,7 +37,7 @@ from requant.ir.dtypes import dtype
 from requant.ir.pattern import Const, Match, Var, op
 from requant.ir.rewrite import Rule
 from requant.ir.shapes import symbolic_product
-from requant.passes.canonical_common import ints, output_name_carrier, same_known_type
+from requant.passes.canonicalize_common import ints, output_name_carrier, same_known_type
 from requant.passes.rule_pass import register_rule_pass
 
 __all__ = ["NOOP_RULES"]

@@ -25,7 +25,7 @@ import math
 
 from requant.ir.pattern import Const, Match, Var, op
 from requant.ir.rewrite import Rule
-from requant.passes.canonical_common import ints, is_scalar_close, variant_rules
+from requant.passes.canonicalize_common import ints, is_scalar_close, variant_rules
 from requant.passes.rule_pass import register_rule_pass
 
 __all__ = ["ACTIVATION_RULES"]
