@@ -64,11 +64,12 @@ it is at that point; its result reaches later steps through `STATS`."""
 CALIBRATION_FUNCTION = ("requant.passes.calibration", "collect_stats")
 
 PASS_MODULES: dict[str, str] = {
-    "quantize": "requant.passes.quantize",
-    "lower_quant": "requant.passes.lower",
+    "lower_quant": "requant.backends.onnx.lower_quant",
     "intonly": "requant.passes.intonly",
 }
-"""Where passes that `requant.passes` may not import yet live: imported on first use."""
+"""Where the passes live that `requant.passes` does not register: a backend's own
+lowerings (a pass never imports a backend, so the backend's module registers them when
+imported) and passes not written yet. Imported on first use."""
 
 
 class _Stats:
@@ -320,7 +321,7 @@ _TVM_INT8_OPTIONS = {k: v for k, v in _INT8_OPTIONS.items() if k != "kernel"} | 
                                            "fuses into TVM's quantize kernels), or on LayerNorm / RMSNorm outputs "
                                            "only ('norm')", SMOOTH_SCOPES),
 }
-_TVM_INT8_STEPS = (*_INT8_STEPS[:3], Step("lower_quant", {"kernel": "integer"}), *_QUANT_CLEANUP, _BIND_DIMS)
+_TVM_INT8_STEPS = (*_INT8_STEPS[:3], Step("lower_integer"), *_QUANT_CLEANUP, _BIND_DIMS)
 
 # -- weight-only int4 ------------------------------------------------------------------------
 _INT4_OPTIONS = {
@@ -559,7 +560,7 @@ TARGETS: dict[str, Target] = _table(
     Target("cpu-int8", "static W8A8 on ONNX Runtime (CPU): int8 per-channel weights, per-tensor activations "
            "from calibration, integer MatMul kernels", _INT8_STEPS, options=_INT8_OPTIONS, backend_ops=_QDQ),
     Target("cpu-int4", "weight-only int4 (groups of 32 along K) on ONNX Runtime (CPU) via MatMulNBits",
-           _INT4_STEPS, options=_INT4_OPTIONS, backend_ops=("MatMulNBits",)),
+           _INT4_STEPS, options=_INT4_OPTIONS, backend_ops=("com.microsoft.MatMulNBits",)),
     Target("cpu-fp8", "fp8 (e4m3) weights and activations, simulated by quantize-dequantize on ONNX Runtime (CPU)",
            _FP8_STEPS, options=_FP8_OPTIONS, simulated=True, backend_ops=_QDQ),
     Target("cpu-fp4", "fp4 (e2m1) NVFP4/MXFP4 blocks, simulated by quantize-dequantize on ONNX Runtime (CPU)",

@@ -454,12 +454,11 @@ class _Converter:
 
     @staticmethod
     def _schema_for(node: Any) -> registry.OpSchema | None:
-        domain = node.domain or ""
-        if not registry.is_registered(node.op_type):
+        domain = "" if node.domain in _STANDARD_DOMAINS else node.domain
+        key = registry.op_id(domain, node.op_type)
+        if not registry.is_registered(key):
             return None
-        schema = registry.get_schema(node.op_type)
-        if domain in _STANDARD_DOMAINS:
-            return schema if schema.domain == "" else None
+        schema = registry.get_schema(key)
         return schema if schema.domain == domain else None
 
     # -- values -------------------------------------------------------------------------------
@@ -505,7 +504,7 @@ class _Converter:
         out_names = [self._claim_output(n, node, i) for i, n in enumerate(outputs)]
         try:
             created = self.graph.create_node(
-                node.op_type, inputs, attrs, num_outputs=len(out_names), output_names=out_names,
+                schema.id, inputs, attrs, num_outputs=len(out_names), output_names=out_names,
                 name=node.name or None,
             )
         except RequantError as exc:

@@ -45,6 +45,10 @@ class Builder:
     def __getattr__(self, op: str):
         if op.startswith("_"):
             raise AttributeError(op)
+        return self[op]
+
+    def __getitem__(self, op: str):
+        """`b["domain.Name"](...)`: a node of an op of another domain, by its op id."""
 
         def make(*inputs: Value | None, **attrs: Any):
             node = self.node(op, *inputs, **attrs)

@@ -68,12 +68,15 @@ class OpPattern(Pattern):
 
 
 class _OpFactory:
-    """`op.Name(*inputs, **attr_constraints)` makes an OpPattern."""
+    """`op.Name(*inputs, **attr_constraints)` makes an OpPattern; `op["domain.Name"](...)`
+    does for an op of another domain (its op id, `registry.op_id`)."""
 
     def __getattr__(self, name: str) -> Callable[..., OpPattern]:
         if name.startswith("_"):
             raise AttributeError(name)
+        return self[name]
 
+    def __getitem__(self, name: str) -> Callable[..., OpPattern]:
         def make(*inputs: Pattern | None, _output: int = 0, _commute: bool = False,
                  _bind: str | None = None, **attrs: Any) -> OpPattern:
             for p in inputs:
@@ -210,7 +213,7 @@ class _Matcher:
                     self.value(pat.inputs[0], ins[1], (where, pat.op, 1) if explain else None)
                     self.value(pat.inputs[1], ins[0], (where, pat.op, 0) if explain else None)
                 except NoMatch:
-                    raise self.fail(lambda: f"{first} (and with operands swapped)") from None
+                    raise self.fail(lambda first=first: f"{first} (and with operands swapped)") from None
         elif explain:
             for i, p in enumerate(pat.inputs):
                 self.value(p, ins[i], (where, pat.op, i))

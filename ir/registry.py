@@ -1,9 +1,14 @@
 """The op registry: every op is declared here once, with its schema, its type/shape rule
 and its numpy reference kernel.
 
-Ops are declared with `define_op` in the modules of `requant.ir.ops`. Standard ops follow
-ONNX names and semantics (domain ""); requant's own ops use domain "requant". Backends
-keep their own lowering tables keyed by the same names.
+Ops are declared with `define_op` in the modules of `requant.ir.ops`, keyed by (domain,
+name). Standard ops follow ONNX names and semantics (domain ""); requant's own ops use
+domain "requant"; a runtime's own kernels use that runtime's domain (ONNX Runtime's
+"com.microsoft"). A node names its op by the op's id (`op_id`): the bare name for the
+default and requant domains, which share one namespace (a requant op may not take an
+ONNX name), and "<domain>.<name>" for any other domain, so ONNX Runtime's
+`com.microsoft.Gelu` and ONNX's `Gelu` are two ops. Backends keep their own lowering
+tables keyed by op id.
 
 An input or output spec is a name, with `?` for optional and `*` for variadic:
 `("X", "W", "B?")`, `("inputs*",)`. Attributes map a name to its default, or to
@@ -24,6 +29,8 @@ from requant.ir.types import TensorType
 
 __all__ = [
     "REQUIRED",
+    "CORE_DOMAINS",
+    "op_id",
     "Param",
     "OpSchema",
     "InferContext",
@@ -34,6 +41,15 @@ __all__ = [
     "infer_types",
     "run_kernel",
 ]
+
+
+CORE_DOMAINS = ("", "requant")
+"""The domains whose ops are named by their bare names (`op_id`)."""
+
+
+def op_id(domain: str, name: str) -> str:
+    """How nodes, patterns and lowering tables name the op `name` of `domain`."""
+    return name if domain in CORE_DOMAINS else f"{domain}.{name}"
 
 
 class _Required:
@@ -87,7 +103,7 @@ class InferContext:
         return self._consts[i] if i < len(self._consts) else None
 
     def fail(self, message: str) -> ShapeInferenceError:
-        return ShapeInferenceError(f"{self.schema.name}: {message}")
+        return ShapeInferenceError(f"{self.schema.id}: {message}")
 
 
 InferFn = Callable[[InferContext], Sequence[TensorType]]
@@ -107,6 +123,11 @@ class OpSchema:
     commutative: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def id(self) -> str:
+        """The name nodes use for this op (`op_id`)."""
+        return op_id(self.domain, self.name)
+
     @cached_property
     def min_inputs(self) -> int:
         return sum(1 for p in self.inputs if not p.optional and not p.variadic)
@@ -114,10 +135,6 @@ class OpSchema:
     @cached_property
     def max_inputs(self) -> int | None:
         return None if any(p.variadic for p in self.inputs) else len(self.inputs)
-
-    @property
-    def variadic_outputs(self) -> bool:
-        return any(p.variadic for p in self.outputs)
 
     @cached_property
     def _required_attrs(self) -> tuple[str, ...]:
@@ -130,13 +147,13 @@ class OpSchema:
         unknown = sorted(set(attrs) - set(self.attrs))
         if unknown:
             raise ShapeInferenceError(
-                f"{self.name}: unknown attribute(s) {', '.join(unknown)}; known: {', '.join(sorted(self.attrs)) or 'none'}"
+                f"{self.id}: unknown attribute(s) {', '.join(unknown)}; known: {', '.join(sorted(self.attrs)) or 'none'}"
             )
         full = dict(self.attrs)
         full.update(attrs)
         missing = [k for k in self._required_attrs if full[k] is REQUIRED]
         if missing:
-            raise ShapeInferenceError(f"{self.name}: missing required attribute(s) {', '.join(missing)}")
+            raise ShapeInferenceError(f"{self.id}: missing required attribute(s) {', '.join(missing)}")
         return full
 
     def check_arity(self, n_inputs: int) -> None:
@@ -145,10 +162,10 @@ class OpSchema:
             return
         if n_inputs < self.min_inputs or (hi is not None and n_inputs > hi):
             want = f"{self.min_inputs}" if hi == self.min_inputs else f"{self.min_inputs}..{hi if hi is not None else 'n'}"
-            raise ShapeInferenceError(f"{self.name}: takes {want} inputs, got {n_inputs}")
+            raise ShapeInferenceError(f"{self.id}: takes {want} inputs, got {n_inputs}")
 
 
-_REGISTRY: dict[str, OpSchema] = {}
+_REGISTRY: dict[str, OpSchema] = {}  # by op id; ids are unique per (domain, name)
 
 
 def define_op(
@@ -164,10 +181,13 @@ def define_op(
     commutative: bool = False,
     **extra: Any,
 ) -> OpSchema:
-    """Declare an op. `kernel(inputs, attrs, output_types)` returns an array or a
-    sequence of arrays; `infer(ctx)` returns the output types."""
-    if name in _REGISTRY:
-        raise ValueError(f"op {name} is declared twice")
+    """Declare op `name` of `domain`. `kernel(inputs, attrs, output_types)` returns an
+    array or a sequence of arrays; `infer(ctx)` returns the output types."""
+    key = op_id(domain, name)
+    if key in _REGISTRY:
+        other = _REGISTRY[key].domain
+        clash = "" if other == domain else f" (domain '{other or 'ai.onnx'}' has it: the core domains share names)"
+        raise ValueError(f"op {key} is declared twice{clash}")
     schema = OpSchema(
         name=name,
         inputs=tuple(Param.parse(s) for s in inputs),
@@ -180,7 +200,7 @@ def define_op(
         commutative=commutative,
         extra=extra,
     )
-    _REGISTRY[name] = schema
+    _REGISTRY[key] = schema
     return schema
 
 
@@ -195,6 +215,7 @@ def _ensure_loaded() -> None:
 
 
 def get_schema(op: str) -> OpSchema:
+    """The schema of the op whose id (`op_id`) is `op`."""
     schema = _REGISTRY.get(op)
     if schema is None and not _loaded:
         _ensure_loaded()
@@ -210,6 +231,7 @@ def is_registered(op: str) -> bool:
 
 
 def all_schemas() -> dict[str, OpSchema]:
+    """Every declared op, by op id."""
     _ensure_loaded()
     return dict(_REGISTRY)
 

@@ -26,7 +26,7 @@ from requant.passes import (  # noqa: F401  (each module registers its pass)
     fold_constants,
     fold_norm_affine,
     llm_fp4,
-    lower,
+    lower_integer,
     quantize,
     refine_types,
     smoothquant,

@@ -20,7 +20,7 @@ import numpy as np
 
 from requant.ir import Builder, Graph, dtypes, tensor_type
 from requant.ir import quant_formats as qf
-from requant.ir.ops.quant import pack_low_first
+from requant.ir.ops.onnxruntime import pack_low_first
 
 __all__ = [
     "OPSET", "INT_MAX", "UNKNOWN_RANK", "In", "Case", "I", "C", "r", "ri", "rq", "rb", "i64",
@@ -540,18 +540,18 @@ qcase("QLinearMatMul", [I(ints(3, 6), shape=("M", 6))] + _QL[1:], expect=("M", 5
 
 # contrib ops (oracle: ONNX Runtime)
 _B = ints(16, 5, dt="i8")
-qcase("MatMulIntegerToFloat", [I(ints(2, 3, 16)), C(_B), C(np.float32(0.02)), C(np.float32(0.003))], oracle="ort")
-qcase("MatMulIntegerToFloat", [I(ints(3, 16)), C(_B), C(np.float32(0.02)), C(f32(5, lo=0.001, hi=0.01)),
+qcase("com.microsoft.MatMulIntegerToFloat", [I(ints(2, 3, 16)), C(_B), C(np.float32(0.02)), C(np.float32(0.003))], oracle="ort")
+qcase("com.microsoft.MatMulIntegerToFloat", [I(ints(3, 16)), C(_B), C(np.float32(0.02)), C(f32(5, lo=0.001, hi=0.01)),
                               C(np.uint8(128)), C(ints(5, dt="i8", lo=-3, hi=3)), C(f32(5))], oracle="ort",
      label="per_column_bias")
-qcase("MatMulIntegerToFloat", [I(ints(3, 16, dt="i8")), C(_B), C(np.float32(0.02)), C(np.float32(0.003)),
+qcase("com.microsoft.MatMulIntegerToFloat", [I(ints(3, 16, dt="i8")), C(_B), C(np.float32(0.02)), C(np.float32(0.003)),
                               C(np.int8(1)), C(np.int8(-2))], oracle="ort", label="i8i8")
-qcase("MatMulIntegerToFloat", [I(ints(2, 3, 16), shape=("B", "S", 16)), C(_B), C(np.float32(0.02)),
+qcase("com.microsoft.MatMulIntegerToFloat", [I(ints(2, 3, 16), shape=("B", "S", 16)), C(_B), C(np.float32(0.02)),
                               C(np.float32(0.003))], expect=("B", "S", 5), oracle="ort", label="sym")
-qcase("DynamicQuantizeMatMul", [I(f32(2, 3, 16)), C(_B), C(np.float32(0.004))], oracle="ort")
-qcase("DynamicQuantizeMatMul", [I(f32(3, 16)), C(ints(16, 5)), C(f32(5, lo=0.001, hi=0.01)),
+qcase("com.microsoft.DynamicQuantizeMatMul", [I(f32(2, 3, 16)), C(_B), C(np.float32(0.004))], oracle="ort")
+qcase("com.microsoft.DynamicQuantizeMatMul", [I(f32(3, 16)), C(ints(16, 5)), C(f32(5, lo=0.001, hi=0.01)),
                                C(ints(5, lo=100, hi=140)), C(f32(5))], oracle="ort", label="u8_per_column_bias")
-qcase("DynamicQuantizeMatMul", [I(f32(2, 3, 16), shape=("B", "S", 16)), C(_B), C(np.float32(0.004)), C(np.int8(3))],
+qcase("com.microsoft.DynamicQuantizeMatMul", [I(f32(2, 3, 16), shape=("B", "S", 16)), C(_B), C(np.float32(0.004)), C(np.int8(3))],
      expect=("B", "S", 5), oracle="ort", label="sym")
 
 
@@ -569,7 +569,7 @@ def _nbits(n: int, k: int, block: int, bits: int, zp: str | None, lead: tuple = 
         ins.append(None)
     if bias:
         ins += [None, C(f32(n))]
-    qcase("MatMulNBits", ins, {"K": k, "N": n, "bits": bits, "block_size": block}, oracle="ort", label=label,
+    qcase("com.microsoft.MatMulNBits", ins, {"K": k, "N": n, "bits": bits, "block_size": block}, oracle="ort", label=label,
          expect=None if sym is None else tuple(sym[:-1]) + (n,))
 
 

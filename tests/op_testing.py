@@ -9,6 +9,8 @@ import ml_dtypes
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
+from requant.ir.registry import get_schema
+
 __all__ = ["ONNX_DTYPE", "ML_STORAGE", "run_oracle", "run_one_node", "input_bindings", "check_type"]
 
 ONNX_DTYPE = {
@@ -79,7 +81,8 @@ def run_one_node(case: Any, out_types: list, attrs: dict[str, Any], domain: str 
     while names and names[-1] == "":
         names.pop()
     outs = [f"y{j}" for j in range(len(out_types))]
-    node = helper.make_node(case.op, names, outs, domain=domain or None, **attrs)
+    schema = get_schema(case.op)  # ONNX names an op of another domain by (domain, bare name)
+    node = helper.make_node(schema.name, names, outs, domain=domain or None, **attrs)
     graph = helper.make_graph(
         [node], "case", graph_inputs,
         [helper.make_tensor_value_info(o, ONNX_DTYPE[t.dtype.short], None) for o, t in zip(outs, out_types)],

@@ -1,6 +1,7 @@
 """The ONNX backend: requant IR -> ONNX (`to_onnx`, `save_onnx`), the lowering table
-(`LOWERINGS`, one entry per registered op) and ONNX Runtime sessions
-(`OnnxRuntimeSession`). Importing this package imports onnx; onnxruntime is imported
+(`LOWERINGS`, one entry per registered op), ONNX Runtime sessions
+(`OnnxRuntimeSession`) and the pass that lowers Q/DQ to ONNX Runtime's own kernels
+("lower_quant", registered on import). Importing this package imports onnx; onnxruntime is imported
 only when a session is made or the export picks its default opset.
 """
 
@@ -16,6 +17,7 @@ from requant.backends.onnx.export import (
     save_onnx,
     to_onnx,
 )
+from requant.backends.onnx.lower_quant import lower_quant
 from requant.backends.onnx.lowering import LOWERINGS, EmitContext, Unsupported, lowering_for
 from requant.backends.onnx.runtime import OnnxRuntimeSession, make_session_options, physical_cores, run_onnx
 
@@ -34,6 +36,7 @@ __all__ = [
     "make_session_options",
     "physical_cores",
     "run_onnx",
+    "lower_quant",
 ]
 
 logger = logging.getLogger(__name__)

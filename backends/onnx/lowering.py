@@ -619,9 +619,9 @@ def lowering_for(op: str) -> Emitter:
 # ----------------------------------------------------------------------------- quantization ops
 #
 # QuantizeLinear / DequantizeLinear / DynamicQuantizeLinear / MatMulInteger / QLinearMatMul
-# are standard ONNX. MatMulIntegerToFloat, DynamicQuantizeMatMul, MatMulNBits and QAttention are
-# ONNX Runtime contrib ops, emitted in domain "com.microsoft" (the exporter imports each domain
-# an emitter uses, version 1). FakeQuantize becomes QuantizeLinear + DequantizeLinear
+# are standard ONNX. com.microsoft.MatMulIntegerToFloat, DynamicQuantizeMatMul, MatMulNBits and
+# QAttention are ONNX Runtime contrib ops, emitted in their domain (the exporter imports each
+# domain an emitter uses, version 1). FakeQuantize becomes QuantizeLinear + DequantizeLinear
 # where ONNX Runtime has kernels for the format (int8/uint8/int4/uint4, fp8) and an exact
 # float emulation from basic ops otherwise (fp4_e2m1, FloatFormat, MXFP4, NVFP4): the grid
 # rounding runs in float64 exactly as the interpreter's (`round_to_float_format`), scales
@@ -668,10 +668,12 @@ def _qdq(ctx: EmitContext, node: Node, ins: list, outs: list) -> None:
 
 
 def _contrib(ctx: EmitContext, node: Node, ins: list, outs: list, floats: tuple[str, ...] = ()) -> None:
-    """An ONNX Runtime contrib op: the same op in domain com.microsoft, its attributes
-    ONNX ints except those named in `floats`; attributes left at None stay unset."""
+    """An ONNX Runtime contrib op: the same op in its domain (com.microsoft), its
+    attributes ONNX ints except those named in `floats`; attributes left at None stay
+    unset."""
+    schema = _requant_schema(node.op)
     attrs = {k: (float(v) if k in floats else int(v)) for k, v in node.attrs.items() if v is not None}
-    ctx.emit(node.op, ins, outs, domain="com.microsoft", name=node.name or None, **attrs)
+    ctx.emit(schema.name, ins, outs, domain=schema.domain, name=node.name or None, **attrs)
 
 
 def _qattention(ctx: EmitContext, node: Node, ins: list, outs: list) -> None:
@@ -943,9 +945,9 @@ LOWERINGS.update({
     "DynamicQuantizeLinear": standard,
     "MatMulInteger": standard,
     "QLinearMatMul": standard,
-    "MatMulIntegerToFloat": _contrib,
-    "DynamicQuantizeMatMul": _contrib,
-    "MatMulNBits": _contrib,
-    "QAttention": _qattention,
+    "com.microsoft.MatMulIntegerToFloat": _contrib,
+    "com.microsoft.DynamicQuantizeMatMul": _contrib,
+    "com.microsoft.MatMulNBits": _contrib,
+    "com.microsoft.QAttention": _qattention,
     "FakeQuantize": _fake_quantize,
 })

@@ -1955,13 +1955,13 @@ LOWERINGS.update({
     # quantization
     "QuantizeLinear": _quantize_linear, "DequantizeLinear": _dequantize_linear,
     "DynamicQuantizeLinear": _dynamic_quantize_linear, "MatMulInteger": _matmul_integer,
-    "QLinearMatMul": _qlinear_matmul, "MatMulIntegerToFloat": _matmul_integer_to_float,
-    "DynamicQuantizeMatMul": _dynamic_quantize_matmul, "MatMulNBits": _matmul_nbits,
+    "QLinearMatMul": _qlinear_matmul, "com.microsoft.MatMulIntegerToFloat": _matmul_integer_to_float,
+    "com.microsoft.DynamicQuantizeMatMul": _dynamic_quantize_matmul, "com.microsoft.MatMulNBits": _matmul_nbits,
     "FakeQuantize": _fake_quantize,
-    "QAttention": Unsupported(
+    "com.microsoft.QAttention": Unsupported(
         "QAttention is ONNX Runtime's fused CPU attention kernel (its mask adds mask_filter_value "
-        "rather than masking out); TVM targets lower with lower_quant(kernel='integer'), which never "
-        "makes it: run lower_quant with kernel='integer' on the Q/DQ graph instead of kernel='auto'"),
+        "rather than masking out); TVM targets lower Q/DQ with the lower_integer pass, which never "
+        "makes it: run lower_integer on the Q/DQ graph instead of the ONNX backend's lower_quant"),
 })
 
 

@@ -12,8 +12,10 @@ registers them all in `requant.ir.registry`.
 - `conv`: Conv, ConvTranspose. `pooling`: MaxPool, AveragePool, Global*Pool.
 - `cast`: Cast, CastLike (and `cast_to`, the shared conversion routine).
 - `misc`: Constant, ConstantOfShape, Range, Dropout.
-- `quant` / `quant_attention`: Q/DQ, integer matmuls, ONNX Runtime's contrib kernels and
-  its fused QAttention.
+- `quant`: Q/DQ, integer matmuls, FakeQuantize.
+- `onnxruntime` / `onnxruntime_attention`: ONNX Runtime's own kernels (domain
+  "com.microsoft": MatMulIntegerToFloat, DynamicQuantizeMatMul, MatMulNBits, QAttention),
+  which only the ONNX backend's lowering makes.
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ from requant.ir.ops import (  # noqa: F401
     linalg,
     misc,
     normalization,
+    onnxruntime,
+    onnxruntime_attention,
     pooling,
     quant,
-    quant_attention,
     reduce,
     shape_ops,
     unary,

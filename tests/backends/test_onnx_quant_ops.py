@@ -1,5 +1,5 @@
 """ONNX backend for the quantization ops: one-node graphs of every quantization op
-(requant.ir.ops.quant, quant_attention) exported with `to_onnx` (full onnx.checker) and run in ONNX
+(requant.ir.ops.quant, onnxruntime, onnxruntime_attention) exported with `to_onnx` (full onnx.checker) and run in ONNX
 Runtime, against the interpreter, at the default opset and older ones; the graph reads
 back unchanged with `from_onnx`.
 
@@ -33,7 +33,7 @@ from requant.errors import RequantError, UnsupportedOpError  # noqa: E402
 from requant.frontends.onnx_frontend import from_onnx  # noqa: E402
 from requant.ir import Builder, Graph, dtypes, tensor_type  # noqa: E402
 from requant.ir import quant_formats as qf  # noqa: E402
-from requant.ir.ops.quant import pack_low_first  # noqa: E402
+from requant.ir.ops.onnxruntime import pack_low_first  # noqa: E402
 
 NBITS_TOL = 1e-5
 QATTENTION_TOL = 1e-5  # float32 attention, ORT's GEMMs sum in another order
@@ -222,13 +222,13 @@ def qlinear_matmul(b, rng):
 def contrib_integer_to_float(b, rng):
     a = inp(b, "a", "u8", ("b", 3, 16))
     w = b.const(ints(rng, 16, 5, dt="i8"))
-    y1 = b.MatMulIntegerToFloat(a, w, b.const(np.float32(0.02)), b.const(f32(rng, 5, lo=1e-3, hi=1e-2)),
+    y1 = b["com.microsoft.MatMulIntegerToFloat"](a, w, b.const(np.float32(0.02)), b.const(f32(rng, 5, lo=1e-3, hi=1e-2)),
                                 b.const(np.uint8(128)), b.const(ints(rng, 5, dt="i8", lo=-3, hi=3)), b.const(f32(rng, 5)))
     c = inp(b, "c8", "i8", (3, 16))
-    y2 = b.MatMulIntegerToFloat(c, w, b.const(np.float32(0.02)), b.const(np.float32(0.003)))
+    y2 = b["com.microsoft.MatMulIntegerToFloat"](c, w, b.const(np.float32(0.02)), b.const(np.float32(0.003)))
     x = inp(b, "x", "f32", ("b", 3, 16))
-    y3 = b.DynamicQuantizeMatMul(x, w, b.const(np.float32(0.004)), b.const(np.int8(2)), b.const(f32(rng, 5)))
-    y4 = b.DynamicQuantizeMatMul(x, b.const(ints(rng, 16, 5)), b.const(f32(rng, 5, lo=1e-3, hi=1e-2)),
+    y3 = b["com.microsoft.DynamicQuantizeMatMul"](x, w, b.const(np.float32(0.004)), b.const(np.int8(2)), b.const(f32(rng, 5)))
+    y4 = b["com.microsoft.DynamicQuantizeMatMul"](x, b.const(ints(rng, 16, 5)), b.const(f32(rng, 5, lo=1e-3, hi=1e-2)),
                                  b.const(ints(rng, 5, lo=120, hi=136)))
     return ([y1, y2, y3, y4], {"a": ints(rng, 2, 3, 16), "c8": ints(rng, 3, 16, dt="i8"), "x": f32(rng, 2, 3, 16)},
             (None, 17))
@@ -244,12 +244,12 @@ def contrib_matmul_nbits(b, rng):
         packed = b.const(pack_low_first(codes, bits).reshape(n, 3, 16 * bits // 8))
         scales = b.const(f32(rng, n, 3, lo=0.01, hi=0.1))
         zps = b.const(pack_low_first(ints(rng, n, 3, lo=0, hi=(1 << bits) - 1), bits))
-        outs.append(b.MatMulNBits(x, packed, scales, zps, None, b.const(f32(rng, n)), K=k, N=n, bits=bits,
+        outs.append(b["com.microsoft.MatMulNBits"](x, packed, scales, zps, None, b.const(f32(rng, n)), K=k, N=n, bits=bits,
                                   block_size=block))
-        outs.append(b.MatMulNBits(x, packed, scales, K=k, N=n, bits=bits, block_size=block))
+        outs.append(b["com.microsoft.MatMulNBits"](x, packed, scales, K=k, N=n, bits=bits, block_size=block))
     fzp = b.const(f32(rng, n, 3, lo=0, hi=15))
     codes = ints(rng, n, 48, lo=0, hi=15)
-    outs.append(b.MatMulNBits(x, b.const(pack_low_first(codes, 4).reshape(n, 3, 8)), b.const(f32(rng, n, 3, lo=0.01, hi=0.1)),
+    outs.append(b["com.microsoft.MatMulNBits"](x, b.const(pack_low_first(codes, 4).reshape(n, 3, 8)), b.const(f32(rng, n, 3, lo=0.01, hi=0.1)),
                               fzp, K=k, N=n, block_size=block, accuracy_level=1))
     return outs, {"x": f32(rng, 2, 3, k)}, (None,), NBITS_TOL
 
@@ -265,11 +265,11 @@ def contrib_qattention(b, rng):
     m3 = inp(b, "mask3", "i32", ("b", s, s))
     bias = b.const(f32(rng, 3 * n, lo=-0.5, hi=0.5))
     w8 = b.const(ints(rng, d_in, 3 * n, dt="i8"))
-    y1 = b.QAttention(x, w8, bias, b.const(np.float32(0.02)), b.const(f32(rng, 3 * n, lo=1e-3, hi=1e-2)), m2,
+    y1 = b["com.microsoft.QAttention"](x, w8, bias, b.const(np.float32(0.02)), b.const(f32(rng, 3 * n, lo=1e-3, hi=1e-2)), m2,
                       b.const(np.uint8(131)), b.const(ints(rng, 3 * n, dt="i8", lo=-3, hi=3)), num_heads=heads)
-    y2 = b.QAttention(x, b.const(ints(rng, d_in, 3 * n)), bias, b.const(np.float32(0.02)), b.const(np.float32(0.004)),
+    y2 = b["com.microsoft.QAttention"](x, b.const(ints(rng, d_in, 3 * n)), bias, b.const(np.float32(0.02)), b.const(np.float32(0.004)),
                       m3, b.const(np.uint8(120)), b.const(np.uint8(128)), num_heads=heads, scale=0.3)
-    y3 = b.QAttention(x, w8, bias, b.const(np.float32(0.03)), b.const(np.float32(0.005)), num_heads=heads,
+    y3 = b["com.microsoft.QAttention"](x, w8, bias, b.const(np.float32(0.03)), b.const(np.float32(0.005)), num_heads=heads,
                       mask_filter_value=-1e9)
     mask2 = np.ones((bsz, s), np.int32)
     mask2[1, 3:] = 0
@@ -365,7 +365,7 @@ def test_ort_matches_interpreter(case: Case, opset) -> None:
 
 
 def test_every_lowered_quant_op_has_a_case() -> None:
-    modules = ("requant.ir.ops.quant", "requant.ir.ops.quant_attention")
+    modules = ("requant.ir.ops.quant", "requant.ir.ops.onnxruntime", "requant.ir.ops.onnxruntime_attention")
     ours = {op for op, s in ir.all_schemas().items() if s.kernel.__module__ in modules}
     lowered = {op for op in ours if not isinstance(LOWERINGS.get(op), Unsupported)}
     covered = set().union(*(c.ops for c in _CASES))
@@ -396,7 +396,7 @@ def test_onnx_runtime_contrib_model_reads_into_the_interpreter() -> None:
                               [numpy_helper.from_array(packed, "w"), numpy_helper.from_array(scales, "s")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
     g = from_onnx(model)
-    assert g.op_histogram() == {"MatMulNBits": 1}
+    assert g.op_histogram() == {"com.microsoft.MatMulNBits": 1}
     x = f32(rng, 3, 32)
     assert_same(OnnxRuntimeSession(model)(x=x)[0], ir.run(g, {"x": x})[0], NBITS_TOL, "MatMulNBits read from ONNX")
 

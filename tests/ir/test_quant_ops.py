@@ -47,7 +47,8 @@ from op_cases import build_case
 from requant.errors import RequantError, ShapeInferenceError
 from requant.ir import Builder, Graph, dtypes, run, tensor_type
 from requant.ir import quant_formats as qf
-from requant.ir.ops.quant import dynamic_qparams_u8, pack_low_first, unpack_low_first
+from requant.ir.ops.onnxruntime import pack_low_first, unpack_low_first
+from requant.ir.ops.quant import dynamic_qparams_u8
 from requant.ir.registry import all_schemas
 
 FLOAT_TOL = 1e-5
@@ -100,7 +101,7 @@ def check_case(case: Case) -> list[np.ndarray]:
         assert types[0].shape == tuple(case.expect), f"{case}: inferred {types[0]}, expected {case.expect}"
     if case.oracle != "none":
         want = run_onnx(case, types)
-        exact = case.op != "MatMulNBits"
+        exact = case.op != "com.microsoft.MatMulNBits"
         for j, (a, w) in enumerate(zip(got, want)):
             compare(a, w, types[j].dtype.short, exact, f"{case} output {j} vs {case.oracle}")
     return got
@@ -127,7 +128,7 @@ def test_inference_with_unknown_shapes(case: Case, unknown: str) -> None:
 
 
 def test_every_quant_op_is_tested() -> None:
-    ours = {n for n, s in all_schemas().items() if s.kernel.__module__ == "requant.ir.ops.quant"}
+    ours = {n for n, s in all_schemas().items() if s.kernel.__module__ in ("requant.ir.ops.quant", "requant.ir.ops.onnxruntime")}
     tested = {c.op for c in CASES} | {"FakeQuantize"}  # FakeQuantize: tests below + backend tests
     assert not ours - tested, f"quantization ops without an oracle comparison: {sorted(ours - tested)}"
 
@@ -203,12 +204,12 @@ def test_matmul_nbits_matches_an_explicit_dequantization() -> None:
     scales = f32(n, 3, lo=0.01, hi=0.1)
     zps = ints(n, 3, lo=0, hi=15)
     a = f32(2, k)
-    (y,) = run1("MatMulNBits", [I(a), C(pack_low_first(codes, 4).reshape(n, 3, 8)), C(scales),
+    (y,) = run1("com.microsoft.MatMulNBits", [I(a), C(pack_low_first(codes, 4).reshape(n, 3, 8)), C(scales),
                                 C(pack_low_first(zps, 4))], K=k, N=n, bits=4, block_size=block)
     blk = np.arange(k) // block
     w = ((codes[:, :k].astype(np.float32) - zps[:, blk]) * scales[:, blk]).T
     np.testing.assert_allclose(y, a @ w, rtol=1e-6, atol=1e-6)
-    (y8,) = run1("MatMulNBits", [I(a), C(pack_low_first(codes, 4).reshape(n, 3, 8)), C(scales)],
+    (y8,) = run1("com.microsoft.MatMulNBits", [I(a), C(pack_low_first(codes, 4).reshape(n, 3, 8)), C(scales)],
                  K=k, N=n, bits=4, block_size=block)
     w8 = ((codes[:, :k].astype(np.float32) - 8) * scales[:, blk]).T
     np.testing.assert_allclose(y8, a @ w8, rtol=1e-6, atol=1e-6)
@@ -247,7 +248,7 @@ def test_text_form_round_trips() -> None:
         b.FakeQuantize(x, **qf.MXFP4.op_attrs()),
         b.FakeQuantize(x, b.const(np.float32(0.1)), b.const(np.int8(1), dtype=dtypes.int4), dtype="i4"),
         b.QuantizeLinear(x, b.const(np.float32(0.5)), output_dtype="fp8_e4m3", saturate=0),
-        b.MatMulNBits(x, b.const(pack_low_first(ints(4, 32, lo=0, hi=15), 4).reshape(4, 2, 8)),
+        b["com.microsoft.MatMulNBits"](x, b.const(pack_low_first(ints(4, 32, lo=0, hi=15), 4).reshape(4, 2, 8)),
                       b.const(f32(4, 2)), K=32, N=4, block_size=16, accuracy_level=4),
     ]
     g.outputs.extend(outs)
@@ -287,21 +288,21 @@ ERRORS = [
                        C(np.uint8(0)), C(np.float32(1)), C(np.uint8(0))], {}, None, "must match"),
     ("QLinearMatMul", [I(ints(3, 4)), C(np.float64(1)), C(np.uint8(0)), I(ints(4, 2)), C(np.float32(1)),
                        C(np.uint8(0)), C(np.float32(1)), C(np.uint8(0))], {}, None, "a_scale has dtype f64"),
-    ("MatMulIntegerToFloat", [I(ints(3, 4)), I(ints(4, 2)), C(f32(3)), C(np.float32(1))], {}, None, "one value"),
-    ("MatMulIntegerToFloat", [I(ints(3, 4)), I(ints(4, 2)), C(np.float32(1)), C(f32(3))], {}, None, "needs 2"),
-    ("MatMulIntegerToFloat", [I(ints(3, 4)), I(ints(4, 2)), C(np.float32(1)), C(np.float32(1)), None, None, C(f32(3))],
+    ("com.microsoft.MatMulIntegerToFloat", [I(ints(3, 4)), I(ints(4, 2)), C(f32(3)), C(np.float32(1))], {}, None, "one value"),
+    ("com.microsoft.MatMulIntegerToFloat", [I(ints(3, 4)), I(ints(4, 2)), C(np.float32(1)), C(f32(3))], {}, None, "needs 2"),
+    ("com.microsoft.MatMulIntegerToFloat", [I(ints(3, 4)), I(ints(4, 2)), C(np.float32(1)), C(np.float32(1)), None, None, C(f32(3))],
      {}, None, "bias has 3 values"),
-    ("DynamicQuantizeMatMul", [I(f32(3, 4)), I(f32(4, 2)), C(np.float32(1))], {}, None, "B has dtype f32"),
-    ("MatMulNBits", [I(f32(2, 32)), C(ints(3, 2, 8)), C(f32(3, 2))], {"K": 32, "N": 3}, None, "missing required attribute"),
-    ("MatMulNBits", [I(f32(2, 32)), C(ints(3, 2, 8)), C(f32(3, 2))], {"K": 32, "N": 3, "block_size": 24}, None,
+    ("com.microsoft.DynamicQuantizeMatMul", [I(f32(3, 4)), I(f32(4, 2)), C(np.float32(1))], {}, None, "B has dtype f32"),
+    ("com.microsoft.MatMulNBits", [I(f32(2, 32)), C(ints(3, 2, 8)), C(f32(3, 2))], {"K": 32, "N": 3}, None, "missing required attribute"),
+    ("com.microsoft.MatMulNBits", [I(f32(2, 32)), C(ints(3, 2, 8)), C(f32(3, 2))], {"K": 32, "N": 3, "block_size": 24}, None,
      "power of two"),
-    ("MatMulNBits", [I(f32(2, 32)), C(ints(3, 2, 8)), C(f32(3, 2))], {"K": 32, "N": 3, "block_size": 16, "bits": 3},
+    ("com.microsoft.MatMulNBits", [I(f32(2, 32)), C(ints(3, 2, 8)), C(f32(3, 2))], {"K": 32, "N": 3, "block_size": 16, "bits": 3},
      None, "bits=3"),
-    ("MatMulNBits", [I(f32(2, 32)), C(ints(3, 4, 8)), C(f32(3, 2))], {"K": 32, "N": 3, "block_size": 16}, None,
+    ("com.microsoft.MatMulNBits", [I(f32(2, 32)), C(ints(3, 4, 8)), C(f32(3, 2))], {"K": 32, "N": 3, "block_size": 16}, None,
      r"B has shape \(3, 4, 8\)"),
-    ("MatMulNBits", [I(f32(2, 30)), C(ints(3, 2, 8)), C(f32(3, 2))], {"K": 32, "N": 3, "block_size": 16}, None,
+    ("com.microsoft.MatMulNBits", [I(f32(2, 30)), C(ints(3, 2, 8)), C(f32(3, 2))], {"K": 32, "N": 3, "block_size": 16}, None,
      "last dim is 30"),
-    ("MatMulNBits", [I(f32(2, 32)), C(ints(3, 2, 8)), C(f32(3, 2).astype(np.float16))],
+    ("com.microsoft.MatMulNBits", [I(f32(2, 32)), C(ints(3, 2, 8)), C(f32(3, 2).astype(np.float16))],
      {"K": 32, "N": 3, "block_size": 16}, None, "scales has dtype f16"),
     ("FakeQuantize", [I(f32(3, 4)), C(np.float32(1))], {}, None, "missing required attribute.*dtype"),
     ("FakeQuantize", [I(f32(3, 4)), C(np.float32(1))], {"dtype": "f32"}, None, "not a quantization format"),

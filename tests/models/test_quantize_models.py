@@ -57,7 +57,7 @@ def test_minilm_int8_defaults_keep_embeddings():
     hist = result.graph.op_histogram()
     # per layer: Q/K/V + attention fused into one QAttention, the output and the two FFN
     # linears as MatMulIntegerToFloat
-    assert hist["MatMulIntegerToFloat"] == 18 and hist["QAttention"] == 6
+    assert hist["com.microsoft.MatMulIntegerToFloat"] == 18 and hist["com.microsoft.QAttention"] == 6
     assert "DequantizeLinear" not in hist and "MatMul" not in hist and "ScaledDotProductAttention" not in hist
     assert hist["LayerNormalization"] == 13 and hist["Gelu"] == 6
 

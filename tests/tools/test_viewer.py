@@ -58,7 +58,7 @@ graph q(%x: f32[2,8]) -> (%y) {
   const %ws: f32[4] = 0.01
   const %wzp: i8[4] = 0
   %xq = QuantizeLinear(%x, %scale, %zp)
-  %y = MatMulIntegerToFloat(%xq, %w, %scale, %ws, %zp, %wzp)
+  %y = com.microsoft.MatMulIntegerToFloat(%xq, %w, %scale, %ws, %zp, %wzp)
 }
 """)
     for v in g.values():
@@ -129,7 +129,7 @@ def test_crossings_counts_inversions() -> None:
 def test_colours_follow_dtype_and_quantization(graph) -> None:
     layout = layout_graph(quantized_graph(), lines)
     keys = {b.ref.op: color_key(b) for b in layout.boxes.values() if b.kind == "node"}
-    assert keys == {"QuantizeLinear": "int8", "MatMulIntegerToFloat": "kernel"}
+    assert keys == {"QuantizeLinear": "int8", "com.microsoft.MatMulIntegerToFloat": "kernel"}
     float_keys = {color_key(b) for b in layout_graph(graph, lines).boxes.values() if b.kind == "node"}
     assert float_keys == {"f32"}
 
@@ -234,6 +234,6 @@ def test_page_opens_offline_in_headless_chromium(tmp_path: Path) -> None:
         assert np.all(pixels == fill, axis=-1).sum() > 200, f"no {key} boxes ({LEGEND[key][1]}) on screen"
 
     dom = _browse(page, tmp_path, "--dump-dom").stdout
-    for label in ("MatMulIntegerToFloat", "QuantizeLinear", "Relu", "before: block", "after: q"):
+    for label in ("com.microsoft.MatMulIntegerToFloat", "QuantizeLinear", "Relu", "before: block", "after: q"):
         assert label in dom, label
     assert dom.count("<svg") == 2

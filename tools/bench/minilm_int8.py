@@ -113,13 +113,14 @@ def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def quantized_graph(graph, stats, options: dict[str, Any]):
     """quantize -> lower_quant -> dce on a clone of `graph`; returns (graph, quantize stats)."""
+    from requant.backends.onnx.lower_quant import lower_quant
     from requant.passes import get_pass
 
     g = graph.clone()
     lower_opts = {k[len("lower_"):]: v for k, v in options.items() if k.startswith("lower_")}
     q_opts = {k: v for k, v in options.items() if not k.startswith("lower_")}
     result = get_pass("quantize", stats=stats, **q_opts)(g)
-    g = get_pass("lower_quant", **lower_opts)(result.graph).graph
+    g = lower_quant(**lower_opts)(result.graph).graph
     g = get_pass("dce")(g).graph
     return g, result.stats
 

@@ -296,7 +296,7 @@ def _transformer_block() -> tuple[Graph, dict[str, np.ndarray]]:
         wf = w(k, n)
         scale = (np.abs(wf).max(axis=0) / 127).astype(np.float32)
         wq = np.clip(np.rint(wf / scale), -127, 127).astype(np.int8)
-        return b.Add(b.DynamicQuantizeMatMul(v, b.const(wq), b.const(scale)), b.const(w(n)))
+        return b.Add(b["com.microsoft.DynamicQuantizeMatMul"](v, b.const(wq), b.const(scale)), b.const(w(n)))
 
     def ln(v: Any) -> Any:
         return b.LayerNormalization(v, b.const(np.ones(d, np.float32)), b.const(np.zeros(d, np.float32)))

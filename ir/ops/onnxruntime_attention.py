@@ -1,4 +1,4 @@
-"""ONNX Runtime's fused quantized self-attention: com.microsoft `QAttention` (CPU kernel
+"""ONNX Runtime's fused quantized self-attention: `com.microsoft.QAttention` (CPU kernel
 `contrib_ops/cpu/quantization/attention_quant.cc`, checked against onnxruntime 1.32).
 
     QKV = f32(acc) * f32(input_scale * weight_scale) + bias        acc = (input - izp) @ (weight - wzp)
@@ -36,7 +36,8 @@ import numpy as np
 
 from requant.ir import dtypes
 from requant.ir.ops._common import attr_float, attr_int, opt
-from requant.ir.ops.quant import _scaled_int_matmul
+from requant.ir.ops.onnxruntime import ORT_DOMAIN
+from requant.ir.ops.quant import scaled_int_matmul
 from requant.ir.registry import REQUIRED, InferContext, define_op
 from requant.ir.shapes import unify_dims
 from requant.ir.types import TensorType
@@ -125,7 +126,7 @@ def qattention_reference(x: np.ndarray, w: np.ndarray, bias: np.ndarray, x_scale
                          mask_filter_value: float = -10000.0) -> np.ndarray:
     """The numpy reference: see the module docstring."""
     f32 = np.float32
-    qkv = _scaled_int_matmul(x, x_zp, x_scale, w, w_zp, w_scale, bias)  # [B, S, 3N] float32
+    qkv = scaled_int_matmul(x, x_zp, x_scale, w, w_zp, w_scale, bias)  # [B, S, 3N] float32
     b, s, n3 = qkv.shape
     n = n3 // 3
     d = n // num_heads
@@ -155,6 +156,6 @@ define_op(
     attrs={"num_heads": REQUIRED, "unidirectional": 0, "scale": 0.0, "mask_filter_value": -10000.0},
     infer=_infer_qattention,
     kernel=_qattention_kernel,
-    domain="com.microsoft",
+    domain=ORT_DOMAIN,
     doc="ONNX Runtime's quantized Q/K/V projection + self-attention; masked scores get mask_filter_value added",
 )

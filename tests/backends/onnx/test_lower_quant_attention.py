@@ -1,4 +1,4 @@
-"""Tests of lower_quant's "lower_qattention" rule (passes/lower.py): Q/K/V linears of one
+"""Tests of lower_quant's "lower_qattention" rule (backends/onnx/lower_quant.py): Q/K/V linears of one
 static activation, split into heads, into ScaledDotProductAttention, merged back ->
 one com.microsoft QAttention.
 
@@ -17,13 +17,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from canonical_testing import run_pass
 from requant.ir import Builder, Graph, Value, run, tensor_type
 from requant.ir.rewrite import explain
 from requant.passes import PassResult, get_pass
 from requant.passes.calibration import collect_stats
-from requant.passes.lower import _qattention_rules
+from requant.backends.onnx.lower_quant import _qattention_rules
 from requant.passes.quantize import smoothing_axes
+
+from canonical_testing import run_pass
 
 F32 = "float32"
 ATTN_TOL = 1e-5  # measured: ~2e-7
@@ -124,12 +125,12 @@ def fuse_and_check(mask: str, **kw) -> tuple[Graph, PassResult, dict[str, np.nda
 def test_attention_becomes_qattention(mask, index_shape):
     g, result, _ = fuse_and_check(mask)
     assert result.changed
-    assert result.stats["rule:lower_qattention"] == 1 and result.stats["op:QAttention"] == 1
-    assert result.stats["rule:lower_matmul_add"] == 3 and "op:MatMulIntegerToFloat" not in result.stats
+    assert result.stats["rule:lower_qattention"] == 1 and result.stats["op:com.microsoft.QAttention"] == 1
+    assert result.stats["rule:lower_matmul_add"] == 3 and "op:com.microsoft.MatMulIntegerToFloat" not in result.stats
     hist = g.op_histogram()
-    for gone in ("MatMulIntegerToFloat", "ScaledDotProductAttention", "Transpose", "DequantizeLinear"):
+    for gone in ("com.microsoft.MatMulIntegerToFloat", "ScaledDotProductAttention", "Transpose", "DequantizeLinear"):
         assert gone not in hist
-    (node,) = [n for n in g if n.op == "QAttention"]
+    (node,) = [n for n in g if n.op == "com.microsoft.QAttention"]
     assert node.meta["created_by"] == "lower_qattention" and node.attrs == {"num_heads": HEADS}
     a, w, bias, a_scale, w_scale, mask_index, a_zp, w_zp = node.inputs
     assert a.producer.op == "QuantizeLinear" and a.dtype.name == "uint8" and a_zp is not None
@@ -148,10 +149,10 @@ def test_attention_becomes_qattention(mask, index_shape):
 
 def test_explicit_scale_is_passed_and_default_scale_left_out():
     g, _, _ = fuse_and_check("bool2", scale=0.3)
-    (node,) = [n for n in g if n.op == "QAttention"]
+    (node,) = [n for n in g if n.op == "com.microsoft.QAttention"]
     assert node.attrs == {"num_heads": HEADS, "scale": 0.3}
     g, _, _ = fuse_and_check("bool2", scale=1.0 / np.sqrt(HEAD))
-    (node,) = [n for n in g if n.op == "QAttention"]
+    (node,) = [n for n in g if n.op == "com.microsoft.QAttention"]
     assert node.attrs == {"num_heads": HEADS}
 
 
@@ -189,8 +190,8 @@ def test_near_misses_do_not_fuse(kw, reason):
     g, feeds = attention_graph(**({"mask": "bool2"} | kw))
     qdq = run(g, feeds)
     result = lower(g)
-    assert "rule:lower_qattention" not in result.stats and "QAttention" not in g.op_histogram()
-    assert g.op_histogram()["ScaledDotProductAttention"] == 1 and result.stats["op:MatMulIntegerToFloat"] == 3
+    assert "rule:lower_qattention" not in result.stats and "com.microsoft.QAttention" not in g.op_histogram()
+    assert g.op_histogram()["ScaledDotProductAttention"] == 1 and result.stats["op:com.microsoft.MatMulIntegerToFloat"] == 3
     if reason is not None:
         (sdpa,) = [n for n in g if n.op == "ScaledDotProductAttention"]
         root = sdpa.outputs[0].uses[0][0].outputs[0].uses[0][0]  # Transpose -> Reshape
@@ -203,5 +204,5 @@ def test_near_misses_do_not_fuse(kw, reason):
 def test_integer_kernel_never_makes_qattention():
     g, feeds = attention_graph("bool2")
     result = lower(g, kernel="integer")
-    assert "QAttention" not in g.op_histogram() and "rule:lower_qattention" not in result.stats
+    assert "com.microsoft.QAttention" not in g.op_histogram() and "rule:lower_qattention" not in result.stats
     assert g.op_histogram()["MatMulInteger"] == 3 and g.op_histogram()["ScaledDotProductAttention"] == 1
