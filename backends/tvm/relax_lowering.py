@@ -1339,7 +1339,7 @@ def _convt_check(node: Node) -> str | None:
 
 @_requires(_convt_check)
 def _conv_transpose(ctx: LowerContext, node: Node, ins: list) -> Any:
-    from requant.ir.ops.conv import _convt_geometry
+    from requant.ir.ops.conv import conv_transpose_geometry
 
     a = ctx.attrs(node)
     dt = _in_dt(node)
@@ -1347,7 +1347,7 @@ def _conv_transpose(ctx: LowerContext, node: Node, ins: list) -> Any:
     n = _rank(x) - 2
     in_sp = [int(_static(d)) for d in _shape(x)[2:]]
     kernel = [int(_static(d)) for d in _shape(w)[2:]]
-    geo = _convt_geometry(in_sp, kernel, a.get, n)
+    geo = conv_transpose_geometry(in_sp, kernel, a.get, n)
     strides = list(a["strides"] or [1] * n)
     dilations = list(a["dilations"] or [1] * n)
     # padding reduces the full output; output_padding / output_shape add at the end

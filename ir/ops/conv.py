@@ -20,7 +20,7 @@ from requant.ir.registry import InferContext, define_op
 from requant.ir.shapes import unify_dims
 from requant.ir.types import Dim, TensorType
 
-__all__: list[str] = []
+__all__ = ["conv_transpose_geometry"]
 
 _CONV_ATTRS = {
     "auto_pad": "NOTSET",
@@ -119,7 +119,7 @@ define_op("Conv", inputs=("X", "W", "B?"), attrs=dict(_CONV_ATTRS), infer=_infer
 _CONVT_ATTRS = dict(_CONV_ATTRS, output_padding=None, output_shape=None)
 
 
-def _convt_geometry(in_sp, kernel, attrs_get, n):
+def conv_transpose_geometry(in_sp, kernel, attrs_get, n):
     """Per-axis (pad_begin, pad_end, out) for ConvTranspose; dims may be symbolic."""
     strides = attrs_get("strides") or [1] * n
     dilations = attrs_get("dilations") or [1] * n
@@ -169,7 +169,7 @@ def _infer_conv_transpose(ctx: InferContext) -> list[TensorType]:
     m = ws[1] * group if isinstance(ws[1], int) else None
     if ks is None:
         return [TensorType((xs[0], m) + (None,) * n, dt)]
-    geo = _convt_geometry(xs[2:], ks, ctx.attrs.get, n)
+    geo = conv_transpose_geometry(xs[2:], ks, ctx.attrs.get, n)
     for pb, pe, o in geo:
         if isinstance(o, int) and o < 0:
             raise ctx.fail("output extent would be negative")
@@ -184,7 +184,7 @@ def _conv_transpose(ins: list, attrs: dict, outs: list) -> Any:
     kernel = list(w.shape[2:])
     strides = attrs["strides"] or [1] * n
     dilations = attrs["dilations"] or [1] * n
-    geo = _convt_geometry(x.shape[2:], kernel, attrs.get, n)
+    geo = conv_transpose_geometry(x.shape[2:], kernel, attrs.get, n)
     N, C = x.shape[:2]
     Mg = w.shape[1]
     out_pad = attrs["output_padding"] or [0] * n
