@@ -9,6 +9,7 @@ from requant.ir.dtypes import DType, FloatFormat, dtype
 from requant.ir.graph import Graph, Node, Value
 from requant.ir.interpreter import run
 from requant.ir.registry import all_schemas, define_op, get_schema, is_registered
+from requant.ir.structural import assert_structural_equal, structural_difference
 from requant.ir.types import TensorType, tensor_type
 from requant.ir.verifier import verify
 
@@ -30,6 +31,8 @@ __all__ = [
     "is_registered",
     "all_schemas",
     "parse",
+    "structural_difference",
+    "assert_structural_equal",
 ]
 
 
