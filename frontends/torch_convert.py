@@ -246,7 +246,8 @@ class _Converter:
             why = f": {reason}" if reason else ": no lowering"
             lines.append(f"  {op} x{entry.count}{why}; at {where}")
         lines.append(
-            "Add a lowering to requant/frontends/torch_aten.py, or change the model to avoid these ops."
+            "Add a lowering to the family module requant/frontends/torch_aten_<family>.py (listed in "
+            "torch_aten.py), or change the model to avoid these ops."
         )
         err = UnsupportedOpError("\n".join(lines))
         err.ops = {op: entry.count for (op, _), entry in self.unsupported.items()}  # type: ignore[attr-defined]

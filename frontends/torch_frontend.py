@@ -4,7 +4,8 @@ What this module owns: accepting the model forms (nn.Module, ExportedProgram,
 fx.GraphModule), checking the example inputs against what the model expects, turning
 `dynamic_dims` into torch.export dynamic shapes, exporting, and decomposing to core ATen
 with a table that keeps a few high-level ops whole. The FX walk is
-`torch_convert.py`; the per-op lowerings are `torch_aten.py`.
+`torch_convert.py`; the per-op lowerings are the `torch_aten_*.py` family modules
+(listed in `torch_aten.py`).
 
 Decisions:
 - Every form goes through `torch.export` (strict=False). A symbolically traced
@@ -37,7 +38,7 @@ __all__ = ["from_torch", "KEPT_OPS", "decomposition_table"]
 
 logger = logging.getLogger(__name__)
 
-# aten ops kept whole by `run_decompositions` (their lowerings are in torch_aten.py)
+# aten ops kept whole by `run_decompositions` (their lowerings are in the torch_aten_*.py families)
 KEPT_OPS: tuple[str, ...] = (
     "linear.default",
     "matmul.default",
