@@ -36,8 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from requant.errors import RequantError, UnsupportedOpError
-from requant.frontends.onnx_types import (
+from requant.backends.onnx.onnx_types import (
     META_KEY,
     PROVENANCE_GROUP_KEY,
     PROVENANCE_NODE_KEY,
@@ -48,6 +47,7 @@ from requant.frontends.onnx_types import (
     dtype_from_onnx,
     value_info_type,
 )
+from requant.errors import RequantError, UnsupportedOpError
 from requant.ir import dtypes, registry
 from requant.ir.dtypes import DType
 from requant.ir.graph import Graph, Value

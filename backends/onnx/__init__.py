@@ -1,8 +1,10 @@
 """The ONNX backend: requant IR -> ONNX (`to_onnx`, `save_onnx`), the lowering table
-(`LOWERINGS`, one entry per registered op), ONNX Runtime sessions
-(`OnnxRuntimeSession`) and the pass that lowers Q/DQ to ONNX Runtime's own kernels
-("lower_quant", registered on import). Importing this package imports onnx; onnxruntime is imported
-only when a session is made or the export picks its default opset.
+(`LOWERINGS`, one entry per registered op, filled by the family modules of `lowering/`),
+the ONNX format's type conversions (`onnx_types`, which the ONNX frontend reads files
+with too), ONNX Runtime sessions (`OnnxRuntimeSession`) and the pass that lowers Q/DQ to
+ONNX Runtime's own kernels ("lower_quant", registered on import). onnx is imported when
+an export or a conversion runs; onnxruntime only when a session is made or the export
+picks its default opset.
 """
 
 from __future__ import annotations

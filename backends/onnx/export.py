@@ -9,7 +9,7 @@ What it owns:
   onnxruntime, `FALLBACK_OPSET`;
 - graph inputs/outputs as typed value infos (symbolic dims -> dim_param, unknown dims
   empty), constants as initializers (scalars and small shape tensors too), nodes through
-  the lowering table (`lowering.py`), every op the table cannot lower reported at once;
+  the lowering table (`lowering/`), every op the table cannot lower reported at once;
 - the external-data layout: one `<model file name>.data` next to the model, referenced
   by a relative location, written without copying or mutating the in-memory model;
 - checking: `onnx.checker.check_model(full_check=True)` on the proto, or on the saved
@@ -29,9 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from requant.backends.onnx.lowering import EmitContext, LOWERINGS, Unsupported, lowering_for, onnx_schema
-from requant.errors import RequantError, UnsupportedOpError
-from requant.frontends.onnx_types import (
+from requant.backends.onnx.lowering import LOWERINGS, EmitContext, Unsupported, onnx_schema
+from requant.backends.onnx.onnx_types import (
     META_KEY,
     PROVENANCE_GROUP_KEY,
     PROVENANCE_NODE_KEY,
@@ -42,6 +41,7 @@ from requant.frontends.onnx_types import (
     set_metadata,
     tensor_from_array,
 )
+from requant.errors import RequantError, UnsupportedOpError
 from requant.ir import dtypes
 from requant.ir.graph import Graph
 
@@ -167,8 +167,6 @@ def _ort_runs_node(node: Any, types: dict[str, Any], opset: int) -> bool:
     import onnx
     from onnx import helper
 
-    from requant.frontends.onnx_types import make_value_info
-
     names = [n for n in list(node.input) + list(node.output) if n]
     if any(n not in types for n in names):
         return True  # a helper value of a decomposition: nothing to probe with
@@ -267,7 +265,7 @@ def _lower(graph: Graph, opset: int) -> _Lowered:
     ctx = EmitContext(opset, taken)
     groups = 0
     for node in graph:
-        emitter = lowering_for(node.op)
+        emitter = LOWERINGS.lookup(node.op)
         ins = [None if v is None else v.name for v in node.inputs]
         outs = [o.name for o in node.outputs]
         start = len(ctx.nodes)

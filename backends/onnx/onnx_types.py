@@ -1,6 +1,8 @@
-"""ONNX <-> requant value conversions shared by the ONNX frontend and the ONNX backend:
-dtype enums, tensor types (dim_value / dim_param / unknown dims), tensors (numpy payloads
-incl. the sub-byte and low-bit float formats) and attribute values.
+"""ONNX <-> requant value conversions: dtype enums, tensor types (dim_value / dim_param /
+unknown dims), tensors (numpy payloads incl. the sub-byte and low-bit float formats) and
+attribute values. The ONNX format's type table lives with its writer, the ONNX backend;
+the ONNX frontend reads files through the same table, importing it from here (a frontend
+may use a backend's format helpers, a backend never imports a frontend).
 
 Sub-byte integers are stored widened in requant (int4 in int8, uint4 in uint8) and as
 ml_dtypes' packed int4/uint4 in ONNX tensors; the conversions here move between the two.

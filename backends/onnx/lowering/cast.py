@@ -1,0 +1,69 @@
+"""ONNX lowering of Cast and CastLike (`requant.ir.ops.cast`). Cast pins requant's
+semantics where ONNX leaves them open: float -> integer truncates and saturates."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from requant.backends.onnx.lowering._common import LOWERINGS, EmitContext, standard
+from requant.backends.onnx.onnx_types import dtype_to_onnx
+from requant.errors import UnsupportedOpError
+from requant.ir import dtypes
+from requant.ir.dtypes import DType
+from requant.ir.graph import Node
+
+__all__: list[str] = []
+
+logger = logging.getLogger(__name__)
+
+# Emitted as the same ONNX op: the registry defines them with ONNX's modern semantics.
+LOWERINGS.lowers("CastLike")(standard)
+
+
+def _float_bound(value: int, dt: DType, toward: float = 0.0) -> np.ndarray | None:
+    """The float of dtype `dt` nearest to integer `value` that is not farther from zero
+    (so a Clip to it stays inside the integer range); None when every finite value of
+    `dt` already is (f16 against i32, ...)."""
+    np_t = dt.np
+    if abs(value) > float(np.finfo(np.float32 if dt == dtypes.bfloat16 else np_t).max):
+        return None
+    f = np.array([value], dtype=np.float64).astype(np_t)
+    if abs(float(f[0])) > abs(value):
+        # one step toward zero: IEEE magnitudes order like their bit patterns
+        uint = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[f.itemsize]
+        f = (f.view(uint) - uint(1)).view(np_t)
+    return f.reshape(())
+
+
+@LOWERINGS.lowers("Cast")
+def _cast(ctx: EmitContext, node: Node, ins: list, outs: list) -> None:
+    """Cast with requant's semantics where ONNX leaves them open: float -> integer
+    truncates and saturates (a Clip first; ONNX says "undefined if out of range" and
+    ONNX Runtime rounds, not truncates, into int4/uint4, so those go through i8/u8).
+    A `FloatFormat` target has no ONNX element type: refused."""
+    from requant.ir.dtypes import FloatFormat
+
+    src = node.inputs[0].dtype
+    dst = dtypes.dtype(node.attrs["to"])
+    if isinstance(dst, FloatFormat):
+        raise UnsupportedOpError(
+            f"{node.label}: Cast to the parametric float {dst} has no ONNX form (ONNX Runtime would "
+            f"keep plain float32); quantize with a standard format (fp8_e4m3, fp4_e2m1, int4) instead"
+        )
+    if not (src.is_float and dst.is_integer):
+        standard(ctx, node, ins, outs)
+        return
+    n = lambda p: ctx.sub_name(node, p)  # noqa: E731
+    lo, hi = dst.int_range
+    clip_dt = dtypes.float32 if isinstance(src, FloatFormat) else src
+    lo_f, hi_f = _float_bound(lo, clip_dt, 0.0), _float_bound(hi, clip_dt, 0.0)
+    x = ins[0]
+    if lo_f is not None or hi_f is not None:
+        bounds = [None if b is None else ctx.const(b, clip_dt, tag) for b, tag in ((lo_f, "cast_lo"), (hi_f, "cast_hi"))]
+        (x,) = ctx.emit("Clip", [x, *bounds], name=n("saturate"))
+    if dst in (dtypes.int4, dtypes.uint4):
+        wide = dtypes.int8 if dst == dtypes.int4 else dtypes.uint8
+        (x,) = ctx.emit("Cast", [x], to=dtype_to_onnx(wide), name=n("truncate"))
+    ctx.emit("Cast", [x], outs, to=dtype_to_onnx(dst), name=node.name or None)
