@@ -516,7 +516,7 @@ def lowering_status(backend: str, op: str) -> str | None:
 
         entry = LOWERINGS.get(op)
         if entry is None:
-            return f"ONNX lowering of op '{op}' (backends/onnx/lowering.py: no entry yet)"
+            return f"ONNX lowering of op '{op}' (backends/onnx/lowering/: no entry yet)"
         if isinstance(entry, Unsupported):
             return f"ONNX lowering of op '{op}' (unsupported: {entry.reason})"
     return None

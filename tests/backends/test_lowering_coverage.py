@@ -13,7 +13,7 @@ import requant.ir as ir
 from requant.errors import UnsupportedOpError
 
 TABLES = {
-    "onnx": ("onnx", "requant.backends.onnx.lowering", "backends/onnx/lowering.py"),
+    "onnx": ("onnx", "requant.backends.onnx.lowering", "backends/onnx/lowering/"),
     "tvm": ("tvm", "requant.backends.tvm.relax_lowering", "backends/tvm/relax_lowering.py"),
 }
 
