@@ -1,6 +1,7 @@
 """The TVM backend: requant IR -> Relax -> a TVM build for the CPU or an NVIDIA GPU.
 
-- `relax_lowering.py`: the lowering table (`LOWERINGS`, one entry per registered op);
+- `lowering/`: the lowering table (`LOWERINGS`, one entry per registered op), its
+  emitters in one module per op family;
 - `emit.py`: `to_relax(graph)`, the Relax module, through `relax.BlockBuilder`;
 - `pipeline.py` + `schedule_cpu.py`: LLVM builds with requant's CPU schedules (importing
   pipeline.py sets TVM's thread-pool defaults: one worker per usable CPU, unpinned);
@@ -18,4 +19,4 @@ from requant import _lazy_getattr
 __all__ = ["to_relax", "LOWERINGS"]
 
 __getattr__ = _lazy_getattr(
-    __name__, {"to_relax": "requant.backends.tvm.emit", "LOWERINGS": "requant.backends.tvm.relax_lowering"}, globals())
+    __name__, {"to_relax": "requant.backends.tvm.emit", "LOWERINGS": "requant.backends.tvm.lowering"}, globals())

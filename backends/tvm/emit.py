@@ -1,5 +1,5 @@
 """IR -> Relax: `to_relax(graph)` builds an `IRModule` with one function "main" through
-`relax.BlockBuilder`, one lowering per node from `relax_lowering.LOWERINGS`.
+`relax.BlockBuilder`, one lowering per node from `lowering.LOWERINGS`.
 
 The function's parameters are the graph inputs, in order and named after them; it
 returns a Relax `Tuple` of the graph outputs, always (one output gives a 1-tuple).
@@ -29,9 +29,9 @@ from tvm import relax, tirx
 from requant.errors import RequantError, UnsupportedOpError
 from requant.ir.dtypes import DType
 from requant.ir.graph import Graph, Value
-from requant.backends.tvm.relax_lowering import (
+from requant.backends.tvm.lowering import (
     LowerContext,
-    _const_array,
+    const_array,
     is_emulated,
     lowering_for,
     relax_dtype,
@@ -98,7 +98,7 @@ def to_relax(graph: Graph, *, bind_dims: Mapping[str, int] | None = None) -> tvm
         if found is None:
             if v.const is None:
                 raise RequantError(f"to_relax: %{v.name} is read before it is defined (graph not verified?)")
-            found = _const_array(v.const, v.type.dtype)
+            found = const_array(v.const, v.type.dtype)
             env[id(v)] = found
         return found
 
@@ -130,7 +130,7 @@ def _check_dtype(label: str, value: Value, expr: relax.Expr) -> None:
     got = getattr(sinfo, "dtype", None)
     if got is not None and str(got) != want:
         raise RequantError(f"to_relax: {label} output %{value.name} lowered to {got}, expected {want} "
-                           f"(for {value.type.dtype}): a bug in backends/tvm/relax_lowering.py")
+                           f"(for {value.type.dtype}): a bug in backends/tvm/lowering/")
 
 
 def to_relax_array(array: Any, dt: DType) -> np.ndarray:

@@ -14,7 +14,7 @@ from requant.errors import UnsupportedOpError
 
 TABLES = {
     "onnx": ("onnx", "requant.backends.onnx.lowering", "backends/onnx/lowering/"),
-    "tvm": ("tvm", "requant.backends.tvm.relax_lowering", "backends/tvm/relax_lowering.py"),
+    "tvm": ("tvm", "requant.backends.tvm.lowering", "backends/tvm/lowering/"),
 }
 
 

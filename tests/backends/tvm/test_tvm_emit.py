@@ -195,7 +195,7 @@ def test_op_matches_interpreter(case: Case) -> None:
 
 
 def test_every_lowered_op_is_checked_numerically() -> None:
-    from requant.backends.tvm.relax_lowering import LOWERINGS, Unsupported
+    from requant.backends.tvm.lowering import LOWERINGS, Unsupported
 
     lowered = {op for op, entry in LOWERINGS.items() if not isinstance(entry, Unsupported)}
     checked = {c.op for c in ALL_CASES if str(c) not in REFUSED}

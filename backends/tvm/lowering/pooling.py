@@ -1,0 +1,85 @@
+"""Lowerings of MaxPool, AveragePool (ceil_mode, count_include_pad), GlobalAveragePool and
+GlobalMaxPool; f16/bf16 pool in float32 and round once. MaxPool's Indices output has no
+lowering (a node-level check refuses it). Where Relax's pooled extent differs from the
+output shape the IR infers, the result is cropped to the IR's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from tvm import relax
+
+from requant.backends.tvm.lowering._common import (
+    LOWERINGS,
+    Emitter,
+    LowerContext,
+    dims_of,
+    from_compute,
+    in_dtype,
+    out_shape,
+    rank_of,
+    requires,
+    static_int,
+    to_compute,
+)
+from requant.backends.tvm.lowering._window import static_spatial, window_pads
+from requant.ir.graph import Node
+
+__all__: list[str] = []
+
+logger = logging.getLogger(__name__)
+
+R = relax.op
+
+
+_MAXPOOL = {1: R.nn.max_pool1d, 2: R.nn.max_pool2d, 3: R.nn.max_pool3d}
+_AVGPOOL = {1: R.nn.avg_pool1d, 2: R.nn.avg_pool2d, 3: R.nn.avg_pool3d}
+_POOL_LAYOUT = {1: "NCW", 2: "NCHW", 3: "NCDHW"}
+
+
+def _maxpool_check(node: Node) -> str | None:
+    if len(node.outputs) > 1:
+        return "MaxPool's Indices output has no TVM lowering; drop the output or keep this model on ONNX Runtime"
+    return static_spatial(node)
+
+
+def _pool(table: dict, is_avg: bool) -> Emitter:
+    def emit(ctx: LowerContext, node: Node, ins: list) -> Any:
+        a = ctx.attrs(node)
+        dt = in_dtype(node)
+        x = to_compute(ctx, ins[0], dt)
+        n = rank_of(x) - 2
+        kernel = [int(k) for k in a["kernel_shape"]]
+        pads = window_pads(node, dims_of(x), kernel)
+        kw = dict(pool_size=kernel, strides=list(a["strides"] or [1] * n), padding=pads,
+                  dilation=list(a["dilations"] or [1] * n), ceil_mode=bool(a["ceil_mode"]), layout=_POOL_LAYOUT[n])
+        if is_avg:
+            kw["count_include_pad"] = bool(a["count_include_pad"])
+        y = ctx.emit(table[n](x, **kw))
+        shape = out_shape(ctx, node)
+        if shape is not None and any(static_int(p) is not None and static_int(p) != s
+                                     for p, s in zip(dims_of(y), shape) if isinstance(s, int)):
+            y = ctx.emit(R.strided_slice(y, axes=list(range(2, 2 + n)), begin=[0] * n, end=shape[2:]))
+        return from_compute(ctx, y, dt)
+
+    return requires(_maxpool_check if not is_avg else static_spatial)(emit)
+
+
+LOWERINGS.add("MaxPool", _pool(_MAXPOOL, False))
+LOWERINGS.add("AveragePool", _pool(_AVGPOOL, True))
+
+
+def _global_pool(fn: Callable) -> Emitter:
+    def emit(ctx: LowerContext, node: Node, ins: list) -> Any:
+        dt = in_dtype(node)
+        x = to_compute(ctx, ins[0], dt)
+        return from_compute(ctx, ctx.emit(fn(x, list(range(2, rank_of(x))), True)), dt)
+
+    return emit
+
+
+LOWERINGS.add("GlobalAveragePool", _global_pool(R.mean))
+LOWERINGS.add("GlobalMaxPool", _global_pool(R.max))
