@@ -18,7 +18,9 @@ its own too; their module docstrings list every rewrite):
 - canonicalize_attention (passes/canonicalize_attention.py): MatMul-Softmax-MatMul
   attention blocks -> ScaledDotProductAttention with canonical masks and GQA;
 
-then common-subexpression elimination and dead-code elimination. Linear comes before
+then common-subexpression elimination and dead-code elimination. It ensures the
+condition "canonical linears" (passes/conditions.py) that fold passes require; run with
+a chosen subset (`passes=`), it ensures nothing. Linear comes before
 the no-op rules so a flatten -> Gemm -> unflatten group is seen before its Reshapes are
 merged with their neighbours (the linear rule copes with either, this keeps the stats
 readable). Stats: `iterations`, `rewrites`, one `rule:<name>` count per rule that fired,
@@ -44,7 +46,8 @@ from requant.passes import (  # noqa: F401
     fold_constants,
     refine_types,
 )
-from requant.passes.manager import PassManager, PassResult, graph_pass
+from requant.passes.conditions import CANONICAL_LINEARS
+from requant.passes.manager import Condition, PassManager, PassResult, graph_pass
 
 __all__ = ["CANONICALIZE_PIPELINE", "canonicalize"]
 
@@ -68,8 +71,14 @@ CANONICALIZE_PIPELINE: tuple[str, ...] = (
 MAX_SWEEPS = 12
 
 
+def _ensured(passes: Sequence[str] | None = None) -> tuple[Condition, ...]:
+    """What the run leaves: only the whole pipeline promises canonical linears (a subset
+    may leave out canonicalize_linear, or the constant folding that frees its matches)."""
+    return (CANONICAL_LINEARS,) if passes is None else ()
+
+
 @graph_pass("canonicalize", "canonical forms: linear, no-ops, LayerNorm/RMSNorm, GELU, softmax, attention "
-            "(+ constant folding, CSE, DCE) to a fixed point")
+            "(+ constant folding, CSE, DCE) to a fixed point", ensures=_ensured)
 def canonicalize(graph: Graph, passes: Sequence[str] | None = None) -> PassResult:
     """`passes`: run these (registered names) instead of CANONICALIZE_PIPELINE."""
     manager = PassManager(list(passes or CANONICALIZE_PIPELINE), fixed_point=True, max_iterations=MAX_SWEEPS)

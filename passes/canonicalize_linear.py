@@ -31,15 +31,15 @@ import logging
 import numpy as np
 
 from requant.ir.builder import Builder
-from requant.ir.graph import Value
-from requant.ir.pattern import Const, Match, op
+from requant.ir.graph import Graph, Node, Value
+from requant.ir.pattern import Const, Match, NoMatch, op
 from requant.ir.rewrite import Rule
 from requant.ir.shapes import symbolic_product
 from requant.ir.types import TensorType
 from requant.passes.canonicalize_common import new_constant, producer
 from requant.passes.rule_pass import register_rule_pass
 
-__all__ = ["LINEAR_RULES"]
+__all__ = ["LINEAR_RULES", "non_canonical_linears"]
 
 logger = logging.getLogger(__name__)
 
@@ -191,6 +191,22 @@ FLATTENED_LINEAR = [
 ]
 
 LINEAR_RULES: list[Rule] = [*GEMM_TO_MATMUL, MATMUL_TRANSPOSED_WEIGHT, *FLATTENED_LINEAR]
+
+
+def non_canonical_linears(graph: Graph) -> list[Node]:
+    """The Gemms and the MatMuls by a transposed constant weight in `graph` that this
+    pass would still rewrite (an integer Gemm, which it leaves alone, is not one)."""
+    found = []
+    for node in graph:
+        rules = GEMM_TO_MATMUL if node.op == "Gemm" else [MATMUL_TRANSPOSED_WEIGHT] if node.op == "MatMul" else []
+        for rule in rules:
+            try:
+                rule.match(node)
+            except NoMatch:
+                continue
+            found.append(node)
+            break
+    return found
 
 register_rule_pass(
     "canonicalize_linear",

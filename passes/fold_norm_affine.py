@@ -19,6 +19,9 @@ Refused, counted in the stats as `refused:<reason>`:
   non-per-feature parameters, or also returns its statistics.
 A norm whose affine part is already the identity is left alone (not counted).
 
+Requires canonical linears (passes/conditions.py): a Gemm reader would be refused as
+`non_linear_reader`, silently; run "canonicalize" first.
+
 Stats: `norms_folded`, `linears_updated`, `refused`, `refused:<reason>`.
 """
 
@@ -40,6 +43,7 @@ from requant.passes.fold_common import (
     scale_weight_rows,
     set_norm_affine,
 )
+from requant.passes.conditions import CANONICAL_LINEARS
 from requant.passes.manager import PassResult, graph_pass
 
 __all__ = ["fold_norm_affine", "norm_fold_refusal"]
@@ -79,7 +83,8 @@ def _fold_into(graph: Graph, lin: Linear, gamma: np.ndarray, beta: np.ndarray | 
             mark_folded(lin.add, PASS)
 
 
-@graph_pass(PASS, "LayerNorm/RMSNorm gamma (and beta) -> folded into the linears reading the norm (unit norm left)")
+@graph_pass(PASS, "LayerNorm/RMSNorm gamma (and beta) -> folded into the linears reading the norm (unit norm left)",
+            requires=(CANONICAL_LINEARS,))
 def fold_norm_affine(graph: Graph) -> PassResult:
     stats: dict[str, int | float | str] = {"norms_folded": 0, "linears_updated": 0, "refused": 0}
     for node in list(graph):

@@ -49,6 +49,7 @@ from requant.ir.builder import Builder
 from requant.ir.graph import Graph, Node, Value
 from requant.ir.pattern import Match, Var, op
 from requant.ir.rewrite import Rule, rewrite
+from requant.passes.conditions import QUANTIZED
 from requant.passes.manager import PassResult, graph_pass
 
 __all__ = [
@@ -471,7 +472,7 @@ def lower_with(graph: Graph, lowering: IntegerLowering, *, lower: bool = True) -
 
 
 @graph_pass("lower_integer", "Q/DQ around MatMul/Gemm/Gather -> standard integer ops (MatMulInteger, "
-                             "QLinearMatMul), exact")
+                             "QLinearMatMul), exact", requires=(QUANTIZED,))
 def lower_integer(graph: Graph, kernel: str = "integer") -> PassResult:
     """See the module docstring."""
     return lower_with(graph, IntegerLowering(graph, kernel))

@@ -7,7 +7,20 @@ pass manager that runs a pipeline of them.
   a functional pass leaves its input untouched, checked by fingerprint when verifying).
 - `graph_pass(name, description)`: turns `def fn(graph, **options) -> PassResult` into
   a registered `PassFactory`; `factory(**options)` makes the pass, options validated.
-- `register_pass`, `get_pass(name, **options)`, `available_passes()`: the registry.
+- `register_pass`, `get_pass(name, **options)`, `get_factory(name)`,
+  `available_passes()`: the registry.
+- `Condition(name, check, hint)`: a named property of a graph. A pass declares the
+  conditions it `requires` and those it `ensures` (`graph_pass(..., requires=...,
+  ensures=...)`; the conditions themselves live in passes/conditions.py). Calling a pass
+  first checks that each required condition holds: a pass that ensures it already ran
+  on this graph, or its `check` finds nothing wrong; else a `PassError` names the pass,
+  the condition, the reason and the way out. After the pass, what it ensures is recorded
+  on the graph (`ensured_conditions(graph)`), for this graph object only: the record is
+  neither written by the text form nor exported to ONNX.
+- Pipeline inputs: `graph_pass(..., pipeline_inputs=("stats",))` declares the options a
+  pipeline fills with values it holds when it runs the pass without explicit options
+  (`PIPELINE_INPUTS`: "stats", the calibration statistics; "batches", the calibration
+  batches); `factory.pipeline_inputs` reads the declaration.
 - `PassManager(passes, verify=None, fixed_point=False, max_iterations=10)`: runs the
   pipeline, verifies after each pass when asked (env `REQUANT_VERIFY=1` turns it on),
   records per-pass time, stats and node counts, and wraps any failure in a `PassError`
@@ -29,6 +42,11 @@ from requant.errors import PassError, RequantError, RewriteLimitError
 from requant.ir.graph import Graph
 
 __all__ = [
+    "Condition",
+    "ConditionsDeclaration",
+    "ensured_conditions",
+    "ENSURED_META_KEY",
+    "PIPELINE_INPUTS",
     "PassResult",
     "Pass",
     "FunctionPass",
@@ -36,6 +54,7 @@ __all__ = [
     "graph_pass",
     "register_pass",
     "get_pass",
+    "get_factory",
     "available_passes",
     "verify_enabled",
     "graph_fingerprint",
@@ -47,6 +66,67 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Stats = dict[str, int | float | str]
+
+# What a pipeline can hand a pass that declares it (`graph_pass(..., pipeline_inputs=)`).
+PIPELINE_INPUTS: dict[str, str] = {
+    "stats": "the calibration statistics the pipeline collected",
+    "batches": "the calibration batches the pipeline was given",
+}
+
+# graph.meta key of the conditions ensured on a graph (see `ensured_conditions`).
+ENSURED_META_KEY = "ensured_conditions"
+
+
+# -- conditions --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A named property of a graph that passes require or ensure. `check(graph)` returns
+    None when the property holds, else the reason it does not ("2 Gemm nodes remain");
+    `hint` is the way out ("run 'canonicalize' first"). Conditions are told apart by name."""
+
+    name: str
+    check: Callable[[Graph], str | None] = field(compare=False)
+    hint: str = field(compare=False)
+
+    def __repr__(self) -> str:
+        return f"<Condition {self.name!r}>"
+
+
+# The conditions a pass declares: a sequence, or a function of the pass's options that
+# returns one (for a pass whose guarantee depends on how it is configured).
+ConditionsDeclaration = Sequence[Condition] | Callable[..., Sequence[Condition]]
+
+
+class _EnsuredConditions(frozenset):
+    """The names of the conditions ensured on a graph. A frozenset on purpose: neither
+    the text form nor the ONNX exporter can write one, so the record stays with the
+    graph object it was made on (a graph read back from text or ONNX has to show its
+    conditions by their checks)."""
+
+
+def ensured_conditions(graph: Graph) -> frozenset[str]:
+    """Names of the conditions that passes which ran on `graph` ensured."""
+    return frozenset(graph.meta.get(ENSURED_META_KEY, ()))
+
+
+def _record_ensured(graph: Graph, conditions: Sequence[Condition]) -> None:
+    if conditions:
+        names = ensured_conditions(graph) | {c.name for c in conditions}
+        graph.meta[ENSURED_META_KEY] = _EnsuredConditions(names)
+
+
+def _unmet_requirement(pass_name: str, conditions: Sequence[Condition], graph: Graph) -> str | None:
+    """The error sentence for the first required condition that does not hold, or None."""
+    ensured = ensured_conditions(graph)
+    for condition in conditions:
+        if condition.name in ensured:
+            continue
+        reason = condition.check(graph)
+        if reason is not None:
+            return f"pass '{pass_name}' requires {condition.name} ({reason}): {condition.hint}"
+    return None
 
 
 @dataclass
@@ -71,18 +151,25 @@ class Pass:
     """A graph transformation. Subclasses set `name` and `description` (one line) and
     implement `run`. An in-place pass (the default) mutates and returns the graph it is
     given; a functional pass (`in_place = False`) returns a new graph and must leave its
-    input as it was."""
+    input as it was. `requires` / `ensures`: the conditions it needs and leaves."""
 
     name: str = ""
     description: str = ""
     in_place: bool = True
+    requires: tuple[Condition, ...] = ()
+    ensures: tuple[Condition, ...] = ()
+    pipeline_inputs: tuple[str, ...] = ()  # read by register_pass (see PIPELINE_INPUTS)
 
     def run(self, graph: Graph) -> PassResult:
         raise NotImplementedError(f"pass '{self.name}' does not implement run()")
 
     def __call__(self, graph: Graph, *, verify: bool | None = None) -> PassResult:
-        """Run the pass and check its contract. With verification on, a functional pass
-        is also checked not to have mutated its input."""
+        """Check the conditions the pass requires, run it, check its contract and record
+        the conditions it ensures. With verification on, a functional pass is also
+        checked not to have mutated its input."""
+        unmet = _unmet_requirement(self.name, self.requires, graph)
+        if unmet is not None:
+            raise PassError(unmet)
         checking = verify_enabled(verify)
         before = graph_fingerprint(graph) if checking and not self.in_place else None
         result = self.run(graph)
@@ -101,6 +188,7 @@ class Pass:
                 )
             if before is not None and graph_fingerprint(graph) != before:
                 raise PassError(f"pass '{self.name}' is functional (in_place = False) but mutated its input graph")
+        _record_ensured(result.graph, self.ensures)
         return result
 
     def __repr__(self) -> str:
@@ -137,12 +225,16 @@ class FunctionPass(Pass):
         description: str,
         options: dict[str, Any] | None = None,
         in_place: bool = True,
+        requires: Sequence[Condition] = (),
+        ensures: Sequence[Condition] = (),
     ) -> None:
         self.fn = fn
         self.name = name
         self.description = description
         self.options = dict(options or {})
         self.in_place = in_place
+        self.requires = tuple(requires)
+        self.ensures = tuple(ensures)
 
     def run(self, graph: Graph) -> PassResult:
         return self.fn(graph, **self.options)
@@ -154,7 +246,11 @@ class FunctionPass(Pass):
 
 class PassFactory:
     """Makes configured instances of one named pass: `factory(**options) -> Pass`.
-    `factory.apply(graph, **options)` runs a fresh instance directly."""
+    `factory.apply(graph, **options)` runs a fresh instance directly.
+
+    It carries the pass's declarations: `requires` / `ensures` (the conditions of an
+    instance made with the default options; each instance gets those of its own
+    options) and `pipeline_inputs` (the options a pipeline fills, see PIPELINE_INPUTS)."""
 
     def __init__(
         self,
@@ -163,6 +259,10 @@ class PassFactory:
         make: Callable[..., Pass],
         options: dict[str, Any],
         fn: Callable[..., PassResult] | None = None,
+        *,
+        requires: ConditionsDeclaration = (),
+        ensures: ConditionsDeclaration = (),
+        pipeline_inputs: Sequence[str] = (),
     ) -> None:
         self.name = name
         self.description = description
@@ -170,19 +270,68 @@ class PassFactory:
         self.options = dict(options)  # option name -> default
         self.fn = fn  # the plain function of a `graph_pass`, for direct calls
         self.__doc__ = getattr(fn or make, "__doc__", None)
+        self._requires = _checked_declaration(name, "requires", requires)
+        self._ensures = _checked_declaration(name, "ensures", ensures)
+        self.pipeline_inputs = _checked_pipeline_inputs(name, pipeline_inputs, self.options)
+
+    @property
+    def requires(self) -> tuple[Condition, ...]:
+        """The conditions an instance made with the default options requires."""
+        return self._conditions(self._requires, {}, "requires")
+
+    @property
+    def ensures(self) -> tuple[Condition, ...]:
+        """The conditions an instance made with the default options ensures."""
+        return self._conditions(self._ensures, {}, "ensures")
 
     def __call__(self, **options: Any) -> Pass:
         unknown = sorted(set(options) - set(self.options))
         if unknown:
             valid = ", ".join(f"{k}={v!r}" for k, v in self.options.items()) or "none"
             raise RequantError(f"pass '{self.name}': unknown option(s) {', '.join(unknown)}; valid options: {valid}")
-        return self._make(**options)
+        p = self._make(**options)
+        p.requires = self._conditions(self._requires, options, "requires")
+        p.ensures = self._conditions(self._ensures, options, "ensures")
+        return p
 
     def apply(self, graph: Graph, **options: Any) -> PassResult:
         return self(**options)(graph)
 
+    def _conditions(self, declared: ConditionsDeclaration, options: dict[str, Any], what: str) -> tuple[Condition, ...]:
+        if not callable(declared):
+            return tuple(declared)
+        conditions = tuple(declared(**{**self.options, **options}))
+        return _checked_declaration(self.name, what, conditions)  # type: ignore[return-value]
+
     def __repr__(self) -> str:
         return f"<PassFactory '{self.name}'>"
+
+
+def _checked_declaration(pass_name: str, what: str, declared: ConditionsDeclaration) -> ConditionsDeclaration:
+    """`declared` as stored: a function as it is, a sequence as a tuple of Conditions."""
+    if callable(declared):
+        return declared
+    if isinstance(declared, (str, Condition)):
+        raise TypeError(f"pass '{pass_name}': {what}= takes a sequence of Conditions, e.g. ({declared!r},)")
+    conditions = tuple(declared)
+    for c in conditions:
+        if not isinstance(c, Condition):
+            raise TypeError(f"pass '{pass_name}': {what}= holds {c!r}, which is not a Condition")
+    return conditions
+
+
+def _checked_pipeline_inputs(pass_name: str, declared: Sequence[str], options: dict[str, Any]) -> tuple[str, ...]:
+    if isinstance(declared, str):
+        raise TypeError(f"pass '{pass_name}': pipeline_inputs= takes a sequence of names, e.g. ({declared!r},)")
+    names = tuple(declared)
+    for name in names:
+        if name not in PIPELINE_INPUTS:
+            known = ", ".join(f"'{k}' ({v})" for k, v in PIPELINE_INPUTS.items())
+            raise RequantError(f"pass '{pass_name}': unknown pipeline input '{name}'; a pipeline holds {known}")
+        if name not in options:
+            raise RequantError(f"pass '{pass_name}': pipeline input '{name}' is not one of its options "
+                               f"({', '.join(options) or 'none'}); the pipeline passes it as the option of that name")
+    return names
 
 
 def _option_defaults(fn: Callable[..., Any], skip: int) -> dict[str, Any]:
@@ -199,16 +348,36 @@ def _option_defaults(fn: Callable[..., Any], skip: int) -> dict[str, Any]:
 _REGISTRY: dict[str, PassFactory] = {}
 
 
-def register_pass(pass_or_factory: PassFactory | type[Pass], *, replace: bool = False) -> PassFactory:
+def register_pass(
+    pass_or_factory: PassFactory | type[Pass],
+    *,
+    replace: bool = False,
+    requires: ConditionsDeclaration | None = None,
+    ensures: ConditionsDeclaration | None = None,
+    pipeline_inputs: Sequence[str] | None = None,
+) -> PassFactory:
     """Add a pass to the registry under its name: a `PassFactory` (what `graph_pass`
-    makes) or a `Pass` subclass whose `__init__` keyword parameters are its options."""
+    makes) or a `Pass` subclass whose `__init__` keyword parameters are its options.
+    `requires` / `ensures` / `pipeline_inputs`, when given, replace the declarations of
+    the factory (or the class attributes of the same names)."""
     if isinstance(pass_or_factory, PassFactory):
         factory = pass_or_factory
+        if requires is not None:
+            factory._requires = _checked_declaration(factory.name, "requires", requires)
+        if ensures is not None:
+            factory._ensures = _checked_declaration(factory.name, "ensures", ensures)
+        if pipeline_inputs is not None:
+            factory.pipeline_inputs = _checked_pipeline_inputs(factory.name, pipeline_inputs, factory.options)
     elif isinstance(pass_or_factory, type) and issubclass(pass_or_factory, Pass):
         cls = pass_or_factory
         init = cls.__init__
         options = {} if init is object.__init__ else _option_defaults(init, 1)
-        factory = PassFactory(cls.name, cls.description, cls, options)
+        factory = PassFactory(
+            cls.name, cls.description, cls, options,
+            requires=cls.requires if requires is None else requires,
+            ensures=cls.ensures if ensures is None else ensures,
+            pipeline_inputs=cls.pipeline_inputs if pipeline_inputs is None else pipeline_inputs,
+        )
     else:
         raise TypeError(f"register_pass takes a PassFactory or a Pass subclass, not {pass_or_factory!r}")
     if not factory.name or not factory.description:
@@ -219,9 +388,20 @@ def register_pass(pass_or_factory: PassFactory | type[Pass], *, replace: bool = 
     return factory
 
 
-def graph_pass(name: str, description: str, *, in_place: bool = True) -> Callable[[Callable[..., PassResult]], PassFactory]:
+def graph_pass(
+    name: str,
+    description: str,
+    *,
+    in_place: bool = True,
+    requires: ConditionsDeclaration = (),
+    ensures: ConditionsDeclaration = (),
+    pipeline_inputs: Sequence[str] = (),
+) -> Callable[[Callable[..., PassResult]], PassFactory]:
     """Decorator: `def fn(graph, **options) -> PassResult` becomes a registered
-    `PassFactory` called `name`; the keyword parameters after `graph` are its options."""
+    `PassFactory` called `name`; the keyword parameters after `graph` are its options.
+    `requires` / `ensures`: the conditions the pass needs and leaves (Conditions, or a
+    function of the pass's options returning them); `pipeline_inputs`: the options a
+    pipeline fills with what it holds (PIPELINE_INPUTS) when it gives no options."""
 
     def wrap(fn: Callable[..., PassResult]) -> PassFactory:
         defaults = _option_defaults(fn, 1)
@@ -229,18 +409,25 @@ def graph_pass(name: str, description: str, *, in_place: bool = True) -> Callabl
         def make(**options: Any) -> FunctionPass:
             return FunctionPass(fn, name, description, options, in_place=in_place)
 
-        return register_pass(PassFactory(name, description, make, defaults, fn=fn))
+        factory = PassFactory(name, description, make, defaults, fn=fn, requires=requires, ensures=ensures,
+                              pipeline_inputs=pipeline_inputs)
+        return register_pass(factory)
 
     return wrap
 
 
-def get_pass(name: str, **options: Any) -> Pass:
-    """A configured instance of the registered pass `name`."""
+def get_factory(name: str) -> PassFactory:
+    """The registered factory of pass `name` (its options and declarations)."""
     factory = _REGISTRY.get(name)
     if factory is None:
         known = ", ".join(sorted(_REGISTRY)) or "none"
         raise RequantError(f"unknown pass '{name}'; known passes: {known}")
-    return factory(**options)
+    return factory
+
+
+def get_pass(name: str, **options: Any) -> Pass:
+    """A configured instance of the registered pass `name`."""
+    return get_factory(name)(**options)
 
 
 def available_passes() -> dict[str, str]:

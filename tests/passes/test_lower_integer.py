@@ -10,10 +10,12 @@ tests/lower_testing.py (Gather rewrites: bit for bit, they move the same values)
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
-from requant.errors import RequantError
+from requant.errors import PassError, RequantError
 from requant.ir import Builder, Graph, run, tensor_type
 from requant.passes import PassResult, get_pass
 from requant.passes.calibration import collect_stats
@@ -138,12 +140,16 @@ def test_weight_only_layers_stay_with_reasons():
     assert "weight-only layer" in g.meta["lower_skipped"][0]["reason"]
 
 
-def test_float_graph_and_activation_products_untouched():
+def test_float_graph_is_refused_with_the_way_out():
+    # Lowering a graph without Q/DQ is a pipeline that forgot to quantize: the pass's
+    # "quantized tensors" requirement says so. (Activation products left float in a
+    # quantized graph: test_block_lowers_every_linear_and_keeps_float_ops.)
     g, _ = block()
     text = g.to_text()
-    result = lower(g)
-    assert not result.changed and result.stats["skipped"] == 0
-    g.meta.pop("lower_skipped")
+    sentence = ("pass 'lower_integer' requires quantized tensors (no QuantizeLinear, DequantizeLinear or "
+                "FakeQuantize node in the graph): run 'quantize' (or 'llm_fp4') first")
+    with pytest.raises(PassError, match=re.escape(sentence)):
+        lower(g)
     assert g.to_text() == text
 
 

@@ -1,5 +1,6 @@
 """Tests of the pass infrastructure: registry, options, the pass contract, PassManager's
-records, verification after each pass, error messages, fixed-point mode and table()."""
+records, verification after each pass, error messages, fixed-point mode and table(),
+the conditions passes require and ensure, and the pipeline inputs they declare."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import numpy as np
 import pytest
 
 from requant.errors import PassError, RequantError, RewriteLimitError, VerifyError
-from requant.ir import Builder, Graph, tensor_type
+from requant.ir import Builder, Graph, parse, tensor_type
 from requant.passes import manager
+from requant.passes.conditions import CANONICAL_LINEARS, QUANTIZED
+from requant.passes.manager import Condition, get_factory
 from requant.passes import (
     FunctionPass,
     Pass,
@@ -339,3 +342,230 @@ def test_table_shows_iterations_in_fixed_point_mode():
     lines = result.table().splitlines()
     assert lines[0].split()[0] == "iter"
     assert [line.split()[:2] for line in lines[2:4]] == [["1", "dce"], ["2", "dce"]]
+
+
+# -- conditions: requires / ensures --------------------------------------------------------------
+
+
+def _has_no_sub(graph: Graph) -> str | None:
+    subs = sum(node.op == "Sub" for node in graph)
+    return f"{subs} Sub node{'s' if subs > 1 else ''} left" if subs else None
+
+
+NO_SUB = Condition("no Sub nodes", _has_no_sub, "run 'drop_subs' first")
+
+
+class NeedsNoSub(Pass):
+    name = "needs_no_sub"
+    description = "requires NO_SUB, counts its runs (test only)"
+    requires = (NO_SUB,)
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def run(self, graph: Graph) -> PassResult:
+        self.calls += 1
+        return PassResult(graph, False, {})
+
+
+class ClaimsNoSub(Pass):
+    """Ensures NO_SUB without removing anything: shows that the record is trusted."""
+
+    name = "claims_no_sub"
+    description = "ensures NO_SUB (test only)"
+    ensures = (NO_SUB,)
+
+    def run(self, graph: Graph) -> PassResult:
+        return PassResult(graph, False, {})
+
+
+def test_an_unmet_requirement_stops_the_pass_with_one_sentence():
+    g = small_graph()
+    needs = NeedsNoSub()
+    with pytest.raises(PassError) as info:
+        needs(g)
+    assert str(info.value) == "pass 'needs_no_sub' requires no Sub nodes (1 Sub node left): run 'drop_subs' first"
+    assert needs.calls == 0
+    with pytest.raises(PassError, match=r"pass 'needs_no_sub' \(2 of 2, after: cse\) failed: pass 'needs_no_sub' "
+                                        r"requires no Sub nodes \(1 Sub node left\): run 'drop_subs' first"):
+        PassManager(["cse", needs], verify=True).run(small_graph())
+
+
+def test_a_requirement_holds_when_its_check_finds_nothing():
+    g = small_graph()
+    PassManager(["dce"], verify=True).run(g)  # removes the dead Sub
+    needs = NeedsNoSub()
+    needs(g)
+    assert needs.calls == 1 and manager.ensured_conditions(g) == frozenset()
+
+
+def test_a_pass_that_ensures_a_condition_records_it_and_later_passes_trust_the_record():
+    g = small_graph()
+    needs = NeedsNoSub()
+    result = PassManager([ClaimsNoSub(), needs], verify=True).run(g)
+    assert needs.calls == 1 and manager.ensured_conditions(result.graph) == {"no Sub nodes"}
+    # the record belongs to the graph object: a clone keeps it, a fresh graph has none
+    assert manager.ensured_conditions(g.clone()) == {"no Sub nodes"}
+    with pytest.raises(PassError, match="requires no Sub nodes"):
+        needs(small_graph())
+
+
+def test_a_functional_pass_records_on_the_graph_it_returns():
+    class CloningClaim(ClaimsNoSub):
+        name = "cloning_claim"
+        in_place = False
+
+        def run(self, graph: Graph) -> PassResult:
+            return PassResult(graph.clone(), False, {})
+
+    g = small_graph()
+    result = CloningClaim()(g, verify=True)
+    assert manager.ensured_conditions(result.graph) == {"no Sub nodes"}
+    assert manager.ensured_conditions(g) == frozenset()
+
+
+def test_the_record_is_not_written_to_text_or_onnx():
+    g = small_graph()
+    text = g.to_text()
+    ClaimsNoSub()(g)
+    assert manager.ENSURED_META_KEY in g.meta
+    assert g.to_text() == text  # a text round trip reads the same graph back, without the record
+    assert manager.ensured_conditions(parse(g.to_text())) == frozenset()
+    pytest.importorskip("onnx")
+    from requant.backends import to_onnx
+
+    g.meta["note"] = "kept"
+    props = {p.key: p.value for p in to_onnx(g).metadata_props}
+    assert "kept" in props["requant.meta"] and manager.ENSURED_META_KEY not in props["requant.meta"]
+
+
+def test_graph_pass_and_register_pass_declare_conditions(scratch_registry):
+    @graph_pass("test_conditions_pass", "requires and ensures (test only)", requires=(NO_SUB,), ensures=(NO_SUB,))
+    def declared(graph: Graph) -> PassResult:
+        return PassResult(graph, False, {})
+
+    assert declared.requires == (NO_SUB,) and declared.ensures == (NO_SUB,)
+    p = get_pass("test_conditions_pass")
+    assert p.requires == (NO_SUB,) and p.ensures == (NO_SUB,)
+    with pytest.raises(PassError, match="requires no Sub nodes"):
+        declared.apply(small_graph())  # direct calls are checked too
+
+    register_pass(NeedsNoSub)
+    assert get_factory("needs_no_sub").requires == (NO_SUB,)  # from the class attributes
+    register_pass(NeedsNoSub, replace=True, requires=())
+    get_pass("needs_no_sub")(small_graph())  # the registration's declaration wins
+
+
+def test_conditions_may_depend_on_the_options(scratch_registry):
+    def ensured(strict: bool = True) -> tuple[Condition, ...]:
+        return (NO_SUB,) if strict else ()
+
+    @graph_pass("test_optional_claim", "ensures NO_SUB when strict (test only)", ensures=ensured)
+    def claim(graph: Graph, strict: bool = True) -> PassResult:
+        return PassResult(graph, False, {})
+
+    assert claim.ensures == (NO_SUB,)  # with the default options
+    assert get_pass("test_optional_claim", strict=False).ensures == ()
+    g = small_graph()
+    get_pass("test_optional_claim", strict=False)(g)
+    assert manager.ensured_conditions(g) == frozenset()
+
+
+def test_condition_declarations_are_checked(scratch_registry):
+    with pytest.raises(TypeError, match="takes a sequence of Conditions"):
+        graph_pass("test_bad_requires", "bad (test only)", requires=NO_SUB)(lambda graph: PassResult(graph, False))
+    with pytest.raises(TypeError, match="'canonical linears', which is not a Condition"):
+        graph_pass("test_bad_ensures", "bad (test only)", ensures=("canonical linears",))(
+            lambda graph: PassResult(graph, False))
+
+
+# -- the conditions the shipped passes declare ------------------------------------------------------
+
+TWO_GEMMS_AFTER_A_NORM = """
+graph main(%x: f32[2,4]) -> (%q, %k) {
+  const %gamma: f32[4] = [1.0, 2.0, 3.0, 4.0]
+  const %beta: f32[4] = [0.0, 0.5, 0.0, -0.5]
+  const %wq: f32[4,4] = 0.5
+  const %wk: f32[4,4] = 0.25
+  %h: f32[2,4] = LayerNormalization(%x, %gamma, %beta) {axis=-1}
+  %q: f32[2,4] = Gemm(%h, %wq)
+  %k: f32[2,4] = Gemm(%h, %wk)
+}
+"""
+
+
+def test_fold_norm_affine_requires_canonical_linears_and_canonicalize_ensures_them():
+    assert get_factory("fold_norm_affine").requires == (CANONICAL_LINEARS,)
+    assert get_factory("canonicalize").ensures == (CANONICAL_LINEARS,)
+    assert get_pass("canonicalize", passes=["dce"]).ensures == ()  # a subset promises nothing
+    with pytest.raises(PassError) as info:
+        get_pass("fold_norm_affine")(parse(TWO_GEMMS_AFTER_A_NORM))
+    assert str(info.value) == ("pass 'fold_norm_affine' requires canonical linears (2 Gemm nodes remain): "
+                               "run 'canonicalize' first")
+    result = PassManager(["canonicalize", "fold_norm_affine"], verify=True).run(parse(TWO_GEMMS_AFTER_A_NORM))
+    assert result.records[-1].stats["norms_folded"] == 1 and result.records[-1].stats["linears_updated"] == 2
+    assert manager.ensured_conditions(result.graph) == {"canonical linears"}
+
+
+def test_canonical_linears_counts_what_canonicalize_linear_would_rewrite():
+    transposed = """
+    graph main(%x: f32[2,4], %a: i32[2,3], %b: i32[3,4]) -> (%y, %z) {
+      const %w: f32[3,4] = 1.0
+      %wt: f32[4,3] = Transpose(%w) {perm=[1, 0]}
+      %y: f32[2,3] = MatMul(%x, %wt)
+      %z: i32[2,4] = Gemm(%a, %b)
+    }"""
+    # the integer Gemm stays after canonicalize: it does not count against the condition
+    assert CANONICAL_LINEARS.check(parse(transposed)) == "1 MatMul by a transposed constant weight remains"
+    both = transposed.replace("-> (%y, %z)", "-> (%y, %z, %v)").replace(
+        "\n    }", "\n      %v: f32[2,3] = Gemm(%x, %w) {transB=1}\n    }")
+    assert CANONICAL_LINEARS.check(parse(both)) == (
+        "1 Gemm node and 1 MatMul by a transposed constant weight remain")
+    g = parse(both)
+    get_pass("canonicalize")(g, verify=True)
+    assert CANONICAL_LINEARS.check(g) is None  # what canonicalize ensures holds
+
+
+def test_lower_integer_requires_quantized_tensors():
+    assert get_factory("lower_integer").requires == (QUANTIZED,)
+    assert QUANTIZED.check(small_graph()) == "no QuantizeLinear, DequantizeLinear or FakeQuantize node in the graph"
+    with pytest.raises(PassError, match=r"^pass 'lower_integer' requires quantized tensors \(no QuantizeLinear, "
+                                        r"DequantizeLinear or FakeQuantize node in the graph\): run 'quantize' "
+                                        r"\(or 'llm_fp4'\) first$"):
+        get_pass("lower_integer")(small_graph())
+
+
+# -- pipeline inputs ---------------------------------------------------------------------------------
+
+
+def test_pipeline_inputs_are_declared_and_readable(scratch_registry):
+    @graph_pass("test_calibrated_pass", "reads calibration (test only)", pipeline_inputs=("stats", "batches"))
+    def calibrated(graph: Graph, stats: object = None, batches: object = None, alpha: float = 0.5) -> PassResult:
+        return PassResult(graph, False, {})
+
+    assert calibrated.pipeline_inputs == ("stats", "batches")
+    assert get_factory("test_calibrated_pass").pipeline_inputs == ("stats", "batches")
+    assert get_factory("dce").pipeline_inputs == ()  # nothing declared: a pipeline gives nothing
+
+    class ClassCalibrated(Pass):
+        name = "test_class_calibrated"
+        description = "a class pass reading calibration statistics (test only)"
+        pipeline_inputs = ("stats",)
+
+        def __init__(self, stats: object = None) -> None:
+            self.stats = stats
+
+    assert register_pass(ClassCalibrated).pipeline_inputs == ("stats",)
+    assert set(manager.PIPELINE_INPUTS) == {"stats", "batches"}
+
+
+def test_pipeline_inputs_must_be_known_names_and_options(scratch_registry):
+    def fn(graph: Graph, stats: object = None) -> PassResult:
+        return PassResult(graph, False, {})
+
+    with pytest.raises(RequantError, match="unknown pipeline input 'calibration'; a pipeline holds 'stats'"):
+        graph_pass("test_bad_input", "bad (test only)", pipeline_inputs=("calibration",))(fn)
+    with pytest.raises(RequantError, match=r"pipeline input 'batches' is not one of its options \(stats\)"):
+        graph_pass("test_bad_input", "bad (test only)", pipeline_inputs=("batches",))(fn)
+    with pytest.raises(TypeError, match="takes a sequence of names"):
+        graph_pass("test_bad_input", "bad (test only)", pipeline_inputs="stats")(fn)
