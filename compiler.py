@@ -37,9 +37,10 @@ from typing import Any
 
 import numpy as np
 
+from requant.backends.onnx.runtime import MODEL_FILE
 from requant.errors import PassError, RequantError, UnsupportedOpError
 from requant.report import Accuracy, StepRecord, constant_bytes, render_report
-from requant.targets import BATCHES, CALIBRATE, INPUT_DIMS, LINEAR_INPUTS, STATS, Scheme, Step, Target, get_target
+from requant.targets import BATCHES, CALIBRATE, INPUT_DIMS, STATS, Scheme, Step, Target, get_target
 
 __all__ = ["compile", "load", "CompiledModel", "FORMAT", "FORMAT_VERSION", "MANIFEST", "MODEL_FILE", "PIPELINE_FILE"]
 
@@ -48,9 +49,7 @@ logger = logging.getLogger(__name__)
 FORMAT = "requant-compiled-model"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-MODEL_FILE = "model.onnx"
 PIPELINE_FILE = "pipeline.json"
-EXTERNAL_DATA_FILE = MODEL_FILE + ".data"  # the name `save_onnx` gives the weights file
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -246,13 +245,8 @@ class _Pipeline:
         from requant.passes.calibration import collect_stats
 
         start = time.perf_counter()
-        options = dict(step.options)
-        if options.get("per_channel_axis") == LINEAR_INPUTS:
-            from requant.passes.quantize_smooth import smoothing_axes
-
-            options["per_channel_axis"] = smoothing_axes(graph)
         try:
-            stats = collect_stats(graph, batches, **options)
+            stats = collect_stats(graph, batches, **step.options)
         except Exception as exc:
             raise PassError(f"{self._where(CALIBRATE, position)}: {exc}") from exc
         seconds = time.perf_counter() - start
@@ -379,72 +373,26 @@ def compile(  # noqa: A001  (requant.compile is the public name)
     return cm
 
 
-class _OnnxRuntime:
-    """The "onnx" backend: an exported ModelProto and an ONNX Runtime session on it."""
-
-    kind = "onnx"
-    device = "cpu"
-    artifact_kind = "ONNX"
-
-    def __init__(self, proto: Any, session: Any) -> None:
-        self.proto = proto
-        self.session = session
-
-    def __call__(self, feeds: Mapping[str, np.ndarray]) -> tuple[np.ndarray, ...]:
-        return self.session.run_feeds(feeds)  # CompiledModel checked the feeds already
-
-    def cannot_run(self) -> str | None:
-        return None
-
-    def artifact_bytes(self) -> int:
-        return int(self.proto.ByteSize())
-
-    def write(self, out: Path, external_data: bool | None) -> list[str]:
-        return [MODEL_FILE] + _write_onnx(self.proto, out, external_data)
-
-
 def _in_context(exc: RequantError, message: str) -> RequantError:
     """A RequantError saying `message`, an UnsupportedOpError when `exc` is one."""
     return (UnsupportedOpError if isinstance(exc, UnsupportedOpError) else RequantError)(message)
 
 
 def _build_runtime(spec: Target, graph: Any, opts: Mapping[str, Any]) -> Any:
-    if spec.backend == "tvm":
-        from requant.backends.tvm.runtime import build_runtime
-
-        try:
-            return build_runtime(graph, spec.device, threads=opts["threads"] or None)
-        except RequantError as exc:
-            raise _in_context(exc, f"target '{spec.name}': {exc}") from exc
-    if spec.backend != "onnx":
-        raise RequantError(f"target '{spec.name}': backend '{spec.backend}' is not wired into requant.compile")
-    from requant.backends.onnx import OnnxRuntimeSession, to_onnx
+    from requant.backends import runtime_backend
 
     try:
-        proto = to_onnx(graph, opset=opts["opset"])
-        session = OnnxRuntimeSession(proto, intra_op_threads=opts["threads"] or None)
+        return runtime_backend(spec.backend).build_runtime(graph, spec.device, threads=opts["threads"] or None,
+                                                           opset=opts["opset"])
     except RequantError as exc:
-        raise _in_context(exc, f"target '{spec.name}': the compiled graph does not run on the ONNX backend: "
-                               f"{exc}") from exc
-    return _OnnxRuntime(proto, session)
-
-
-def _reference_runner(graph: Any) -> Any:
-    """The float model: ONNX Runtime when it takes the graph, else the interpreter."""
-    try:
-        from requant.backends.onnx import OnnxRuntimeSession, to_onnx
-
-        session = OnnxRuntimeSession(to_onnx(graph))
-        return session.run_feeds
-    except RequantError as exc:
-        logger.info("float reference runs in the interpreter: %s", exc)
-        from requant.ir.interpreter import run
-
-        return lambda feeds: run(graph, feeds)
+        raise _in_context(exc, f"target '{spec.name}': the compiled graph does not run on the {spec.backend} "
+                               f"backend: {exc}") from exc
 
 
 def _measure_accuracy(reference: Any, cm: CompiledModel, held: list[dict[str, np.ndarray]], note: str) -> dict[str, Any]:
-    run_reference = _reference_runner(reference)
+    from requant.ir.runners import make_runner
+
+    run_reference = make_runner(reference, "auto")  # the float model
     acc = Accuracy([v.name for v in reference.outputs])
     for feeds in held:
         acc.add(cm(**feeds), run_reference(feeds))
@@ -602,10 +550,11 @@ class CompiledModel:
         out.mkdir(parents=True, exist_ok=True)
         (out / MANIFEST).unlink(missing_ok=True)  # an interrupted save must not look complete
         files = self._runtime.write(out, external_data)
-        if MODEL_FILE not in files:
+        if MODEL_FILE not in files:  # a TVM build: model.onnx holds the compiled graph
             from requant.backends.onnx import to_onnx
+            from requant.backends.onnx.runtime import write_model
 
-            files += [MODEL_FILE] + _write_onnx(to_onnx(self.graph), out, external_data)
+            files += write_model(to_onnx(self.graph), out, external_data)
         pipeline = dict(self.pipeline)
         pipeline["ran"] = [StepRecord.from_dict(r).to_dict(with_time=False) for r in self._stats.get("passes", [])]
         (out / PIPELINE_FILE).write_bytes(_dump(pipeline))
@@ -649,22 +598,6 @@ def _check_input(sig: Mapping[str, Any], want: np.dtype, arr: np.ndarray, hint: 
     if arr.ndim != len(shape) or any(isinstance(d, int) and d != n for d, n in zip(shape, arr.shape)):
         shown = ",".join("?" if d is None else str(d) for d in shape)
         raise RequantError(f"input '{sig['name']}' must have shape [{shown}], got {list(arr.shape)}{hint()}")
-
-
-def _write_onnx(proto: Any, out: Path, external_data: bool | None) -> list[str]:
-    """Write model.onnx; the extra files written (the weights file), for the manifest."""
-    from requant.backends.onnx.export import AUTO_EXTERNAL_DATA_BYTES, initializer_bytes, save_onnx
-
-    data = out / EXTERNAL_DATA_FILE
-    data.unlink(missing_ok=True)
-    if external_data is None:
-        external_data = initializer_bytes(proto) > AUTO_EXTERNAL_DATA_BYTES
-    if external_data:
-        save_onnx(proto, out / MODEL_FILE, external_data=True)
-        return [EXTERNAL_DATA_FILE] if data.exists() else []
-    # deterministic serialization: protobuf's default order is not guaranteed stable
-    (out / MODEL_FILE).write_bytes(proto.SerializeToString(deterministic=True))
-    return []
 
 
 def _saved_bytes(root: Path, manifest: Mapping[str, Any]) -> int:
@@ -748,7 +681,9 @@ def load(directory: str | os.PathLike) -> CompiledModel:
     manifest = _read_manifest(root)
     _verify_files(root, manifest)
     backend = manifest.get("backend")
-    if backend not in ("onnx", "tvm"):
+    from requant.backends import RUNTIMES, runtime_backend
+
+    if backend not in RUNTIMES:
         raise RequantError(f"cannot load {root}: backend {backend!r} is not supported by this requant")
     try:
         pipeline = json.loads((root / PIPELINE_FILE).read_bytes())
@@ -758,18 +693,7 @@ def load(directory: str | os.PathLike) -> CompiledModel:
     proto = _load_onnx(root, manifest["files"])
     threads = manifest.get("options", {}).get("threads") or None
     spec = _loaded_target(manifest)
-    if backend == "tvm":
-        from requant.backends.tvm.runtime import load_runtime
-
-        device = manifest.get("device", spec.device)
-        from requant.ir import dtypes as dt
-
-        signature = ([dt.dtype(i["dtype"]) for i in manifest["inputs"]], [dt.dtype(o["dtype"]) for o in manifest["outputs"]])
-        runtime: Any = load_runtime(root, device, threads=threads, dtypes=signature)
-    else:
-        from requant.backends.onnx import OnnxRuntimeSession
-
-        runtime = _OnnxRuntime(proto, OnnxRuntimeSession(str(root / MODEL_FILE), intra_op_threads=threads))
+    runtime = runtime_backend(backend).load_runtime(root, manifest, proto=proto, threads=threads)
 
     def read_graph() -> Any:
         from requant.frontends import from_onnx

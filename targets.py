@@ -10,7 +10,10 @@ only when the pass is made), `STATS` (the statistics the calibrate step collecte
 or `INPUT_DIMS` ({symbol: size} read off the example inputs, else the first
 calibration batch).
 A step with `when=(option, value)` is in the pipeline only when the target option has
-that value (e.g. cpu-fp4's `search=True` swaps the block quantizer for LLM-FP4).
+that value (e.g. cpu-fp4's `search=True` swaps the block quantizer for LLM-FP4); one
+with `unless=(option, value)` only when it has another (cpu-int8's `smooth_alpha=None`
+drops SmoothQuant). An option whose default is a pass's own (`PassDefault`) states the
+value once, in the pass.
 
 Passes are referenced by name and resolved lazily: a pass that lives in a module not
 imported by `requant.passes` is imported from `PASS_MODULES` on first use, and a target
@@ -32,11 +35,11 @@ from requant.errors import RequantError
 
 __all__ = [
     "CALIBRATE",
-    "LINEAR_INPUTS",
     "STATS",
     "BATCHES",
     "INPUT_DIMS",
     "Opt",
+    "PassDefault",
     "Scheme",
     "Step",
     "OptionSpec",
@@ -55,9 +58,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 CALIBRATE = "calibrate"
-# A calibrate step's `per_channel_axis` may name this set instead of values: the inputs
-# of every linear with a constant weight (what SmoothQuant needs per-channel ranges of).
-LINEAR_INPUTS = "linear_inputs"
 """The pipeline step that runs `requant.passes.calibration.collect_stats` on the graph as
 it is at that point; its result reaches later steps through `STATS`."""
 
@@ -169,13 +169,17 @@ def _resolve(value: Any, options: Mapping[str, Any]) -> Any:
 @dataclass(frozen=True)
 class Step:
     """One pipeline step: a registered pass name (or `CALIBRATE`) and its options; with
-    `when=(option, value)`, only in pipelines where that target option has that value."""
+    `when=(option, value)`, only in pipelines where that target option has that value;
+    with `unless=(option, value)`, only where it has another."""
 
     name: str
     options: Mapping[str, Any] = field(default_factory=dict)
     when: tuple[str, Any] | None = None
+    unless: tuple[str, Any] | None = None
 
     def applies(self, options: Mapping[str, Any]) -> bool:
+        if self.unless is not None and options.get(self.unless[0]) == self.unless[1]:
+            return False
         return self.when is None or options.get(self.when[0]) == self.when[1]
 
     @property
@@ -188,6 +192,24 @@ class Step:
 
 
 @dataclass(frozen=True)
+class PassDefault:
+    """An option default taken from a registered pass's own default for `option`, so a
+    value chosen by measurement is stated once, in the pass (read when first needed:
+    this module imports no pass)."""
+
+    pass_name: str
+    option: str
+
+    def value(self) -> Any:
+        # a pass lives in the module named after it, whose attribute of that name is its factory
+        factory = getattr(importlib.import_module(f"requant.passes.{self.pass_name}"), self.pass_name)
+        return factory.options[self.option]
+
+    def __repr__(self) -> str:
+        return f"{self.value()!r} (pass {self.pass_name}'s {self.option})"
+
+
+@dataclass(frozen=True)
 class OptionSpec:
     """One target option: accepted type(s), default, one-line help and, optionally,
     the values it may take."""
@@ -196,6 +218,9 @@ class OptionSpec:
     default: Any
     help: str
     choices: tuple[Any, ...] | None = None
+
+    def default_value(self) -> Any:
+        return self.default.value() if isinstance(self.default, PassDefault) else self.default
 
     def type_name(self) -> str:
         types = self.type if isinstance(self.type, tuple) else (self.type,)
@@ -233,7 +258,6 @@ COMMON_OPTIONS: dict[str, OptionSpec] = {
 }
 
 _METHODS = ("minmax", "percentile", "mse", "entropy")
-SMOOTH_SCOPES = ("all", "norm")  # = passes.quantize_smooth.SMOOTH_SCOPES (no pass imports here)
 _RUNNERS = ("auto", "onnxruntime", "interpreter")
 
 _CALIBRATION_OPTIONS: dict[str, OptionSpec] = {
@@ -261,15 +285,14 @@ _INT8_OPTIONS = {
     "activations": OptionSpec(str, "uint8", "activation codes: uint8 asymmetric or int8 symmetric", ("uint8", "int8")),
     "quantize_embeddings": OptionSpec(bool, True, "also quantize Gather tables (int8, one scale per row)"),
     "kernel": OptionSpec(str, "auto", "integer kernel for lower_quant ('auto': chosen by measurement)"),
-    "smooth_alpha": OptionSpec((float, type(None)), 0.7, "SmoothQuant migration strength for linear inputs "
-                                                         "(None: no smoothing)"),
-    # ONNX Runtime runs each smoothing multiply as its own pass over the tensor: on MiniLM
-    # those after GELU cost 1.9-5.8% of the model for +0.0017 cosine, those after LayerNorm
-    # +0.6% / -0.1% / +1.4% in three runs of tools/bench/quantize_minilm.py,
-    # hence "norm" here and "all" where TVM fuses the multiply into the quantize kernel
+    "smooth_alpha": OptionSpec((float, type(None)), PassDefault("smoothquant", "alpha"),
+                               "SmoothQuant migration strength (the smoothquant step before quantize); None: no "
+                               "SmoothQuant"),
+    # ONNX Runtime runs each smoothing multiply as its own pass over the tensor, so cpu-int8
+    # smooths only LayerNorm outputs; TVM fuses the multiply into its quantize kernels, so its
+    # targets smooth every input (README, "Quantizing all-MiniLM-L6-v2", measures both)
     "smooth_scope": OptionSpec(str, "norm", "SmoothQuant on LayerNorm / RMSNorm outputs only ('norm'), or on "
-                                            "every quantized linear input ('all': MiniLM cosine 0.9979 vs 0.9962, "
-                                            "2-6% slower on ONNX Runtime)", SMOOTH_SCOPES),
+                                            "every linear input ('all': more accurate, slower on ONNX Runtime)"),
 }
 _INT8_WEIGHTS = Scheme("int8", Opt("per_channel", {True: "channel", False: "tensor"}),
                        axis=Opt("per_channel", {True: 1, False: None}), symmetric=True)
@@ -277,11 +300,8 @@ _INT8_ACTIVATIONS = Scheme(Opt("activations"), "tensor", symmetric=Opt("activati
 
 
 def _quantize_step(weights: Scheme, activations: Scheme | None, *, stats: Any = STATS, weight_only: bool = False,
-                   method: Any = Opt("method"), ops: Any = Opt("ops"), embeddings: Any = False,
-                   smooth_alpha: Any = None, smooth_scope: Any = "all") -> Step:
+                   method: Any = Opt("method"), ops: Any = Opt("ops"), embeddings: Any = False) -> Step:
     return Step("quantize", {
-        "smooth_alpha": smooth_alpha,
-        "smooth_scope": smooth_scope,
         "weight_scheme": weights,
         "activation_scheme": activations,
         "ops": ops,
@@ -293,15 +313,17 @@ def _quantize_step(weights: Scheme, activations: Scheme | None, *, stats: Any = 
     })
 
 
-_INT8_STEPS = (
+# SmoothQuant measures the per-channel ranges it needs on the calibration batches itself;
+# the calibrate step after it then sees the smoothed activations the quantizers read
+_SMOOTHQUANT = Step("smoothquant", {"alpha": Opt("smooth_alpha"), "scope": Opt("smooth_scope"), "calibration": BATCHES,
+                                    "runner": Opt("calibration_runner")}, unless=("smooth_alpha", None))
+_INT8_QUANTIZE = (
     Step("canonicalize"),
-    # per-channel ranges of every linear input, for SmoothQuant inside the quantize pass
-    Step(CALIBRATE, {"runner": Opt("calibration_runner"), "per_channel_axis": LINEAR_INPUTS}),
-    _quantize_step(_INT8_WEIGHTS, _INT8_ACTIVATIONS, embeddings=Opt("quantize_embeddings"),
-                   smooth_alpha=Opt("smooth_alpha"), smooth_scope=Opt("smooth_scope")),
-    Step("lower_quant", {"kernel": Opt("kernel")}),
-    *_QUANT_CLEANUP,
+    _SMOOTHQUANT,
+    Step(CALIBRATE, {"runner": Opt("calibration_runner")}),
+    _quantize_step(_INT8_WEIGHTS, _INT8_ACTIVATIONS, embeddings=Opt("quantize_embeddings")),
 )
+_INT8_STEPS = (*_INT8_QUANTIZE, Step("lower_quant", {"kernel": Opt("kernel")}), *_QUANT_CLEANUP)
 
 # TVM schedules static loops: its targets specialise the graph to the input sizes last
 # (calibration batches may be smaller than the batch the model is built for).
@@ -317,11 +339,10 @@ _BIND_DIMS = Step("bind_dims", {"dims": INPUT_DIMS, "overrides": Opt("dims")}, w
 # checking them would import tvm into requant.targets(); every op has a TVM lowering,
 # tests/backends/test_lowering_coverage.py, and to_relax names any node it refuses.)
 _TVM_INT8_OPTIONS = {k: v for k, v in _INT8_OPTIONS.items() if k != "kernel"} | _TVM_OPTIONS | {
-    "smooth_scope": OptionSpec(str, "all", "SmoothQuant on every quantized linear input ('all': the multiply "
-                                           "fuses into TVM's quantize kernels), or on LayerNorm / RMSNorm outputs "
-                                           "only ('norm')", SMOOTH_SCOPES),
+    "smooth_scope": OptionSpec(str, "all", "SmoothQuant on every linear input ('all': the multiply fuses into "
+                                           "TVM's quantize kernels), or on LayerNorm / RMSNorm outputs only ('norm')"),
 }
-_TVM_INT8_STEPS = (*_INT8_STEPS[:3], Step("lower_integer"), *_QUANT_CLEANUP, _BIND_DIMS)
+_TVM_INT8_STEPS = (*_INT8_QUANTIZE, Step("lower_integer"), *_QUANT_CLEANUP, _BIND_DIMS)
 
 # -- weight-only int4 ------------------------------------------------------------------------
 _INT4_OPTIONS = {
@@ -409,7 +430,7 @@ class Target:
 
     def option_schema(self) -> dict[str, tuple[Any, Any, str]]:
         """{option name: (type, default, help)}."""
-        return {k: (s.type, s.default, s.help) for k, s in self.all_options.items()}
+        return {k: (s.type, s.default_value(), s.help) for k, s in self.all_options.items()}
 
     def describe_options(self) -> str:
         return "; ".join(s.describe(k) for k, s in self.all_options.items())
@@ -422,7 +443,8 @@ class Target:
         if unknown:
             raise RequantError(f"target '{self.name}' has no option(s) {', '.join(repr(u) for u in unknown)}; "
                                f"its options: {self.describe_options()}")
-        return {k: spec.check(self.name, k, given[k]) if k in given else spec.default for k, spec in schema.items()}
+        return {k: spec.check(self.name, k, given[k]) if k in given else spec.default_value()
+                for k, spec in schema.items()}
 
     def resolve_steps(self, options: Mapping[str, Any]) -> list[Step]:
         return [s.resolve(options) for s in self.steps if s.applies(options)]

@@ -3,11 +3,10 @@ statistics of the activations that static quantization needs.
 
 What it owns:
 - `collect_stats(graph, batches, ...)`: one `TensorStats` (see `calibration_stats`) per
-  requested value. The ONNX Runtime runner (the fast path, the default) exports a clone
-  of the graph once with `requant.backends.to_onnx`, the requested values added as graph
-  outputs, and runs it batch by batch in an `OnnxRuntimeSession`; the interpreter runner
-  runs such a clone with `requant.ir.run`; "auto" tries ONNX Runtime and falls back to
-  the interpreter (with a warning) when the graph cannot be exported or loaded. The
+  requested value. A clone of the graph with the requested values added as outputs
+  (`ObservedGraph`) runs batch by batch on a graph runner (`requant.ir.runners`): ONNX
+  Runtime (the fast path, the default), the interpreter, or "auto" (ONNX Runtime, else
+  the interpreter, with a warning, when the graph cannot be exported or loaded). The
   caller's graph is never changed. Batches are consumed once, in order (a generator is
   fine), and each batch's arrays are dropped once its statistics are updated, so memory
   does not grow with the number of batches.
@@ -38,18 +37,17 @@ import numpy as np
 
 from requant.errors import RequantError
 from requant.ir.graph import Graph
+from requant.ir.runners import make_runner, runner_names
 from requant.ir.types import dims_compatible
 from requant.passes.calibration_grids import quant_grid
 from requant.passes.calibration_stats import DEFAULT_BINS, RANGE_METHODS, TensorStats
 
 __all__ = [
     "ObservedGraph",
-    "InterpreterRunner",
-    "OrtRunner",
+    "ObservedRunner",
     "TensorStats",
     "RANGE_METHODS",
     "DEFAULT_CALIBRATION_OPS",
-    "RUNNERS",
     "collect_stats",
     "calibration_values",
     "validate_calibration",
@@ -60,7 +58,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_CALIBRATION_OPS = ("MatMul", "Gemm", "Conv")
-RUNNERS = ("onnxruntime", "interpreter", "auto")
 _QUANTIZED_INPUTS = {"Gemm": (0, 1), "Conv": (0, 1)}  # inputs that are quantized (not the bias)
 _PROGRESS_DELAY_S = 2.0
 
@@ -252,49 +249,18 @@ class ObservedGraph:
         self.graph.outputs = outputs
 
 
-class InterpreterRunner:
-    """Runs an `ObservedGraph` in requant's interpreter: {value name: array}."""
+class ObservedRunner:
+    """Runs an `ObservedGraph` with a graph runner (`requant.ir.runners`): {value name:
+    array} of the observed node outputs."""
 
-    name = "interpreter"
-
-    def __init__(self, observed: ObservedGraph) -> None:
-        from requant.ir.interpreter import run
-
-        self._run = run
+    def __init__(self, observed: ObservedGraph, runner: str) -> None:
         self.observed = observed
+        self._run = make_runner(observed.graph, runner)
+        self.name = self._run.name
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outs = self._run(self.observed.graph, feeds)
+        outs = self._run(feeds)
         return {n: outs[i] for n, i in self.observed.positions.items()}
-
-
-class OrtRunner:
-    """Runs an `ObservedGraph` in ONNX Runtime: {value name: array}."""
-
-    name = "onnxruntime"
-
-    def __init__(self, observed: ObservedGraph) -> None:
-        from requant.backends.onnx.export import to_onnx
-        from requant.backends.onnx.runtime import OnnxRuntimeSession
-
-        self.observed = observed
-        self.session = OnnxRuntimeSession(to_onnx(observed.graph))
-
-    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outs = self.session(**feeds)
-        return {n: outs[i] for n, i in self.observed.positions.items()}
-
-
-def _make_runner(runner: str, observed: ObservedGraph) -> InterpreterRunner | OrtRunner:
-    if runner == "interpreter":
-        return InterpreterRunner(observed)
-    if runner == "onnxruntime":
-        return OrtRunner(observed)
-    try:
-        return OrtRunner(observed)
-    except RequantError as exc:
-        logger.warning("calibration: ONNX Runtime cannot run the float graph (%s); using the interpreter", exc)
-        return InterpreterRunner(observed)
 
 
 # ----------------------------------------------------------------------------- progress
@@ -366,12 +332,12 @@ def collect_stats(
     """Run `graph` (float) over `batches` and return {value name: TensorStats}.
 
     `values`: names to observe (default `calibration_values(graph)`); graph inputs and
-    constants may be named too. `runner`: "onnxruntime" (default), "interpreter" or
-    "auto". `per_channel_axis`: {name: axis} for per-channel min/max (a name not in
+    constants may be named too. `runner`: a `requant.ir.runners` name: "onnxruntime"
+    (default), "interpreter" or "auto" (ONNX Runtime, else the interpreter). `per_channel_axis`: {name: axis} for per-channel min/max (a name not in
     `values` is added). `histogram=False` keeps min/max only (minmax ranges);
     `bins` sets the histogram resolution (see `TensorStats`)."""
-    if runner not in RUNNERS:
-        raise RequantError(f"calibration: unknown runner '{runner}'; choose one of {', '.join(RUNNERS)}")
+    if runner not in runner_names():
+        raise RequantError(f"calibration: unknown runner '{runner}'; choose one of {', '.join(runner_names())}")
     axes = dict(per_channel_axis or {})
     names = list(dict.fromkeys(list(calibration_values(graph) if values is None else values) + list(axes)))
     _check_names(graph, names)
@@ -383,7 +349,7 @@ def collect_stats(
                        graph.name)
         return stats
     observed = ObservedGraph(graph, names)
-    run = _make_runner(runner, observed) if observed.positions else None
+    run = ObservedRunner(observed, runner) if observed.positions else None
     for n, payload in observed.constants.items():
         stats[n].update(payload)
     started = time.monotonic()

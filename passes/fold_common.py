@@ -1,6 +1,8 @@
-"""Helpers shared by the fold passes (passes/fold_*.py): recognising canonical linears
-and normalisation affines, replacing constant operands, and migrating a per-channel
-scale from an activation into the linears that read it.
+"""Helpers shared by the fold passes (fold_batchnorm, fold_norm_affine, smoothquant,
+llm_fp4): recognising canonical linears and normalisation affines, replacing constant
+operands, and migrating an invertible channel transform (passes/channel_transforms.py:
+diagonal, orthogonal, block-diagonal, any matrix) between a tensor's writer and the
+linears that read it, refusing with a reason where one cannot absorb it.
 
 Nothing here is a pass. The canonical linear (passes/canonicalize_linear.py) is
 `MatMul(x, W[in, out])` with W a constant, optionally followed by `Add(., b)` with b a
@@ -21,8 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from requant.errors import RequantError
 from requant.ir.graph import Graph, Node, Value
 from requant.ir.shapes import normalize_axis
+from requant.passes.channel_transforms import ChannelTransform
 
 __all__ = [
     "count_refusal",
@@ -41,8 +45,10 @@ __all__ = [
     "mark_folded",
     "norm_affine",
     "set_norm_affine",
-    "producer_absorber",
-    "migrate_channel_scale",
+    "Migration",
+    "writer_absorber",
+    "migration_refusal",
+    "migrate_transform",
 ]
 
 logger = logging.getLogger(__name__)
@@ -299,58 +305,99 @@ def set_norm_affine(graph: Graph, node: Node, gamma: np.ndarray, beta: np.ndarra
     return new
 
 
-# -- moving a per-channel scale from an activation into its readers ------------------------------
+# -- migrating an invertible transform between a tensor's writer and its readers ------------------
 
 
-def producer_absorber(x: Value, linears: Sequence[Linear], others: Sequence[str], graph: Graph) -> str:
-    """How `x / s` can be computed for free: "norm" (x is a LayerNorm/RMSNorm output
-    whose gamma and beta can be divided), "linear" (x is a canonical linear's output
-    whose weight columns and bias can be divided), or "mul" (an explicit per-channel
-    Mul on the branch to the linears). Only when every reader of x is one of `linears`
-    and x is not a graph output can the producer take the scale."""
-    if others or graph.is_output(x) or not linears:
-        return "mul"
+@dataclass
+class Migration:
+    """What `migrate_transform` did: how x M is produced ("norm", "linear", "mul" or
+    "matmul"), the value the linears read now, and those linears (their weights updated)."""
+
+    how: str
+    value: Value
+    linears: list[Linear]
+
+
+def writer_absorber(graph: Graph, x: Value, transform: ChannelTransform, others: Sequence[str]) -> str:
+    """How x M can be computed with no extra op, or "explicit": "norm" when x is a
+    LayerNorm / RMSNorm output with per-channel affine and M is diagonal (gamma M, beta M),
+    "linear" when x is a canonical linear's output (V M, b M). Only when x has no reader
+    but the linears taking M^-1 (`others` empty) and is not a graph output can its writer
+    change."""
+    if others or graph.is_output(x):
+        return "explicit"
     node = x.producer
     if node is None:
-        return "mul"
+        return "explicit"
     if node.op in NORM_OPS:
-        return "norm" if not isinstance(norm_affine(node), str) else "mul"
-    return "linear" if producing_linear(x) is not None else "mul"
+        ok = transform.diagonal is not None and not isinstance(norm_affine(node), str)
+        return "norm" if ok else "explicit"
+    return "linear" if producing_linear(x) is not None else "explicit"
 
 
-def migrate_channel_scale(graph: Graph, x: Value, linears: Sequence[Linear], others: Sequence[str], s: np.ndarray,
-                          *, created_by: str) -> tuple[str, Value]:
-    """Rewrite `x -> linears` as `(x / s) -> linears with W <- diag(s) W` (exact in float):
-    x / s is folded into x's producer when it can take it (`producer_absorber`), else an
-    explicit `Mul(x, 1/s)` feeds the linears only. Returns (how, the value the linears
-    now read)."""
-    s = np.asarray(s, np.float64)
-    how = producer_absorber(x, linears, others, graph)
+def migration_refusal(graph: Graph, x: Value, transform: ChannelTransform, *, explicit: bool = True) -> str | None:
+    """Why `migrate_transform(graph, x, transform, explicit=explicit)` cannot run, or None."""
+    linears, others = linear_readers(x)
+    if not linears:
+        return f"%{x.name} has no canonical linear reader to take the inverse transform" + (
+            f" ({others[0]})" if others else "")
+    width = x.type.shape[-1] if x.type.shape else None
+    if width != transform.size:
+        return f"%{x.name} has {width} channels, the transform is {transform.describe()}"
+    if not explicit and writer_absorber(graph, x, transform, others) == "explicit":
+        if others:
+            return f"a reader of %{x.name} cannot absorb the inverse transform: {others[0]}"
+        writer = x.producer.label if x.producer is not None else "a graph input"
+        what = "a norm's affine absorbs only a diagonal transform" if x.producer is not None and \
+            x.producer.op in NORM_OPS else "it is neither a canonical linear nor a norm"
+        return f"the writer of %{x.name} ({writer}) cannot absorb a {transform.kind} transform: {what}"
+    return None
+
+
+def migrate_transform(graph: Graph, x: Value, transform: ChannelTransform, *, created_by: str,
+                      explicit: bool = True) -> Migration:
+    """Rewrite `x -> linears` as `(x M) -> linears with W <- M^-1 W` (exact in float): every
+    canonical linear reading x takes M^-1 into its weight rows; x M is made by x's writer
+    when it can absorb M (`writer_absorber`), else, with `explicit`, by a `Mul(x, diag M)`
+    (diagonal M) or `MatMul(x, M)` on the branch to the linears only, so other readers
+    still see x. Raises `RequantError` with the reason when it cannot
+    (`migration_refusal`)."""
+    reason = migration_refusal(graph, x, transform, explicit=explicit)
+    if reason is not None:
+        raise RequantError(f"{created_by}: cannot migrate a {transform.describe()} transform: {reason}")
+    linears, others = linear_readers(x)
     for lin in linears:
-        scale_weight_rows(graph, lin, s, created_by)
+        w = np.asarray(lin.weight.const, np.float64)
+        lin.weight = replace_constant_input(graph, lin.matmul, 1, transform.inverse_left(w), created_by)
         mark_folded(lin.matmul, created_by)
+    how = writer_absorber(graph, x, transform, others)
     if how == "norm":
-        node = x.producer
-        found = norm_affine(node)
-        assert not isinstance(found, str)
-        gamma, beta = found
-        new = set_norm_affine(graph, node, gamma / s, None if beta is None else beta / s, created_by=created_by)
-        return how, new.outputs[0]
+        gamma, beta = norm_affine(x.producer)  # type: ignore[misc]
+        d = transform.diagonal
+        new = set_norm_affine(graph, x.producer, gamma * d, None if beta is None else beta * d, created_by=created_by)
+        return Migration(how, new.outputs[0], linears)
     if how == "linear":
-        _divide_producer_linear(graph, x, s, created_by)
-        return how, x
-    inv = graph.add_constant((1.0 / s).astype(x.dtype.np), dtype=x.dtype, base=f"{x.name}_inv_scale")
+        _transform_producer_linear(graph, x, transform, created_by)
+        return Migration(how, x, linears)
     uses = [(lin.matmul, 0) for lin in linears]
-    return how, splice_after(graph, x, uses, "Mul", [inv], created_by=created_by, suffix="scaled")
+    d = transform.diagonal
+    if d is not None:
+        c = graph.add_constant(d.astype(x.dtype.np), dtype=x.dtype, base=f"{x.name}_channel_scale")
+        return Migration("mul", splice_after(graph, x, uses, "Mul", [c], created_by=created_by, suffix="scaled"),
+                         linears)
+    m = graph.add_constant(transform.matrix().astype(x.dtype.np), dtype=x.dtype, base=f"{x.name}_transform")
+    return Migration("matmul", splice_after(graph, x, uses, "MatMul", [m], created_by=created_by,
+                                            suffix="transformed"), linears)
 
 
-def _divide_producer_linear(graph: Graph, x: Value, s: np.ndarray, created_by: str) -> None:
+def _transform_producer_linear(graph: Graph, x: Value, transform: ChannelTransform, created_by: str) -> None:
+    """x = u V + b -> u (V M) + b M."""
     lin = producing_linear(x)
     assert lin is not None
     w = np.asarray(lin.weight.const, np.float64)
-    replace_constant_input(graph, lin.matmul, 1, w / s[None, :], created_by)
+    replace_constant_input(graph, lin.matmul, 1, transform.right(w), created_by)
     mark_folded(lin.matmul, created_by)
     if lin.add is not None and lin.bias is not None:
         b = np.asarray(lin.bias.const, np.float64)
-        replace_constant_input(graph, lin.add, lin.bias_index, b / s, created_by)
+        replace_constant_input(graph, lin.add, lin.bias_index, transform.right(b), created_by)
         mark_folded(lin.add, created_by)

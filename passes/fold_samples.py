@@ -3,11 +3,9 @@ LLM-FP4's format search): run the float graph over calibration batches and keep,
 requested value, a seeded random subset of its rows (the value flattened to
 [rows, channels] over its last axis) and the exact per-channel max |x| over all rows.
 
-The graph is never changed: a clone with the requested values added as outputs (the
-runners of `requant.passes.calibration.collect_stats`) runs on ONNX Runtime
-(`runner="onnxruntime"`), on requant's interpreter (`"interpreter"`), or on ONNX
-Runtime with the interpreter as fallback (`"auto"`); graph inputs are read from the
-batch. Batches are checked with `requant.passes.calibration.validate_calibration`
+The graph is never changed: a clone with the requested values added as outputs runs on
+a graph runner, as `requant.passes.calibration.collect_stats` does (`runner`: a
+`requant.ir.runners` name, "auto" by default); graph inputs are read from the batch. Batches are checked with `requant.passes.calibration.validate_calibration`
 (same forms as `collect_stats`).
 """
 
@@ -22,7 +20,7 @@ import numpy as np
 
 from requant.errors import RequantError
 from requant.ir.graph import Graph
-from requant.passes.calibration import InterpreterRunner, ObservedGraph, OrtRunner, validate_calibration
+from requant.passes.calibration import ObservedGraph, ObservedRunner, validate_calibration
 
 __all__ = ["ActivationRows", "collect_rows"]
 
@@ -38,19 +36,6 @@ class ActivationRows:
     seen: int  # rows seen in total
 
 
-def _make_runner(observed: ObservedGraph, runner: str) -> OrtRunner | InterpreterRunner:
-    """collect_stats' runners; unlike its "auto", this one also falls back when ONNX
-    Runtime is not installed, and any other `runner` name means the interpreter."""
-    if runner in ("onnxruntime", "auto"):
-        try:
-            return OrtRunner(observed)
-        except (RequantError, ImportError) as exc:
-            if runner == "onnxruntime":
-                raise
-            logger.warning("fold samples: ONNX Runtime cannot run the graph (%s); using the interpreter", exc)
-    return InterpreterRunner(observed)
-
-
 def collect_rows(graph: Graph, batches: Iterable[Any], names: Sequence[str], *, max_rows: int = 2048,
                  runner: str = "auto", seed: int = 0) -> dict[str, ActivationRows]:
     """{name: ActivationRows} for the float activations `names` (module docstring)."""
@@ -63,7 +48,7 @@ def collect_rows(graph: Graph, batches: Iterable[Any], names: Sequence[str], *, 
         return {}
     rng = np.random.default_rng(seed)
     observed = ObservedGraph(graph, names)
-    run = _make_runner(observed, runner) if observed.positions else None
+    run = ObservedRunner(observed, runner) if observed.positions else None
     kept: dict[str, list[np.ndarray]] = {n: [] for n in names}
     absmax: dict[str, np.ndarray] = {}
     seen: dict[str, int] = dict.fromkeys(names, 0)

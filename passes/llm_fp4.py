@@ -1,5 +1,6 @@
 """Pass "llm_fp4": LLM-FP4's searched floating-point quantizers with pre-shifted
-per-channel exponent biases (nbasyl/LLM-FP4; ALGORITHMS.md section 2; the search is in
+per-channel exponent biases (Liu et al., "LLM-FP4: 4-Bit Floating-Point Quantized
+Transformers", EMNLP 2023; reference code nbasyl/LLM-FP4; the search is in
 passes/llm_fp4_search.py).
 
 For every float activation X read by canonical linears `X @ W_k (+ b_k)`:
@@ -10,7 +11,8 @@ For every float activation X read by canonical linears `X @ W_k (+ b_k)`:
        X @ W_k  ->  (X * 2^delta) @ (diag(2^-delta) W_k),
    the `X * 2^delta` going into X's producing LayerNorm / RMSNorm (gamma, beta), or
    the producing linear, or an explicit per-channel `Mul` on the branch to the linears
-   (passes/fold_common.py `migrate_channel_scale`), which leaves ONE per-tensor bias rho
+   (passes/fold_common.py `migrate_transform`, a diagonal transform), which leaves ONE
+   per-tensor bias rho
    for the activation;
 3. with `insert_quantizers` (default), insert `FakeQuantize(X', 1.0)` with dtype
    `ff_e{E}m{M}_b{rho}` (per tensor) shared by the linears, and replace each weight W'
@@ -47,14 +49,8 @@ from requant.errors import RequantError
 from requant.ir.dtypes import FloatFormat
 from requant.ir.graph import Graph, Node, Value
 from requant.ir.quant_formats import QuantScheme
-from requant.passes.fold_common import (
-    Linear,
-    linear_readers,
-    mark_folded,
-    migrate_channel_scale,
-    splice_after,
-    unused_name,
-)
+from requant.passes.channel_transforms import DiagonalTransform
+from requant.passes.fold_common import Linear, linear_readers, mark_folded, migrate_transform, splice_after, unused_name
 from requant.passes.llm_fp4_search import (
     DEFAULT_ACT_OFFSETS,
     DEFAULT_WEIGHT_OFFSETS,
@@ -128,8 +124,9 @@ def _process(graph: Graph, x: Value, rows: Any, opts: dict[str, Any], stats: dic
     act, wfmts = _search(rows.rows.astype(np.float64), rows.absmax, weights, opts)
     target = x
     if np.any(act.shifts != 0):
-        how, target = migrate_channel_scale(graph, x, linears, others, np.exp2(-act.shifts.astype(np.float64)),
-                                            created_by=PASS)
+        migration = migrate_transform(graph, x, DiagonalTransform(np.exp2(act.shifts.astype(np.float64))),
+                                      created_by=PASS)
+        how, target, linears = migration.how, migration.value, migration.linears
         stats["shift_folds"] += 1
         stats["channels_shifted"] += int(np.count_nonzero(act.shifts))
         stats["explicit_mul" if how == "mul" else f"absorbed:{how}"] += 1

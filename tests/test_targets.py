@@ -14,7 +14,20 @@ import requant
 from requant.compiler import _jsonable
 from requant.errors import RequantError
 from requant.passes.manager import available_passes
-from requant.targets import CALIBRATE, COMMON_OPTIONS, LINEAR_INPUTS, STATS, TARGETS, Opt, OptionSpec, Scheme, Step, Target, get_target
+from requant.targets import (
+    BATCHES,
+    CALIBRATE,
+    COMMON_OPTIONS,
+    STATS,
+    TARGETS,
+    Opt,
+    OptionSpec,
+    PassDefault,
+    Scheme,
+    Step,
+    Target,
+    get_target,
+)
 
 DESIGN_TARGETS = ("cpu-fp32", "cpu-int8", "cpu-int4", "cpu-fp8", "cpu-intonly", "cuda-int8", "cuda-fp8", "cuda-fp4")
 
@@ -105,28 +118,34 @@ def test_quantize_options_follow_the_contract() -> None:
     steps = {s.name: s for s in int8.resolve_steps(int8.resolve_options({}))}
     q = steps["quantize"].options
     assert set(q) == {"weight_scheme", "activation_scheme", "ops", "method", "stats", "exclude",
-                      "quantize_embeddings", "weight_only", "smooth_alpha", "smooth_scope"}
+                      "quantize_embeddings", "weight_only"}
     assert q["weight_scheme"] == Scheme("int8", "channel", axis=1, group_size=None, symmetric=True)
     assert q["activation_scheme"] == Scheme("uint8", "tensor", symmetric=False)
     assert q["method"] == "minmax" and q["weight_only"] is False and q["quantize_embeddings"] is True
-    assert q["smooth_alpha"] == 0.7 and q["smooth_scope"] == "norm"
-    assert steps["calibrate"].options["per_channel_axis"] == LINEAR_INPUTS  # SmoothQuant needs channel ranges
     assert [s.name for s in int8.steps][-3:] == ["lower_quant", "cse", "dce"]
-    q = {s.name: s for s in int8.resolve_steps(int8.resolve_options({"per_channel": False, "activations": "int8",
-                                                                     "smooth_alpha": None}))}
-    assert q["quantize"].options["smooth_alpha"] is None
-    q_all = {s.name: s for s in int8.resolve_steps(int8.resolve_options({"smooth_scope": "all"}))}
-    assert q_all["quantize"].options["smooth_scope"] == "all"
+    q = {s.name: s for s in int8.resolve_steps(int8.resolve_options({"per_channel": False, "activations": "int8"}))}
+    assert q["quantize"].options["weight_scheme"].granularity == "tensor"
+    assert q["quantize"].options["activation_scheme"] == Scheme("int8", "tensor", symmetric=True)
+
+
+def test_smoothquant_is_its_own_step_with_the_pass_default_alpha() -> None:
+    from requant.passes.smoothquant import DEFAULT_ALPHA
+
+    int8 = get_target("cpu-int8")
+    names = [s.name for s in int8.resolve_steps(int8.resolve_options({}))]
+    # it measures its channel ranges on the batches; the calibration after it sees x / s
+    assert names[:4] == ["canonicalize", "smoothquant", CALIBRATE, "quantize"]
+    smooth = {s.name: s for s in int8.resolve_steps(int8.resolve_options({}))}["smoothquant"].options
+    assert smooth["alpha"] == DEFAULT_ALPHA and smooth["scope"] == "norm" and smooth["calibration"] is BATCHES
+    assert isinstance(int8.options["smooth_alpha"].default, PassDefault)  # stated once, in the pass
+    off = [s.name for s in int8.resolve_steps(int8.resolve_options({"smooth_alpha": None}))]
+    assert "smoothquant" not in off and CALIBRATE in off
+    every = {s.name: s for s in int8.resolve_steps(int8.resolve_options({"smooth_scope": "all"}))}
+    assert every["smoothquant"].options["scope"] == "all"
     # TVM fuses the smoothing multiply into its quantize kernels: every linear input there
     for name in ("tvm-cpu-int8", "cuda-int8"):
         tvm = get_target(name)
-        assert {s.name: s for s in tvm.resolve_steps(tvm.resolve_options({}))}["quantize"].options["smooth_scope"] == "all"
-    from requant.passes.quantize_smooth import SMOOTH_SCOPES as pass_scopes
-    from requant.targets import SMOOTH_SCOPES
-
-    assert SMOOTH_SCOPES == pass_scopes
-    assert q["quantize"].options["weight_scheme"].granularity == "tensor"
-    assert q["quantize"].options["activation_scheme"] == Scheme("int8", "tensor", symmetric=True)
+        assert {s.name: s for s in tvm.resolve_steps(tvm.resolve_options({}))}["smoothquant"].options["scope"] == "all"
 
     int4 = get_target("cpu-int4")
     q = {s.name: s for s in int4.resolve_steps(int4.resolve_options({"group_size": 64}))}["quantize"].options

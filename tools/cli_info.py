@@ -119,11 +119,21 @@ def _all_passes() -> dict[str, str]:
     return available_passes()
 
 
+def pass_module(name: str) -> str:
+    """The module that defines the registered pass `name`, without the "requant." prefix."""
+    from requant.passes.manager import get_pass
+
+    p = get_pass(name)
+    return (getattr(p, "fn", None) or type(p)).__module__.removeprefix("requant.")
+
+
 def cmd_passes(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     passes = _all_passes()
+    modules = {name: pass_module(name) for name in passes}
     width = max(map(len, passes), default=0)
+    mod_width = max(map(len, modules.values()), default=0)
     for name, description in passes.items():
-        print(f"{name.ljust(width)}  {description}", file=out)
+        print(f"{name.ljust(width)}  {modules[name].ljust(mod_width)}  {description}", file=out)
     return 0
 
 

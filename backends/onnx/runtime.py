@@ -1,6 +1,13 @@
-"""Running ONNX models in ONNX Runtime: `OnnxRuntimeSession` wraps an
-`onnxruntime.InferenceSession` with requant's thread and optimisation settings and a
-numpy-in, tuple-of-numpy-out call.
+"""Running ONNX models in ONNX Runtime.
+
+- `OnnxRuntimeSession` wraps an `onnxruntime.InferenceSession` with requant's thread and
+  optimisation settings and a numpy-in, tuple-of-numpy-out call;
+- `OnnxRuntimeRunner`: the graph runner passes use (entry point "onnxruntime" of
+  requant.ir.runners): a requant graph exported with `to_onnx` and run in a session;
+- `OnnxRuntime`, `build_runtime`, `load_runtime`: the "onnx" backend as `requant.compile`
+  and `requant.load` see it (backends/__init__.py's registry): the exported model, its
+  session, and the files it writes into a saved directory (model.onnx, and
+  model.onnx.data when the weights go to external data).
 
 Settings (`make_session_options`): intra-op threads = the physical cores this process may
 use, inter-op threads = 1 with sequential execution (the graphs requant emits are chains;
@@ -32,9 +39,24 @@ import numpy as np
 
 from requant.errors import RequantError
 
-__all__ = ["OnnxRuntimeSession", "SLOW_ORT_FUSIONS", "make_session_options", "physical_cores", "run_onnx"]
+__all__ = [
+    "OnnxRuntimeSession",
+    "OnnxRuntimeRunner",
+    "OnnxRuntime",
+    "build_runtime",
+    "load_runtime",
+    "SLOW_ORT_FUSIONS",
+    "MODEL_FILE",
+    "EXTERNAL_DATA_FILE",
+    "make_session_options",
+    "physical_cores",
+    "run_onnx",
+]
 
 logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+EXTERNAL_DATA_FILE = MODEL_FILE + ".data"  # the name `save_onnx` gives the weights file
 
 SLOW_ORT_FUSIONS: tuple[str, ...] = ("SkipLayerNormFusion",)
 """ONNX Runtime graph optimizers requant's sessions disable (module docstring)."""
@@ -259,3 +281,79 @@ def _to_numpy(value: Any) -> np.ndarray:
 def run_onnx(model: Any, inputs: Mapping[str, Any] | Sequence[Any], **session_kwargs: Any) -> list[np.ndarray]:
     """One-shot: build a session on `model` and run it on `inputs`."""
     return OnnxRuntimeSession(model, **session_kwargs).run(inputs)
+
+
+# -- the runner passes use, and the "onnx" backend of requant.compile ---------------------------
+
+
+class OnnxRuntimeRunner:
+    """A requant graph run in ONNX Runtime (`requant.ir.runners`): feeds by input name in,
+    one array per graph output out."""
+
+    name = "onnxruntime"
+
+    def __init__(self, graph: Any) -> None:
+        self.session = OnnxRuntimeSession(graph)
+
+    def __call__(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return list(self.session.run_feeds(feeds))
+
+
+class OnnxRuntime:
+    """The "onnx" backend of a compiled model: the exported ModelProto and an ONNX Runtime
+    session on it."""
+
+    kind = "onnx"
+    device = "cpu"
+    artifact_kind = "ONNX"
+
+    def __init__(self, proto: Any, session: OnnxRuntimeSession) -> None:
+        self.proto = proto
+        self.session = session
+
+    def __call__(self, feeds: Mapping[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+        return self.session.run_feeds(feeds)  # CompiledModel checked the feeds already
+
+    def cannot_run(self) -> str | None:
+        return None
+
+    def artifact_bytes(self) -> int:
+        return int(self.proto.ByteSize())
+
+    def write(self, out: Path, external_data: bool | None) -> list[str]:
+        """Write model.onnx (weights in model.onnx.data when `external_data`, or when too
+        large for one protobuf); the names of the files written."""
+        return write_model(self.proto, out, external_data)
+
+
+def write_model(proto: Any, out: Path, external_data: bool | None) -> list[str]:
+    """model.onnx (+ model.onnx.data) into `out`, deterministically; the file names."""
+    from requant.backends.onnx.export import AUTO_EXTERNAL_DATA_BYTES, initializer_bytes, save_onnx
+
+    data = out / EXTERNAL_DATA_FILE
+    data.unlink(missing_ok=True)
+    if external_data is None:
+        external_data = initializer_bytes(proto) > AUTO_EXTERNAL_DATA_BYTES
+    if external_data:
+        save_onnx(proto, out / MODEL_FILE, external_data=True)
+        return [MODEL_FILE] + ([EXTERNAL_DATA_FILE] if data.exists() else [])
+    # deterministic serialization: protobuf's default order is not guaranteed stable
+    (out / MODEL_FILE).write_bytes(proto.SerializeToString(deterministic=True))
+    return [MODEL_FILE]
+
+
+def build_runtime(graph: Any, device: str = "cpu", *, threads: int | None = None, opset: int | None = None) -> OnnxRuntime:
+    """`graph` exported to ONNX (`opset`: None = the newest the installed ONNX Runtime
+    runs every op at) and loaded in a session with `threads` intra-op threads."""
+    from requant.backends.onnx.export import to_onnx
+
+    del device  # ONNX Runtime's CPU provider
+    proto = to_onnx(graph, opset=opset)
+    return OnnxRuntime(proto, OnnxRuntimeSession(proto, intra_op_threads=threads))
+
+
+def load_runtime(root: Path, manifest: Mapping[str, Any], *, proto: Any, threads: int | None = None) -> OnnxRuntime:
+    """The runtime of a saved directory (its files checked against the manifest by
+    `requant.load`, which read `proto` from model.onnx)."""
+    del manifest
+    return OnnxRuntime(proto, OnnxRuntimeSession(str(root / MODEL_FILE), intra_op_threads=threads))

@@ -152,9 +152,11 @@ class TvmRuntime:
         return names
 
 
-def build_runtime(graph: Any, device: str, *, threads: int | None = None) -> TvmRuntime:
+def build_runtime(graph: Any, device: str, *, threads: int | None = None, opset: int | None = None) -> TvmRuntime:
     """`graph` built by TVM for `device` ("llvm" or "cuda"); symbolic dims stay symbolic
-    (the targets' bind_dims step specialises the graph before this)."""
+    (the targets' bind_dims step specialises the graph before this). `opset` is the ONNX
+    backend's option: TVM has none."""
+    del opset
     from requant.backends.tvm.emit import to_relax
 
     _set_threads(threads)
@@ -171,11 +173,17 @@ def build_runtime(graph: Any, device: str, *, threads: int | None = None) -> Tvm
     raise RequantError(f"the TVM backend builds for 'llvm' or 'cuda', not {device!r}")
 
 
-def load_runtime(root: Path, device: str, *, threads: int | None = None,
-                 dtypes: tuple[list[Any], list[Any]] | None = None) -> TvmRuntime:
+def load_runtime(root: Path, manifest: Mapping[str, Any], *, proto: Any = None, threads: int | None = None) -> TvmRuntime:
     """A runtime on the library a saved directory holds (its files already checked
-    against the manifest by `requant.load`); a cuda library loads on first call."""
+    against the manifest by `requant.load`); a cuda library loads on first call. The
+    manifest gives the device and the inputs' and outputs' dtypes (low-bit floats travel
+    as float32); `proto` (the saved graph) is not needed: the library is the model."""
+    from requant.ir import dtypes as dt
+
+    del proto
     _set_threads(threads)
+    device = manifest.get("device", "llvm")
+    dtypes = ([dt.dtype(i["dtype"]) for i in manifest["inputs"]], [dt.dtype(o["dtype"]) for o in manifest["outputs"]])
     path = root / LIBRARY_FILE
     if not path.is_file():
         raise RequantError(f"cannot load {root}: {LIBRARY_FILE} is missing")

@@ -1,5 +1,5 @@
 """Static int8 quantization of the trained all-MiniLM-L6-v2 with requant's defaults:
-calibrate -> "quantize" -> "lower_quant" -> ONNX Runtime.
+"smoothquant" -> calibrate -> "quantize" -> "lower_quant" -> ONNX Runtime.
 
 Real sentences (the first sentences of installed packages' docstrings, as
 tools/bench/minilm_int8.py uses): 16 to calibrate on, 16 others to evaluate, 32 tokens.
@@ -29,7 +29,6 @@ from requant.backends.onnx import OnnxRuntimeSession  # noqa: E402
 from requant.frontends import from_torch  # noqa: E402
 from requant.passes import PassManager, get_pass  # noqa: E402
 from requant.passes.calibration import collect_stats  # noqa: E402
-from requant.passes.quantize import smoothing_axes  # noqa: E402
 from requant.tools.bench.minilm_int8 import cosine, docstring_sentences, mean_pool  # noqa: E402
 
 SEQ = 32
@@ -43,15 +42,17 @@ def test_minilm_int8_defaults_keep_embeddings():
     dims = {"input_ids": {0: "batch"}, "attention_mask": {0: "batch"}}
     graph = get_pass("canonicalize")(from_torch(case.module, case.example_inputs, dynamic_dims=dims)).graph
     calib = [{"input_ids": ids[i:i + 8], "attention_mask": mask[i:i + 8]} for i in (16, 24)]
-    stats = collect_stats(graph, calib, progress=False, per_channel_axis=smoothing_axes(graph))
     float_out = OnnxRuntimeSession(graph)(ids[:16], mask[:16])[0]
 
     q = graph.clone()
+    smoothed = PassManager([get_pass("smoothquant", calibration=calib, scope="all")], verify=True).run(q)
+    smooth_stats = smoothed.records[0].stats
+    assert smooth_stats["skipped:no_stats"] == 0 and smooth_stats["activations_smoothed"] >= 12
+    stats = collect_stats(smoothed.graph, calib, progress=False)
     result = PassManager([get_pass("quantize", stats=stats), get_pass("lower_quant"), get_pass("dce")],
-                         verify=True).run(q)
+                         verify=True).run(smoothed.graph)
     quant_stats = result.records[0].stats
     assert quant_stats["ops_quantized"] == 36 and quant_stats["skipped"] == 0
-    assert quant_stats["smoothing_unavailable"] == 0 and quant_stats["activations_smoothed"] >= 12
     assert quant_stats["embeddings_quantized"] >= 1
     assert quant_stats["bytes_after"] <= 0.27 * quant_stats["bytes_before"]
     hist = result.graph.op_histogram()

@@ -19,7 +19,6 @@ from requant.errors import PassError, RequantError
 from requant.ir import Builder, Graph, run, tensor_type
 from requant.passes import PassResult, get_pass
 from requant.passes.calibration import collect_stats
-from requant.passes.quantize import smoothing_axes
 
 from canonical_testing import run_pass
 from lower_testing import check_lowering, ort_run, probe, quantized_linear
@@ -39,14 +38,14 @@ def test_matmul_add_becomes_matmul_integer_cast_mul_add():
     assert result.changed
     assert result.stats["rule:lower_matmul_add"] == 1 and result.stats["op:MatMulInteger"] == 1
     assert result.stats["nodes_removed"] == 2 and result.stats["skipped"] == 0
-    # Mul: the smoothing of x, and the scale of the int32 accumulator
-    assert g.op_histogram() == {"Add": 1, "Cast": 1, "MatMulInteger": 1, "Mul": 2, "QuantizeLinear": 1, "Relu": 1}
+    # Mul: the scale of the int32 accumulator
+    assert g.op_histogram() == {"Add": 1, "Cast": 1, "MatMulInteger": 1, "Mul": 1, "QuantizeLinear": 1, "Relu": 1}
     (mm,) = [n for n in g if n.op == "MatMulInteger"]
     assert mm.meta["created_by"] == "lower_matmul_add" and g.meta["lower_skipped"] == []
 
 
 def test_int8_activation_requantized_to_u8_plus_128():
-    g, xs = quantized_linear(activation_scheme="int8", smooth_alpha=None)
+    g, xs = quantized_linear(activation_scheme="int8")
     check_lowering("lower_integer", g, xs)
     (q,) = [n for n in g if n.op == "QuantizeLinear"]
     assert q.output.dtype.name == "uint8" and int(q.inputs[2].const) == 128
@@ -63,7 +62,7 @@ def test_gemm_trans_b_transposes_codes():
 
 
 def test_qlinear_needs_output_quantization():
-    g, xs = quantized_linear(bias=False, smooth_alpha=None)
+    g, xs = quantized_linear(bias=False)
     (mm,) = [n for n in g if n.op == "MatMul"]
     b = Builder(g)
     relu = next(n for n in g if n.op == "Relu")
@@ -105,7 +104,7 @@ def test_embedding_gather_per_row_and_per_tensor():
 
 def test_block_lowers_every_linear_and_keeps_float_ops():
     g, xs = block()
-    stats = collect_stats(g, [{"x": xs}], runner="interpreter", per_channel_axis=smoothing_axes(g))
+    stats = collect_stats(g, [{"x": xs}], runner="interpreter")
     get_pass("quantize", stats=stats)(g)
     qdq = run(g, [xs])[0]
     result = lower(g)

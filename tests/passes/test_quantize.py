@@ -19,7 +19,6 @@ from requant.ir.graph import Value
 from requant.ir.quant_formats import QuantScheme, fake_quantize, parse_scheme
 from requant.passes import PassResult, get_pass
 from requant.passes.calibration import collect_stats
-from requant.passes.quantize import smoothing_axes
 from canonical_testing import run_pass as run_named_pass
 from quant_testing import block
 
@@ -50,9 +49,8 @@ def linear(k: int = 32, n: int = 16, rows: tuple[int, ...] = (3, 5), seed: int =
     return g, xs
 
 
-def calibrate(graph: Graph, *batches: np.ndarray, per_channel: bool = False) -> dict:
-    axes = smoothing_axes(graph) if per_channel else None
-    return collect_stats(graph, [{"x": x} for x in batches], runner="interpreter", per_channel_axis=axes)
+def calibrate(graph: Graph, *batches: np.ndarray) -> dict:
+    return collect_stats(graph, [{"x": x} for x in batches], runner="interpreter")
 
 
 def producer_op(v: Value | None) -> str | None:
@@ -79,7 +77,7 @@ def linear_bound(xs: np.ndarray, w: np.ndarray, s_a: float, s_w: np.ndarray) -> 
 
 def test_linear_layer_stats_and_bytes():
     g, xs = linear(k=32, n=16)
-    result = run_pass(g, stats=calibrate(g, xs), smooth_alpha=None)
+    result = run_pass(g, stats=calibrate(g, xs))
     assert result.changed
     s = result.stats
     assert (s["ops_quantized"], s["weights_quantized"], s["activations_quantized"]) == (1, 1, 1)
@@ -118,12 +116,12 @@ def test_block_structure_keeps_float_ops_untouched():
     before = g.op_histogram()
     float_inputs = {n.name: list(n.inputs) for n in g if n.op in ("LayerNormalization", "Softmax", "Gelu")
                     or (n.name or "").startswith("residual")}
-    run_pass(g, stats=calibrate(g, xs, per_channel=True), smooth_min_ratio=0.0)
+    run_pass(g, stats=calibrate(g, xs))
     after = g.op_histogram()
-    # 4 distinct quantized activations (ln0 out, context, ln1 out, gelu out), smoothed by a Mul each
-    assert after["QuantizeLinear"] == 4 and after["Mul"] == before["Mul"] + 4
+    # 4 distinct quantized activations (ln0 out, context, ln1 out, gelu out)
+    assert after["QuantizeLinear"] == 4
     assert after["DequantizeLinear"] == 12  # 6 weights + one per activation reader
-    for op in ("LayerNormalization", "Softmax", "Gelu", "Add", "Transpose"):
+    for op in ("LayerNormalization", "Softmax", "Gelu", "Add", "Transpose", "Mul"):
         assert after[op] == before[op]
     for node in g:
         if node.name in float_inputs:
@@ -138,7 +136,7 @@ def test_block_structure_keeps_float_ops_untouched():
 
 def test_meta_quant_on_codes_and_dequantized_values():
     g, xs = linear()
-    run_pass(g, stats=calibrate(g, xs), smooth_alpha=None)
+    run_pass(g, stats=calibrate(g, xs))
     tagged = {v.name: v.meta["quant"] for v in g.values() if "quant" in v.meta}
     assert tagged == {
         "w_q": QuantScheme("int8", "channel", axis=1).to_attrs(),
@@ -191,8 +189,7 @@ def test_simulated_formats_use_fakequantize_and_fp8_uses_qdq():
     run_pass(g, stats=calibrate(g, xs), weight_scheme="nvfp4", activation_scheme="mxfp4")
     assert g.op_histogram() == {"FakeQuantize": 2, "MatMul": 1}
     g2, _ = linear(k=64, n=8, bias=False)
-    run_pass(g2, stats=calibrate(g2, xs), weight_scheme="fp8_e4m3-channel", activation_scheme="fp8_e4m3",
-             smooth_alpha=None)
+    run_pass(g2, stats=calibrate(g2, xs), weight_scheme="fp8_e4m3-channel", activation_scheme="fp8_e4m3")
     assert g2.op_histogram() == {"DequantizeLinear": 2, "MatMul": 1, "QuantizeLinear": 1}
     assert const_named(g2, "w_q").dtype.name == "float8_e4m3fn"
 
@@ -204,7 +201,7 @@ def test_w8a8_linear_within_scale_bound():
     g, xs = linear(k=64, n=24, bias=False)
     w = np.asarray([v for v in g.constants if v.name == "w"][0].const)
     ref = run(g, [xs])[0]
-    run_pass(g, stats=calibrate(g, xs), smooth_alpha=None)
+    run_pass(g, stats=calibrate(g, xs))
     out = run(g, [xs])[0]
     bound = linear_bound(xs, w, float(const_named(g, "x_scale")), const_named(g, "w_scale"))
     err = np.abs(out.astype(np.float64) - ref)
@@ -216,106 +213,11 @@ def test_int8_symmetric_activations_within_scale_bound():
     g, xs = linear(k=48, n=8, bias=False, seed=4)
     w = np.asarray([v for v in g.constants if v.name == "w"][0].const)
     ref = run(g, [xs])[0]
-    run_pass(g, stats=calibrate(g, xs), activation_scheme="int8", smooth_alpha=None)
+    run_pass(g, stats=calibrate(g, xs), activation_scheme="int8")
     assert const_named(g, "x_zero_point").dtype == np.int8 and int(const_named(g, "x_zero_point")) == 0
     out = run(g, [xs])[0]
     bound = linear_bound(xs, w, float(const_named(g, "x_scale")), const_named(g, "w_scale"))
     assert np.all(np.abs(out.astype(np.float64) - ref) <= bound)
-
-
-def test_smoothing_bound_and_outlier_channel_gain():
-    """With an outlier input channel, smoothing (x / s, s * W) keeps the error within the
-    bound of the smoothed operands and below the unsmoothed error."""
-    g, xs = linear(k=64, n=16, bias=False, outlier=40.0, seed=5)
-    plain = g.clone()
-    w = np.asarray([v for v in g.constants if v.name == "w"][0].const)
-    ref = run(g, [xs])[0]
-    s = run_pass(g, stats=calibrate(g, xs, per_channel=True), smooth_alpha=0.7).stats
-    assert s["activations_smoothed"] == 1 and g.op_histogram()["Mul"] == 1
-    inv = const_named(g, "x_inv_scale").astype(np.float64)
-    out = run(g, [xs])[0]
-    bound = linear_bound(xs * inv, w / inv[:, None], float(const_named(g, "x_scaled_scale")),
-                         const_named(g, "w_quantize_smooth_scale"))
-    err = np.abs(out.astype(np.float64) - ref)
-    assert np.all(err <= bound * (1 + 1e-4))
-    run_pass(plain, stats=calibrate(plain, xs), smooth_alpha=None)
-    err_plain = np.abs(run(plain, [xs])[0].astype(np.float64) - ref)
-    assert np.sqrt(np.mean(err**2)) < 0.5 * np.sqrt(np.mean(err_plain**2))
-
-
-def test_smoothing_folds_into_a_layernorm_read_only_by_linears():
-    """Pre-LN: LayerNorm -> two linears only: x / s goes into gamma and beta, no Mul."""
-    rng = np.random.default_rng(9)
-    g = Graph("preln")
-    b = Builder(g)
-    x = b.input("x", tensor_type(F32, [4, 6, 16]))
-    gamma = np.ones(16, np.float32)
-    gamma[2] = 30.0  # an outlier channel
-    h = b.LayerNormalization(x, b.const(gamma, name="gamma"), b.const(np.full(16, 0.1, np.float32), name="beta"),
-                             axis=-1)
-    w1, w2 = (b.const(rng.standard_normal((16, 8)).astype(np.float32)) for _ in range(2))
-    g.outputs = [b.MatMul(h, w1), b.MatMul(h, w2)]
-    xs = rng.standard_normal((4, 6, 16)).astype(np.float32)
-    ref = run(g, [xs])
-    s = run_pass(g, stats=calibrate(g, xs, per_channel=True)).stats
-    assert s["activations_smoothed"] == 1 and s["smoothed_into_norm"] == 1 and s["smoothed_into_mul"] == 0
-    assert "Mul" not in g.op_histogram() and g.op_histogram()["QuantizeLinear"] == 1
-    (ln,) = [n for n in g if n.op == "LayerNormalization"]
-    assert ln.inputs[1].const[2] < 30.0  # gamma / s
-    for out, r in zip(run(g, [xs]), ref):
-        assert np.abs(out - r).max() < 0.05 * np.abs(r).max()
-
-
-def _post_ln_block(seed: int = 11) -> tuple[Graph, np.ndarray]:
-    """Post-LN: LayerNorm (outlier gamma) -> linear + residual Add; GELU (outlier input
-    column) -> linear. Both smoothings need a Mul (each activation has a float reader or
-    a non-linear producer)."""
-    rng = np.random.default_rng(seed)
-    g = Graph("postln")
-    b = Builder(g)
-    x = b.input("x", tensor_type(F32, [4, 6, 16]))
-    gamma = np.ones(16, np.float32)
-    gamma[3] = 25.0
-    h = b.LayerNormalization(x, b.const(gamma, name="gamma"), b.const(np.zeros(16, np.float32), name="beta"), axis=-1)
-    w_up = rng.standard_normal((16, 32)).astype(np.float32)
-    w_up[:, 5] *= 30.0  # one GELU channel 30x the others
-    up = b.Gelu(b.MatMul(h, b.const(w_up, name="w_up")))
-    down = b.MatMul(up, b.const(rng.standard_normal((32, 16)).astype(np.float32), name="w_down"))
-    g.outputs = [b.Add(h, down)]
-    return g, rng.standard_normal((4, 6, 16)).astype(np.float32)
-
-
-def test_smooth_scope_norm_smooths_only_norm_outputs():
-    g_all, xs = _post_ln_block()
-    g_norm = g_all.clone()
-    ref = run(g_all, [xs])[0]
-    s_all = run_pass(g_all, stats=calibrate(g_all, xs, per_channel=True)).stats
-    s_norm = run_pass(g_norm, stats=calibrate(g_norm, xs, per_channel=True), smooth_scope="norm").stats
-    assert s_all["activations_smoothed"] == 2 and s_all["smoothed_into_mul"] == 2
-    assert s_norm["activations_smoothed"] == 1 and s_norm["smoothed_into_mul"] == 1
-    # the case that must not match: with scope "norm" the GELU output is quantized as it is
-    (smoothing_mul,) = [n for n in g_norm if n.op == "Mul"]
-    assert producer_op(smoothing_mul.inputs[0]) == "LayerNormalization"
-    assert {producer_op(n.inputs[0]) for n in g_all if n.op == "Mul"} == {"LayerNormalization", "Gelu"}
-    for g in (g_all, g_norm):  # W8A8 on a 3-layer block: within 5% of the output's scale
-        out = run(g, [xs])[0]
-        assert np.abs(out - ref).max() < 0.05 * np.abs(ref).max()
-    with pytest.raises(RequantError, match="smooth_scope"):
-        run_pass(_post_ln_block()[0], stats={}, smooth_scope="gelu")
-
-
-def test_even_channels_are_not_smoothed():
-    g, xs = linear(k=64, n=16, bias=False, seed=5)  # Gaussian channels: max / median amax < 4
-    s = run_pass(g, stats=calibrate(g, xs, per_channel=True)).stats
-    assert s["activations_smoothed"] == 0 and s["smoothing_unavailable"] == 0
-    assert "Mul" not in g.op_histogram()
-
-
-def test_smoothing_needs_per_channel_stats():
-    g, xs = linear()
-    s = run_pass(g, stats=calibrate(g, xs)).stats  # default smooth_alpha, per-tensor stats only
-    assert s["activations_smoothed"] == 0 and s["smoothing_unavailable"] == 1
-    assert "Mul" not in g.op_histogram()
 
 
 def test_int4_weight_only_within_group_bound():
@@ -351,7 +253,7 @@ def test_fakequantize_matches_format_reference():
 def test_block_quantized_close_to_float():
     g, xs = block()
     ref = run(g, [xs])[0]
-    run_pass(g, stats=calibrate(g, xs, per_channel=True))
+    run_pass(g, stats=calibrate(g, xs))
     out = run(g, [xs])[0]
     cos = np.sum(out * ref, -1) / np.linalg.norm(out, axis=-1) / np.linalg.norm(ref, axis=-1)
     assert cos.min() > 0.995

@@ -197,12 +197,14 @@ def test_passes_and_targets_one_line_each() -> None:
     assert [line.split()[0] for line in targets] == list(TARGETS)
     assert all(len(line.split(None, 1)) == 2 for line in targets)
     passes = ok(cli("passes")).stdout.splitlines()
-    names = [line.split()[0] for line in passes]
-    for name in ("canonicalize", "cse", "dce", "quantize", "lower_quant"):
-        assert name in names
-    assert all(len(line.split(None, 1)) == 2 for line in passes)
+    modules = {line.split()[0]: line.split()[1] for line in passes}
+    for name in ("canonicalize", "cse", "dce", "quantize", "smoothquant", "lower_integer", "lower_quant"):
+        assert name in modules
+    # name, defining module, one-line summary; a pass lives in the module named after it
+    assert all(len(line.split(None, 2)) == 3 for line in passes)
+    assert modules["lower_quant"] == "backends.onnx.lower_quant" and modules["smoothquant"] == "passes.smoothquant"
     detail = ok(cli("targets", "cpu-int8")).stdout
-    assert "pipeline: canonicalize -> calibrate -> quantize" in detail and "per_channel (bool" in detail
+    assert "pipeline: canonicalize -> smoothquant -> calibrate -> quantize" in detail and "per_channel (bool" in detail
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -11,8 +11,10 @@ What it measures
       ort_dyn   onnxruntime.quantization.quantize_dynamic on the same graph exported at
                 opset 21 (its DequantizeLinear nodes take the model's opset; ORT has
                 no kernel at the newest one); QInt8 weights per tensor, the anchor
-      requant   collect_stats on the 32 calibration sentences -> "quantize" (options
-                below) -> "lower_quant" -> "dce" -> to_onnx -> ONNX Runtime
+      requant   on the 32 calibration sentences: "smoothquant" (its defaults; options
+                smooth_alpha (None: off), smooth_scope, smooth_min_ratio) ->
+                collect_stats -> "quantize" (the other options) -> "lower_quant" ->
+                "dce" -> to_onnx -> ONNX Runtime
 
     Accuracy: cosine similarity of mean-pooled (attention-masked) sentence embeddings vs
     the fp32 ONNX Runtime ones, mean and minimum over the 64 sentences, and how often the
@@ -25,10 +27,10 @@ What it measures
 
 How to run
     python -m requant.tools.bench.minilm_int8                          # defaults
-    python -m requant.tools.bench.minilm_int8 --method mse --act int8
-    python -m requant.tools.bench.minilm_int8 --variants method=percentile,act=uint8 method=mse
-Each `--variants` entry is a comma-separated list of quantize options (key=value;
-`exclude` takes `|`-separated globs) and becomes one row. Takes a minute or two.
+    python -m requant.tools.bench.minilm_int8 --variants smooth_alpha=None method=mse smooth_alpha=0.5
+Each `--variants` entry is a comma-separated list of options (key=value; `exclude` takes
+`|`-separated globs) and becomes one row: smoothquant's (`smooth_` + its option name),
+lower_quant's (`lower_` + its option name), the rest quantize's. Takes a minute or two.
 """
 
 from __future__ import annotations
@@ -111,16 +113,22 @@ def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return _mean_pool(np.asarray(hidden, np.float64), mask)
 
 
-def quantized_graph(graph, stats, options: dict[str, Any]):
-    """quantize -> lower_quant -> dce on a clone of `graph`; returns (graph, quantize stats)."""
+def quantized_graph(graph, batches, options: dict[str, Any]):
+    """smoothquant -> calibrate -> quantize -> lower_quant -> dce on a clone of `graph`, as
+    cpu-int8 runs them; returns (graph, quantize stats)."""
     from requant.backends.onnx.lower_quant import lower_quant
     from requant.passes import get_pass
+    from requant.passes.calibration import collect_stats
 
     g = graph.clone()
-    lower_opts = {k[len("lower_"):]: v for k, v in options.items() if k.startswith("lower_")}
-    q_opts = {k: v for k, v in options.items() if not k.startswith("lower_")}
-    result = get_pass("quantize", stats=stats, **q_opts)(g)
-    g = lower_quant(**lower_opts)(result.graph).graph
+    smooth = {k[len("smooth_"):]: v for k, v in options.items() if k.startswith("smooth_")}
+    lower = {k[len("lower_"):]: v for k, v in options.items() if k.startswith("lower_")}
+    quant = {k: v for k, v in options.items() if not k.startswith(("smooth_", "lower_"))}
+    if smooth.get("alpha", 0.0) is not None:
+        g = get_pass("smoothquant", calibration=batches, **smooth)(g).graph
+    stats = collect_stats(g, batches, progress=False)
+    result = get_pass("quantize", stats=stats, **quant)(g)
+    g = lower_quant(**lower)(result.graph).graph
     g = get_pass("dce")(g).graph
     return g, result.stats
 
@@ -133,7 +141,7 @@ def _parse_variant(text: str) -> dict[str, Any]:
             options[key] = tuple(filter(None, value.split("|")))
         elif value in ("True", "False", "None"):
             options[key] = None if value == "None" else value == "True"
-        elif key == "smooth_alpha":
+        elif key in ("smooth_alpha", "smooth_min_ratio"):
             options[key] = float(value)
         else:
             options[key] = value
@@ -175,8 +183,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
 
     from requant.backends.onnx import OnnxRuntimeSession, to_onnx
-    from requant.passes.calibration import collect_stats
-    from requant.passes.quantize import smoothing_axes
 
     sentences = docstring_sentences(2 * N_EVAL + N_CALIB)
     first = 0 if args.eval_set == 0 else N_EVAL + N_CALIB
@@ -192,13 +198,12 @@ def main(argv: list[str] | None = None) -> int:
         rows["ort_dyn"] = "quantize_dynamic(QInt8)"
     batches = [{"input_ids": cal_ids[i:i + CALIB_BATCH], "attention_mask": cal_mask[i:i + CALIB_BATCH]}
                for i in range(0, N_CALIB, CALIB_BATCH)]
-    stats = collect_stats(graph, batches, progress=False, per_channel_axis=smoothing_axes(graph))
     for i, text in enumerate(args.variants):
         options = _parse_variant(text)
-        g, qstats = quantized_graph(graph, stats, options)
+        g, qstats = quantized_graph(graph, batches, options)
         name = f"requant{i}" if len(args.variants) > 1 else "requant"
         models[name] = to_onnx(g)
-        rows[name] = (text or "defaults") + f" [{g.op_histogram().get('MatMulIntegerToFloat', 0)} i2f, " \
+        rows[name] = (text or "defaults") + f" [{g.op_histogram().get('com.microsoft.MatMulIntegerToFloat', 0)} i2f, " \
                      f"{qstats.get('skipped', 0)} skipped]"
     threads = 1 if args.cpu_time else (args.threads or None)
     sessions = {k: OnnxRuntimeSession(m, intra_op_threads=threads) for k, m in models.items()}
