@@ -76,13 +76,3 @@ class LoweringTable(dict):
         if isinstance(entry, Unsupported):
             raise UnsupportedOpError(f"op {op} {self.cannot}: {entry.reason}")
         return entry
-
-
-def entry_for(table: Any, op: str, *, table_name: str, cannot: str) -> Any:
-    """The old dict-table lookup; goes once both backends' tables are `LoweringTable`s."""
-    entry = table.get(op)
-    if entry is None:
-        raise UnsupportedOpError(f"op {op} has no entry in the {table_name}; add an emitter or an Unsupported(reason) entry")
-    if isinstance(entry, Unsupported):
-        raise UnsupportedOpError(f"op {op} {cannot}: {entry.reason}")
-    return entry
