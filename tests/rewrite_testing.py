@@ -61,28 +61,32 @@ def check_rewrite(
     reference = ir.parse(before)
     result = run_pass(pass_name, graph, **dict(options or {}))
     assert result.changed is changed, f"pass '{pass_name}': changed is {result.changed}, expected {changed}"
-    if stats is not None:
-        shown = {key: result.stats.get(key, "<missing>") for key in stats}
-        assert shown == dict(stats), f"pass '{pass_name}': stats {result.stats}"
-    if rules is not None:
-        assert rule_counts(result.stats) == dict(rules), f"pass '{pass_name}': rules fired {rule_counts(result.stats)}"
+    _check_stats(pass_name, result, stats, rules)
     assert_structural_equal(result.graph, parse_elided(expected), rtol=constant_rtol, atol=constant_atol)
     assert_same_function(reference, result.graph, tolerances or {}, seeds, feeds or seeded_inputs)
     return result
 
 
 def check_unchanged(pass_name: str, text: str, *, options: Mapping[str, Any] | None = None,
-                    stats: Mapping[str, Any] | None = None) -> PassResult:
-    """The pass must not match: changed is False and the graph's text is what it was."""
+                    stats: Mapping[str, Any] | None = None, rules: Mapping[str, int] | None = None) -> PassResult:
+    """The pass must not match: changed is False and the graph's text is what it was
+    (`stats` and `rules` as for check_rewrite; `rules={}`: no rule fired)."""
     graph = ir.parse(text)
     printed = graph.to_text()
     result = run_pass(pass_name, graph, **dict(options or {}))
     assert result.changed is False, f"pass '{pass_name}' changed a graph it must leave alone: {result.stats}"
+    _check_stats(pass_name, result, stats, rules)
+    assert result.graph.to_text() == printed, f"pass '{pass_name}' edited the graph:\n{result.graph.to_text()}"
+    return result
+
+
+def _check_stats(pass_name: str, result: PassResult, stats: Mapping[str, Any] | None,
+                 rules: Mapping[str, int] | None) -> None:
     if stats is not None:
         shown = {key: result.stats.get(key, "<missing>") for key in stats}
         assert shown == dict(stats), f"pass '{pass_name}': stats {result.stats}"
-    assert result.graph.to_text() == printed, f"pass '{pass_name}' edited the graph:\n{result.graph.to_text()}"
-    return result
+    if rules is not None:
+        assert rule_counts(result.stats) == dict(rules), f"pass '{pass_name}': rules fired {rule_counts(result.stats)}"
 
 
 def assert_same_function(before: Graph, after: Graph, tolerances: Mapping[str, tuple[float, float]],

@@ -116,7 +116,7 @@ def test_matmul_by_transposed_variable_weight_is_left_alone() -> None:
     graph main(%x: f32[2,3,4], %w: f32[2,4]) -> (%y) {
       %wt: f32[4,2] = Transpose(%w) {perm=[1, 0]}
       %y: f32[2,3,2] = MatMul(%x, %wt)
-    }""", stats={"rewrites": 0})
+    }""", stats={"rewrites": 0}, rules={})
 
 
 def test_flattened_3d_linear_becomes_an_nd_matmul() -> None:

@@ -1,6 +1,7 @@
 """canonicalize_noops: no-op removal, Reshape/Transpose chain folding, constant operands
-second. Each case checks (a) changed flag and rule counts, (b) the structure, (c) the
-interpreter's outputs before vs after, and (d) a near miss left alone.
+second. Each case checks (a) changed flag and rule counts, (b) the structure (Before/
+Expected text where the graph is small: tests/rewrite_testing.py), (c) the interpreter's
+outputs before vs after, and (d) a near miss left alone.
 
 Tolerance: bit for bit. Every rule here only drops a node that returns its input,
 re-spells data movement, or swaps the operands of an exactly commutative op.
@@ -19,8 +20,8 @@ from canonical_testing import (
     ops,
     outputs_before_after,
     rule_counts,
-    run_pass,
 )
+from rewrite_testing import check_rewrite, check_unchanged
 
 PASS = "canonicalize_noops"
 F32 = "float32"
@@ -31,34 +32,32 @@ def i64(*values: int) -> np.ndarray:
 
 
 def test_identity_cast_and_dropout_are_removed() -> None:
-    def body(b, x):
-        y = b.Identity(x)
-        y = b.Cast(y, to="float32")
-        y = b.Dropout(y)
-        y = b.Dropout(y, b.const(np.float32(0.1)))
-        y = b.Dropout(y, b.const(np.float32(0.1)), b.const(np.array(False)))
-        return b.Relu(y)
-
-    g = build_graph({"x": (F32, [2, 3])}, body)
-    result, pairs = outputs_before_after(PASS, g)
-    assert result.changed
-    assert rule_counts(result.stats) == {"identity": 1, "cast_to_same_dtype": 1, "dropout[1]": 1, "dropout[2]": 1,
-                                         "dropout[3]": 1}
-    assert ops(g) == ["Relu"] and only_node(g, "Relu").inputs[0] is g.inputs[0]
-    assert_same_outputs(pairs)
+    check_rewrite(PASS, """
+    graph main(%x: f32[2,3]) -> (%y) {
+      const %ratio: f32[] = 0.1
+      const %training: bool[] = false
+      %a: f32[2,3] = Identity(%x)
+      %b: f32[2,3] = Cast(%a) {to="float32"}
+      %c: f32[2,3] = Dropout(%b)
+      %d: f32[2,3] = Dropout(%c, %ratio)
+      %e: f32[2,3] = Dropout(%d, %ratio, %training)
+      %y: f32[2,3] = Relu(%e)
+    }""", """
+    graph main(%x: f32[2,3]) -> (%y) {
+      const %ratio: f32[] = 0.1             // left for dce
+      const %training: bool[] = false
+      %y: f32[2,3] = Relu(%x)
+    }""", rules={"identity": 1, "cast_to_same_dtype": 1, "dropout[1]": 1, "dropout[2]": 1, "dropout[3]": 1})
 
 
 def test_near_misses_keep_casts_dropouts_and_output_identities() -> None:
-    def body(b, x, train):
-        cast = b.Cast(x, to="float16")  # changes the dtype
-        dropout = b.Dropout(x, b.const(np.float32(0.1)), train)  # training_mode not a constant
-        return b.Identity(x), cast, dropout  # the Identity only names a graph output
-
-    g = build_graph({"x": (F32, [4]), "train": ("bool", [])}, body)
-    before = g.to_text()
-    result = run_pass(PASS, g)
-    assert not result.changed and result.stats == {"rewrites": 0}
-    assert g.to_text() == before
+    check_unchanged(PASS, """
+    graph main(%x: f32[4], %train: bool[]) -> (%y0, %y1, %y2) {
+      const %ratio: f32[] = 0.1
+      %y0: f32[4] = Identity(%x)                          // only names a graph output
+      %y1: f16[4] = Cast(%x) {to="float16"}               // changes the dtype
+      %y2: f32[4] = Dropout(%x, %ratio, %train)           // training_mode not a constant
+    }""", stats={"rewrites": 0}, rules={})
 
 
 def test_dropout_with_a_used_mask_is_kept() -> None:
@@ -72,18 +71,23 @@ def test_dropout_with_a_used_mask_is_kept() -> None:
 
 
 def test_transpose_chains_compose_and_cancel() -> None:
-    def body(b, x):
-        a = b.Transpose(b.Transpose(x, perm=[0, 2, 1, 3]), perm=[0, 1, 3, 2])  # -> [0, 2, 3, 1]
-        c = b.Transpose(b.Transpose(x, perm=[1, 0, 2, 3]), perm=[1, 0, 2, 3])  # cancels
-        d = b.Transpose(x, perm=[0, 1, 2, 3])  # identity
-        return b.Add(a, b.Transpose(b.Add(c, d), perm=[0, 2, 3, 1]))
-
-    g = build_graph({"x": (F32, [2, 3, 4, 5])}, body)
-    result, pairs = outputs_before_after(PASS, g)
-    assert rule_counts(result.stats) == {"transpose_of_transpose": 2, "transpose_identity": 1}
-    assert sorted(ops(g)) == ["Add", "Add", "Transpose", "Transpose"]
-    assert all(n.attrs["perm"] == [0, 2, 3, 1] for n in g if n.op == "Transpose")
-    assert_same_outputs(pairs)
+    check_rewrite(PASS, """
+    graph main(%x: f32[2,3,4,5]) -> (%y) {
+      %t1: f32[2,4,3,5] = Transpose(%x) {perm=[0, 2, 1, 3]}
+      %a: f32[2,4,5,3] = Transpose(%t1) {perm=[0, 1, 3, 2]}     // composes to [0, 2, 3, 1]
+      %t2: f32[3,2,4,5] = Transpose(%x) {perm=[1, 0, 2, 3]}
+      %c: f32[2,3,4,5] = Transpose(%t2) {perm=[1, 0, 2, 3]}     // cancels
+      %d: f32[2,3,4,5] = Transpose(%x) {perm=[0, 1, 2, 3]}      // identity
+      %cd: f32[2,3,4,5] = Add(%c, %d)
+      %cdt: f32[2,4,5,3] = Transpose(%cd) {perm=[0, 2, 3, 1]}
+      %y: f32[2,4,5,3] = Add(%a, %cdt)
+    }""", """
+    graph main(%x: f32[2,3,4,5]) -> (%y) {
+      %a: f32[2,4,5,3] = Transpose(%x) {perm=[0, 2, 3, 1]}
+      %cd: f32[2,3,4,5] = Add(%x, %x)
+      %cdt: f32[2,4,5,3] = Transpose(%cd) {perm=[0, 2, 3, 1]}
+      %y: f32[2,4,5,3] = Add(%a, %cdt)
+    }""", rules={"transpose_of_transpose": 2, "transpose_identity": 1})
 
 
 def test_reshape_chains_fold_and_targets_become_static() -> None:
@@ -181,17 +185,22 @@ def test_flattened_transpose_of_other_axes_is_kept() -> None:
 
 
 def test_expand_and_mul_div_by_one_without_broadcast_are_removed() -> None:
-    def body(b, x):
-        y = b.Expand(x, b.const(i64(2, 3)))
-        y = b.Mul(b.const(np.ones((), np.float32)), y)
-        y = b.Div(y, b.const(np.ones((3,), np.float32)))
-        return b.Relu(y)
-
-    g = build_graph({"x": (F32, [2, 3])}, body)
-    result, pairs = outputs_before_after(PASS, g)
-    assert rule_counts(result.stats) == {"expand_to_same_shape": 1, "mul_by_one": 1, "div_by_one": 1}
-    assert ops(g) == ["Relu"]
-    assert_same_outputs(pairs)
+    check_rewrite(PASS, """
+    graph main(%x: f32[2,3]) -> (%y) {
+      const %shape: i64[2] = [2, 3]
+      const %one: f32[] = 1.0
+      const %ones: f32[3] = [1.0, 1.0, 1.0]
+      %e: f32[2,3] = Expand(%x, %shape)
+      %m: f32[2,3] = Mul(%one, %e)
+      %d: f32[2,3] = Div(%m, %ones)
+      %y: f32[2,3] = Relu(%d)
+    }""", """
+    graph main(%x: f32[2,3]) -> (%y) {
+      const %shape: i64[2] = [2, 3]         // left for dce
+      const %one: f32[] = 1.0
+      const %ones: f32[3] = [1.0, 1.0, 1.0]
+      %y: f32[2,3] = Relu(%x)
+    }""", rules={"expand_to_same_shape": 1, "mul_by_one": 1, "div_by_one": 1})
 
 
 def test_broadcasting_expand_and_mul_by_one_are_kept() -> None:
@@ -204,27 +213,34 @@ def test_broadcasting_expand_and_mul_by_one_are_kept() -> None:
 
 
 def test_one_over_becomes_reciprocal_for_floats_only() -> None:
-    def body(b, x, n):
-        return b.Div(b.const(np.float32(1)), x), b.Div(b.const(np.int32(1)), n)
-
-    g = build_graph({"x": (F32, [5]), "n": ("int32", [5])}, body)
-    result, pairs = outputs_before_after(PASS, g)
-    assert rule_counts(result.stats) == {"one_over_to_reciprocal": 1}
-    assert ops(g) == ["Reciprocal", "Div"]  # integer 1 / n truncates: no Reciprocal for it
-    assert_same_outputs(pairs)
+    check_rewrite(PASS, """
+    graph main(%x: f32[5], %n: i32[5]) -> (%y0, %y1) {
+      const %one: f32[] = 1.0
+      const %int_one: i32[] = 1
+      %y0: f32[5] = Div(%one, %x)
+      %y1: i32[5] = Div(%int_one, %n)
+    }""", """
+    graph main(%x: f32[5], %n: i32[5]) -> (%y0, %y1) {
+      const %one: f32[] = 1.0
+      const %int_one: i32[] = 1
+      %y0: f32[5] = Reciprocal(%x)
+      %y1: i32[5] = Div(%int_one, %n)        // integer 1 / n truncates: no Reciprocal for it
+    }""", rules={"one_over_to_reciprocal": 1})
 
 
 def test_constants_go_second_in_add_and_mul() -> None:
-    def body(b, x):
-        c = b.const(np.arange(3, dtype=np.float32))
-        return b.Mul(c, b.Add(c, x)), b.Add(c, c)
+    check_rewrite(PASS, """
+    graph main(%x: f32[2,3]) -> (%y0, %y1) {
+      const %c: f32[3] = [0.0, 1.0, 2.0]
+      %s: f32[2,3] = Add(%c, %x)
+      %y0: f32[2,3] = Mul(%c, %s)
+      %y1: f32[3] = Add(%c, %c)
+    }""", """
+    graph main(%x: f32[2,3]) -> (%y0, %y1) {
+      const %c: f32[3] = [0.0, 1.0, 2.0]
+      %s: f32[2,3] = Add(%x, %c)
+      %y0: f32[2,3] = Mul(%s, %c)
+      %y1: f32[3] = Add(%c, %c)              // all constant: nothing to put second
+    }""", rules={"constant_second[Add]": 1, "constant_second[Mul]": 1})
 
-    g = build_graph({"x": (F32, [2, 3])}, body)
-    result, pairs = outputs_before_after(PASS, g)
-    assert rule_counts(result.stats) == {"constant_second[Add]": 1, "constant_second[Mul]": 1}
-    for node in g:
-        if node.inputs[0].is_constant:
-            assert node.inputs[1].is_constant  # only the all-constant Add keeps a constant first
-        else:
-            assert node.inputs[1].is_constant
-    assert_same_outputs(pairs)
+
