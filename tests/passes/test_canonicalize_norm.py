@@ -1,7 +1,8 @@
 """canonicalize_norm: decomposed LayerNorm / RMSNorm -> LayerNormalization /
 RMSNormalization. Each case checks (a) changed flag and rule counts, (b) the structure
-and attributes (epsilon recovered exactly, axis, stash type, scale/bias wired in),
-(c) the interpreter's outputs before vs after, (d) near misses left alone.
+and attributes (epsilon recovered exactly, axis, stash type, scale/bias wired in; Before/
+Expected text where the graph is small: tests/rewrite_testing.py), (c) the interpreter's
+outputs before vs after, (d) near misses left alone.
 
 Tolerance: NORM_RTOL/NORM_ATOL for float32. The fused kernels compute the same mean,
 variance and reciprocal square root in float32, but in another order (and x * (1/s)
@@ -24,6 +25,7 @@ from canonical_testing import (
     outputs_before_after,
     rule_counts,
 )
+from rewrite_testing import check_rewrite, check_unchanged
 
 PASS = "canonicalize_norm"
 F32 = "float32"
@@ -97,11 +99,29 @@ def test_layer_norm_without_full_affine(affine: str) -> None:
 
 
 def test_layer_norm_over_the_last_two_axes() -> None:
-    g = build_graph({"x": (F32, [2, 3, 8])}, lambda b, x: decomposed_layer_norm(b, x, axes=(2, 1), affine="none"))
-    result, pairs = outputs_before_after(PASS, g)
-    ln = only_node(g, "LayerNormalization")
-    assert ln.attrs["axis"] == -2 and ln.inputs[1].const.shape == (3, 8)
-    assert_same_outputs(pairs, NORM_RTOL, NORM_ATOL)
+    check_rewrite(PASS, """
+    graph main(%x: f32[2,3,8]) -> (%y) {
+      const %axes: i64[2] = [2, 1]
+      const %var_axes: i64[2] = [2, 1]
+      const %two: f32[] = 2.0
+      const %eps: f32[] = 1e-05
+      %mean: f32[2,1,1] = ReduceMean(%x, %axes) {keepdims=1}
+      %d: f32[2,3,8] = Sub(%x, %mean)
+      %sq: f32[2,3,8] = Pow(%d, %two)
+      %var: f32[2,1,1] = ReduceMean(%sq, %var_axes) {keepdims=1}
+      %den: f32[2,1,1] = Add(%eps, %var)
+      %s: f32[2,1,1] = Sqrt(%den)
+      %y: f32[2,3,8] = Div(%d, %s)
+    }""", """
+    graph main(%x: f32[2,3,8]) -> (%y) {
+      const %axes: i64[2] = [2, 1]             // left for dce
+      const %var_axes: i64[2] = [2, 1]
+      const %two: f32[] = 2.0
+      const %eps: f32[] = 1e-05
+      const %unit_scale: f32[3,8] = 1.0        // one scale per normalised element
+      // epsilon: the f32 constant's value, bit for bit
+      %y: f32[2,3,8] = LayerNormalization(%x, %unit_scale) {axis=-2, epsilon=9.999999747378752e-06}
+    }""", rules={"layer_norm[pow2,div_sqrt]": 1}, tolerances={"float32": (NORM_RTOL, NORM_ATOL)})
 
 
 def test_layer_norm_over_a_leading_axis_is_left_alone() -> None:
@@ -163,15 +183,35 @@ def test_rms_norm_spellings_fuse_with_the_weight(sq: str, norm: str) -> None:
 
 
 def test_rms_norm_computed_in_float32_for_a_float16_model() -> None:
-    gamma16 = GAMMA.astype(np.float16)
-    g = build_graph({"x": ("float16", [2, 5, 8])}, lambda b, x: decomposed_rms_norm(b, x, gamma16, cast_to_f32=True))
-    result, pairs = outputs_before_after(PASS, g)
-    assert rule_counts(result.stats) == {"rms_norm[pow2,mul_rsqrt]": 1, "norm_cast_sandwich[RMSNormalization]": 1,
-                                         "norm_absorb_scale[RMSNormalization]": 1}
-    rms = only_node(g, "RMSNormalization")
-    assert ops(g) == ["RMSNormalization"] and rms.inputs[0] is g.inputs[0]
-    assert rms.attrs["stash_type"] == 1 and rms.inputs[1].dtype.name == "float16"
-    assert_same_outputs(pairs, F16_RTOL, F16_ATOL)
+    # Llama's LlamaRMSNorm in a float16 model: weight * (x * rsqrt(mean(x^2) + eps)) in float32
+    check_rewrite(PASS, """
+    graph main(%x: f16[2,5,8]) -> (%y) {
+      const %two: f32[] = 2.0
+      const %axes: i64[1] = [-1]
+      const %eps: f32[] = 1e-06
+      const %weight: f16[8] = [0.5, 0.75, 1.0, 1.25, 1.5, 0.625, 0.875, 1.125]
+      %h: f32[2,5,8] = Cast(%x) {to="float32"}
+      %sq: f32[2,5,8] = Pow(%h, %two)
+      %ms: f32[2,5,1] = ReduceMean(%sq, %axes) {keepdims=1}
+      %den: f32[2,5,1] = Add(%ms, %eps)
+      %s: f32[2,5,1] = Sqrt(%den)
+      %r: f32[2,5,1] = Reciprocal(%s)
+      %n: f32[2,5,8] = Mul(%h, %r)
+      %n16: f16[2,5,8] = Cast(%n) {to="float16"}
+      %y: f16[2,5,8] = Mul(%weight, %n16)
+    }""", """
+    graph main(%x: f16[2,5,8]) -> (%y) {
+      const %two: f32[] = 2.0                  // left for dce
+      const %axes: i64[1] = [-1]
+      const %eps: f32[] = 1e-06
+      const %weight: f16[8] = [0.5, 0.75, 1.0, 1.25, 1.5, 0.625, 0.875, 1.125]
+      const %unit_f32: f32[8] = 1.0            // the scales of the intermediate forms
+      const %unit_f16: f16[8] = 1.0
+      // the casts become stash_type=1 (float32 statistics); epsilon: the f32 constant's value
+      %y: f16[2,5,8] = RMSNormalization(%x, %weight) {axis=-1, epsilon=9.999999974752427e-07, stash_type=1}
+    }""", rules={"rms_norm[pow2,mul_rsqrt]": 1, "norm_cast_sandwich[RMSNormalization]": 1,
+                 "norm_absorb_scale[RMSNormalization]": 1},
+        tolerances={"float16": (F16_RTOL, F16_ATOL)})
 
 
 def test_rms_norm_weight_that_is_not_per_feature_stays_a_mul() -> None:
@@ -185,22 +225,26 @@ def test_rms_norm_weight_that_is_not_per_feature_stays_a_mul() -> None:
 
 
 def test_rms_norm_of_a_centred_input_becomes_a_layer_norm() -> None:
-    def body(b, x):
-        centred = b.Sub(x, b.ReduceMean(x, b.const(i64(-1)), keepdims=1))
-        return b.RMSNormalization(centred, b.const(GAMMA), epsilon=1e-5)
-
-    g = build_graph({"x": (F32, [3, 8])}, body)
-    result, pairs = outputs_before_after(PASS, g)
-    assert rule_counts(result.stats) == {"rms_of_centered_to_layer_norm": 1}
-    ln = only_node(g, "LayerNormalization")
-    assert ops(g) == ["LayerNormalization"] and ln.attrs["epsilon"] == 1e-5
-    assert_same_outputs(pairs, NORM_RTOL, NORM_ATOL)
+    check_rewrite(PASS, """
+    graph main(%x: f32[3,8]) -> (%y) {
+      const %axes: i64[1] = [-1]
+      const %gamma: f32[8] = [0.5, 0.75, 1.0, 1.25, 1.5, 0.625, 0.875, 1.125]
+      %mean: f32[3,1] = ReduceMean(%x, %axes) {keepdims=1}
+      %centred: f32[3,8] = Sub(%x, %mean)
+      %y: f32[3,8] = RMSNormalization(%centred, %gamma) {epsilon=1e-05}
+    }""", """
+    graph main(%x: f32[3,8]) -> (%y) {
+      const %axes: i64[1] = [-1]
+      const %gamma: f32[8] = [0.5, 0.75, 1.0, 1.25, 1.5, 0.625, 0.875, 1.125]
+      %y: f32[3,8] = LayerNormalization(%x, %gamma) {epsilon=1e-05}
+    }""", rules={"rms_of_centered_to_layer_norm": 1}, tolerances={"float32": (NORM_RTOL, NORM_ATOL)})
 
 
 def test_norm_with_its_scale_already_set_does_not_absorb_another() -> None:
-    def body(b, x):
-        return b.Mul(b.LayerNormalization(x, b.const(GAMMA)), b.const(BETA))
-
-    g = build_graph({"x": (F32, [3, 8])}, body)
-    result, _ = outputs_before_after(PASS, g)
-    assert not result.changed and ops(g) == ["LayerNormalization", "Mul"]
+    check_unchanged(PASS, """
+    graph main(%x: f32[3,8]) -> (%y) {
+      const %gamma: f32[8] = [0.5, 0.75, 1.0, 1.25, 1.5, 0.625, 0.875, 1.125]
+      const %other: f32[8] = [-0.5, 0.25, 0.0, 0.5, -0.25, 0.125, -0.125, 0.375]
+      %n: f32[3,8] = LayerNormalization(%x, %gamma)
+      %y: f32[3,8] = Mul(%n, %other)
+    }""", stats={"rewrites": 0}, rules={})
