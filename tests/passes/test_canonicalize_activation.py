@@ -1,7 +1,8 @@
 """canonicalize_activation: decomposed GELU (erf and tanh forms) and softmax -> Gelu and
 Softmax. Each case checks (a) changed flag and rule counts, (b) the structure and
-attributes, (c) the interpreter's outputs before vs after, (d) near misses (a wrong
-constant, a different operand, an escaping inner value) left alone.
+attributes (Before/Expected text where one spelling is shown: tests/rewrite_testing.py),
+(c) the interpreter's outputs before vs after, (d) near misses (a wrong constant, a
+different operand, an escaping inner value) left alone.
 
 Tolerance: ACT_RTOL/ACT_ATOL for float32: the fused kernels evaluate the same formula
 in float32 with the constants in another order (x * 0.7071 vs x / 1.4142, 0.5 applied
@@ -26,6 +27,7 @@ from canonical_testing import (
     outputs_before_after,
     rule_counts,
 )
+from rewrite_testing import check_rewrite, check_unchanged
 
 PASS = "canonicalize_activation"
 F32 = "float32"
@@ -77,20 +79,31 @@ def test_gelu_erf_with_a_wrong_constant_is_left_alone() -> None:
 
 
 def test_gelu_erf_of_another_value_is_left_alone() -> None:
-    g = build_graph({"x": (F32, [8]), "y": (F32, [8])}, lambda b, x, y: gelu_erf(b, x, y=y))
-    result, _ = outputs_before_after(PASS, g)
-    assert not result.changed
+    check_unchanged(PASS, """
+    graph main(%x: f32[8], %y: f32[8]) -> (%out) {
+      const %sqrt2: f32[] = 1.4142135
+      const %half: f32[] = 0.5
+      const %one: f32[] = 1.0
+      %z: f32[8] = Div(%x, %sqrt2)
+      %e: f32[8] = Erf(%z)
+      %p: f32[8] = Add(%one, %e)
+      %hp: f32[8] = Mul(%half, %p)
+      %out: f32[8] = Mul(%y, %hp)             // y * Phi(x), not x * Phi(x)
+    }""", rules={})
 
 
 def test_gelu_erf_whose_inner_value_escapes_is_left_alone() -> None:
-    def body(b, x):
-        z = b.Div(x, b.const(f32(math.sqrt(2))))
-        e = b.Erf(z)
-        return b.Mul(x, b.Mul(b.const(f32(0.5)), b.Add(e, b.const(f32(1))))), e
-
-    g = build_graph({"x": (F32, [8])}, body)
-    result, _ = outputs_before_after(PASS, g)
-    assert not result.changed
+    check_unchanged(PASS, """
+    graph main(%x: f32[8]) -> (%y0, %y1) {
+      const %sqrt2: f32[] = 1.4142135
+      const %half: f32[] = 0.5
+      const %one: f32[] = 1.0
+      %z: f32[8] = Div(%x, %sqrt2)
+      %y1: f32[8] = Erf(%z)                   // read outside the pattern: a graph output
+      %p: f32[8] = Add(%y1, %one)
+      %hp: f32[8] = Mul(%half, %p)
+      %y0: f32[8] = Mul(%x, %hp)
+    }""", rules={})
 
 
 def gelu_tanh(b, x, inner="pow3", form="(x*half)*P", k=math.sqrt(2 / math.pi), c=0.044715):
@@ -147,14 +160,26 @@ def test_softmax_with_max_and_sum_over_different_axes_is_left_alone() -> None:
 
 
 def test_softmax_whose_exponentials_escape_is_left_alone() -> None:
-    g = build_graph({"x": (F32, [2, 5])}, lambda b, x: decomposed_softmax(b, x, extra=True))
-    result, _ = outputs_before_after(PASS, g)
-    assert not result.changed
+    check_unchanged(PASS, """
+    graph main(%x: f32[2,5]) -> (%y0, %y1) {
+      const %max_axes: i64[1] = [-1]
+      const %sum_axes: i64[1] = [-1]
+      %m: f32[2,1] = ReduceMax(%x, %max_axes) {keepdims=1}
+      %d: f32[2,5] = Sub(%x, %m)
+      %y1: f32[2,5] = Exp(%d)                 // read outside the pattern: a graph output
+      %total: f32[2,1] = ReduceSum(%y1, %sum_axes) {keepdims=1}
+      %y0: f32[2,5] = Div(%y1, %total)
+    }""", rules={})
 
 
 def test_softmax_axis_is_spelled_negative() -> None:
-    g = build_graph({"x": (F32, [2, 5])}, lambda b, x: b.Relu(b.Softmax(x, axis=1)))
-    result, pairs = outputs_before_after(PASS, g)
-    assert rule_counts(result.stats) == {"softmax_negative_axis": 1}
-    assert only_node(g, "Softmax").attrs["axis"] == -1
-    assert_same_outputs(pairs)  # the same kernel on the same axis: bit for bit
+    # the same kernel on the same axis: bit for bit (no tolerance)
+    check_rewrite(PASS, """
+    graph main(%x: f32[2,5]) -> (%y) {
+      %s: f32[2,5] = Softmax(%x) {axis=1}
+      %y: f32[2,5] = Relu(%s)
+    }""", """
+    graph main(%x: f32[2,5]) -> (%y) {
+      %s: f32[2,5] = Softmax(%x) {axis=-1}
+      %y: f32[2,5] = Relu(%s)
+    }""", rules={"softmax_negative_axis": 1})
