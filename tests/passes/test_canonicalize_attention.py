@@ -1,7 +1,8 @@
 """canonicalize_attention: MatMul(Q, K^T) [scale] [mask] -> Softmax -> MatMul(., V) ->
 ScaledDotProductAttention, and the fused op's canonical masks, scale and GQA. Each
-case checks (a) changed flag and rule counts, (b) the structure and attributes,
-(c) the interpreter's outputs before vs after, (d) near misses left alone.
+case checks (a) changed flag and rule counts, (b) the structure and attributes (Before/
+Expected text where the graph is small: tests/rewrite_testing.py), (c) the interpreter's
+outputs before vs after, (d) near misses left alone.
 
 Tolerance: ATTN_RTOL/ATTN_ATOL for float32. The fused kernel multiplies Q @ K^T by the
 scale where the graphs scale Q and K^T separately (the ONNX exporter) or after the
@@ -29,6 +30,7 @@ from canonical_testing import (
     seeded_inputs,
 )
 from requant.ir import run
+from rewrite_testing import check_rewrite, check_unchanged
 
 PASS = "canonicalize_attention"
 F32 = "float32"
@@ -37,6 +39,8 @@ B, H, S, T, D = 2, 4, 5, 6, 8
 QKV = {"q": (F32, [B, H, S, D]), "k": (F32, [B, H, T, D]), "v": (F32, [B, H, T, D])}
 NEG_INF = np.float32(-np.inf)
 FLT_LOWEST = np.finfo(np.float32).min
+QKV_PARAMS = "%q: f32[2,4,5,8], %k: f32[2,4,6,8], %v: f32[2,4,6,8]"  # QKV in the text form
+TOLERANCES = {"float32": (ATTN_RTOL, ATTN_ATOL)}
 
 
 def i64(*values: int) -> np.ndarray:
@@ -67,14 +71,24 @@ def onnx_style(b, q, k, v, mask, neg=FLT_LOWEST):
 
 
 def test_torch_style_block_fuses_with_default_scale_and_bool_mask() -> None:
-    g = build_graph(dict(QKV, mask=("bool", [B, 1, S, T])), torch_style)
-    result, pairs = outputs_before_after(PASS, g)
-    assert result.changed and rule_counts(result.stats) == {"sdpa[mul,where,softmax]": 1}
-    sdpa = only_node(g, "ScaledDotProductAttention")
-    assert ops(g) == ["ScaledDotProductAttention"]
-    assert [v.name for v in sdpa.inputs] == ["q", "k", "v", "mask"]
-    assert sdpa.attrs == {"scale": 0.0, "is_causal": 0}
-    assert_same_outputs(pairs, ATTN_RTOL, ATTN_ATOL)
+    # what F.scaled_dot_product_attention lowers to op by op; 0.35355338 is 1 / sqrt(8) in f32
+    check_rewrite(PASS, f"""
+    graph main({QKV_PARAMS}, %mask: bool[2,1,5,6]) -> (%y) {{
+      const %scale: f32[] = 0.35355338
+      const %neg_inf: f32[] = -inf
+      %kt: f32[2,4,8,6] = Transpose(%k) {{perm=[0, 1, 3, 2]}}
+      %qk: f32[2,4,5,6] = MatMul(%q, %kt)
+      %s: f32[2,4,5,6] = Mul(%qk, %scale)
+      %m: f32[2,4,5,6] = Where(%mask, %s, %neg_inf)
+      %p: f32[2,4,5,6] = Softmax(%m) {{axis=-1}}
+      %y: f32[2,4,5,8] = MatMul(%p, %v)
+    }}""", f"""
+    graph main({QKV_PARAMS}, %mask: bool[2,1,5,6]) -> (%y) {{
+      const %scale: f32[] = 0.35355338     // left for dce
+      const %neg_inf: f32[] = -inf
+      // scale 0: the default 1 / sqrt(head size)
+      %y: f32[2,4,5,8] = ScaledDotProductAttention(%q, %k, %v, %mask) {{scale=0.0, is_causal=0}}
+    }}""", rules={"sdpa[mul,where,softmax]": 1}, tolerances=TOLERANCES)
 
 
 def test_onnx_exporter_block_fuses_through_canonicalize() -> None:
@@ -209,35 +223,46 @@ def test_shifted_tril_is_not_causal() -> None:
 
 
 def test_fused_op_from_a_frontend_gets_the_default_scale_and_loses_an_all_true_mask() -> None:
-    def body(b, q, k, v):
-        everything = b.const(np.ones((1, 1, S, T), dtype=bool))
-        return b.ScaledDotProductAttention(q, k, v, everything, scale=1 / math.sqrt(D))
-
-    g = build_graph(QKV, body)
-    result, pairs = outputs_before_after(PASS, g)
-    assert rule_counts(result.stats) == {"sdpa_causal_mask": 1, "sdpa_default_scale[3]": 1}
-    sdpa = only_node(g, "ScaledDotProductAttention")
-    assert len(sdpa.inputs) == 3 and sdpa.attrs["scale"] == 0.0 and sdpa.attrs.get("is_causal", 0) == 0
-    assert_same_outputs(pairs)
+    # the same kernel on the same numbers: bit for bit (no tolerance)
+    check_rewrite(PASS, f"""
+    graph main({QKV_PARAMS}) -> (%y) {{
+      const %everything: bool[1,1,5,6] = true
+      %y: f32[2,4,5,8] = ScaledDotProductAttention(%q, %k, %v, %everything) {{scale=0.35355339059327373}}
+    }}""", f"""
+    graph main({QKV_PARAMS}) -> (%y) {{
+      const %everything: bool[1,1,5,6] = true   // left for dce
+      %y: f32[2,4,5,8] = ScaledDotProductAttention(%q, %k, %v) {{scale=0.0}}
+    }}""", rules={"sdpa_causal_mask": 1, "sdpa_default_scale[3]": 1})
 
 
 def test_softmax_over_another_axis_is_not_attention() -> None:
-    g = build_graph(QKV, lambda b, q, k, v: torch_style(b, q, k, v, axis=2))
-    before = g.to_text()
-    result, _ = outputs_before_after(PASS, g)
-    assert not result.changed and g.to_text() == before
+    check_unchanged(PASS, f"""
+    graph main({QKV_PARAMS}) -> (%y) {{
+      const %scale: f32[] = 0.35355338
+      %kt: f32[2,4,8,6] = Transpose(%k) {{perm=[0, 1, 3, 2]}}
+      %qk: f32[2,4,5,6] = MatMul(%q, %kt)
+      %s: f32[2,4,5,6] = Mul(%qk, %scale)
+      %p: f32[2,4,5,6] = Softmax(%s) {{axis=2}}      // over the queries, not the keys
+      %y: f32[2,4,5,8] = MatMul(%p, %v)
+    }}""", rules={})
 
 
 def test_scores_used_elsewhere_are_not_fused() -> None:
-    g = build_graph(QKV, lambda b, q, k, v: torch_style(b, q, k, v, extra=True))
-    result, _ = outputs_before_after(PASS, g)
-    assert not result.changed and "ScaledDotProductAttention" not in ops(g)
+    check_unchanged(PASS, f"""
+    graph main({QKV_PARAMS}) -> (%y, %s) {{
+      const %scale: f32[] = 0.35355338
+      %kt: f32[2,4,8,6] = Transpose(%k) {{perm=[0, 1, 3, 2]}}
+      %qk: f32[2,4,5,6] = MatMul(%q, %kt)
+      %s: f32[2,4,5,6] = Mul(%qk, %scale)            // also a graph output
+      %p: f32[2,4,5,6] = Softmax(%s) {{axis=-1}}
+      %y: f32[2,4,5,8] = MatMul(%p, %v)
+    }}""", rules={})
 
 
 def test_keys_without_a_transpose_are_not_fused() -> None:
-    def body(b, q, kt, v):
-        return b.MatMul(b.Softmax(b.MatMul(q, kt), axis=-1), v)
-
-    g = build_graph({"q": QKV["q"], "kt": (F32, [B, H, D, T]), "v": QKV["v"]}, body)
-    result, _ = outputs_before_after(PASS, g)
-    assert not result.changed
+    check_unchanged(PASS, """
+    graph main(%q: f32[2,4,5,8], %kt: f32[2,4,8,6], %v: f32[2,4,6,8]) -> (%y) {
+      %qk: f32[2,4,5,6] = MatMul(%q, %kt)            // K^T given: nothing shows it is one
+      %p: f32[2,4,5,6] = Softmax(%qk) {axis=-1}
+      %y: f32[2,4,5,8] = MatMul(%p, %v)
+    }""", rules={})
