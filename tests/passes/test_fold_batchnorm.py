@@ -4,7 +4,10 @@ and bias constants, graph output names kept), (c) the interpreter's outputs befo
 after on seeded inputs, (d) the cases that must not fold.
 
 Tolerance: REL = 1e-5 of the largest |output| (float32). The fold rounds the new
-weights once and the conv then accumulates in a different order: a few ulps.
+weights once and the conv then accumulates in a different order: a few ulps. The
+Before/Expected cases (tests/rewrite_testing.py) hold outputs to rtol = atol = REL and
+the folded constants to CONSTANT_RTOL/ATOL: their numbers fold exactly but for the
+rounding of var + eps.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import pytest
 
 from canonical_testing import build_graph, only_node, ops, outputs_before_after, run_pass
 from quant_testing import assert_rel_close
+from rewrite_testing import check_rewrite, check_unchanged
 from requant.ir import Graph, tensor_type
 from requant.ir.builder import Builder
 from requant.passes import get_pass
@@ -21,6 +25,7 @@ from requant.passes import get_pass
 PASS = "fold_batchnorm"
 F32 = "float32"
 REL = 1e-5
+CONSTANT_RTOL, CONSTANT_ATOL = 1e-6, 1e-6
 RNG = np.random.default_rng(7)
 
 
@@ -59,23 +64,49 @@ def test_batchnorm_output_is_graph_output_keeps_name() -> None:
     assert_rel_close(pairs, REL)
 
 
-@pytest.mark.parametrize("bias", [True, False])
-def test_linear_batchnorm1d_folds(bias: bool) -> None:
-    w = RNG.standard_normal((8, 5)).astype(np.float32)
+# BatchNorm1d after a linear, with numbers that fold exactly: var + eps = [0.25, 4, 1],
+# so the scale gamma / sqrt(var + eps) is [2, 0.5, 2].
+BN1D_PARAMS = """
+      const %gamma: f32[3] = [1.0, 1.0, 2.0]
+      const %beta: f32[3] = [0.0, 1.0, -1.0]
+      const %mean: f32[3] = [0.5, 1.0, -2.0]
+      const %var: f32[3] = [0.24999, 3.99999, 0.99999]"""
+W_TEXT = "[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]"
+W_FOLDED_TEXT = "[[2.0, 1.0, 6.0], [8.0, 2.5, 12.0]]"  # columns times the scale
 
-    def body(b, x):
-        y = b.MatMul(x, b.const(w))
-        if bias:
-            y = b.Add(y, b.const(RNG.standard_normal(5).astype(np.float32)))
-        return b.BatchNormalization(y, *bn_params(b, 5))
 
-    g = build_graph({"x": (F32, [4, 8])}, body)
-    result, pairs = outputs_before_after(PASS, g)
-    assert result.changed and result.stats["batchnorms_folded"] == 1
-    assert ops(g) == ["MatMul", "Add"]
-    add = only_node(g, "Add")
-    assert g.outputs[0] is add.outputs[0] and g.outputs[0].name == "y0"
-    assert_rel_close(pairs, REL)
+def test_linear_batchnorm1d_folds_into_weight_and_bias() -> None:
+    check_rewrite(PASS, f"""
+    graph main(%x: f32[4,2]) -> (%y) {{
+      const %w: f32[2,3] = {W_TEXT}
+      const %b: f32[3] = [0.5, -1.0, 2.0]{BN1D_PARAMS}
+      %t: f32[4,3] = MatMul(%x, %w)
+      %u: f32[4,3] = Add(%t, %b)
+      %y: f32[4,3] = BatchNormalization(%u, %gamma, %beta, %mean, %var) {{epsilon=1e-05}}
+    }}""", f"""
+    graph main(%x: f32[4,2]) -> (%y) {{
+      const %w_folded: f32[2,3] = {W_FOLDED_TEXT}
+      const %b_folded: f32[3] = [0.0, 0.0, 7.0]      // (b - mean) * scale + beta
+      %t: f32[4,3] = MatMul(%x, %w_folded)
+      %y: f32[4,3] = Add(%t, %b_folded)              // the graph output keeps its name
+    }}""", stats={"batchnorms_folded": 1, "refused": 0}, constant_rtol=CONSTANT_RTOL, constant_atol=CONSTANT_ATOL,
+        tolerances={"float32": (REL, REL)})
+
+
+def test_bias_less_linear_batchnorm1d_gets_a_bias() -> None:
+    check_rewrite(PASS, f"""
+    graph main(%x: f32[4,2]) -> (%y) {{
+      const %w: f32[2,3] = {W_TEXT}{BN1D_PARAMS}
+      %t: f32[4,3] = MatMul(%x, %w)
+      %y: f32[4,3] = BatchNormalization(%t, %gamma, %beta, %mean, %var) {{epsilon=1e-05}}
+    }}""", f"""
+    graph main(%x: f32[4,2]) -> (%y) {{
+      const %w_folded: f32[2,3] = {W_FOLDED_TEXT}
+      const %b_folded: f32[3] = [-1.0, 0.5, 3.0]     // -mean * scale + beta
+      %t: f32[4,3] = MatMul(%x, %w_folded)
+      %y: f32[4,3] = Add(%t, %b_folded)
+    }}""", stats={"batchnorms_folded": 1, "refused": 0}, constant_rtol=CONSTANT_RTOL, constant_atol=CONSTANT_ATOL,
+        tolerances={"float32": (REL, REL)})
 
 
 def test_batchnorm_output_read_by_two_convs_still_folds_backwards() -> None:
@@ -93,16 +124,18 @@ def test_batchnorm_output_read_by_two_convs_still_folds_backwards() -> None:
 
 
 def test_conv_output_also_read_elsewhere_is_refused() -> None:
-    def body(b, x):
-        c = conv(b, x, 3, 4)
-        return b.BatchNormalization(c, *bn_params(b, 4)), b.Relu(c)
-
-    g = build_graph({"x": (F32, [1, 3, 6, 6])}, body)
-    before = g.to_text()
-    result = run_pass(PASS, g)
-    assert not result.changed
-    assert result.stats == {"batchnorms_folded": 0, "refused": 1, "refused:shared_producer": 1}
-    assert g.to_text() == before
+    check_unchanged(PASS, """
+    graph main(%x: f32[1,3,6,6]) -> (%y0, %y1) {
+      const %w: f32[4,3,3,3] = 0.25
+      const %b: f32[4] = [0.5, -0.5, 0.25, 0.0]
+      const %gamma: f32[4] = [1.0, 1.5, 0.5, 2.0]
+      const %beta: f32[4] = [0.0, 0.5, -0.5, 0.25]
+      const %mean: f32[4] = [0.5, 0.0, -1.0, 0.25]
+      const %var: f32[4] = [1.0, 2.0, 0.5, 1.5]
+      %c: f32[1,4,6,6] = Conv(%x, %w, %b) {kernel_shape=[3, 3], pads=[1, 1, 1, 1]}
+      %y0: f32[1,4,6,6] = BatchNormalization(%c, %gamma, %beta, %mean, %var)
+      %y1: f32[1,4,6,6] = Relu(%c)                   // the unnormalised output is read too
+    }""", stats={"batchnorms_folded": 0, "refused": 1, "refused:shared_producer": 1})
 
 
 def test_conv_output_read_by_two_batchnorms_is_refused() -> None:
