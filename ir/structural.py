@@ -121,10 +121,12 @@ class _Comparison:
     def inputs(self) -> str | None:
         a_ins, e_ins = self.actual.inputs, self.expected.inputs
         if len(a_ins) != len(e_ins):
-            return f"graph inputs differ in number: {len(a_ins)} vs {len(e_ins)} expected ({_refs(a_ins)} vs {_refs(e_ins)})"
+            return (f"graph inputs differ in number: {len(a_ins)} vs {len(e_ins)} expected "
+                    f"({_refs(a_ins)} vs {_refs(e_ins)})")
         for i, (a, e) in enumerate(zip(a_ins, e_ins)):
             if a.type != e.type:
-                return f"graph input {i} differs in type: %{a.name}: {format_type(a.type)} vs %{e.name}: {format_type(e.type)} expected"
+                return (f"graph input {i} differs in type: %{a.name}: {format_type(a.type)} "
+                        f"vs %{e.name}: {format_type(e.type)} expected")
             self.pair(a, e)
         return None
 
@@ -143,10 +145,12 @@ class _Comparison:
                 return f"node {position} differs: {what}\n  actual:   {_node_line(a)}\n  expected: {_node_line(e)}"
         if len(a_nodes) > len(e_nodes):
             extra = a_nodes[len(e_nodes)]
-            return f"the actual graph has more nodes: node {len(e_nodes)} has no expected counterpart\n  actual:   {_node_line(extra)}"
+            return (f"the actual graph has more nodes: node {len(e_nodes)} has no expected counterpart\n"
+                    f"  actual:   {_node_line(extra)}")
         if len(e_nodes) > len(a_nodes):
             missing = e_nodes[len(a_nodes)]
-            return f"the actual graph has fewer nodes: expected node {len(a_nodes)} is missing\n  expected: {_node_line(missing)}"
+            return (f"the actual graph has fewer nodes: expected node {len(a_nodes)} is missing\n"
+                    f"  expected: {_node_line(missing)}")
         return None
 
     def node_difference(self, a: Node, e: Node) -> str | None:
@@ -171,7 +175,8 @@ class _Comparison:
     def attrs_difference(self, a: dict[str, Any], e: dict[str, Any]) -> str | None:
         if set(a) != set(e):
             extra, missing = sorted(set(a) - set(e)), sorted(set(e) - set(a))
-            parts = ([f"unexpected {', '.join(extra)}"] if extra else []) + ([f"missing {', '.join(missing)}"] if missing else [])
+            parts = [f"unexpected {', '.join(extra)}"] if extra else []
+            parts += [f"missing {', '.join(missing)}"] if missing else []
             return f"attributes differ: {'; '.join(parts)}"
         for key, value in a.items():
             if not self.attr_equal(value, e[key]):
@@ -216,8 +221,9 @@ class _Comparison:
                     f"but the expected graph reads {_describe(e, self.expected)} there")
         if a in self.actual.constants and e in self.expected.constants:
             if e in self.to_actual:
-                return (f"reads {_describe(a, self.actual)}, but the expected graph reads {_describe(e, self.expected)}, "
-                        f"the counterpart of another constant, %{self.to_actual[e].name}")
+                other = self.to_actual[e].name
+                return (f"reads {_describe(a, self.actual)}, but the expected graph reads "
+                        f"{_describe(e, self.expected)}, the counterpart of another constant, %{other}")
             what = self.constant_difference(a, e)
             if what is not None:
                 return f"reads constant %{a.name} vs %{e.name} expected: {what}"
@@ -239,7 +245,8 @@ class _Comparison:
     def outputs(self) -> str | None:
         a_outs, e_outs = self.actual.outputs, self.expected.outputs
         if len(a_outs) != len(e_outs):
-            return f"graph outputs differ in number: {len(a_outs)} vs {len(e_outs)} expected ({_refs(a_outs)} vs {_refs(e_outs)})"
+            return (f"graph outputs differ in number: {len(a_outs)} vs {len(e_outs)} expected "
+                    f"({_refs(a_outs)} vs {_refs(e_outs)})")
         for i, (a, e) in enumerate(zip(a_outs, e_outs)):
             what = self.wiring_difference(a, e)
             if what is not None:

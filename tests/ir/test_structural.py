@@ -141,10 +141,13 @@ def test_constant_versus_input_and_omitted_inputs() -> None:
 
 
 def test_one_constant_does_not_stand_for_two() -> None:
-    shared = "graph g(%x: f32[2]) -> (%y) {\n  const %c: f32[2] = [1.0, 2.0]\n  %y: f32[2] = Add(%x, %c)\n  %z: f32[2] = Mul(%y, %c)\n}"
-    shared = shared.replace("-> (%y)", "-> (%z)")
-    twice = shared.replace("const %c: f32[2] = [1.0, 2.0]", "const %c: f32[2] = [1.0, 2.0]\n  const %d: f32[2] = [1.0, 2.0]")
-    twice = twice.replace("Mul(%y, %c)", "Mul(%y, %d)")
+    shared = """graph g(%x: f32[2]) -> (%z) {
+      const %c: f32[2] = [1.0, 2.0]
+      %y: f32[2] = Add(%x, %c)
+      %z: f32[2] = Mul(%y, %c)
+    }"""
+    twice = shared.replace("Mul(%y, %c)", "Mul(%y, %d)").replace(
+        "const %c: f32[2] = [1.0, 2.0]", "const %c: f32[2] = [1.0, 2.0]\n  const %d: f32[2] = [1.0, 2.0]")
     message = difference(twice, shared)
     assert message.splitlines()[0] == (
         "node 1 differs: input 1 reads %d (constant f32[2]), but the expected graph reads %c (constant f32[2]), "

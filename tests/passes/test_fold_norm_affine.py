@@ -6,7 +6,9 @@ fold: a norm whose output also feeds a residual Add or an activation, a graph ou
 a norm over more than the last axis.
 
 Tolerance: REL = 1e-5 of the largest |output| (float32): one rounding of the new
-weights and a different summation order.
+weights and a different summation order. The Before/Expected cases (tests/
+rewrite_testing.py) hold outputs to rtol = atol = REL elementwise; their weights fold
+exactly, so the Expected constants are compared exactly.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from canonical_testing import build_graph, only_node, ops, outputs_before_after, run_pass
+from canonical_testing import build_graph, only_node, outputs_before_after, run_pass
 from quant_testing import assert_rel_close
+from rewrite_testing import check_rewrite, check_unchanged
 
 PASS = "fold_norm_affine"
 F32 = "float32"
 REL = 1e-5
+TOLERANCES = {"float32": (REL, REL)}
 RNG = np.random.default_rng(11)
 H = 8
 GAMMA = RNG.uniform(0.5, 1.5, H).astype(np.float32)
@@ -39,32 +43,61 @@ def layer_norm(b, x, beta: bool = True):
     return b.LayerNormalization(x, b.const(GAMMA), *([b.const(BETA)] if beta else []), epsilon=1e-5)
 
 
-def test_layer_norm_into_linears_with_and_without_bias() -> None:
-    def body(b, x):
-        n = layer_norm(b, x)
-        return linear(b, n, 6, bias=True), linear(b, n, 4, bias=False)
+# Numbers that fold exactly: W' = diag(gamma) W (rows scaled), b' = b + beta @ W.
+GAMMA_TEXT = "[0.5, 2.0, 1.0, 4.0]"
+WA_TEXT = "[[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0]]"
+WA_FOLDED_TEXT = "[[0.5, 1.0], [6.0, 8.0], [5.0, 6.0], [28.0, 32.0]]"
+WB_TEXT = "[[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 2.0]]"
+WB_FOLDED_TEXT = "[[0.5, 0.0, 0.5], [0.0, 2.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 8.0]]"
 
-    g = build_graph({"x": (F32, [2, 3, H])}, body)
-    result, pairs = outputs_before_after(PASS, g)
-    assert result.changed and result.stats == {"norms_folded": 1, "linears_updated": 2, "refused": 0}
-    ln = only_node(g, "LayerNormalization")
-    assert len(ln.inputs) == 2 and np.all(ln.inputs[1].const == 1.0)
-    assert ops(g).count("Add") == 2  # the bias-less linear gained one for beta @ W
+
+def test_layer_norm_into_linears_with_and_without_bias() -> None:
+    result = check_rewrite(PASS, f"""
+    graph main(%x: f32[2,3,4]) -> (%y0, %y1) {{
+      const %gamma: f32[4] = {GAMMA_TEXT}
+      const %beta: f32[4] = [1.0, 0.0, -1.0, 0.5]
+      const %wa: f32[4,2] = {WA_TEXT}
+      const %ba: f32[2] = [0.5, -0.5]
+      const %wb: f32[4,3] = {WB_TEXT}
+      %n: f32[2,3,4] = LayerNormalization(%x, %gamma, %beta) {{epsilon=1e-05}}
+      %ta: f32[2,3,2] = MatMul(%n, %wa)
+      %y0: f32[2,3,2] = Add(%ta, %ba)
+      %y1: f32[2,3,3] = MatMul(%n, %wb)
+    }}""", f"""
+    graph main(%x: f32[2,3,4]) -> (%y0, %y1) {{
+      const %wa_folded: f32[4,2] = {WA_FOLDED_TEXT}
+      const %ba_folded: f32[2] = [0.0, -0.5]
+      const %wb_folded: f32[4,3] = {WB_FOLDED_TEXT}
+      const %wb_bias: f32[3] = [0.0, -1.0, 1.0]        // beta @ W: the bias-less linear gains an Add
+      const %unit: f32[4] = 1.0
+      %n: f32[2,3,4] = LayerNormalization(%x, %unit) {{epsilon=1e-05}}   // unit scale, no bias input
+      %ta: f32[2,3,2] = MatMul(%n, %wa_folded)
+      %y0: f32[2,3,2] = Add(%ta, %ba_folded)
+      %tb: f32[2,3,3] = MatMul(%n, %wb_folded)
+      %y1: f32[2,3,3] = Add(%tb, %wb_bias)
+    }}""", stats={"norms_folded": 1, "linears_updated": 2, "refused": 0}, tolerances=TOLERANCES)
+    ln = only_node(result.graph, "LayerNormalization")
     assert ln.meta["folded"] == [PASS] and ln.meta["created_by"] == PASS
-    assert_rel_close(pairs, REL)
 
 
 def test_rms_norm_into_linears() -> None:
-    def body(b, x):
-        n = b.RMSNormalization(x, b.const(GAMMA), epsilon=1e-6)
-        return linear(b, n, 5, bias=False), linear(b, n, 3, bias=False)
-
-    g = build_graph({"x": (F32, [2, 4, H])}, body)
-    result, pairs = outputs_before_after(PASS, g)
-    assert result.changed and result.stats["linears_updated"] == 2
-    assert ops(g) == ["RMSNormalization", "MatMul", "MatMul"]  # no beta: no Add
-    assert np.all(only_node(g, "RMSNormalization").inputs[1].const == 1.0)
-    assert_rel_close(pairs, REL)
+    check_rewrite(PASS, f"""
+    graph main(%x: f32[2,4,4]) -> (%y0, %y1) {{
+      const %gamma: f32[4] = {GAMMA_TEXT}
+      const %wa: f32[4,2] = {WA_TEXT}
+      const %wb: f32[4,3] = {WB_TEXT}
+      %n: f32[2,4,4] = RMSNormalization(%x, %gamma) {{epsilon=1e-06}}
+      %y0: f32[2,4,2] = MatMul(%n, %wa)
+      %y1: f32[2,4,3] = MatMul(%n, %wb)
+    }}""", f"""
+    graph main(%x: f32[2,4,4]) -> (%y0, %y1) {{
+      const %wa_folded: f32[4,2] = {WA_FOLDED_TEXT}
+      const %wb_folded: f32[4,3] = {WB_FOLDED_TEXT}
+      const %unit: f32[4] = 1.0
+      %n: f32[2,4,4] = RMSNormalization(%x, %unit) {{epsilon=1e-06}}
+      %y0: f32[2,4,2] = MatMul(%n, %wa_folded)          // no beta: no Add
+      %y1: f32[2,4,3] = MatMul(%n, %wb_folded)
+    }}""", stats={"norms_folded": 1, "linears_updated": 2, "refused": 0}, tolerances=TOLERANCES)
 
 
 def test_shared_gamma_constant_is_not_mutated() -> None:
@@ -98,16 +131,17 @@ def test_identity_affine_is_left_alone() -> None:
 
 def test_norm_feeding_residual_add_is_refused() -> None:
     # post-LN BERT: the LayerNorm output is both the next linear's input and the residual
-    def body(b, x):
-        n = layer_norm(b, x)
-        return b.Add(linear(b, n, H), n)
-
-    g = build_graph({"x": (F32, [2, 3, H])}, body)
-    before = g.to_text()
-    result = run_pass(PASS, g)
-    assert not result.changed
-    assert result.stats == {"norms_folded": 0, "linears_updated": 0, "refused": 1, "refused:non_linear_reader": 1}
-    assert g.to_text() == before
+    check_unchanged(PASS, f"""
+    graph main(%x: f32[2,3,4]) -> (%y) {{
+      const %gamma: f32[4] = {GAMMA_TEXT}
+      const %beta: f32[4] = [1.0, 0.0, -1.0, 0.5]
+      const %w: f32[4,4] = 0.5
+      const %b: f32[4] = [0.5, -0.5, 0.0, 1.0]
+      %n: f32[2,3,4] = LayerNormalization(%x, %gamma, %beta) {{epsilon=1e-05}}
+      %t: f32[2,3,4] = MatMul(%n, %w)
+      %u: f32[2,3,4] = Add(%t, %b)
+      %y: f32[2,3,4] = Add(%u, %n)                       // the residual reads the norm too
+    }}""", stats={"norms_folded": 0, "linears_updated": 0, "refused": 1, "refused:non_linear_reader": 1})
 
 
 @pytest.mark.parametrize("reader", ["Gelu", "activation_matmul"])
