@@ -11,7 +11,8 @@ checks the four things a pass test checks (DESIGN.md, "Conventions"):
 (b) the structure: the graph after the pass is structurally equal (ir/structural.py) to
     the Expected text, whose constant payloads may be elided (`...`: dtype and shape only),
     constants compared within `constant_rtol` / `constant_atol` (exact by default); the
-    graph outputs keep their names;
+    graph outputs keep their names; with `same_names`, every value is named as in the
+    Expected text (for passes whose point is which value survives, e.g. cse);
 (c) numeric agreement: the interpreter's outputs before and after the pass, on seeded
     inputs, within the tolerance `tolerances` states per output dtype ({dtype name:
     (rtol, atol)}); a dtype it does not name is compared bit for bit;
@@ -54,6 +55,7 @@ def check_rewrite(
     constant_atol: float = 0.0,
     seeds: Sequence[int] = (0, 1, 2),
     feeds: Feeds | None = None,
+    same_names: bool = False,
 ) -> PassResult:
     """Run pass `pass_name` (with `options`) on the `before` text and check (a)-(c) of the
     module docstring against the `expected` text; return the pass's result for further
@@ -63,9 +65,12 @@ def check_rewrite(
     result = run_pass(pass_name, graph, **dict(options or {}))
     assert result.changed is changed, f"pass '{pass_name}': changed is {result.changed}, expected {changed}"
     _check_stats(pass_name, result, stats, rules)
-    assert_structural_equal(result.graph, parse_elided(expected), rtol=constant_rtol, atol=constant_atol)
+    expected_graph = parse_elided(expected)
+    assert_structural_equal(result.graph, expected_graph, rtol=constant_rtol, atol=constant_atol)
     # structure is compared up to renaming, but a pass keeps the graph outputs' names
     assert [v.name for v in result.graph.outputs] == [v.name for v in reference.outputs], "graph outputs renamed"
+    if same_names:
+        assert value_names(result.graph) == value_names(expected_graph), "values are named otherwise than expected"
     assert_same_function(reference, result.graph, tolerances or {}, seeds, feeds or seeded_inputs)
     return result
 
@@ -89,6 +94,11 @@ def _check_stats(pass_name: str, result: PassResult, stats: Mapping[str, Any] | 
         assert result.stats == dict(stats), f"pass '{pass_name}': stats {result.stats}, expected {dict(stats)}"
     if rules is not None:
         assert rule_counts(result.stats) == dict(rules), f"pass '{pass_name}': rules fired {rule_counts(result.stats)}"
+
+
+def value_names(graph: Graph) -> list[str]:
+    """Every value's name: inputs, constants, node outputs in order, graph outputs."""
+    return [v.name for v in graph.values()] + [v.name for v in graph.outputs]
 
 
 def assert_same_function(before: Graph, after: Graph, tolerances: Mapping[str, tuple[float, float]],

@@ -1,6 +1,7 @@
 """Tests of the "cse" pass. Identical constants and identical nodes are merged into the first of them.
 
-Each case checks (a) the changed flag and stats, (b) the resulting structure, (c)
+Each case checks (a) the changed flag and stats, (b) the resulting structure (Before/
+Expected text with the surviving names where the graph is small: tests/rewrite_testing.py), (c)
 agreement with the interpreter before vs after on seeded inputs, bit for bit for every
 dtype (`assert_bitwise_equal`: the pass runs the same kernels on the same values), and
 (d) a graph it must leave alone.
@@ -16,48 +17,44 @@ import pytest
 from requant.ir import Builder, Graph, tensor_type
 from requant.passes import cse
 
-from cleanup_testing import F32, I32, check_same_outputs, f32, needs, run_pass, snapshot, structure, unchanged
+from cleanup_testing import F32, I32, check_same_outputs, f32, needs, run_pass, seeded_inputs, snapshot, unchanged
+from rewrite_testing import check_rewrite, check_unchanged
 
 
 # -- common-subexpression elimination ----------------------------------------------------
 
 
-def cse_graph() -> Graph:
-    g = Graph()
-    b = Builder(g)
-    x = b.input("x", tensor_type(F32, (2, 3)))
-    y = b.input("y", tensor_type(F32, (2, 3)))
-    c = b.const(f32(1, 2, 3), "c")
-    c_twin = b.const(f32(1, 2, 3), "c_twin")
-    a1 = b.Add(x, c, _out_names=["a1"])
-    m1 = b.Mul(a1, y, _out_names=["m1"])
-    a2 = b.Add(x, c_twin, _out_names=["a2"])  # same as a1 once c_twin is c
-    m2 = b.Mul(a2, y, _out_names=["m2"])  # then same as m1
-    s = b.Sub(m1, m2, _out_names=["s"])
-    g.outputs = [b.Add(s, m2, _out_names=["out"])]
-    return g
+CSE_BEFORE = """
+graph main(%x: f32[2,3], %y: f32[2,3]) -> (%out) {
+  const %c: f32[3] = [1.0, 2.0, 3.0]
+  const %c_twin: f32[3] = [1.0, 2.0, 3.0]
+  %a1: f32[2,3] = Add(%x, %c)
+  %m1: f32[2,3] = Mul(%a1, %y)
+  %a2: f32[2,3] = Add(%x, %c_twin)       // the same as a1 once c_twin is c
+  %m2: f32[2,3] = Mul(%a2, %y)           // then the same as m1
+  %s: f32[2,3] = Sub(%m1, %m2)
+  %out: f32[2,3] = Add(%s, %m2)
+}
+"""
+CSE_AFTER = """
+graph main(%x: f32[2,3], %y: f32[2,3]) -> (%out) {
+  const %c: f32[3] = [1.0, 2.0, 3.0]
+  %a1: f32[2,3] = Add(%x, %c)
+  %m1: f32[2,3] = Mul(%a1, %y)
+  %s: f32[2,3] = Sub(%m1, %m1)
+  %out: f32[2,3] = Add(%s, %m1)
+}
+"""
 
 
 def test_cse_merges_constants_then_nodes_in_one_sweep():
-    g = cse_graph()
-    before = g.clone()
-    result = run_pass("cse", g)
-    assert result.changed is True
-    assert result.stats == {"nodes_merged": 2, "constants_merged": 1}
-    assert structure(g) == [
-        "%a1 = Add(%x, %c)",
-        "%m1 = Mul(%a1, %y)",
-        "%s = Sub(%m1, %m1)",
-        "%out = Add(%s, %m1)",
-    ]
-    assert [c.name for c in g.constants] == ["c"]
-    check_same_outputs(before, g)
+    # merged into the first of each: the names say which survived
+    check_rewrite("cse", CSE_BEFORE, CSE_AFTER, stats={"nodes_merged": 2, "constants_merged": 1}, same_names=True,
+                  feeds=seeded_inputs)
 
 
 def test_cse_leaves_distinct_nodes_alone():
-    g = cse_graph()
-    run_pass("cse", g)
-    unchanged("cse", g)
+    check_unchanged("cse", CSE_AFTER, stats={"nodes_merged": 0, "constants_merged": 0})
 
 
 def test_cse_merges_commutative_operands_in_either_order_only():
@@ -150,35 +147,37 @@ def test_cse_constants_merge_by_dtype_shape_and_bits():
 
 
 def test_cse_keeps_graph_output_names_and_types():
-    g = Graph()
-    b = Builder(g)
-    x = b.input("x", tensor_type(F32, ("batch", 3)))
-    c = b.const(f32(1, 2, 3), "c")
-    first = b.Mul(x, c, _out_names=["first"])
-    b.Mul(x, c, _out_names=["second"])
-    g.outputs = [b.Add(first, first, _out_names=["sum"]), g.nodes[1].output]
-    before = g.clone()
-    result = run_pass("cse", g)
-    assert result.stats["nodes_merged"] == 1
-    # the kept node's value takes over the output's name
-    assert structure(g) == ["%second = Mul(%x, %c)", "%sum = Add(%second, %second)"]
-    assert [(v.name, v.type) for v in g.outputs] == [(v.name, v.type) for v in before.outputs]
-    check_same_outputs(before, g)
+    # the kept node's value takes over the output's name (check_rewrite also checks the
+    # output names; the output types are in the Expected text)
+    check_rewrite("cse", """
+    graph main(%x: f32[batch,3]) -> (%sum, %second) {
+      const %c: f32[3] = [1.0, 2.0, 3.0]
+      %first: f32[batch,3] = Mul(%x, %c)
+      %second: f32[batch,3] = Mul(%x, %c)
+      %sum: f32[batch,3] = Add(%first, %first)
+    }""", """
+    graph main(%x: f32[batch,3]) -> (%sum, %second) {
+      const %c: f32[3] = [1.0, 2.0, 3.0]
+      %second: f32[batch,3] = Mul(%x, %c)
+      %sum: f32[batch,3] = Add(%second, %second)
+    }""", stats={"nodes_merged": 1, "constants_merged": 0}, same_names=True, feeds=seeded_inputs)
 
 
 @needs["Identity"]
 def test_cse_graph_outputs_merge_through_identity_once():
-    g = Graph()
-    b = Builder(g)
-    x = b.input("x", tensor_type(F32, (3,)))
-    g.outputs = [b.Mul(x, x, _out_names=[name]) for name in ("y1", "y2", "y3")]
-    before = g.clone()
-    result = run_pass("cse", g)
-    assert result.stats["nodes_merged"] == 2
-    assert structure(g) == ["%y1 = Mul(%x, %x)", "%y3 = Identity(%y1)", "%y2 = Identity(%y1)"]
-    assert [(v.name, v.type) for v in g.outputs] == [(v.name, v.type) for v in before.outputs]
-    check_same_outputs(before, g)
-    unchanged("cse", g)  # the two Identity carriers are not merged with each other
+    after = """
+    graph main(%x: f32[3]) -> (%y1, %y2, %y3) {
+      %y1: f32[3] = Mul(%x, %x)
+      %y3: f32[3] = Identity(%y1)
+      %y2: f32[3] = Identity(%y1)
+    }"""
+    check_rewrite("cse", """
+    graph main(%x: f32[3]) -> (%y1, %y2, %y3) {
+      %y1: f32[3] = Mul(%x, %x)
+      %y2: f32[3] = Mul(%x, %x)
+      %y3: f32[3] = Mul(%x, %x)
+    }""", after, stats={"nodes_merged": 2, "constants_merged": 0}, same_names=True, feeds=seeded_inputs)
+    check_unchanged("cse", after)  # the two Identity carriers are not merged with each other
 
 
 def test_cse_never_merges_non_deterministic_ops(monkeypatch):
