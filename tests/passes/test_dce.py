@@ -1,89 +1,78 @@
 """Tests of the "dce" pass. A node none of whose outputs reaches a graph output goes, and so does a
 constant nothing reads.
 
-Each case checks (a) the changed flag and stats, (b) the resulting structure, (c)
-agreement with the interpreter before vs after on seeded inputs, bit for bit for every
-dtype (`assert_bitwise_equal`: the pass runs the same kernels on the same values), and
-(d) a graph it must leave alone.
+Each case checks (a) the changed flag and stats, (b) the resulting structure (Before/
+Expected text with the surviving names: tests/rewrite_testing.py), (c) agreement with
+the interpreter before vs after on seeded inputs, bit for bit for every dtype (no
+tolerance: the pass runs the same kernels on the same values), and (d) a graph it must
+leave alone.
 """
 
 from __future__ import annotations
 
 import time
 
-import numpy as np
-
-from requant.ir import Builder, Graph, tensor_type
+from requant.ir import Graph, tensor_type
 from requant.passes import dce
 
-from cleanup_testing import F32, check_same_outputs, f32, needs, run_pass, structure, unchanged
+from cleanup_testing import F32, f32, needs, seeded_inputs
+from rewrite_testing import check_rewrite, check_unchanged
 
 
 # -- dead-code elimination -----------------------------------------------------------------
 
 
-def dce_graph() -> Graph:
-    g = Graph()
-    b = Builder(g)
-    x = b.input("x", tensor_type(F32, (2, 3)))
-    b.input("unused_input", tensor_type(F32, (3,)))
-    c1 = b.const(np.full((2, 3), 0.5, np.float32), "c1")
-    c2 = b.const(f32(1, 2, 3), "c2")
-    c3 = b.const(f32(4), "c3")
-    b.const(f32(9), "never_read")
-    y = b.Add(x, c1, _out_names=["y"])
-    d1 = b.Mul(x, c2, _out_names=["d1"])  # dead chain: d1 -> d2 -> d3
-    d2 = b.Sub(d1, c3, _out_names=["d2"])
-    b.Add(d2, d1, _out_names=["d3"])
-    z = b.Mul(y, y, _out_names=["z"])
-    g.outputs = [z, y]
-    return g
+DCE_BEFORE = """
+graph main(%x: f32[2,3], %unused_input: f32[3]) -> (%z, %y) {
+  const %c1: f32[2,3] = 0.5
+  const %c2: f32[3] = [1.0, 2.0, 3.0]
+  const %c3: f32[1] = [4.0]
+  const %never_read: f32[1] = [9.0]
+  %y: f32[2,3] = Add(%x, %c1)
+  %d1: f32[2,3] = Mul(%x, %c2)           // dead chain: d1 -> d2 -> d3
+  %d2: f32[2,3] = Sub(%d1, %c3)
+  %d3: f32[2,3] = Add(%d2, %d1)
+  %z: f32[2,3] = Mul(%y, %y)
+}
+"""
+DCE_AFTER = """
+graph main(%x: f32[2,3], %unused_input: f32[3]) -> (%z, %y) {   // the interface stays
+  const %c1: f32[2,3] = 0.5
+  %y: f32[2,3] = Add(%x, %c1)
+  %z: f32[2,3] = Mul(%y, %y)
+}
+"""
 
 
 def test_dce_removes_dead_nodes_and_unused_constants():
-    g = dce_graph()
-    before = g.clone()
-    result = run_pass("dce", g)
-    assert result.changed is True
-    assert result.stats == {"nodes_removed": 3, "constants_removed": 3}
-    assert structure(g) == ["%y = Add(%x, %c1)", "%z = Mul(%y, %y)"]
-    assert [c.name for c in g.constants] == ["c1"]
-    assert [v.name for v in g.inputs] == ["x", "unused_input"]  # the interface stays
-    assert [(v.name, str(v.type)) for v in g.outputs] == [("z", "f32[2,3]"), ("y", "f32[2,3]")]
-    check_same_outputs(before, g)
+    check_rewrite("dce", DCE_BEFORE, DCE_AFTER, stats={"nodes_removed": 3, "constants_removed": 3}, same_names=True,
+                  feeds=seeded_inputs)
 
 
 def test_dce_keeps_graph_outputs_without_uses_and_constant_outputs():
-    g = Graph()
-    b = Builder(g)
-    x = b.input("x", tensor_type(F32, (3,)))
-    c = b.const(f32(1, 2, 3), "c")
-    y = b.Add(x, c, _out_names=["y"])
-    g.outputs = [y, c]
-    unchanged("dce", g)
-    assert structure(g) == ["%y = Add(%x, %c)"] and [v.name for v in g.constants] == ["c"]
+    check_unchanged("dce", """
+    graph main(%x: f32[3]) -> (%y, %c) {
+      const %c: f32[3] = [1.0, 2.0, 3.0]     // read by nothing but a graph output
+      %y: f32[3] = Add(%x, %c)               // a graph output nothing reads
+    }""", stats={"nodes_removed": 0, "constants_removed": 0})
 
 
 def test_dce_leaves_a_clean_graph_alone():
-    g = dce_graph()
-    run_pass("dce", g)
-    unchanged("dce", g)
+    check_unchanged("dce", DCE_AFTER, stats={"nodes_removed": 0, "constants_removed": 0})
 
 
 @needs["Split"]
 def test_dce_keeps_a_multi_output_node_with_one_output_used():
-    g = Graph()
-    b = Builder(g)
-    x = b.input("x", tensor_type(F32, (4,)))
-    first, _second = b.Split(x, _outputs=2)
-    dead = b.Split(x, _outputs=2)
-    del dead
-    g.outputs = [b.Add(first, first)]
-    before = g.clone()
-    result = run_pass("dce", g)
-    assert result.stats["nodes_removed"] == 1
-    assert [n.op for n in g] == ["Split", "Add"]
-    check_same_outputs(before, g)
+    check_rewrite("dce", """
+    graph main(%x: f32[4]) -> (%y) {
+      %first: f32[2], %second: f32[2] = Split(%x) {num_outputs=2}     // one output read: kept
+      %a: f32[2], %b: f32[2] = Split(%x) {num_outputs=2}              // none read: dead
+      %y: f32[2] = Add(%first, %first)
+    }""", """
+    graph main(%x: f32[4]) -> (%y) {
+      %first: f32[2], %second: f32[2] = Split(%x) {num_outputs=2}
+      %y: f32[2] = Add(%first, %first)
+    }""", stats={"nodes_removed": 1, "constants_removed": 0}, feeds=seeded_inputs)
 
 
 def test_dce_is_linear_on_large_graphs():
