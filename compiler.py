@@ -25,7 +25,6 @@ What this module owns:
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 import os
@@ -178,14 +177,6 @@ def _steps_from_passes(passes: Sequence[Any]) -> list[Step | Any]:
     return steps
 
 
-def _accepts_stats(name: str) -> bool:
-    from requant.passes.manager import get_pass
-
-    p = get_pass(name)
-    fn = getattr(p, "fn", None) or type(p).__init__
-    return "stats" in inspect.signature(fn).parameters
-
-
 def _make_pass(step: Step, graph: Any, stats: Any, batches: list[dict[str, np.ndarray]],
                sized: Callable[[], Mapping[str, np.ndarray] | None], target: str) -> Any:
     from requant.passes.manager import get_pass
@@ -210,8 +201,20 @@ def _make_pass(step: Step, graph: Any, stats: Any, batches: list[dict[str, np.nd
         raise RequantError(f"target '{target}': cannot make pass '{step.name}': {exc}") from exc
 
 
+def _pipeline_inputs(name: str, calibrated: bool) -> dict[str, Any]:
+    """The options a named pass declares it takes from the pipeline (`graph_pass(...,
+    pipeline_inputs=)`): the calibration statistics once a calibrate step ran, the batches."""
+    from requant.passes.manager import get_factory
+
+    wanted = get_factory(name).pipeline_inputs
+    sentinels = {"stats": STATS, "batches": BATCHES}
+    return {k: sentinels[k] for k in wanted if k != "stats" or calibrated}
+
+
 class _Pipeline:
-    """Runs steps over a graph, recording each one."""
+    """Runs a target's steps over a graph: the calibrate step through
+    `collect_stats`, each pass through the `PassManager` (verified when asked), and
+    records both for the report."""
 
     def __init__(self, target: Target, steps: list[Step | Any], verify: bool,
                  sized: Callable[[], Mapping[str, np.ndarray] | None] = lambda: None) -> None:
@@ -229,8 +232,8 @@ class _Pipeline:
                 stats = self._calibrate(graph, batches, step, position)
                 continue
             if isinstance(step, Step):
-                if not step.options and stats is not None and _accepts_stats(step.name):
-                    step = Step(step.name, {"stats": STATS})
+                if not step.options:  # a bare name in passes=: hand it what it declares it takes
+                    step = Step(step.name, _pipeline_inputs(step.name, stats is not None))
                 p = _make_pass(step, graph, stats, batches, self.sized, self.target.name)
             else:
                 p = step
@@ -305,7 +308,8 @@ def compile(  # noqa: A001  (requant.compile is the public name)
     calibration: batches in the same form (tuples, dicts or single arrays; numpy or
         torch); static targets need them; the last `holdout` fraction measures accuracy.
     passes: replaces the target's pipeline: pass names, "calibrate", (name, {options})
-        or Pass objects (a named pass that takes `stats` gets the calibration result).
+        or Pass objects (a named pass given without options gets what it declares with
+        `graph_pass(..., pipeline_inputs=...)`: the calibration statistics, the batches).
     options: the target's options (`requant.targets.get_target(name).option_schema()`);
         an unknown option or a value of the wrong type is an error listing them.
     """

@@ -61,6 +61,7 @@ from requant.passes.llm_fp4_search import (
 )
 from requant.passes.fold_samples import collect_rows
 from requant.passes.smoothquant import smoothing_candidates
+from requant.passes.conditions import CANONICAL_LINEARS, QUANTIZED
 from requant.passes.manager import PassResult, graph_pass
 
 __all__ = ["llm_fp4", "fp4_candidates"]
@@ -151,7 +152,7 @@ def _process(graph: Graph, x: Value, rows: Any, opts: dict[str, Any], stats: dic
 
 
 @graph_pass(PASS, "LLM-FP4: searched FP formats per tensor; per-channel exponent-bias shifts folded into the next "
-                  "weight's rows; FakeQuantize nodes")
+                  "weight's rows; FakeQuantize nodes", requires=(CANONICAL_LINEARS,), ensures=(QUANTIZED,))
 def llm_fp4(
     graph: Graph,
     calibration: Iterable[Any] | None = None,

@@ -57,6 +57,7 @@ from requant.errors import RequantError
 from requant.ir import dtypes
 from requant.ir.graph import Graph, Node, Value
 from requant.ir.quant_formats import QuantScheme, parse_scheme
+from requant.passes.conditions import QUANTIZED
 from requant.passes.manager import PassResult, graph_pass
 from requant.passes.quantize_insert import QuantEditor, constant_bytes, uses_qdq, with_axis
 
@@ -128,7 +129,8 @@ class QuantizeConfig:
                               tuple(exclude or ()), bool(dynamic))
 
 
-@graph_pass("quantize", "insert Q/DQ (or FakeQuantize) in front of MatMul/Gemm/Conv inputs and embedding tables")
+@graph_pass("quantize", "insert Q/DQ (or FakeQuantize) in front of MatMul/Gemm/Conv inputs and embedding tables",
+            ensures=(QUANTIZED,), pipeline_inputs=("stats",))
 def quantize(
     graph: Graph,
     weight_scheme: QuantScheme | str | None = None,

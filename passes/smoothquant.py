@@ -66,6 +66,7 @@ from requant.passes.calibration import collect_stats
 from requant.passes.channel_transforms import DiagonalTransform
 from requant.passes.fold_common import NORM_OPS, linear_readers, migrate_transform
 from requant.passes.fold_samples import collect_rows
+from requant.passes.conditions import CANONICAL_LINEARS
 from requant.passes.manager import PassResult, graph_pass
 
 __all__ = [
@@ -254,7 +255,8 @@ def _absmax_from_batches(graph: Graph, candidates: Sequence[Value], calibration:
 
 
 @graph_pass(PASS, "SmoothQuant: per-channel activation scales -> divided out of the producer (or a Mul), "
-                  "multiplied into the consuming linears' weight rows")
+                  "multiplied into the consuming linears' weight rows",
+            requires=(CANONICAL_LINEARS,), pipeline_inputs=("stats",))
 def smoothquant(
     graph: Graph,
     alpha: float = DEFAULT_ALPHA,

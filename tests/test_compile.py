@@ -245,7 +245,8 @@ def test_passes(monkeypatch) -> None:
 
     monkeypatch.setattr(manager, "_REGISTRY", dict(manager._REGISTRY))
 
-    @graph_pass("test_compile_stats_probe", "records the calibration statistics it is given (tests only)")
+    @graph_pass("test_compile_stats_probe", "records the calibration statistics it is given (tests only)",
+                pipeline_inputs=("stats",))
     def _stats_probe(graph: Graph, stats: object = None) -> PassResult:
         SEEN["stats"] = stats
         return PassResult(graph, False, {"tensors_quantized": 0 if stats is None else len(stats)})

@@ -60,6 +60,7 @@ from requant.ir.pattern import Match, OpPattern, Var, op
 from requant.ir.rewrite import Rule
 from requant.ir.types import Dim
 from requant.passes.lower_integer import IntegerLowering, QuantLinear, lower_with
+from requant.passes.conditions import QUANTIZED
 from requant.passes.manager import PassResult, graph_pass
 
 __all__ = ["lower_quant", "OrtLowering", "KERNELS", "pack_nbits"]
@@ -295,7 +296,8 @@ def _qattention_rules() -> list[Rule]:
     return [Rule("lower_qattention", pattern(w), replace, check) for w in (True, False)]
 
 
-@graph_pass("lower_quant", "Q/DQ around MatMul/Gemm/Gather -> ONNX Runtime's integer kernels (com.microsoft; exact)")
+@graph_pass("lower_quant", "Q/DQ around MatMul/Gemm/Gather -> ONNX Runtime's integer kernels (com.microsoft; exact)",
+            requires=(QUANTIZED,))
 def lower_quant(graph: Graph, kernel: str = "auto") -> PassResult:
     """See the module docstring."""
     return lower_with(graph, OrtLowering(graph, kernel), lower=kernel != "qdq")
