@@ -1,78 +1,98 @@
 """Tests of the "fold_constants" pass. Nodes whose inputs are all constants become constants.
 
-Each case checks (a) the changed flag and stats, (b) the resulting structure, (c)
-agreement with the interpreter before vs after on seeded inputs, bit for bit for every
-dtype (`assert_bitwise_equal`: the pass runs the same kernels on the same values), and
-(d) a graph it must leave alone.
+Each case checks (a) the changed flag and stats, (b) the resulting structure (Before/
+Expected text where the graph is small: tests/rewrite_testing.py), (c) agreement with
+the interpreter before vs after on seeded inputs, bit for bit for every dtype (no
+tolerance: the pass runs the same kernels on the same values), and (d) a graph it must
+leave alone.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from requant.ir import Builder, Graph, is_registered, tensor_type
+from requant.ir import Builder, Graph, is_registered, parse, tensor_type
 from requant.passes import PassManager, fold_constants
 
-from cleanup_testing import F32, I32, I64, assert_bitwise_equal, check_same_outputs, f32, needs, run_pass, snapshot, structure, unchanged
+from cleanup_testing import (
+    F32,
+    I64,
+    check_same_outputs,
+    f32,
+    needs,
+    run_pass,
+    seeded_inputs,
+    snapshot,
+    structure,
+    unchanged,
+)
+from rewrite_testing import check_rewrite, check_unchanged
 
 
 # -- constant folding --------------------------------------------------------------------
 
 
-def fold_graph() -> Graph:
-    g = Graph()
-    b = Builder(g)
-    x = b.input("x", tensor_type(F32, (2, 3)))
-    c1 = b.const(f32(1, 2, 3), "c1")
-    c2 = b.const(f32(0.5, 0.25, 4), "c2")
-    c3 = b.const(f32(3), "c3")
-    k = b.Mul(b.Add(c1, c2, _out_names=["k0"]), c3, _out_names=["k"])  # all constant
-    y = b.Mul(x, k, _out_names=["y"])
-    g.outputs = [b.Add(y, c1, _out_names=["out"])]  # c1 stays: still read here
-    return g
+FOLD_BEFORE = """
+graph main(%x: f32[2,3]) -> (%out) {
+  const %c1: f32[3] = [1.0, 2.0, 3.0]
+  const %c2: f32[3] = [0.5, 0.25, 4.0]
+  const %c3: f32[1] = [3.0]
+  %k0: f32[3] = Add(%c1, %c2)            // all constant
+  %k: f32[3] = Mul(%k0, %c3)
+  %y: f32[2,3] = Mul(%x, %k)
+  %out: f32[2,3] = Add(%y, %c1)          // c1 stays: still read here
+}
+"""
+FOLD_AFTER = """
+graph main(%x: f32[2,3]) -> (%out) {
+  const %c1: f32[3] = [1.0, 2.0, 3.0]
+  const %k: f32[3] = [4.5, 6.75, 21.0]   // (c1 + c2) * c3, named after the node it replaces
+  %y: f32[2,3] = Mul(%x, %k)
+  %out: f32[2,3] = Add(%y, %c1)
+}
+"""
+
+
+def folded_stats(folded: int, removed: int, **skipped: int) -> dict[str, int]:
+    """The pass's whole stats dict: these counts, every skip counter 0 unless given."""
+    stats = {"nodes_folded": folded, "skipped_large": 0, "skipped_unregistered": 0, "skipped_failed": 0,
+             "skipped_output_type": 0, "constants_removed": removed}
+    return stats | skipped
 
 
 def test_fold_constants_evaluates_constant_chains():
-    g = fold_graph()
-    before = g.clone()
-    result = run_pass("fold_constants", g)
-    assert result.changed is True
     # c2, c3, and the constant k0 folded to and then read by the folding of k
-    assert result.stats["nodes_folded"] == 2 and result.stats["constants_removed"] == 3
-    assert result.stats["skipped_large"] == result.stats["skipped_failed"] == result.stats["skipped_unregistered"] == 0
-    assert structure(g) == ["%y = Mul(%x, %k)", "%out = Add(%y, %c1)"]
-    k = next(c for c in g.constants if c.name == "k")
-    assert k.type == tensor_type(F32, (3,))
-    assert_bitwise_equal([(f32(1, 2, 3) + f32(0.5, 0.25, 4)) * f32(3)], [k.const])
-    assert sorted(c.name for c in g.constants) == ["c1", "k"]
-    check_same_outputs(before, g)
+    check_rewrite("fold_constants", FOLD_BEFORE, FOLD_AFTER, stats=folded_stats(2, 3), same_names=True,
+                  feeds=seeded_inputs)
 
 
 def test_fold_constants_leaves_graph_without_constant_nodes_alone():
-    g = fold_graph()
-    run_pass("fold_constants", g)
-    unchanged("fold_constants", g)
+    check_unchanged("fold_constants", FOLD_AFTER, stats=folded_stats(0, 0))
 
 
 def test_fold_constants_keeps_integer_semantics_and_dtypes():
-    g = Graph()
-    b = Builder(g)
-    x = b.input("x", tensor_type(I32, (3,)))
-    big = b.const(np.asarray([2**31 - 1, -7, 7], np.int32), "big")
-    one = b.const(np.asarray([1, 2, -2], np.int32), "one")
-    wrapped = b.Add(big, one)  # wraps around in int32
-    quotient = b.Div(big, one)  # truncates toward zero
-    mask = b.Less(big, one)  # bool
-    g.outputs = [b.Add(b.Add(x, wrapped), quotient), b.And(mask, b.Less(x, one))]
-    before = g.clone()
-    result = run_pass("fold_constants", g)
-    assert result.stats["nodes_folded"] == 3
-    assert g.op_histogram() == {"Add": 2, "And": 1, "Less": 1}
-    folded = {c.name: c.const for c in g.constants}
-    assert folded["t"].tolist() == [-(2**31), -5, 5] and folded["t"].dtype == np.int32
-    assert folded["t_1"].tolist() == [2**31 - 1, -3, -3]
-    assert folded["t_2"].dtype == np.bool_
-    check_same_outputs(before, g)
+    check_rewrite("fold_constants", """
+    graph main(%x: i32[3]) -> (%y0, %y1) {
+      const %big: i32[3] = [2147483647, -7, 7]
+      const %one: i32[3] = [1, 2, -2]
+      %wrapped: i32[3] = Add(%big, %one)
+      %quotient: i32[3] = Div(%big, %one)
+      %mask: bool[3] = Less(%big, %one)
+      %a: i32[3] = Add(%x, %wrapped)
+      %y0: i32[3] = Add(%a, %quotient)
+      %l: bool[3] = Less(%x, %one)
+      %y1: bool[3] = And(%mask, %l)
+    }""", """
+    graph main(%x: i32[3]) -> (%y0, %y1) {
+      const %one: i32[3] = [1, 2, -2]
+      const %wrapped: i32[3] = [-2147483648, -5, 5]     // wraps around in int32
+      const %quotient: i32[3] = [2147483647, -3, -3]    // truncates toward zero
+      const %mask: bool[3] = [false, true, false]
+      %a: i32[3] = Add(%x, %wrapped)
+      %y0: i32[3] = Add(%a, %quotient)
+      %l: bool[3] = Less(%x, %one)
+      %y1: bool[3] = And(%mask, %l)
+    }""", stats=folded_stats(3, 1), feeds=seeded_inputs)
 
 
 def test_fold_constants_respects_max_elements_against_input_size():
@@ -153,17 +173,19 @@ def test_fold_constants_folds_size_of_static_tensors():
 
 @needs["Split"]
 def test_fold_constants_folds_every_output_of_a_multi_output_node():
-    g = Graph()
-    b = Builder(g)
-    x = b.input("x", tensor_type(F32, (2,)))
-    left, right = b.Split(b.const(f32(1, 2, 3, 4), "c"), _outputs=2, _out_names=["left", "right"])
-    g.outputs = [b.Sub(b.Mul(x, left), right)]
-    before = g.clone()
-    result = run_pass("fold_constants", g)
-    assert result.stats["nodes_folded"] == 1 and result.stats["constants_removed"] == 1
-    assert structure(g) == ["%t = Mul(%x, %left)", "%t_1 = Sub(%t, %right)"]
-    assert {c.name: c.const.tolist() for c in g.constants} == {"left": [1, 2], "right": [3, 4]}
-    check_same_outputs(before, g)
+    check_rewrite("fold_constants", """
+    graph main(%x: f32[2]) -> (%out) {
+      const %c: f32[4] = [1.0, 2.0, 3.0, 4.0]
+      %left: f32[2], %right: f32[2] = Split(%c) {num_outputs=2}
+      %m: f32[2] = Mul(%x, %left)
+      %out: f32[2] = Sub(%m, %right)
+    }""", """
+    graph main(%x: f32[2]) -> (%out) {
+      const %left: f32[2] = [1.0, 2.0]
+      const %right: f32[2] = [3.0, 4.0]
+      %m: f32[2] = Mul(%x, %left)
+      %out: f32[2] = Sub(%m, %right)
+    }""", stats=folded_stats(1, 1), same_names=True, feeds=seeded_inputs)
 
 
 @needs["Constant"]
@@ -179,15 +201,13 @@ def test_fold_constants_turns_constant_nodes_into_constants():
 
 
 def test_fold_constants_skips_kernels_that_raise():
-    g = Graph()
-    b = Builder(g)
-    x = b.input("x", tensor_type(I32, (2,)))
-    bad = b.Div(b.const(np.asarray([1, 2], np.int32)), b.const(np.asarray([0, 1], np.int32)))  # integer / 0
-    g.outputs = [b.Add(x, bad)]
-    text = snapshot(g)
-    result = run_pass("fold_constants", g)
-    assert result.changed is False and result.stats["skipped_failed"] == 1
-    assert snapshot(g) == text
+    check_unchanged("fold_constants", """
+    graph main(%x: i32[2]) -> (%y) {
+      const %n: i32[2] = [1, 2]
+      const %d: i32[2] = [0, 1]
+      %bad: i32[2] = Div(%n, %d)             // integer / 0
+      %y: i32[2] = Add(%x, %bad)
+    }""", stats=folded_stats(0, 0, skipped_failed=1))
 
 
 def test_fold_constants_skips_unregistered_ops():
@@ -206,12 +226,13 @@ def test_fold_constants_skips_unregistered_ops():
 
 
 def test_fold_constants_leaves_dead_nodes_to_dce():
-    g = Graph()
-    b = Builder(g)
-    x = b.input("x", tensor_type(F32, (2,)))
-    b.Add(b.const(f32(1, 2)), b.const(f32(3, 4)))  # reaches nothing
-    g.outputs = [b.Neg(x)] if is_registered("Neg") else [b.Add(x, x)]
-    unchanged("fold_constants", g)
+    check_unchanged("fold_constants", """
+    graph main(%x: f32[2]) -> (%y) {
+      const %a: f32[2] = [1.0, 2.0]
+      const %b: f32[2] = [3.0, 4.0]
+      %dead: f32[2] = Add(%a, %b)            // reaches nothing
+      %y: f32[2] = Neg(%x)
+    }""", stats=folded_stats(0, 0))
 
 
 def test_fold_constants_of_a_graph_output_keeps_name_and_type():
@@ -234,7 +255,7 @@ def test_fold_constants_of_a_graph_output_keeps_name_and_type():
 
 
 def test_cleanup_pipeline_reaches_a_fixed_point():
-    g = fold_graph()
+    g = parse(FOLD_BEFORE)
     before = g.clone()
     result = PassManager(["cse", "fold_constants", "dce"], verify=True, fixed_point=True).run(g)
     assert [r.changed for r in result.records] == [False, True, False, False, False, False]
