@@ -4,7 +4,7 @@ A `DType` knows its name, its short text spelling, its bit width and the numpy d
 interpreter stores its values in. Sub-byte integers are stored widened (int4 in int8,
 uint4 in uint8) with their range enforced by the ops that produce them; fp8/fp4 use
 ml_dtypes' exact types. `FloatFormat(exp_bits, man_bits, bias)` is the parametric float
-of LLM-FP4 (ALGORITHMS.md section 2): its values are stored in float32 and lie on its grid.
+of LLM-FP4 (Liu et al., EMNLP 2023): its values are stored in float32 and lie on its grid.
 Block formats (MXFP4, NVFP4, int4 groups) are quantization schemes, not dtypes.
 """
 
@@ -117,7 +117,7 @@ class FloatFormat(DType):
 
     @property
     def max_value(self) -> float:
-        """`(2 - 2^-M) * 2^(2^E - 1 - b)` (ALGORITHMS.md section 2)."""
+        """`(2 - 2^-M) * 2^(2^E - 1 - b)`: the largest value (M mantissa bits, E exponent bits, bias b)."""
         return (2.0 - 2.0 ** -self.man_bits) * 2.0 ** (2**self.exp_bits - 1 - self.bias)
 
 

@@ -1,5 +1,5 @@
-"""LLM-FP4's floating-point quantizer search (nbasyl/LLM-FP4; ALGORITHMS.md section 2),
-on numpy arrays. The pass that uses it is "llm_fp4" (passes/llm_fp4.py).
+"""LLM-FP4's floating-point quantizer search (Liu et al., "LLM-FP4", EMNLP 2023; reference
+code nbasyl/LLM-FP4), on numpy arrays. The pass that uses it is "llm_fp4" (passes/llm_fp4.py).
 
 The quantizer: E exponent bits, M mantissa bits, a real exponent bias b;
 `maxval = (2 - 2^-M) * 2^(2^E - 1 - b)`; x is clipped to +-maxval and rounded (half to

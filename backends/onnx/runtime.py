@@ -16,14 +16,12 @@ those in `SLOW_ORT_FUSIONS`, and warnings off unless asked (ORT logs routine ini
 clean-ups as warnings).
 
 `SLOW_ORT_FUSIONS`: ORT fusions whose fused kernel is slower than the ops it replaces, so
-requant's sessions turn them off (`disabled_optimizers`). "SkipLayerNormFusion" rewrites
+requant's sessions turn them off (`disabled_optimizers`): "SkipLayerNormFusion" rewrites
 Add + LayerNormalization into com.microsoft SkipLayerNormalization, whose CPU kernel in
-ONNX Runtime 1.32 took 1.7-6.8x the time of the two ops it replaces on every shape
-measured (1x8x384 to 4x512x4096, 2 threads; 7.1 vs 1.0 ms at MiniLM's 64x64x384, 12 of
-them per model; MiniLM fp32 1.09x, cpu-int8 1.24x faster without it):
-`python -m requant.tools.bench.ort_fusions`. The saved model.onnx
-is plain ONNX either way; only ONNX Runtime sessions made outside requant keep ORT's
-defaults.
+ONNX Runtime 1.32 is slower than the two ops on every shape measured by `python -m
+requant.tools.bench.ort_fusions` (README, "ONNX Runtime's slow fusion"). The saved
+model.onnx is plain ONNX either way; only ONNX Runtime sessions made outside requant
+keep ORT's defaults.
 """
 
 from __future__ import annotations

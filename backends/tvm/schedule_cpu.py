@@ -50,39 +50,14 @@ This module owns two things:
      shapes go through the same rules (splits carry predicates); anything a rule cannot
      handle falls through to the next one, and a rule that raises is logged and skipped.
 
-Measured on this project's 2-core AMD EPYC (Zen 5, AVX-512 + VNNI), fp32 GFLOP/s of
-x[64, 64, K] @ W[K, N] (+ bias), medians; the machine was shared and busy, so absolute
-numbers swing ~2x between runs (compare columns of one run only):
-
-    M x K x N            TVM default   requant MatmulTile    ONNX Runtime   (same run)
-    4096 x 384 x 384         2.3            132.6               148.4
-    4096 x 384 x 1536        1.5            118.5               146.1
-    4096 x 1536 x 384        1.9            121.9               162.9
-    (quiet machine, kernel alone: 237 / 250 / 251 for requant's tile 8 x 32)
-
-The single-kernel numbers above were measured with TVM's default pool, which on this
-2-vCPU machine was ONE thread (TVM halves the core count on x86); pipeline now starts
-the pool with every usable CPU. Whole all-MiniLM-L6-v2 through requant.compile, 64 x 64
-tokens, same run, round-robin (busy machine): ORT fp32 421.5 ms, tvm-cpu-fp32 262.6 ms
-(0.62x), tvm-cpu-int8 126.5 ms (0.30x), ORT cpu-int8 222.4 ms. fp32 breakdown:
-matmuls 80%, elementwise/softmax guards 10%, batch matmul 5.5%.
-`python -m requant.tools.bench.tvm_cpu --shapes` reprints both tables.
-
-conv2d + bias + ReLU, fp32 GFLOP/s, medians of interleaved runs (requant and ONNX
-Runtime 1.32 with 2 intra-op threads, round-robin; TVM default: one timed call), same
-2-core machine, quiet at the time; outputs agree with the default build exactly and
-with ORT within 1.4e-6 relative:
-
-    N, C->O, HxW, kernel           GFLOP   TVM default   requant ConvTile   ONNX Runtime
-    8, 64->64, 56x56, 3x3 s1        1.85        2.2            208.5            405.2
-    8, 128->128, 28x28, 3x3 s1      1.85        2.0            209.9            427.0
-    8, 256->64, 56x56, 1x1 s1       0.82        2.5            181.1            239.9
-
-(with the machine busy: 119 / 158 / 128 vs ORT 158 / 215 / 183.) The inner loop is
-what it should be (24 or fewer zmm accumulators, broadcast + FMA, no spills); tried
-and not kept: input channels blocked by 16/64 with a row of accumulators in L1 (same
-or slower), 16-channel tiles (slower). ORT's MLAS runs NCHWc end to end; what is left
-here is the per-kernel input padding pass and the NCHW write-back.
+Why these choices: TVM's untuned default build runs these matmuls and convolutions two
+orders of magnitude slower than ONNX Runtime's MLAS; the register tiles above keep every
+accumulator in a zmm register (no spills) and the parallel outer loops use every core
+(TVM's default pool halves the core count on x86: pipeline.py starts it with every usable
+CPU). Tried and not kept for conv: input channels blocked by 16/64 with a row of
+accumulators in L1, 16-channel tiles. `python -m requant.tools.bench.tvm_cpu --shapes`
+measures the matmul kernels and whole models against ONNX Runtime (README, "TVM on the
+CPU").
 """
 
 from __future__ import annotations

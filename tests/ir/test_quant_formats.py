@@ -190,7 +190,7 @@ def test_int4_storage_is_widened_and_in_range() -> None:
 
 
 def definition_values(fmt: FloatFormat) -> np.ndarray:
-    """Every value of `fmt` from ALGORITHMS.md section 2 / LLM-FP4, by code: sign, E
+    """Every value of `fmt` of LLM-FP4's formula, by code: sign, E
     exponent bits, M mantissa bits, real bias b; normal (1 + m/2^M) 2^(e - b), subnormal
     (m/2^M) 2^(1 - b); as stored (float32)."""
     out = []
@@ -259,7 +259,7 @@ def test_float_format_agrees_with_fp8_where_the_grids_coincide() -> None:
 
 def test_float_format_bias_is_llm_fp4s_floor_of_log2_plus_bias() -> None:
     """With a fractional bias b the grid is the integer-bias grid scaled by 2^-b
-    (floor(log2|x| + b) as in LLM-FP4's code; ALGORITHMS.md's floor(log2|x|) + b is the
+    (floor(log2|x| + b) as in LLM-FP4's code; the paper's floor(log2|x|) + b is the
     same for integer b)."""
     fmt = FloatFormat(3, 2, 2.5)
     base = definition_values(FloatFormat(3, 2, 0.0))
