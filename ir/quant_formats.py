@@ -68,7 +68,6 @@ __all__ = [
     "to_bits",
     "from_bits",
     "decode_bits",
-    "code_values",
     "expand_param",
     "quantize_linear",
     "dequantize_linear",
@@ -355,12 +354,6 @@ def decode_bits(codes: np.ndarray, dt: DType) -> np.ndarray:
     elif rule == "ieee":
         value = np.where(e == top, np.where(m == 0, sign * np.inf, nan), value)
     return value
-
-
-def code_values(dt: DType) -> np.ndarray:
-    """`decode_bits` of every code, in code order."""
-    dt = dtypes.dtype(dt)
-    return decode_bits(np.arange(1 << dt.bits), dt)
 
 
 def to_bits(q: np.ndarray, dt: DType) -> np.ndarray:

@@ -19,7 +19,6 @@ __all__ = [
     "broadcast_dim",
     "normalize_axis",
     "normalize_axes",
-    "dims_product",
     "symbolic_product",
     "dim_add",
     "dim_mul",
@@ -72,16 +71,6 @@ def normalize_axes(axes: Sequence[int], rank: int, op: str = "") -> list[int]:
     if len(set(out)) != len(out):
         raise ShapeInferenceError(f"{op}: repeated axis in {list(axes)}")
     return out
-
-
-def dims_product(dims: Sequence[Dim]) -> Dim:
-    """Product of dims: an int when all are static, else None."""
-    total = 1
-    for d in dims:
-        if not isinstance(d, int):
-            return None
-        total *= d
-    return total
 
 
 def symbolic_product(dims: Sequence[Dim]) -> Dim:

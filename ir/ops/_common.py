@@ -36,13 +36,10 @@ __all__ = [
     "attr_float",
     "attr_str",
     "attr_ints",
-    "attr_floats",
     "const_ints",
     "const_scalar",
     "compute_dtype",
-    "to_compute",
     "opt",
-    "rank_of",
 ]
 
 COMPUTE_FLOATS = frozenset({dtypes.float64, dtypes.float32, dtypes.float16, dtypes.bfloat16})
@@ -161,17 +158,6 @@ def attr_ints(ctx: InferContext, name: str, length: int | None = None, lo: int |
     return out
 
 
-def attr_floats(ctx: InferContext, name: str) -> list[float] | None:
-    v = ctx.attrs[name]
-    if v is None:
-        return None
-    if isinstance(v, np.ndarray):
-        v = v.tolist()
-    if not isinstance(v, (list, tuple)) or not all(isinstance(x, (int, float, np.number)) for x in v):
-        raise ctx.fail(f"attribute {name} must be a list of floats, got {v!r}")
-    return [float(x) for x in v]
-
-
 def const_ints(ctx: InferContext, i: int) -> list[int] | None:
     """The values of input `i` when it is a constant integer tensor (flattened)."""
     c = ctx.const(i)
@@ -193,27 +179,12 @@ def const_scalar(ctx: InferContext, i: int) -> Any:
     return c.reshape(-1)[0].item()
 
 
-def rank_of(ctx: InferContext, i: int, min_rank: int | None = None, exact: int | None = None) -> int | None:
-    t = ctx.input(i)
-    r = None if t is None else t.rank
-    if r is not None:
-        if exact is not None and r != exact:
-            raise ctx.fail(f"input {_input_name(ctx, i)} must have rank {exact}, got {t}")
-        if min_rank is not None and r < min_rank:
-            raise ctx.fail(f"input {_input_name(ctx, i)} must have rank >= {min_rank}, got {t}")
-    return r
-
-
 def compute_dtype(x: np.ndarray | np.dtype) -> np.dtype:
     """float64 stays, every other float computes in float32; integers keep their dtype."""
     dt = np.dtype(x.dtype if isinstance(x, np.ndarray) else x)
     if dt == np.float64 or dt.kind in "iub":
         return dt
     return np.dtype(np.float32)
-
-
-def to_compute(x: np.ndarray) -> np.ndarray:
-    return x.astype(compute_dtype(x), copy=False)
 
 
 def opt(ins: Sequence[Any], i: int) -> Any:

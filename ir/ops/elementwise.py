@@ -34,7 +34,7 @@ from requant.ir.registry import InferContext, define_op
 from requant.ir.shapes import broadcast_shapes
 from requant.ir.types import TensorType
 
-__all__ = ["infer_broadcast", "infer_compare", "infer_same"]
+__all__ = ["infer_broadcast", "infer_compare"]
 
 
 def _present(ctx: InferContext) -> list[int]:
@@ -61,10 +61,6 @@ def infer_compare(ctx: InferContext, cls: str = "any") -> list[TensorType]:
     """Like `infer_broadcast` with a bool output."""
     (t,) = infer_broadcast(ctx, cls)
     return [t.with_dtype(dtypes.bool_)]
-
-
-def infer_same(ctx: InferContext) -> list[TensorType]:
-    return [ctx.inputs[0]]
 
 
 def _numeric(ctx: InferContext) -> list[TensorType]:
