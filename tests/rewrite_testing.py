@@ -35,7 +35,7 @@ from requant.passes import PassResult
 
 from canonical_testing import rule_counts, run_pass, seeded_inputs
 
-__all__ = ["check_rewrite", "check_unchanged", "Feeds"]
+__all__ = ["check_rewrite", "check_unchanged", "assert_same_function", "value_names", "Feeds"]
 
 # How a test makes the inputs of one seeded run: (graph, seed) -> {input name: array}.
 Feeds = Callable[[Graph, int], Mapping[str, np.ndarray]]
