@@ -15,10 +15,10 @@ with `unless=(option, value)` only when it has another (cpu-int8's `smooth_alpha
 drops SmoothQuant). An option whose default is a pass's own (`PassDefault`) states the
 value once, in the pass.
 
-Passes are referenced by name and resolved lazily: a pass that lives in a module not
-imported by `requant.passes` is imported from `PASS_MODULES` on first use, and a target
-whose passes, calibration function or backend are missing says so (`Target.missing()`)
-instead of failing at import. This module imports only the standard library, so
+Passes are referenced by name and resolved lazily (a backend's own pass, such as
+"lower_quant", through the package metadata: `requant.passes.manager.get_factory`), and
+a target whose passes, calibration function or backend are missing says so
+(`Target.missing()`) instead of failing at import. This module imports only the standard library, so
 `requant.targets()` is cheap to reach from `import requant`.
 """
 
@@ -45,7 +45,6 @@ __all__ = [
     "OptionSpec",
     "Target",
     "TARGETS",
-    "PASS_MODULES",
     "COMMON_OPTIONS",
     "targets",
     "get_target",
@@ -62,15 +61,6 @@ CALIBRATE = "calibrate"
 it is at that point; its result reaches later steps through `STATS`."""
 
 CALIBRATION_FUNCTION = ("requant.passes.calibration", "collect_stats")
-
-PASS_MODULES: dict[str, str] = {
-    "lower_quant": "requant.backends.onnx.lower_quant",
-    "intonly": "requant.passes.intonly",
-}
-"""Where the passes live that `requant.passes` does not register: a backend's own
-lowerings (a pass never imports a backend, so the backend's module registers them when
-imported) and passes not written yet. Imported on first use."""
-
 
 class _Stats:
     """Sentinel: "the statistics from the last calibrate step" (None when none ran)."""
@@ -505,21 +495,18 @@ def _module_status(module: str, attr: str, what: str) -> str | None:
 
 
 def pass_status(name: str) -> str | None:
-    """None when the pass `name` is registered (importing its module from
-    `PASS_MODULES` if needed); else a line saying what is missing."""
-    from requant.passes.manager import available_passes
+    """None when the pass `name` is registered (importing requant.passes, or the module
+    another package declares it in); else a line saying what is missing."""
+    from requant.passes.manager import get_factory
 
-    importlib.import_module("requant.passes")
-    if name in available_passes():
-        return None
-    module = PASS_MODULES.get(name)
-    why = "no module registers it"
-    if module is not None:
-        why = _import_reason(module) or f"{module} does not register it"
-        if name in available_passes():
-            return None
-        why = f"{module}: {why}"
-    return f"pass '{name}' ({why})"
+    try:
+        importlib.import_module("requant.passes")
+        get_factory(name)
+    except ImportError as exc:
+        return f"pass '{name}' (needs the package '{exc.name}')"
+    except RequantError:
+        return f"pass '{name}' (not written yet)"
+    return None
 
 
 def calibration_status() -> str | None:

@@ -30,12 +30,14 @@ pass manager that runs a pipeline of them.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import inspect
 import logging
 import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 from requant.errors import PassError, RequantError, RewriteLimitError
@@ -416,11 +418,31 @@ def graph_pass(
     return wrap
 
 
+# Passes that live outside requant.passes (a backend's own lowering: a pass never imports
+# a backend) are declared in package metadata, entry-point group "requant.passes" ({pass
+# name: module}); their module registers them when first asked for.
+PLUGIN_GROUP = "requant.passes"
+
+
+@cache
+def _plugin_modules() -> dict[str, str]:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep.value for ep in entry_points(group=PLUGIN_GROUP)}
+
+
+def _load_plugin(name: str) -> None:
+    module = _plugin_modules().get(name)
+    if module is not None and name not in _REGISTRY:
+        importlib.import_module(module)
+
+
 def get_factory(name: str) -> PassFactory:
     """The registered factory of pass `name` (its options and declarations)."""
+    _load_plugin(name)
     factory = _REGISTRY.get(name)
     if factory is None:
-        known = ", ".join(sorted(_REGISTRY)) or "none"
+        known = ", ".join(sorted(set(_REGISTRY) | set(_plugin_modules()))) or "none"
         raise RequantError(f"unknown pass '{name}'; known passes: {known}")
     return factory
 
@@ -431,7 +453,13 @@ def get_pass(name: str, **options: Any) -> Pass:
 
 
 def available_passes() -> dict[str, str]:
-    """Every registered pass name with its one-line description, sorted by name."""
+    """Every registered pass name with its one-line description, sorted by name (the
+    passes declared by other packages included, when their module imports)."""
+    for name in _plugin_modules():
+        try:
+            _load_plugin(name)
+        except ImportError as exc:  # e.g. the backend's runtime is not installed
+            logger.info("pass '%s' is not available: %s", name, exc)
     return {name: _REGISTRY[name].description for name in sorted(_REGISTRY)}
 
 

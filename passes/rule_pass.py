@@ -8,6 +8,7 @@ times each rule fired, so pipelines and reports see rule-level changes:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 from requant.ir.graph import Graph
@@ -29,4 +30,6 @@ def register_rule_pass(name: str, description: str, rules: Sequence[Rule]) -> Pa
         return PassResult(graph, result.changed, stats)
 
     apply_rules.__name__ = name
+    # the pass belongs to the module that registers it (`requant passes` shows it)
+    apply_rules.__module__ = sys._getframe(1).f_globals.get("__name__", __name__)
     return graph_pass(name, description)(apply_rules)

@@ -54,7 +54,7 @@ def test_cpu_fp32_is_available_and_unavailable_targets_say_so() -> None:
 def test_pipeline_names_registered_passes_or_is_marked_unavailable(name: str) -> None:
     target = TARGETS[name]
     missing = target.missing()
-    registered = set(available_passes())  # after missing() imported the modules of PASS_MODULES
+    registered = set(available_passes())  # with the passes other packages declare
     unregistered = [s.name for s in target.steps if s.name != CALIBRATE and s.name not in registered]
     if unregistered:
         assert missing and not target.available

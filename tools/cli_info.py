@@ -4,7 +4,6 @@ model holds, what requant can do, and a picture of a graph."""
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections import Counter
 from pathlib import Path
@@ -104,21 +103,6 @@ def cmd_inspect(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     return 0
 
 
-def _all_passes() -> dict[str, str]:
-    """Every registered pass, importing the modules the target table names lazily;
-    a module that fails to import is skipped (`requant targets` says what is missing)."""
-    from requant.passes.manager import available_passes
-    from requant.targets import PASS_MODULES
-
-    importlib.import_module("requant.passes")
-    for module in sorted(set(PASS_MODULES.values())):
-        try:
-            importlib.import_module(module)
-        except Exception:  # noqa: BLE001  (a module in progress may fail in any way)
-            continue
-    return available_passes()
-
-
 def pass_module(name: str) -> str:
     """The module that defines the registered pass `name`, without the "requant." prefix."""
     from requant.passes.manager import get_pass
@@ -128,7 +112,9 @@ def pass_module(name: str) -> str:
 
 
 def cmd_passes(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    passes = _all_passes()
+    from requant.passes import available_passes
+
+    passes = available_passes()
     modules = {name: pass_module(name) for name in passes}
     width = max(map(len, passes), default=0)
     mod_width = max(map(len, modules.values()), default=0)

@@ -1,8 +1,9 @@
 """The ONNX backend: requant IR -> ONNX (`to_onnx`, `save_onnx`), the lowering table
 (`LOWERINGS`, one entry per registered op, filled by the family modules of `lowering/`),
 the ONNX format's type conversions (`onnx_types`, which the ONNX frontend reads files
-with too), ONNX Runtime sessions (`OnnxRuntimeSession`) and the pass that lowers Q/DQ to
-ONNX Runtime's own kernels ("lower_quant", registered on import). onnx is imported when
+with too), ONNX Runtime sessions (`OnnxRuntimeSession`); the pass that lowers Q/DQ to ONNX
+Runtime's own kernels, "lower_quant" (lower_quant.py), registers when first asked for
+(it is declared in the package metadata: `get_pass("lower_quant")` finds it). onnx is imported when
 an export or a conversion runs; onnxruntime only when a session is made or the export
 picks its default opset.
 """
@@ -19,7 +20,6 @@ from requant.backends.onnx.export import (
     save_onnx,
     to_onnx,
 )
-from requant.backends.onnx.lower_quant import lower_quant
 from requant.backends.onnx.lowering import LOWERINGS, EmitContext, Unsupported, lowering_for
 from requant.backends.onnx.runtime import OnnxRuntimeSession, make_session_options, physical_cores, run_onnx
 
@@ -38,7 +38,6 @@ __all__ = [
     "make_session_options",
     "physical_cores",
     "run_onnx",
-    "lower_quant",
 ]
 
 logger = logging.getLogger(__name__)
