@@ -1,21 +1,14 @@
-"""Quantization ops (requant.ir.ops.quant) against an oracle on one-node models:
+"""Semantics of the quantization ops (requant.ir.ops.quant, onnxruntime) the op cases
+cannot state: NaN/inf/zero-scale QuantizeLinear, int32 wrap-around and per-row zero
+points of MatMulInteger, QLinearMatMul's float32 requantization, the dynamic
+quantization parameters against the codec, MatMulNBits' packing and its explicit
+dequantization, FakeQuantize against requant's codec (`requant.ir.quant_formats`,
+which the passes use: op and codec must agree), the text form, and bad input raising
+ShapeInferenceError (or a kernel error) naming the op.
 
-- ONNX's reference implementation (`onnx.reference.ReferenceEvaluator`) for the standard
-  ops: QuantizeLinear / DequantizeLinear (int8/uint8, int4/uint4, fp8, fp4, per tensor,
-  per axis, blocked), DynamicQuantizeLinear, MatMulInteger, QLinearMatMul; exact.
-- ONNX Runtime for the com.microsoft ops (MatMulIntegerToFloat, DynamicQuantizeMatMul,
-  MatMulNBits), and for the standard ops where ONNX's reference computes differently
-  from the kernels ORT runs (QLinearMatMul requantizes in float32 in ORT, float64 in the
-  reference; f16 QuantizeLinear divides in float32 in ORT). Integer outputs exactly;
-  float outputs within FLOAT_TOL (|a - b| <= FLOAT_TOL * max(1, max|ref|)), which only
-  covers ORT's different float32 summation order in MatMulNBits; the others agree
-  bit for bit and are checked exactly.
-
-Each case also checks the inferred output types against the arrays the kernel gives
-(dtype exactly, static dims equal, symbols bound consistently). Error cases check that
-bad input raises ShapeInferenceError naming the op. FakeQuantize has no ONNX oracle:
-it is checked against `requant.ir.quant_formats` here and against ONNX Runtime through
-its lowering in tests/backends/test_onnx_quant_ops.py.
+Every op's cases against ONNX's reference, ONNX Runtime or a numpy reference are in
+tests/op_cases/ (quant.py, onnxruntime.py, onnxruntime_attention.py), run by
+tests/ir/test_op_cases.py.
 """
 
 from __future__ import annotations
@@ -27,110 +20,22 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from op_testing import ML_STORAGE as _ML_STORAGE
-from op_testing import ONNX_DTYPE, check_type, input_bindings, run_one_node
-from op_cases import (  # noqa: F401  (the shared case list and its helpers)
-    FQ_SCHEMES,
-    OPSET,
-    UNKNOWN_RANK,
-    C,
-    Case,
-    I,
-    In,
-    f32,
-    ints,
-    ties,
-)
-from op_cases import QUANT_CASES as CASES
-from op_cases import build_case
+from op_cases import FQ_SCHEMES, C, Case, Draws, I, In, build_case
+from op_testing import check_type
 
 from requant.errors import RequantError, ShapeInferenceError
 from requant.ir import Builder, Graph, dtypes, run, tensor_type
 from requant.ir import quant_formats as qf
 from requant.ir.ops.onnxruntime import pack_low_first, unpack_low_first
 from requant.ir.ops.quant import dynamic_qparams_u8
-from requant.ir.registry import all_schemas
 
-FLOAT_TOL = 1e-5
-
-_DTYPE_ATTRS = {"output_dtype"}
-
-
-# ----------------------------------------------------------------------------- harness
+_d = Draws(202)
+f32, ints = _d.r, _d.ints
 
 
 def build(case: Case) -> tuple[Graph, list, dict]:
     g, feed = build_case(case)
     return g, list(g.outputs), feed
-
-
-def run_onnx(case: Case, out_types: list) -> list[np.ndarray]:
-    attrs = {k: (ONNX_DTYPE[dtypes.dtype(v).short] if k in _DTYPE_ATTRS else v)
-             for k, v in case.attrs.items() if v is not None}
-    return run_one_node(case, out_types, attrs, all_schemas()[case.op].domain)
-
-
-def compare(got: np.ndarray, want: np.ndarray, dt: str, exact_float: bool, where: str) -> None:
-    want = np.asarray(want)
-    assert got.shape == want.shape, f"{where}: shape {got.shape}, oracle gives {want.shape}"
-    if dt in _ML_STORAGE or dt.startswith("fp8") or dt == "fp4_e2m1":
-        a, w = got.astype(np.float64), want.astype(np.float64)
-        np.testing.assert_array_equal(a, w, err_msg=where)
-        np.testing.assert_array_equal(np.signbit(a), np.signbit(w), err_msg=where)
-    elif got.dtype.kind == "f":
-        a, w = got.astype(np.float64), want.astype(np.float64)
-        if exact_float:
-            np.testing.assert_array_equal(a, w, err_msg=where)
-        else:
-            assert np.array_equal(np.isnan(a), np.isnan(w)), where
-            tol = FLOAT_TOL * max(1.0, float(np.nanmax(np.abs(w), initial=0)))
-            assert float(np.nanmax(np.abs(a - w), initial=0)) <= tol, f"{where}: beyond {tol}"
-    else:
-        np.testing.assert_array_equal(got, want.astype(got.dtype), err_msg=where)
-
-
-def check_case(case: Case) -> list[np.ndarray]:
-    g, outs, feed = build(case)
-    g.verify()
-    types = [o.type for o in outs]
-    got = run(g, feed)
-    bindings = input_bindings(case)
-    for j, (t, arr) in enumerate(zip(types, got)):
-        check_type(t, arr, bindings, f"{case} output {j}")
-    if case.expect is not None:
-        assert types[0].shape == tuple(case.expect), f"{case}: inferred {types[0]}, expected {case.expect}"
-    if case.oracle != "none":
-        want = run_onnx(case, types)
-        exact = case.op != "com.microsoft.MatMulNBits"
-        for j, (a, w) in enumerate(zip(got, want)):
-            compare(a, w, types[j].dtype.short, exact, f"{case} output {j} vs {case.oracle}")
-    return got
-
-
-@pytest.mark.parametrize("case", CASES, ids=[f"{c}#{i}" for i, c in enumerate(CASES)])
-def test_against_oracle(case: Case) -> None:
-    check_case(case)
-
-
-@pytest.mark.parametrize("unknown", ["dims", "rank"])
-@pytest.mark.parametrize("case", CASES, ids=[f"{c}#{i}" for i, c in enumerate(CASES)])
-def test_inference_with_unknown_shapes(case: Case, unknown: str) -> None:
-    blurred = [
-        x if x is None or x.const else In(x.value, False, x.dtype, UNKNOWN_RANK if unknown == "rank" else (None,) * x.value.ndim)
-        for x in case.inputs
-    ]
-    c = Case(case.op, blurred, case.attrs, n_out=case.n_out)
-    g, outs, feed = build(c)
-    g.verify()
-    got = run(g, feed)
-    for j, (o, arr) in enumerate(zip(outs, got)):
-        check_type(o.type, arr, {}, f"{c} output {j}")
-
-
-def test_every_quant_op_is_tested() -> None:
-    ours = {n for n, s in all_schemas().items() if s.kernel.__module__ in ("requant.ir.ops.quant", "requant.ir.ops.onnxruntime")}
-    tested = {c.op for c in CASES} | {"FakeQuantize"}  # FakeQuantize: tests below + backend tests
-    assert not ours - tested, f"quantization ops without an oracle comparison: {sorted(ours - tested)}"
 
 
 # ----------------------------------------------------------------------------- semantics the oracles leave open
