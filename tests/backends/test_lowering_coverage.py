@@ -1,6 +1,8 @@
 """Every op in requant's registry has an entry in each backend's lowering table (the ONNX
-table in backends/onnx/lowering.py, the TVM one in backends/tvm/relax_lowering.py): an
-emitter, or an explicit `Unsupported` with a reason a user can act on."""
+table in backends/onnx/lowering/, the TVM one in backends/tvm/lowering/): an emitter, or
+an explicit `Unsupported` with a reason a user can act on. That each emitter computes
+what the interpreter does is checked on the op cases (tests/op_cases/) by
+tests/backends/onnx/test_onnx_op_cases.py and tests/backends/tvm/test_tvm_op_cases.py."""
 
 from __future__ import annotations
 

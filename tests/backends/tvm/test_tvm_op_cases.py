@@ -49,6 +49,7 @@ def test_tvm_matches_interpreter(case: Case) -> None:
         return
     want = run(graph, feed)
     got = run_tvm(compile_graph(graph), graph, feed)
+    assert len(got) == len(want), f"{case}: {len(got)} outputs, the interpreter gives {len(want)}"
     for j, (a, w, v) in enumerate(zip(got, want, graph.outputs)):
         assert a.dtype == w.dtype, f"{case} output {j}: dtype {a.dtype}, interpreter gives {w.dtype}"
         compare(a, w, v.dtype.short, case.tol, f"{case} output {j}")
