@@ -209,6 +209,12 @@ for scheme in (qf.INT8_PER_TENSOR, qf.UINT8_PER_TENSOR, qf.int8_per_channel(1), 
                qf.QuantScheme(dtypes.dtype("ff_e4m3_b7"), "channel", -1), qf.QuantScheme(dtypes.dtype("ff_e2m1_b0"))):
     label = str(scheme).replace(" ", "_") + ("_asym" if scheme.dtype.is_integer and not scheme.symmetric else "")
     _fake_quantize(with_specials(_SAMPLE), scheme, label + "_specials", sample=_SAMPLE, shape=("n", 40))
+# values halfway between two codes: ties go to the even code
+_fake_quantize(ties(4, 10), qf.INT8_PER_TENSOR, "i8_ties", scale=np.float32(0.25))
+_FP4_TIES = np.array([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, -0.25, -0.75, -1.25, -2.5, -5.0], np.float32)
+_fake_quantize(_FP4_TIES, qf.QuantScheme(dtypes.fp4_e2m1), "fp4_ties", scale=np.float32(1.0))
+_FP8_TIES = np.array([1.0625, 1.1875, 1.3125, 2.0**-10, 3 * 2.0**-10, 5 * 2.0**-10], np.float32)  # normal, subnormal
+_fake_quantize(np.concatenate([_FP8_TIES, -_FP8_TIES]), qf.FP8_E4M3_PER_TENSOR, "fp8_e4m3_ties", scale=np.float32(1.0))
 _GROUPED = r(40, 6, lo=-4, hi=4)
 for scheme in (qf.int4_per_group(16, 0), qf.uint4_per_group(32, 0), qf.QuantScheme(dtypes.int4, "channel", 1)):
     _fake_quantize(_GROUPED, scheme, str(scheme).replace(" ", "_") + "_40x6")
