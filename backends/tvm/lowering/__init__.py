@@ -33,7 +33,7 @@ Numerics (the interpreter in `requant.ir` is the oracle):
   Cast's wrap/saturate rules, MatMulInteger / QLinearMatMul / MatMulIntegerToFloat with
   int32 accumulators, QuantizeLinear's round-half-even + zero point + saturation.
 - Float ops follow the interpreter's compute dtypes: f16/bf16 compute in float32 and
-  round once (Erf in float64); tolerances in tests/backends/tvm/test_tvm_emit.py.
+  round once (Erf in float64); tolerances per dtype in tests/op_cases/case.py.
 - Low-bit float formats (fp8_e4m3, fp8_e5m2, fp4_e2m1, `FloatFormat`): TVM's own
   float8 conversions on llvm are not exact (NaN, subnormals, inf) and it has no fp4 or
   parametric floats, so these values are *emulated in float32*: a tensor of such a
