@@ -43,8 +43,8 @@ REQUANT_ROWS = (
 
 
 def _w4a4_minmax(dtype: str) -> list:
-    """W4A4 with one format and minmax ranges: weights per output channel, activations
-    per tensor, simulated by FakeQuantize (embeddings stay float)."""
+    """W4A4 with one format and minmax ranges, no SmoothQuant: weights per output
+    channel, activations per tensor, simulated by FakeQuantize (embeddings stay float)."""
     from requant.ir import dtype as dt
     from requant.ir.quant_formats import QuantScheme
     from requant.targets import STATS
@@ -53,7 +53,7 @@ def _w4a4_minmax(dtype: str) -> list:
     activations = QuantScheme(dt(dtype), "tensor")
     return ["canonicalize", "calibrate",
             ("quantize", {"weight_scheme": weights, "activation_scheme": activations, "method": "minmax", "stats": STATS,
-                          "smooth_alpha": None, "quantize_embeddings": False}),
+                          "quantize_embeddings": False}),
             "cse", "dce"]
 
 
