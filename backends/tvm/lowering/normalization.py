@@ -45,15 +45,19 @@ def _stash(ctx: LowerContext, node: Node) -> str:
     return {1: "float32", 11: "float64"}[int(ctx.attrs(node)["stash_type"])]
 
 
+def _normalized(ctx: LowerContext, node: Node, x: relax.Expr) -> tuple[dict, str, list[int], relax.Expr]:
+    """(attributes, stash dtype, the axes from `axis` on, X in the stash dtype) of a
+    LayerNormalization / RMSNormalization."""
+    a = ctx.attrs(node)
+    st = _stash(ctx, node)
+    rank = rank_of(x)
+    return a, st, list(range(normalize_axis(int(a["axis"]), rank), rank)), as_dtype(ctx, x, st)
+
+
 @LOWERINGS.lowers("LayerNormalization")
 def _layer_norm(ctx: LowerContext, node: Node, ins: list) -> Any:
-    a = ctx.attrs(node)
     dt = in_dtype(node)
-    st = _stash(ctx, node)
-    x = ins[0]
-    rank = rank_of(x)
-    axes = list(range(normalize_axis(int(a["axis"]), rank), rank))
-    xs = as_dtype(ctx, x, st)
+    a, st, axes, xs = _normalized(ctx, node, ins[0])
     mean = ctx.emit(R.mean(xs, axes, True))
     d = ctx.emit(R.subtract(xs, mean))
     var = ctx.emit(R.mean(R.multiply(d, d), axes, True))
@@ -75,13 +79,8 @@ def _half_op(ctx: LowerContext, fn: Callable, a: relax.Expr, b: relax.Expr, dt: 
 
 @LOWERINGS.lowers("RMSNormalization")
 def _rms_norm(ctx: LowerContext, node: Node, ins: list) -> Any:
-    a = ctx.attrs(node)
     dt = in_dtype(node)
-    st = _stash(ctx, node)
-    x = ins[0]
-    rank = rank_of(x)
-    axes = list(range(normalize_axis(int(a["axis"]), rank), rank))
-    xs = as_dtype(ctx, x, st)
+    a, st, axes, xs = _normalized(ctx, node, ins[0])
     ms = ctx.emit(R.mean(R.multiply(xs, xs), axes, True))
     y = ctx.emit(R.divide(xs, R.sqrt(R.add(ms, constant(a["epsilon"], st)))))
     y = from_compute(ctx, y, dt)
