@@ -31,8 +31,6 @@ _QDQ_FP8 = (QDQ_OPSET, 21)
 # into 0 for uint8); 4-bit outputs have no oracle (ORT cannot hand int4 to Python), the
 # ONNX export check runs them in ORT
 _SPECIALS_ORACLE = "ort"
-_TVM_NAN_SIGN = ("TVM's float32 emulation of fp8 drops the sign of NaN: an e4m3 overflow of a negative value "
-                 "without saturation is code 0x7f, where the interpreter (and ONNX's reference) give 0xff")
 _NO_ORT_FP4 = {"onnxruntime": "ONNX Runtime has no fp4_e2m1 QuantizeLinear / DequantizeLinear kernel"}
 
 # ----------------------------------------------------------------------------- QuantizeLinear
@@ -64,7 +62,7 @@ add("QuantizeLinear", [I(r(5, 8)), C(r(5, 3, lo=0.2, hi=2)), C(ints(5, 3, dt="u8
 add("QuantizeLinear", [I(r(4, 8, lo=-600, hi=600)), C(np.float32(1.0))], {"output_dtype": "fp8_e4m3"}, label="fp8_e4m3",
     export_opsets=_QDQ_FP8)
 add("QuantizeLinear", [I(r(4, 8, lo=-600, hi=600)), C(np.float32(0.5)), C(np.zeros((), ml_dtypes.float8_e4m3fn))],
-    {"saturate": 0}, label="fp8_e4m3_no_saturate", known_failures={"tvm": _TVM_NAN_SIGN})
+    {"saturate": 0}, label="fp8_e4m3_no_saturate")
 add("QuantizeLinear", [I(r(4, 8, lo=-1e5, hi=1e5)), C(r(8, lo=0.5, hi=2)), C(np.zeros(8, ml_dtypes.float8_e5m2))],
     label="fp8_e5m2_axis", export_opsets=_QDQ_FP8)
 # past the top of the formats, NaN and inf; saturate=0 away from the bands where ONNX
@@ -78,8 +76,7 @@ add("QuantizeLinear", [I(_FP8_X), C(r(8, lo=1e-3, hi=1e-2)), C(np.zeros(8, ml_dt
     label="fp8_e5m2_axis_specials", export_opsets=_QDQ_FP8)
 for code in ("fp8_e4m3", "fp8_e5m2"):
     add("QuantizeLinear", [I(_FP8_X), C(np.float32(1.0))], {"output_dtype": code, "saturate": 0},
-        label=f"{code}_no_saturate_specials", export_opsets=_QDQ_FP8,
-        known_failures={"tvm": _TVM_NAN_SIGN} if code == "fp8_e4m3" else {})
+        label=f"{code}_no_saturate_specials", export_opsets=_QDQ_FP8)
 add("QuantizeLinear", [I(r(4, 8, lo=-10, hi=10)), C(np.float32(0.5))], {"output_dtype": "fp4_e2m1"}, label="fp4",
     refused=_NO_ORT_FP4)
 # ORT divides float16 x by the scale in float32 (ONNX's reference in float16)

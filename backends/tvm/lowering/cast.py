@@ -8,8 +8,8 @@ tensor of such a dtype is a float32 tensor in Relax holding values on the format
 has no fp4 or parametric floats). Converting to a format rounds to nearest even in
 float64 with bit-level exponent extraction, exactly as `round_to_float_format` and
 ml_dtypes do: fp8 saturating clamps to +-max (NaN stays NaN); fp8 non-saturating gives
-NaN (e4m3) or +-inf (e5m2) past the largest finite value; fp4 and `FloatFormat` saturate
-and map NaN to +max. Converting from a format is exact.
+the NaN of the value's sign (e4m3) or +-inf (e5m2) past the largest finite value; fp4
+and `FloatFormat` saturate and map NaN to +max. Converting from a format is exact.
 
 Float -> integer truncates toward zero, saturates to the range and maps NaN to 0;
 integer -> integer wraps (int4/uint4 by their low four bits, carried in int8/uint8);
@@ -83,6 +83,13 @@ def _grid_round(v: Any, man_bits: int, bias: float) -> Any:
     return r / tirx.const(scale, "float64")
 
 
+def _nan_f64(negative: bool) -> Any:
+    """A quiet float64 NaN with the given sign bit, from its bits (TVM folds a negated
+    NaN constant back to the positive one)."""
+    bits = -(1 << 51) if negative else 0x7FF8000000000000  # 0xFFF8000000000000 as int64
+    return tirx.reinterpret("float64", tirx.const(bits, "int64"))
+
+
 def encode_float(ctx: LowerContext, x: relax.Expr, dst: DType, saturate: bool) -> relax.Expr:
     """`x` (any float or int Relax tensor) rounded onto `dst`'s grid, as `cast_to` does;
     float32 result (the emulated storage)."""
@@ -101,7 +108,10 @@ def encode_float(ctx: LowerContext, x: relax.Expr, dst: DType, saturate: bool) -
             r = _grid_round(v, man, bias)
             over = tirx.abs(r) > top_c
             if dst == dtypes.fp8_e4m3:
-                r = tirx.Select(over | nan, tirx.const(float("nan"), f64), r)
+                # e4m3 has no inf: an overflow becomes the NaN code of its sign (0x7f or
+                # 0xff), and a NaN input keeps its own sign
+                r = tirx.Select(over, tirx.Select(r > tirx.const(0.0, f64), _nan_f64(False), _nan_f64(True)), r)
+                r = tirx.Select(nan, v, r)
             else:
                 inf = tirx.const(float("inf"), f64)
                 r = tirx.Select(over & (r > tirx.const(0.0, f64)), inf, tirx.Select(over, -inf, r))
