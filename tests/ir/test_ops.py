@@ -75,6 +75,18 @@ def test_signed_bitshift_out_of_range_counts() -> None:
     np.testing.assert_array_equal(y, [-800, 0, 0, -(2**31), 0, -(2**30)])
 
 
+@pytest.mark.parametrize("dt", [np.int8, np.int16, np.int32, np.int64])
+def test_signed_bitshift_past_the_width(dt: type) -> None:
+    """x >> s for s >= the width or s < 0 is -1 for a negative x, else 0 (ONNX's node
+    suite finding: [-8, 4, -1] >> [32, 33, 100] is [-1, 0, -1])."""
+    bits = np.dtype(dt).itemsize * 8
+    x = np.array([-8, 4, -1, -8, 4], dt)
+    (y,) = run1("BitShift", [I(x), I(np.array([bits, bits + 1, 100, -1, -3], dt))], direction="RIGHT")
+    np.testing.assert_array_equal(y, [-1, 0, -1, -1, 0])
+    (y,) = run1("BitShift", [I(x), I(np.array([bits, bits + 1, 100, -1, -3], dt))], direction="LEFT")
+    np.testing.assert_array_equal(y, [0, 0, 0, 0, 0])
+
+
 def test_integer_div_by_zero_raises() -> None:
     with pytest.raises(RequantError, match="Div"):
         run1("Div", [I(np.array([1, 2], np.int32)), I(np.array([1, 0], np.int32))])
