@@ -240,6 +240,7 @@ def max_supported_opset() -> int:
 class _Lowered:
     opset: int
     ctx: EmitContext
+    recorded_inputs: set[str]  # inputs named by provenance records (kept as initializers)
 
 
 def _check_lowerable(graph: Graph) -> None:
@@ -264,6 +265,7 @@ def _lower(graph: Graph, opset: int) -> _Lowered:
     taken = {v.name for v in graph.values()}
     ctx = EmitContext(opset, taken)
     groups = 0
+    recorded_inputs: set[str] = set()
     for node in graph:
         emitter = LOWERINGS.lookup(node.op)
         ins = [None if v is None else v.name for v in node.inputs]
@@ -279,9 +281,10 @@ def _lower(graph: Graph, opset: int) -> _Lowered:
         if not _is_verbatim(node, ins, outs, emitted):
             groups += 1
             _record_provenance(node, ins, outs, emitted, groups)
+            recorded_inputs.update(i for i in ins if i)
         elif node.meta:
             set_metadata(emitted[0], META_KEY, encode_meta(node.meta))
-    return _Lowered(opset, ctx)
+    return _Lowered(opset, ctx, recorded_inputs)
 
 
 def _is_verbatim(node: Any, ins: list, outs: list, emitted: list) -> bool:
@@ -406,7 +409,9 @@ def to_onnx(
         lowered = _lower(graph, opset)
     ctx = lowered.ctx
 
-    used = {i for n in ctx.nodes for i in n.input if i} | {v.name for v in graph.outputs}
+    # a constant a lowering folded into an attribute (Reduce*'s axes below opset 18) is
+    # read by no ONNX node but named by the provenance record that restores the node
+    used = {i for n in ctx.nodes for i in n.input if i} | {v.name for v in graph.outputs} | lowered.recorded_inputs
     initializers = [_with_meta(tensor_from_array(v.const, v.dtype, v.name), v)
                     for v in graph.constants if v.name in used]
     initializers += [t for t in ctx.initializers if t.name in used]
