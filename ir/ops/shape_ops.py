@@ -105,7 +105,9 @@ def _infer_squeeze(ctx: InferContext) -> list[TensorType]:
     if x.shape is None:
         return [TensorType(None, x.dtype)]
     if axes is None:
-        return [TensorType(None if not n else (None,) * (x.rank - n), x.dtype)]
+        if n == 0:  # a computed axes tensor known to be empty: nothing is squeezed
+            return [x]
+        return [TensorType(None if n is None else (None,) * (x.rank - n), x.dtype)]
     axes = normalize_axes(axes, x.rank, "Squeeze")
     for a in axes:
         if isinstance(x.shape[a], int) and x.shape[a] != 1:

@@ -1,5 +1,8 @@
 """ONNX lowering of the shape ops (`requant.ir.ops.shape_ops`): standard ONNX, except
-Shape's start/end before opset 15, which become Shape then Slice."""
+Shape's start/end before opset 15, which become Shape then Slice, and Squeeze with an
+axes tensor known to be empty, which squeezes nothing (ONNX's spec and reference) where
+ONNX Runtime would squeeze every dim of extent 1: it becomes Identity. (An axes tensor
+computed at run time, of unknown length, is exported as it is.)"""
 
 from __future__ import annotations
 
@@ -17,9 +20,19 @@ logger = logging.getLogger(__name__)
 
 # Emitted as the same ONNX op: the registry defines them with ONNX's modern semantics.
 LOWERINGS.lowers(
-    "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Expand", "Size",
+    "Reshape", "Transpose", "Unsqueeze", "Flatten", "Expand", "Size",
     "Identity"
 )(standard)
+
+
+@LOWERINGS.lowers("Squeeze")
+def _squeeze(ctx: EmitContext, node: Node, ins: list, outs: list) -> None:
+    """An empty axes tensor squeezes nothing: Identity (ONNX Runtime would squeeze all)."""
+    axes = node.inputs[1] if len(node.inputs) > 1 else None
+    if axes is not None and axes.type.shape == (0,):
+        ctx.emit("Identity", [ins[0]], outs, name=node.name or None)
+        return
+    standard(ctx, node, ins, outs)
 
 
 @LOWERINGS.lowers("Shape")
