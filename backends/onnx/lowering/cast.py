@@ -1,5 +1,7 @@
 """ONNX lowering of Cast and CastLike (`requant.ir.ops.cast`). Cast pins requant's
-semantics where ONNX leaves them open: float -> integer truncates and saturates."""
+semantics where ONNX leaves them open: float -> integer truncates, saturates (to the
+range's ends exactly, also where the float type cannot hold the top one) and maps NaN
+to 0."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import logging
 
 import numpy as np
 
-from requant.backends.onnx.lowering._common import LOWERINGS, EmitContext, standard
+from requant.backends.onnx.lowering._common import LOWERINGS, EmitContext, scalar_const, standard
 from requant.backends.onnx.onnx_types import dtype_to_onnx
 from requant.errors import UnsupportedOpError
 from requant.ir import dtypes
@@ -22,7 +24,7 @@ logger = logging.getLogger(__name__)
 LOWERINGS.lowers("CastLike")(standard)
 
 
-def _float_bound(value: int, dt: DType, toward: float = 0.0) -> np.ndarray | None:
+def _float_bound(value: int, dt: DType) -> np.ndarray | None:
     """The float of dtype `dt` nearest to integer `value` that is not farther from zero
     (so a Clip to it stays inside the integer range); None when every finite value of
     `dt` already is (f16 against i32, ...)."""
@@ -42,6 +44,10 @@ def _cast(ctx: EmitContext, node: Node, ins: list, outs: list) -> None:
     """Cast with requant's semantics where ONNX leaves them open: float -> integer
     truncates and saturates (a Clip first; ONNX says "undefined if out of range" and
     ONNX Runtime rounds, not truncates, into int4/uint4, so those go through i8/u8).
+    Where the float type cannot hold the top of the range (2^63 - 1 in f64, 2^31 - 1
+    in f32) the Clip stops at the float below it, and what lay above that float is
+    lifted onto the top; NaN becomes 0 by a Where before the Clip (ONNX Runtime casts
+    NaN to the lowest integer). fp8/fp4 sources are widened to f32 first (exact).
     A `FloatFormat` target has no ONNX element type: refused."""
     from requant.ir.dtypes import FloatFormat
 
@@ -56,14 +62,31 @@ def _cast(ctx: EmitContext, node: Node, ins: list, outs: list) -> None:
         standard(ctx, node, ins, outs)
         return
     n = lambda p: ctx.sub_name(node, p)  # noqa: E731
-    lo, hi = dst.int_range
-    clip_dt = dtypes.float32 if isinstance(src, FloatFormat) else src
-    lo_f, hi_f = _float_bound(lo, clip_dt, 0.0), _float_bound(hi, clip_dt, 0.0)
     x = ins[0]
+    if src in (dtypes.fp8_e4m3, dtypes.fp8_e5m2, dtypes.fp4_e2m1):  # storage formats: exact in f32
+        (x,) = ctx.emit("Cast", [x], to=dtype_to_onnx(dtypes.float32), name=n("widen"))
+        src = dtypes.float32
+    if isinstance(src, FloatFormat):  # exported as the float32 it is held in
+        src = dtypes.float32
+    (nan,) = ctx.emit("IsNaN", [x], name=n("is_nan"))
+    (x,) = ctx.emit("Where", [nan, scalar_const(ctx, 0.0, src, "cast_nan"), x], name=n("nan_to_zero"))
+    lo, hi = dst.int_range
+    lo_f, hi_f = _float_bound(lo, src), _float_bound(hi, src)
+    clipped = x
     if lo_f is not None or hi_f is not None:
-        bounds = [None if b is None else ctx.const(b, clip_dt, tag) for b, tag in ((lo_f, "cast_lo"), (hi_f, "cast_hi"))]
-        (x,) = ctx.emit("Clip", [x, *bounds], name=n("saturate"))
+        bounds = [None if b is None else ctx.const(b, src, tag) for b, tag in ((lo_f, "cast_lo"), (hi_f, "cast_hi"))]
+        (clipped,) = ctx.emit("Clip", [x, *bounds], name=n("saturate"))
     if dst in (dtypes.int4, dtypes.uint4):
         wide = dtypes.int8 if dst == dtypes.int4 else dtypes.uint8
-        (x,) = ctx.emit("Cast", [x], to=dtype_to_onnx(wide), name=n("truncate"))
-    ctx.emit("Cast", [x], outs, to=dtype_to_onnx(dst), name=node.name or None)
+        (clipped,) = ctx.emit("Cast", [clipped], to=dtype_to_onnx(wide), name=n("truncate"))
+    if hi_f is None or float(hi_f) >= hi:
+        ctx.emit("Cast", [clipped], outs, to=dtype_to_onnx(dst), name=node.name or None)
+        return
+    # the bound was the float below the top: lift what lay above it onto the top, with
+    # Add and Mul (ONNX Runtime has no uint64 Where)
+    (y,) = ctx.emit("Cast", [clipped], to=dtype_to_onnx(dst), name=n("cast"))
+    (big,) = ctx.emit("Greater", [x, ctx.const(hi_f, src, "cast_hi")], name=n("above_top"))
+    (step,) = ctx.emit("Cast", [big], to=dtype_to_onnx(dst), name=n("above_top_int"))
+    gap = ctx.const(np.array(hi - int(hi_f), dtype=dst.np), dst, "cast_top_gap")
+    (lift,) = ctx.emit("Mul", [step, gap], name=n("lift"))
+    ctx.emit("Add", [y, lift], outs, name=node.name or None)
