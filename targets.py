@@ -27,7 +27,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -52,6 +53,8 @@ __all__ = [
     "backend_status",
     "lowering_status",
     "calibration_status",
+    "max_threads",
+    "threads_problem",
 ]
 
 logger = logging.getLogger(__name__)
@@ -202,12 +205,13 @@ class PassDefault:
 @dataclass(frozen=True)
 class OptionSpec:
     """One target option: accepted type(s), default, one-line help and, optionally,
-    the values it may take."""
+    the values it may take or a `rule` (value -> what is wrong with it, or None)."""
 
     type: type | tuple[type, ...]
     default: Any
     help: str
     choices: tuple[Any, ...] | None = None
+    rule: Callable[[Any], str | None] | None = None
 
     def default_value(self) -> Any:
         return self.default.value() if isinstance(self.default, PassDefault) else self.default
@@ -230,6 +234,9 @@ class OptionSpec:
         if self.choices is not None and value not in self.choices:
             raise RequantError(f"target '{target}': option '{name}' must be one of "
                                f"{', '.join(repr(c) for c in self.choices)}; got {value!r}")
+        problem = None if self.rule is None else self.rule(value)
+        if problem:
+            raise RequantError(f"target '{target}': option '{name}' {problem}")
         return value
 
     def describe(self, name: str) -> str:
@@ -237,12 +244,29 @@ class OptionSpec:
         return f"{name} ({self.type_name()}, default {self.default!r}{choices}): {self.help}"
 
 
+def max_threads() -> int:
+    """The most runtime threads an option or a manifest may ask for: 4 per logical CPU
+    (ONNX Runtime crashes on absurd counts rather than refusing them)."""
+    return 4 * (os.cpu_count() or 1)
+
+
+def threads_problem(value: Any) -> str | None:
+    """What is wrong with `value` as a thread count (0 = the physical cores), or None."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return f"must be an int, got {type(value).__name__} {value!r}"
+    if not 0 <= value <= max_threads():
+        return f"must be 0 (the physical cores) or 1..{max_threads()} (4 per CPU here), got {value}"
+    return None
+
+
 COMMON_OPTIONS: dict[str, OptionSpec] = {
     "verify": OptionSpec((bool, type(None)), None, "verify the graph after every pass (None: env REQUANT_VERIFY=1)"),
-    "threads": OptionSpec(int, 0, "runtime intra-op threads (0: the physical cores)"),
+    "threads": OptionSpec(int, 0, "runtime intra-op threads (0: the physical cores; at most 4 per CPU)",
+                          rule=threads_problem),
     "opset": OptionSpec((int, type(None)), None, "ONNX opset (None: the newest ONNX Runtime runs every op at)"),
     "holdout": OptionSpec(float, 0.2, "fraction of calibration batches held back for the accuracy report "
-                                      "(at least one when there are >= 2; 0 = no report)"),
+                                      "(at least one when there are >= 2; 0 = no report)",
+                          rule=lambda h: None if 0.0 <= h < 1.0 else f"must be in [0, 1), got {h!r}"),
     "dynamic_dims": OptionSpec((dict, type(None)), None, "torch models: symbolic dims per input, "
                                                          "e.g. {'x': {0: 'batch'}}"),
 }
@@ -263,6 +287,10 @@ _QUANT_OPTIONS: dict[str, OptionSpec] = {
 }
 
 _CLEANUP = (Step("fold_constants"), Step("cse"), Step("dce"))
+# Every pipeline starts from canonical forms with inference BatchNorms folded into the
+# Conv / linear before them (exact in float; a BatchNorm between DQ -> Conv -> Q would
+# keep ONNX Runtime from fusing the integer convolution)
+_CANONICAL = (Step("canonicalize"), Step("fold_batchnorm"))
 # After quantize, no constant folding: it would turn DequantizeLinear(constant codes)
 # back into float weights (the quantize pass already stores weights as codes).
 _QUANT_CLEANUP = (Step("cse"), Step("dce"))
@@ -308,7 +336,7 @@ def _quantize_step(weights: Scheme, activations: Scheme | None, *, stats: Any = 
 _SMOOTHQUANT = Step("smoothquant", {"alpha": Opt("smooth_alpha"), "scope": Opt("smooth_scope"), "calibration": BATCHES,
                                     "runner": Opt("calibration_runner")}, unless=("smooth_alpha", None))
 _INT8_QUANTIZE = (
-    Step("canonicalize"),
+    *_CANONICAL,
     _SMOOTHQUANT,
     Step(CALIBRATE, {"runner": Opt("calibration_runner")}),
     _quantize_step(_INT8_WEIGHTS, _INT8_ACTIVATIONS, embeddings=Opt("quantize_embeddings")),
@@ -342,7 +370,7 @@ _INT4_OPTIONS = {
     "kernel": OptionSpec(str, "auto", "kernel for lower_quant ('auto': MatMulNBits)"),
 }
 _INT4_STEPS = (
-    Step("canonicalize"),
+    *_CANONICAL,
     _quantize_step(
         Scheme(Opt("symmetric", {True: "int4", False: "uint4"}), "group", axis=0, group_size=Opt("group_size"),
                symmetric=Opt("symmetric")),
@@ -359,7 +387,7 @@ _FP8_OPTIONS = {
     "format": OptionSpec(str, "fp8_e4m3", "fp8 element format", ("fp8_e4m3", "fp8_e5m2")),
 }
 _FP8_STEPS = (
-    Step("canonicalize"),
+    *_CANONICAL,
     Step(CALIBRATE, {"runner": Opt("calibration_runner")}),
     _quantize_step(Scheme(Opt("format"), "channel", axis=1), Scheme(Opt("format"), "tensor")),
     *_QUANT_CLEANUP,
@@ -376,7 +404,7 @@ _FP4_OPTIONS = {
 _FP4_BLOCK = Opt("block", {"nv": 16, "mx": 32})
 _FP4_BLOCKS = ("search", False)
 _FP4_STEPS = (
-    Step("canonicalize"),
+    *_CANONICAL,
     # block scales come from the data; NVFP4's float32 per-tensor scale of activations
     # comes from calibration (MXFP4 needs none, but calibrating keeps one pipeline)
     Step(CALIBRATE, {"runner": Opt("calibration_runner")}, when=_FP4_BLOCKS),
@@ -386,9 +414,9 @@ _FP4_STEPS = (
          when=("search", True)),
     *_QUANT_CLEANUP,
 )
-_FP32_STEPS = (Step("canonicalize"), *_CLEANUP)
+_FP32_STEPS = (*_CANONICAL, *_CLEANUP)
 _INTONLY_STEPS = (
-    Step("canonicalize"),
+    *_CANONICAL,
     Step(CALIBRATE, {"runner": Opt("calibration_runner")}),
     _quantize_step(Scheme("int8", "channel", axis=1), Scheme("int8", "tensor")),
     Step("intonly"),

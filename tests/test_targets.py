@@ -134,7 +134,7 @@ def test_smoothquant_is_its_own_step_with_the_pass_default_alpha() -> None:
     int8 = get_target("cpu-int8")
     names = [s.name for s in int8.resolve_steps(int8.resolve_options({}))]
     # it measures its channel ranges on the batches; the calibration after it sees x / s
-    assert names[:4] == ["canonicalize", "smoothquant", CALIBRATE, "quantize"]
+    assert names[:5] == ["canonicalize", "fold_batchnorm", "smoothquant", CALIBRATE, "quantize"]
     smooth = {s.name: s for s in int8.resolve_steps(int8.resolve_options({}))}["smoothquant"].options
     assert smooth["alpha"] == DEFAULT_ALPHA and smooth["scope"] == "norm" and smooth["calibration"] is BATCHES
     assert isinstance(int8.options["smooth_alpha"].default, PassDefault)  # stated once, in the pass
@@ -185,3 +185,12 @@ def test_no_constant_folding_after_quantize(name: str) -> None:
     """fold_constants would turn DequantizeLinear(constant codes) back into float weights."""
     steps = [s.name for s in TARGETS[name].steps]
     assert "fold_constants" not in steps[steps.index("quantize"):]
+
+
+@pytest.mark.parametrize("name", list(TARGETS))
+def test_every_pipeline_folds_batchnorm_after_canonicalize(name: str) -> None:
+    """BatchNorm folding is exact in float, so every target runs it, before anything
+    calibrates or quantizes (a BatchNorm between DQ -> Conv -> Q blocks the integer conv)."""
+    target = TARGETS[name]
+    steps = [s.name for s in target.resolve_steps(target.resolve_options({}))]
+    assert steps[:2] == ["canonicalize", "fold_batchnorm"]
