@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from op_cases.case import ORT_NO_BF16, CaseList, Draws, I
+from op_cases.case import ORT_NO_BF16, C, CaseList, Draws, I
 
 __all__ = ["CASES"]
 
@@ -32,13 +32,21 @@ add("Pow", [I(ri(6, lo=-5, hi=5)), I(ri(6, lo=0, hi=4))], label="i32")
 add("Pow", [I(np.array([3, -2, 5, 7], np.int64)), I(np.array([0, 1, 2, 3], np.int64))], label="i64")
 # negative exponents (1, -1 or 0) and int32 wrap-around: ONNX leaves them open
 add("Pow", [I(np.array([1, -1, -1, 2, -3, 3, 7], np.int32)), I(np.array([-2, -3, -2, -1, -1, 5, 40], np.int32))],
-    label="int_negative_and_wrap", oracle="none",
-    known_failures={"onnxruntime": "ONNX Runtime's int32 Pow gives INT32_MIN for 7^40, where requant wraps "
-                                   "(7^40 mod 2^32); the ONNX backend exports Pow as it is"})
+    label="int_negative_and_wrap", oracle="none")
+# the export's square-and-multiply: computed exponents of every integer width (an int64
+# exponent past 2^62), constant ones, bases ONNX's Pow does not take (computed in int64)
+add("Pow", [I(np.array([3, -3, 7, 2, -1, 5, 0, 1], np.int64)),
+            I(np.array([2**62 + 3, 2**40, 63, 64, 2**61 + 1, -4, 0, -9], np.int64))], label="i64_huge_exp", oracle="none")
+add("Pow", [I(np.array([3, -5, 7, 2, -1, 11], np.int32)), C(np.int64(13))], label="i32_const_exp", oracle="none")
+add("Pow", [I(np.array([3, -5, 7, 2], np.int32)), C(np.array([0], np.int32))], label="i32_const_zero", oracle="none")
+add("Pow", [I(np.array([3, -5, 7, 2, -1, 100], np.int8)), I(np.array([3, 5, 2, 9, -3, 2], np.int8))], label="i8_wrap",
+    oracle="none")
+add("Pow", [I(np.array([3, 255, 7, 2, 1, 16], np.uint8)), I(np.array([3, 2, 2, 9, 200, 2], np.uint16))], label="u8_wrap",
+    oracle="none")
 # a float exponent on integers: the float power truncated, 100^4 saturating to int16's top
 # (ONNX leaves overflow open; its reference wraps)
 add("Pow", [I(np.array([2, -3, 5, 100], np.int16)), I(np.array([0.5, 2.0, 3.7, 4.0], np.float32))], label="int_float_exp",
-    oracle="none", refused={"onnx": "ONNX's Pow takes no int16 base: onnx.checker refuses the exported model"})
+    oracle="none")
 add("Mod", [I(ri(12, lo=-20, hi=20)), I(np.array([3, -3, 7, -7] * 3, np.int32))], label="floor")
 add("Mod", [I(ri(12, lo=-20, hi=20)), I(np.array([3, -3, 7, -7] * 3, np.int32))], {"fmod": 1}, label="fmod")
 add("Mod", [I(r(3, 4)), I(r(4, lo=0.5, hi=2))], {"fmod": 1}, label="float")

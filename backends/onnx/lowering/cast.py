@@ -16,7 +16,7 @@ from requant.ir import dtypes
 from requant.ir.dtypes import DType
 from requant.ir.graph import Node
 
-__all__: list[str] = []
+__all__ = ["emit_float_to_int"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +61,17 @@ def _cast(ctx: EmitContext, node: Node, ins: list, outs: list) -> None:
     if not (src.is_float and dst.is_integer):
         standard(ctx, node, ins, outs)
         return
+    emit_float_to_int(ctx, node, ins[0], src, dst, outs[0])
+
+
+def emit_float_to_int(ctx: EmitContext, node: Node, x: str, src: DType, dst: DType, out: str) -> None:
+    """ONNX nodes writing `out`: float `x` (of dtype `src`) as integer dtype `dst` by
+    requant's Cast (truncated, saturated, NaN -> 0; `_cast` says how). Helper nodes are
+    named after `node`."""
+    from requant.ir.dtypes import FloatFormat
+
+    outs = [out]
     n = lambda p: ctx.sub_name(node, p)  # noqa: E731
-    x = ins[0]
     if src in (dtypes.fp8_e4m3, dtypes.fp8_e5m2, dtypes.fp4_e2m1):  # storage formats: exact in f32
         (x,) = ctx.emit("Cast", [x], to=dtype_to_onnx(dtypes.float32), name=n("widen"))
         src = dtypes.float32
