@@ -6,6 +6,11 @@ Floats only (integer convolution is requant's own op). The reference kernels com
 float32 (float64 for f64) and round once. A symbolic spatial extent stays symbolic when
 the output extent equals the input one (stride 1 with SAME padding or with
 pads summing to dilation*(kernel-1)); the batch dim always carries over.
+
+ConvTranspose's `output_shape` may be larger than the full transposed convolution: the
+total padding is then negative and the output extends at the end with positions no input
+reaches (zeros, plus the bias), as output_padding does; ONNX Runtime does so, and ONNX's
+reference too without auto_pad (with SAME_* it splits the extension between both ends).
 """
 
 from __future__ import annotations
@@ -140,6 +145,9 @@ def conv_transpose_geometry(in_sp, kernel, attrs_get, n):
                 res.append((None, None, target))
                 continue
             total = s * (d - 1) + op + span - target
+            if total < 0:  # output_shape past the full result: extends at the end
+                res.append((0, total, target))
+                continue
             small, big = total // 2, total - total // 2
             # ONNX: SAME_UPPER puts the odd cell at the end, SAME_LOWER and NOTSET at the start
             res.append((small, big, target) if auto_pad == "SAME_UPPER" else (big, small, target))
@@ -189,8 +197,6 @@ def _conv_transpose(ins: list, attrs: dict, outs: list) -> Any:
     Mg = w.shape[1]
     out_pad = attrs["output_padding"] or [0] * n
     full = [s * (d - 1) + (k - 1) * dl + 1 + op for d, k, s, dl, op in zip(x.shape[2:], kernel, strides, dilations, out_pad)]
-    if any(pb < 0 or pb + o > f for (pb, _, o), f in zip(geo, full)):
-        raise ValueError(f"output_shape {attrs['output_shape']} is larger than the full transposed convolution {full}")
     y = np.zeros((N, g, Mg) + tuple(full), dtype=ct)
     xg = x.astype(ct).reshape((N, g, C // g) + x.shape[2:])
     wg = w.astype(ct).reshape((g, C // g, Mg) + w.shape[2:])
@@ -201,11 +207,25 @@ def _conv_transpose(ins: list, attrs: dict, outs: list) -> Any:
             for kp, dl, s, d in zip(kpos, dilations, strides, x.shape[2:])
         )
         y[(slice(None), slice(None), slice(None)) + index] += contrib
-    crop = tuple(slice(pb, pb + o) for pb, pe, o in geo)
-    y = y.reshape((N, g * Mg) + tuple(full))[(slice(None), slice(None)) + crop]
+    y = _crop_or_extend(y.reshape((N, g * Mg) + tuple(full)), [(pb, o) for pb, _, o in geo])
     if b is not None:
         y = y + b.astype(ct).reshape((1, -1) + (1,) * n)
     return y.astype(x.dtype)
+
+
+def _crop_or_extend(y: np.ndarray, windows: list[tuple[int, int]]) -> np.ndarray:
+    """The spatial window [pb, pb + o) of the full result `y` per axis: positions outside
+    the full result (a negative pb, or an `output_shape` past its end) are zeros."""
+    out = np.zeros(y.shape[:2] + tuple(o for _, o in windows), dtype=y.dtype)
+    src, dst = [slice(None)] * 2, [slice(None)] * 2
+    for (pb, o), f in zip(windows, y.shape[2:]):
+        lo, hi = max(pb, 0), min(pb + o, f)
+        if hi <= lo:
+            return out
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - pb, hi - pb))
+    out[tuple(dst)] = y[tuple(src)]
+    return out
 
 
 define_op(

@@ -37,6 +37,14 @@ add("ConvTranspose", [I(rq(1, 4, 3, 3)), I(rq(4, 1, 2, 2))], {"group": 2, "strid
 add("ConvTranspose", [I(rq(1, 2, 3, 3)), I(rq(2, 2, 3, 3))], {"strides": [2, 2], "output_shape": [6, 7]},
     label="output_shape", oracle="ort")
 add("ConvTranspose", [I(rq(1, 2, 3, 3)), I(rq(2, 2, 3, 3))], {"strides": [2, 2], "auto_pad": "SAME_UPPER"}, label="same_upper")
+# output_shape past the full transposed convolution (9 x 7 and 9 x 9 here) extends it at
+# the end with zeros plus the bias (ONNX's node test test_convtranspose_output_shape; ONNX
+# Runtime takes up to stride - 1 more; with SAME_* ONNX's reference splits the extension)
+add("ConvTranspose", [I(rq(1, 2, 3, 3)), I(rq(2, 2, 3, 3)), I(rq(2))], {"strides": [3, 2], "output_shape": [10, 8]},
+    label="output_shape_larger")
+add("ConvTranspose", [I(rq(1, 2, 3, 3)), I(rq(2, 2, 3, 3))], {"strides": [3, 3], "output_shape": [11, 10],
+                                                               "auto_pad": "SAME_UPPER"}, label="output_shape_larger_upper",
+    oracle="ort")
 add("ConvTranspose", [I(rq(2, 3, 6)), I(rq(3, 4, 3))], {"strides": [3]}, label="1d")
 add("ConvTranspose", [I(rq(2, 4, 3, 3), shape=("n", 4, 3, 3)), C(rq(4, 3, 2, 2))], {"strides": [2, 2]},
     expect=("n", 3, 6, 6), label="sym")
