@@ -9,8 +9,16 @@ This module owns two things:
    float32 `W[K, N]` -> `W[ceil(N/32), K, 32]` (one contiguous K x 32 panel per column
    tile, zero-padded); int8 `W` (an int32 or int8 constant whose values fit int8, times
    uint8/int8 activations widened to int32, optionally minus a constant zero point)
-   -> `W[ceil(N/16), K/4, 64]`, the operand layout of AVX-512 VNNI `vpdpbusd`, plus
+   -> `W[2 ceil(N/32), K/4, 64]`, the operand layout of AVX-512 VNNI `vpdpbusd`, plus
    an int32 per-column compensation for signed activations and activation zero points.
+   Tails are handled by padding, never by predicates in the inner loop: the kernel's
+   accumulator covers the columns padded to whole 32-wide panels (zero weights) and
+   the last row axis padded to whole register tiles, whose extra rows read the last
+   real row (`min(i, m - 1)`: finite values, no predicated load, never written out); a
+   trim step writes the real rows and columns. The register tile's rows
+   (`dense_row_tile`) are all rows of a short axis, else the tile in 6..12 that pads
+   the fewest rows, so any row count (ViT's 197 tokens, a batch of 7) runs the same
+   unpredicated inner loop as a multiple of 8; a symbolic row axis uses 8.
    The kernels are ordinary PrimFuncs, so FuseOps still fuses bias, GELU, residual adds
    into them (they are marked out-elementwise-fusable).
    The same pass rewrites float32 `conv2d(x, constant W)` (NCHW / OIHW, static C, H, W,
@@ -22,13 +30,17 @@ This module owns two things:
    non-constant weights keep relax's own conv2d.
 
 2. Schedule rules applied to every PrimFunc after FuseTIR (`schedule_cpu_module`):
-   - `MatmulTile`: every matmul-like block (one reduction axis, the output's last axis
-     read contiguously from the right operand): the packed dense kernels, batch matmul
-     (attention QK^T and PV), dynamic-weight matmul. Leading spatial axes are fused into
-     rows; register tile 8 rows x 32 columns (two zmm vectors per row, 16 accumulators),
-     rows blocked by 64 for cache reuse of the right panel; the accumulator tile lives in
-     a local buffer (cache_write) that the fused epilogue reads back; parallel over
-     (row block, column tile), the inner 16 columns vectorised.
+   - `DenseTile`: the packed dense kernel + its fused epilogue: the output is tiled
+     into `mr` rows x 32 columns, the padded accumulator computed at each tile into a
+     local buffer (mr x 2 zmm registers, no bounds checks), reduction outermost; only
+     the write-back through the epilogue checks the real extent; parallel over
+     (leading rows, row block, column panel), a row block being the register tiles that
+     reuse one K x 32 weight panel (about 64 rows, chosen to cover the tiles evenly).
+   - `MatmulTile`: every other matmul-like block (one reduction axis, the output's last
+     axis read contiguously from the right operand): batch matmul (attention QK^T and
+     PV), dynamic-weight matmul: register tile 8 rows x 32 columns, rows blocked by 64,
+     the accumulator tile in a local buffer (cache_write) that the fused epilogue reads
+     back; parallel over (row block, column tile), the inner 16 columns vectorised.
    - `ConvTile`: the packed conv kernel + its fused epilogue (bias, ReLU, BatchNorm
      arithmetic, residual add): register tile of `owt` output columns x `ob` output
      channels (`conv_tile`: ob/16 zmm per column, <= 24 accumulators; owt divides
@@ -37,7 +49,7 @@ This module owns two things:
      vector per FMA), parallel over batch x channel blocks x output rows; the epilogue
      reads the tile back channel-major with columns vectorised.
    - `MatmulVNNI`: the int8 packed dense kernel (uint8 x int8 -> int32, exact), tiled
-     8 x 32; on a VNNI CPU every 16-column x 4-deep step is one `vpdpbusd`
+     as DenseTile; on a VNNI CPU every 16-column x 4-deep step is one `vpdpbusd`
      (`llvm.x86.avx512.vpdpbusd.512`, written into the TIR by `_emit_vnni`, since TVM
      0.27's Tensorize segfaults on this kernel), else a 16-lane vector loop.
    - `RowReduction`: softmax, LayerNorm and similar (reductions along the last axis
@@ -75,10 +87,13 @@ __all__ = [
     "PackConstantWeights",
     "FastMath",
     "schedule_cpu_module",
+    "dense_row_tile",
+    "dense_tiles_per_block",
     "packed_dense_func",
     "packed_dense_int8_func",
     "pack_weight_fp32",
     "pack_weight_int8",
+    "DenseTile",
     "MatmulTile",
     "ConvTile",
     "packed_conv2d_func",
@@ -100,6 +115,8 @@ logger = logging.getLogger(__name__)
 #: register tile: MR rows x NR columns of accumulators (NR / 16 zmm vectors per row)
 MR = 8
 NR = 32
+#: the range `dense_row_tile` picks the rows of a register tile from (2 x MR_MAX accumulators)
+MR_MIN, MR_MAX = 6, 12
 #: rows per cache block (the NR-wide weight panel is reused across them)
 MB = 64
 #: fp32 / int32 lanes of a 512-bit vector
@@ -107,6 +124,7 @@ LANES = 16
 #: what a schedule primitive raises when it does not apply
 _SCHEDULE_ERRORS = (s_tir.ScheduleError, tvm.error.InternalError, RuntimeError, ValueError)
 DENSE_BLOCK = "packed_dense"
+DENSE_TRIM_BLOCK = "packed_dense_trim"
 DENSE_INT8_BLOCK = "packed_dense_u8s8"
 _VNNI_N, _VNNI_K = 16, 4
 _OP_PATTERN_OUT_EWISE_FUSABLE = 4
@@ -131,11 +149,12 @@ def pack_weight_fp32(w: np.ndarray, nr: int = NR) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(k, tiles, nr).transpose(1, 0, 2))
 
 
-def pack_weight_int8(w: np.ndarray) -> np.ndarray:
-    """int8 `W[K, N]` (K % 4 == 0) -> `W[ceil(N/16), K/4, 64]`: per 16-column tile and
-    4-deep k group, the 64 bytes one `vpdpbusd` reads (column-major 16 x 4)."""
+def pack_weight_int8(w: np.ndarray, nr: int = NR) -> np.ndarray:
+    """int8 `W[K, N]` (K % 4 == 0) -> `W[ceil(N/nr) nr/16, K/4, 64]`: per 16-column tile
+    and 4-deep k group, the 64 bytes one `vpdpbusd` reads (column-major 16 x 4); the
+    columns zero-padded to whole `nr`-wide register tiles."""
     k, n = w.shape
-    tiles = -(-n // _VNNI_N)
+    tiles = -(-n // nr) * (nr // _VNNI_N)
     padded = np.zeros((k, tiles * _VNNI_N), dtype=np.int8)
     padded[:, :n] = w
     packed = padded.reshape(k // _VNNI_K, _VNNI_K, tiles, _VNNI_N).transpose(2, 0, 3, 1)
@@ -170,44 +189,92 @@ def _fresh_shape(shape: Sequence) -> list:
     return out
 
 
+def dense_row_tile(rows: int | None) -> int:
+    """Rows of the dense register tile (`mr`, 2 accumulator vectors per row) for a row
+    axis of `rows` (None: symbolic): every row of a short axis (up to MR_MAX), else
+    the tile in [MR_MIN, MR_MAX] that pads the axis by the fewest rows (the larger on
+    ties), so that row counts that are not multiples of 8 waste almost nothing."""
+    if rows is None:
+        return MR
+    if rows <= MR_MAX:
+        return max(1, rows)
+    return min(range(MR_MIN, MR_MAX + 1), key=lambda mr: (-(-rows // mr) * mr - rows, -mr))
+
+
+def dense_tiles_per_block(tiles: int, mr: int) -> int:
+    """Register tiles of `mr` rows per cache block (the block reuses one weight panel):
+    about MB rows, chosen so that the blocks cover the `tiles` with the fewest spare."""
+    most = max(1, MB // mr)
+    if tiles <= most:
+        return tiles
+    return min(range(max(1, most // 2), most + 1), key=lambda t: (-(-tiles // t) * t - tiles, -t))
+
+
+def _padded_rows(m, mr: int):
+    """`m` rounded up to a multiple of `mr` (an int, or an expression of a symbolic m)."""
+    if isinstance(m, tirx.IntImm):
+        return _i64(-(-int(m) // mr) * mr)
+    return (m + _i64(mr - 1)) // _i64(mr) * _i64(mr)
+
+
+def _clamped_row(i, m):
+    """Row `i` of a padded row axis read from a tensor of `m` rows: the padded rows read
+    the last real row (finite values, never written out), so no load is predicated."""
+    return tirx.min(i, m - _i64(1))
+
+
 def packed_dense_func(x_shape: Sequence, n: int, dtype: str = "float32", nr: int = NR) -> tirx.PrimFunc:
-    """`y[..., j] = sum_k x[..., k] * w[j // nr, k, j % nr]`, `w` from `pack_weight_fp32`."""
+    """`y[..., i, j] = sum_k x[..., i, k] * w[j // nr, k, j % nr]`, `w` from
+    `pack_weight_fp32`, computed as
+
+        packed_dense[..., i, j]    over rows padded to whole register tiles
+                                   (`dense_row_tile`) and columns padded to whole
+                                   `nr` panels, padded rows reading the last real row
+        packed_dense_trim[..., i, j] = packed_dense[..., i, j]  (the real rows, columns)
+
+    so that the scheduled accumulator tile is never predicated: only the write-back
+    (with the fused epilogue) checks the bounds."""
     x_shape = _fresh_shape(x_shape)
-    k = int(x_shape[-1])
+    *lead, m, k_dim = x_shape
+    k = int(k_dim)
+    mr = dense_row_tile(int(m) if isinstance(m, tirx.IntImm) else None)
     x = te.placeholder(x_shape, dtype, name="x")
     w = te.placeholder((_i64(-(-n // nr)), _i64(k), _i64(nr)), dtype, name="w_packed")
     r = te.reduce_axis((_i64(0), _i64(k)), name="k")
 
     def body(*idx):
-        *rows, j = idx
-        return te.sum(x[(*rows, r)] * w[j // nr, r, j % nr], axis=r)
+        *rows, i, j = idx
+        return te.sum(x[(*rows, _clamped_row(i, m), r)] * w[j // nr, r, j % nr], axis=r)
 
-    y = te.compute((*x_shape[:-1], _i64(n)), body, name=DENSE_BLOCK)
+    acc = te.compute((*lead, _padded_rows(m, mr), _i64(-(-n // nr) * nr)), body, name=DENSE_BLOCK)
+    y = te.compute((*lead, m, _i64(n)), lambda *idx: acc(*idx), name=DENSE_TRIM_BLOCK)
     func = te.create_prim_func([x, w, y])
     return func.with_attr("op_pattern", _OP_PATTERN_OUT_EWISE_FUSABLE)
 
 
 def packed_dense_int8_func(x_shape: Sequence, n: int, x_dtype: str = "uint8") -> tirx.PrimFunc:
     """`y[..., j] = sum_k i32(x[..., k]) * i32(w[j//16, k//4, (j%16)*4 + k%4]) - comp[j]`
-    with uint8 `x`, int8 `w` from `pack_weight_int8`, int32 `comp`."""
+    with uint8 `x`, int8 `w` from `pack_weight_int8`, int32 `comp`; the accumulator
+    `packed_dense_u8s8` covers rows padded to whole register tiles (padded rows read the
+    last real row) and the padded weight columns, so that every `vpdpbusd` step is
+    unpredicated; the compensation step writes the real rows and columns."""
     x_shape = _fresh_shape(x_shape)
-    k = int(x_shape[-1])
+    *lead, m, k_dim = x_shape
+    k = int(k_dim)
+    mr = dense_row_tile(int(m) if isinstance(m, tirx.IntImm) else None)
+    tiles = -(-n // NR) * (NR // _VNNI_N)
     x = te.placeholder(x_shape, x_dtype, name="x")
-    w = te.placeholder(tuple(_i64(v) for v in (-(-n // _VNNI_N), k // _VNNI_K, _VNNI_N * _VNNI_K)), "int8",
-                       name="w_packed")
+    w = te.placeholder(tuple(_i64(v) for v in (tiles, k // _VNNI_K, _VNNI_N * _VNNI_K)), "int8", name="w_packed")
     comp = te.placeholder((_i64(n),), "int32", name="compensation")
     r = te.reduce_axis((_i64(0), _i64(k)), name="k")
 
     def dot(*idx):
-        *rows, j = idx
-        return te.sum(x[(*rows, r)].astype("int32")
+        *rows, i, j = idx
+        return te.sum(x[(*rows, _clamped_row(i, m), r)].astype("int32")
                       * w[j // _VNNI_N, r // _VNNI_K, j % _VNNI_N * _VNNI_K + r % _VNNI_K].astype("int32"), axis=r)
 
-    # the accumulator covers whole 16-column tiles (the padded weight columns), so that
-    # every vpdpbusd step is unpredicated; the compensation step drops the padding
-    n_pad = -(-n // _VNNI_N) * _VNNI_N
-    acc = te.compute((*x_shape[:-1], _i64(n_pad)), dot, name=DENSE_INT8_BLOCK)
-    y = te.compute((*x_shape[:-1], _i64(n)), lambda *idx: acc(*idx) - comp[idx[-1]], name="compensate")
+    acc = te.compute((*lead, _padded_rows(m, mr), _i64(tiles * _VNNI_N)), dot, name=DENSE_INT8_BLOCK)
+    y = te.compute((*lead, m, _i64(n)), lambda *idx: acc(*idx) - comp[idx[-1]], name="compensate")
     func = te.create_prim_func([x, w, comp, y])
     return func.with_attr("op_pattern", _OP_PATTERN_OUT_EWISE_FUSABLE)
 
@@ -652,7 +719,7 @@ class MatmulTile(_Rule):
 
     def schedule(self, sch: s_tir.Schedule, target: Target) -> bool:
         block = _matmul_block(sch)
-        if block is None or sch.get(block).name_hint == DENSE_INT8_BLOCK:
+        if block is None or sch.get(block).name_hint in (DENSE_INT8_BLOCK, DENSE_BLOCK):
             return False
         if sch.get(block).writes[0].source.dtype not in ("float32", "int32"):
             return False
@@ -667,10 +734,62 @@ class MatmulTile(_Rule):
         return True
 
 
+class DenseTile(_Rule):
+    """The packed dense kernel (`packed_dense_func`) + its fused epilogue: the output
+    (after the epilogue) is tiled into `mr` rows x NR columns, the accumulator
+    (`packed_dense`, rows and columns padded to whole tiles) is computed at each tile
+    into a local buffer (registers: mr x NR/16 zmm), reduction outermost, every row and
+    column of the tile unrolled or vectorised with no bounds check; the epilogue writes
+    the tile back, the only place that checks the real row / column count. Parallel over
+    (leading rows, row block, column panel); a row block is `dense_tiles_per_block`
+    register tiles that reuse one K x NR weight panel."""
+
+    def schedule(self, sch: s_tir.Schedule, target: Target) -> bool:
+        if DENSE_BLOCK not in [sch.get(b).name_hint for b in _blocks(sch)]:
+            return False
+        acc = sch.get_sblock(DENSE_BLOCK)
+        if sch.get(acc).writes[0].source.dtype != "float32":
+            return False
+        _inline_spatial(sch, keep=[acc])
+        out = _blocks(sch)[-1]
+        if not _is_spatial(sch, out) or len(sch.get_loops(out)) != len(sch.get(acc).writes[0].source.shape):
+            return False
+        *lead, i, j = sch.get_loops(out)
+        im = _tile_rows_of_output(sch, out, lead, i, j, dense_row_tile(_extent(sch, i)), NR)
+        sch.compute_at(acc, im, preserve_unit_loops=True)
+        sch.set_scope(acc, 0, "local")
+        *_, t_row, t_col, k = sch.get_loops(acc)
+        sch.reorder(k, t_row, t_col)
+        sch.unroll(t_row)
+        col_o, col_i = sch.split(t_col, [None, LANES])
+        sch.unroll(col_o)
+        sch.vectorize(col_i)
+        init = sch.decompose_reduction(acc, k)
+        _vectorize_inner(sch, sch.get_loops(init)[-1])
+        return True
+
+
+def _tile_rows_of_output(sch: s_tir.Schedule, out, lead: list, i, j, mr: int, nr: int):
+    """Tile the output's [lead..., i, j] loops as (lead, row block, column panel) |
+    register tile of the block | mr rows x nr columns, parallel outside; the last two
+    vectorised where whole 16-lane vectors fit. Returns the loop the register tile is
+    computed under."""
+    i_ext = _extent(sch, i)
+    tiles = -(-i_ext // mr) if i_ext is not None else None
+    per_block = dense_tiles_per_block(tiles, mr) if tiles is not None else max(1, MB // mr)
+    io, im, ii = sch.split(i, [None, per_block, mr])
+    jo, ji = sch.split(j, [None, nr])
+    sch.reorder(*lead, io, jo, im, ii, ji)
+    sch.parallel(sch.fuse(*lead, io, jo))
+    sch.unroll(ii)
+    _vectorize_inner(sch, ji)
+    return im
+
+
 class MatmulVNNI(_Rule):
     """The int8 packed dense kernel (uint8 x int8 -> int32, exact; weights in the
-    [N/16, K/4, 64] vpdpbusd layout): tiled like MatmulTile (8 rows x 32 columns of
-    int32 accumulators), and on a VNNI target each 16-column x 4-deep step is one
+    [N/16, K/4, 64] vpdpbusd layout): tiled like DenseTile (`mr` rows x 32 columns of
+    int32 accumulators over the padded rows and columns), and on a VNNI target each 16-column x 4-deep step is one
     AVX-512 VNNI `vpdpbusd` (`llvm.x86.avx512.vpdpbusd.512`: 16 int32 lanes += the dot
     products of 4 uint8 activations, broadcast, with 4 int8 weights each).
 
@@ -697,26 +816,24 @@ class MatmulVNNI(_Rule):
         return _has_vnni(target) if self.vnni is None else self.vnni
 
     def schedule(self, sch: s_tir.Schedule, target: Target) -> bool:
-        names = [sch.get(b).name_hint for b in _blocks(sch)]
-        if DENSE_INT8_BLOCK not in names:
+        if DENSE_INT8_BLOCK not in [sch.get(b).name_hint for b in _blocks(sch)]:
             return False
-        block = sch.get_sblock(DENSE_INT8_BLOCK)
-        _inline_spatial(sch, keep=[block])
-        *outer, i, j, k = sch.get_loops(block)
-        i_ext = _extent(sch, i)
-        mr = max(1, min(MR, i_ext)) if i_ext is not None else MR
-        mo, mi, ii = sch.split(i, [None, max(1, MB // mr), mr])
-        j_ext = _extent(sch, j)
-        per_tile = NR // _VNNI_N if j_ext is None or j_ext % NR == 0 else 1
-        jo, jb, jv = sch.split(j, [None, per_tile, _VNNI_N])
+        acc = sch.get_sblock(DENSE_INT8_BLOCK)
+        _inline_spatial(sch, keep=[acc])
+        out = _blocks(sch)[-1]
+        if not _is_spatial(sch, out) or len(sch.get_loops(out)) != len(sch.get(acc).writes[0].source.shape):
+            return False
+        *lead, i, j = sch.get_loops(out)
+        im = _tile_rows_of_output(sch, out, lead, i, j, dense_row_tile(_extent(sch, i)), NR)
+        sch.compute_at(acc, im, preserve_unit_loops=True)
+        sch.set_scope(acc, 0, "local")
+        *_, t_row, t_col, k = sch.get_loops(acc)
+        jb, jv = sch.split(t_col, [None, _VNNI_N])
         ko, kv = sch.split(k, [None, _VNNI_K])
-        sch.reorder(*outer, mo, jo, mi, ko, ii, jb, kv, jv)
-        sch.parallel(sch.fuse(*outer, mo, jo))
-        for b in _epilogue_at(sch, block, mi):
-            _schedule_spatial_block(sch, b)
-        init = sch.decompose_reduction(block, ko)
+        sch.reorder(ko, t_row, jb, kv, jv)
+        init = sch.decompose_reduction(acc, ko)
         _vectorize_inner(sch, sch.get_loops(init)[-1])
-        sch.unroll(ii)
+        sch.unroll(t_row)
         sch.unroll(jb)
         if self._use_vnni(target):
             sch.blockize(kv)  # the 4 x 16 step: one block, rewritten by _emit_vnni
@@ -941,7 +1058,7 @@ class ParallelOuter(_Rule):
 def default_rules() -> list:
     from tvm.s_tir.dlight import cpu as dl_cpu
 
-    return [MatmulVNNI(), ConvTile(), MatmulTile(), RowReduction(), Injective(), dl_cpu.GEMV(), dl_cpu.Reduction(),
+    return [MatmulVNNI(), ConvTile(), DenseTile(), MatmulTile(), RowReduction(), Injective(), dl_cpu.GEMV(), dl_cpu.Reduction(),
             ParallelOuter()]
 
 

@@ -104,6 +104,56 @@ def test_dense_kernel_is_packed_parallel_and_vectorised() -> None:
     assert func.attrs["tirx.is_scheduled"]
 
 
+def _update_block_predicates(func: tirx.PrimFunc, block: str) -> list[str] | None:
+    """The `T.where` lines of block `block` in `func`'s script (None: no such block)."""
+    lines = func.script().splitlines()
+    starts = [i for i, line in enumerate(lines) if f'T.sblock("{block}")' in line]
+    if not starts:
+        return None
+    found = []
+    for i in starts:
+        indent = len(lines[i]) - len(lines[i].lstrip())
+        for line in lines[i + 1:]:
+            if line.strip() and len(line) - len(line.lstrip()) <= indent:
+                break
+            if "T.where(" in line:
+                found.append(line.strip())
+    return found
+
+
+@pytest.mark.parametrize("rows", [197, 9, 1])
+def test_dense_row_tail_is_padded_not_predicated(rows: int) -> None:
+    """Rows (and columns) that are not a multiple of the tile: the accumulator runs over
+    padded rows with no bounds check; only the write-back checks the real extent."""
+    w = np.ones((64, 50), np.float32)
+    funcs = _scheduled_funcs(_module([_var("x", (2, rows, 64))], lambda bb, x_: R.matmul(x_, relax.const(w))))
+    (func,) = [f for name, f in funcs.items() if "packed_dense" in name]
+    assert _update_block_predicates(func, "packed_dense_update") == []
+    assert _update_block_predicates(func, "packed_dense_trim")  # the write-back checks rows / columns
+
+
+def test_dense_row_tile_pads_few_rows() -> None:
+    assert schedule_cpu.dense_row_tile(None) == schedule_cpu.MR
+    for rows in range(1, schedule_cpu.MR_MAX + 1):
+        assert schedule_cpu.dense_row_tile(rows) == rows
+    for rows in (13, 65, 197, 394, 511):
+        mr = schedule_cpu.dense_row_tile(rows)
+        assert schedule_cpu.MR_MIN <= mr <= schedule_cpu.MR_MAX and -(-rows // mr) * mr - rows <= 2, (rows, mr)
+    assert schedule_cpu.dense_tiles_per_block(18, 11) == 3  # 18 tiles of 11 rows: 6 blocks of 3, none spare
+    assert schedule_cpu.dense_tiles_per_block(3, 8) == 3
+
+
+@pytest.mark.parametrize("shape", [(2, 197, 48), (3, 13, 48), (197, 48)])
+def test_dense_with_row_tail_and_epilogue_matches_default_build(shape) -> None:
+    rng = np.random.default_rng(RNG_SEED)
+    w = (rng.standard_normal((48, 50)) * 0.2).astype(np.float32)
+    b = rng.standard_normal(50).astype(np.float32)
+    x = rng.standard_normal(shape).astype(np.float32)
+    mod = _module([_var("x", shape)], lambda bb, x_: R.nn.gelu(R.add(R.matmul(x_, relax.const(w)), relax.const(b))))
+    np.testing.assert_allclose(_run(pipeline.build_cpu(mod), x), _run(pipeline.build_cpu(mod, schedule=False), x),
+                               rtol=1e-4, atol=1e-5)
+
+
 def test_pack_weight_fp32_layout() -> None:
     w = np.arange(5 * 40, dtype=np.float32).reshape(5, 40)
     p = schedule_cpu.pack_weight_fp32(w, nr=16)
@@ -205,12 +255,27 @@ def test_int8_matmul_is_exact(x_dtype: str, zero_point: int | None, m: int, k: i
     np.testing.assert_array_equal(_run(pipeline.build_cpu(mod), x), ref.astype(np.int32))
 
 
+def test_int8_matmul_row_tail_and_symbolic_rows_are_exact() -> None:
+    rng = np.random.default_rng(RNG_SEED)
+    w = rng.integers(-128, 128, (64, 40)).astype(np.int8)
+    rows = tirx.Var("n", "int64")
+    for shape in [(2, 197, 64), (rows, 64)]:
+        mod = _module([_var("x", shape, "uint8")],
+                      lambda bb, x_: R.matmul(R.astype(x_, "int32"), R.astype(relax.const(w), "int32")))
+        ex = pipeline.build_cpu(mod)
+        for n in (1, 13) if shape[0] is rows else (None,):
+            x = rng.integers(0, 256, (n, 64) if n else shape).astype(np.uint8)
+            np.testing.assert_array_equal(_run(ex, x), (x.astype(np.int64) @ w.astype(np.int64)).astype(np.int32))
+
+
 def test_int8_matmul_kernel_reads_vnni_layout_and_is_vectorised() -> None:
     w = np.ones((64, 32), np.int8)
     funcs = _scheduled_funcs(_int8_module("uint8", 16, 64, w, None))
     (func,) = [f for name, f in funcs.items() if "u8s8" in name]
     assert [int(d) for d in func.params[1].shape] == [2, 16, 64]
     assert func.params[0].dtype == "uint8" and func.params[1].dtype == "int8"
+    step = "packed_dense_u8s8_update_o" if _VNNI_HOST else "packed_dense_u8s8_update"
+    assert _update_block_predicates(func, step) == []
     assert PARALLEL in _loop_kinds(func)
 
 
