@@ -21,7 +21,9 @@ __all__ = ["run"]
 
 def run(graph: Graph, inputs: Mapping[str, Any] | Sequence[Any]) -> list[np.ndarray]:
     """Execute `graph` on `inputs` (a mapping by input name, or a sequence in input
-    order) and return the outputs in order."""
+    order) and return the outputs in order. An int4/uint4 input may come in requant's
+    storage (int8/uint8) or as ml_dtypes' int4/uint4 (what onnx.numpy_helper reads);
+    outputs are in requant's storage."""
     env: dict[Value, np.ndarray] = {}
     for value, array in zip(graph.inputs, _bind_inputs(graph, inputs)):
         env[value] = array
@@ -74,8 +76,12 @@ def _bind_inputs(graph: Graph, inputs: Mapping[str, Any] | Sequence[Any]) -> lis
     for value, array in zip(graph.inputs, arrays):
         arr = np.asarray(array)
         want = value.type
+        if arr.dtype != want.dtype.np and want.dtype.bits == 4 and arr.dtype.name == want.dtype.name:
+            # ml_dtypes' int4/uint4 (what onnx.numpy_helper gives) -> requant's widened storage
+            arr = arr.astype(want.dtype.np)
         if arr.dtype != want.dtype.np:
-            raise RequantError(f"input %{value.name}: dtype {arr.dtype}, expected {want.dtype.name}")
+            storage = f" (held as {want.dtype.np})" if want.dtype.np.name != want.dtype.name else ""
+            raise RequantError(f"input %{value.name}: dtype {arr.dtype}, expected {want.dtype.name}{storage}")
         if want.shape is not None and (
             arr.ndim != len(want.shape) or not all(dims_compatible(d, s) for d, s in zip(want.shape, arr.shape))
         ):

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from op_cases import INT_MAX, C, Case, Draws, I, In, build_case, i64
-from op_testing import check_type
+from op_testing import ML_STORAGE, check_type
 
 from requant.errors import RequantError, ShapeInferenceError
 from requant.ir import Builder, Graph, dtypes, run, shapes, tensor_type
@@ -73,6 +73,24 @@ def test_signed_bitshift_out_of_range_counts() -> None:
     x = np.array([-100, -1, 5, 7, 1 << 20, 3], np.int32)
     (y,) = run1("BitShift", [I(x), I(np.array([3, 40, -1, 31, 12, 30], np.int32))], direction="LEFT")
     np.testing.assert_array_equal(y, [-800, 0, 0, -(2**31), 0, -(2**30)])
+
+
+@pytest.mark.parametrize("dt", ["i4", "u4"])
+def test_int4_inputs_from_onnx_numpy_helper(dt: str) -> None:
+    """onnx.numpy_helper reads INT4/UINT4 tensors as ml_dtypes arrays; the interpreter
+    takes them as well as its own int8/uint8 storage (it said "dtype int4, expected int4")."""
+    from onnx import helper, numpy_helper
+
+    values = [-8, -1, 0, 7] if dt == "i4" else [0, 3, 9, 15]
+    code = helper.np_dtype_to_tensor_dtype(np.dtype(ML_STORAGE[dt]))
+    arr = numpy_helper.to_array(helper.make_tensor("x", code, [4], values))
+    assert arr.dtype == ML_STORAGE[dt]
+    g, _, _ = build(Case("Cast", [I(np.array(values, dtypes.dtype(dt).np), dt)], {"to": "f32"}))
+    (y,) = run(g, {"x0": arr})
+    np.testing.assert_array_equal(y, np.array(values, np.float32))
+    with pytest.raises(RequantError, match=r"dtype int16, expected int4 \(held as int8\)" if dt == "i4" else
+                       r"dtype int16, expected uint4 \(held as uint8\)"):
+        run(g, {"x0": np.array(values, np.int16)})
 
 
 @pytest.mark.parametrize("dt", [np.int8, np.int16, np.int32, np.int64])
