@@ -28,6 +28,9 @@ add("Concat", [I(r(2, 3), shape=("B", 3)), I(r(2, 3))], {"axis": 0}, expect=(Non
 add("Split", [I(r(2, 6)), C(i64(1, 2, 3))], {"axis": 1}, export_opsets=OLD_OPSETS)
 add("Split", [I(r(6, 2))], {"num_outputs": 3}, label="even", export_opsets=OLD_OPSETS)
 add("Split", [I(r(7, 2))], {"num_outputs": 3}, label="uneven")
+# neither split nor num_outputs: the output count splits evenly (opset 13's form, which
+# opset 18's export writes as num_outputs; ONNX's node test test_split_equal_parts_1d_opset13)
+add("Split", [I(r(2, 6))], {"axis": 1}, n_out=3, label="by_output_count", export_opsets=OLD_OPSETS)
 add("Split", [I(r(2, 6), shape=("B", 6))], {"axis": -1, "num_outputs": 2}, expect=("B", 3), label="sym",
     export_opsets=OLD_OPSETS)
 add("Slice", [I(r(5, 6)), C(i64(1, 0)), C(i64(4, 6))])
