@@ -11,9 +11,15 @@ graph outputs whose declared dims were unknown take the inferred sizes too (bind
 the one place where an output's type is meant to become more specific).
 
 A symbol not in `dims` stays symbolic; a size that contradicts a static dim elsewhere
-is found by the verifier (types no longer agree), not silently accepted. Stats:
-`dims_bound` (symbols replaced), `bound` ("batch=64, seq=128"), `values_specialised`,
-plus the folding's counts.
+is found by the verifier (types no longer agree), not silently accepted. Where symbols
+remain (no size given, or `static_shapes=False` on a TVM target: one build for every
+size), the shape computations cannot fold; the pass then follows them symbolically
+(`shape_values.follow_shape_values`: Shape -> Gather -> Concat -> Expand gives the
+Expand the type [batch, 6]) and re-infers the readers, so that a backend that needs
+every output shape known at compile time can build the graph with its dims symbolic.
+Stats: `dims_bound` (symbols replaced), `bound` ("batch=64, seq=128"),
+`values_specialised`, `shapes_followed` (output types filled in by following shape
+computations), plus the folding's counts.
 """
 
 from __future__ import annotations
@@ -28,10 +34,15 @@ from requant.errors import RequantError
 from requant.ir.graph import Graph
 from requant.ir.types import TensorType
 from requant.passes.manager import PassResult, get_pass, graph_pass
+from requant.passes.shape_values import follow_shape_values
 
 __all__ = ["bind_dims", "dims_from_feeds"]
 
 logger = logging.getLogger(__name__)
+
+#: rounds of following shape computations and re-inferring their readers (each round
+#: reaches the shape computations that read what the previous one typed)
+FOLLOW_ROUNDS = 4
 
 
 def dims_from_feeds(graph: Graph, feeds: Mapping[str, Any]) -> dict[str, int]:
@@ -83,5 +94,26 @@ def bind_dims(graph: Graph, dims: Mapping[str, int] | None = None,
             result = p.run(graph)
             stats.update({f"{p.name}:{k}": v for k, v in result.stats.items() if isinstance(v, (int, float))})
         stats["outputs_refined"] = result.stats["outputs_refined"]
+    followed = _follow_symbolic_shapes(graph) if _has_symbols(graph) else 0
+    if followed:
+        stats["shapes_followed"] = followed
     logger.debug("bind_dims: %s", stats)
-    return PassResult(graph, specialised > 0, stats)
+    return PassResult(graph, specialised > 0 or followed > 0, stats)
+
+
+def _has_symbols(graph: Graph) -> bool:
+    return any(isinstance(d, str) for v in graph.inputs for d in (v.type.shape or ()))
+
+
+def _follow_symbolic_shapes(graph: Graph) -> int:
+    """Fill in the output types that the graph's shape computations imply, re-inferring
+    the readers after each round; returns the types filled in by following."""
+    refine = get_pass("refine_types", outputs=True)
+    total = 0
+    for _ in range(FOLLOW_ROUNDS):
+        changed = follow_shape_values(graph)
+        if not changed:
+            break
+        total += changed
+        refine.run(graph)
+    return total

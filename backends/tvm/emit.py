@@ -56,9 +56,16 @@ def check_lowerable(graph: Graph) -> None:
     if not missing:
         return
     lines = [f"  - {op} (x{count}, e.g. {label}): {reason}" for op, (count, label, reason) in missing.items()]
+    symbols = sorted({d for v in graph.inputs for d in (v.type.shape or ()) if isinstance(d, str)})
+    sizes = ""
+    if symbols:
+        example = ", ".join(f"'{d}': N" for d in symbols)
+        sizes = (f"\nthe graph inputs have symbolic dims ({', '.join(symbols)}): sizes given at compile time "
+                 f"(requant.compile(..., example_inputs=...) or dims={{{example}}}) fold computed shapes to "
+                 f"constants and build kernels for those sizes")
     raise UnsupportedOpError(
         f"graph '{graph.name}': {len(missing)} op(s) have no TVM lowering: {', '.join(missing)}\n"
-        + "\n".join(lines)
+        + "\n".join(lines) + sizes
         + "\nlower or rewrite these ops first, or use the ONNX backend (target cpu-*/cuda-* with backend='onnx')"
     )
 

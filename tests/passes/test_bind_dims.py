@@ -1,7 +1,9 @@
 """bind_dims: symbolic dims -> sizes, computed shapes folded. (a) changed flag and stats,
 (b) structure (types static, Shape chains gone), (c) the interpreter's outputs before vs
 after on inputs of the bound sizes, bit for bit (only types and shape constants change),
-(d) cases that must not change: a symbol not bound, and contradictory sizes refused.
+(d) cases that must not change: arithmetic on a symbol (not followed), and
+contradictory sizes refused. Symbols left unbound keep their computed shapes, which the
+pass follows into the readers' types (Before/Expected).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 
 from canonical_testing import assert_same_outputs, build_graph, ops, run_pass, seeded_inputs
+from rewrite_testing import check_rewrite, check_unchanged
 from requant.errors import RequantError
 from requant.ir.interpreter import run
 from requant.passes.bind_dims import dims_from_feeds
@@ -37,12 +40,66 @@ def test_binding_the_batch_folds_the_computed_shape() -> None:
     assert_same_outputs([(run(before, f), run(g, f)) for f in feeds])
 
 
-def test_an_unbound_symbol_stays_symbolic_and_nothing_changes() -> None:
+def test_an_unbound_symbol_stays_symbolic_and_nothing_is_folded() -> None:
     g = build_graph({"x": (F32, ["batch", 4, 2])}, _dynamic_reshape)
-    before = g.to_text()
+    before = g.clone()
     result = run_pass("bind_dims", g, dims={"sequence": 7})
-    assert not result.changed and result.stats == {"dims_bound": 0, "values_specialised": 0}
-    assert g.to_text() == before
+    # nothing bound; the computed shape is followed: the Reshape is [batch, 8], not [?, ?]
+    assert result.changed and result.stats == {"dims_bound": 0, "values_specialised": 0, "shapes_followed": 1}
+    assert g.inputs[0].type.shape == ("batch", 4, 2) and g.outputs[0].type.shape == ("batch", 8)
+    assert ops(g) == ops(before)  # the Shape chain stays: it cannot fold while batch is a symbol
+    assert_same_outputs([(run(before, f), run(g, f)) for f in (seeded_inputs(g, seed) for seed in (0, 1))])
+
+
+# exporters' dynamic batch: ids [batch, 6] broadcast from a constant row by a computed
+# shape, and positions 0..batch-1 from Range; both readers get symbolic types
+FOLLOW_BEFORE = """
+graph main(%x: f32[batch,3], %ids: i64[batch,6]) -> (%y, %pos) {
+  const %zero: i64[] = 0
+  const %one: i64[] = 1
+  const %axis0: i64[1] = [0]
+  const %six: i64[1] = [6]
+  const %row: i64[1,6] = [[0, 1, 2, 3, 4, 5]]
+  %shape: i64[2] = Shape(%x)
+  %n: i64[] = Gather(%shape, %zero) {axis=0}
+  %n1: i64[1] = Unsqueeze(%n, %axis0)
+  %target: i64[2] = Concat(%n1, %six) {axis=0}
+  %rows: i64[?,?] = Expand(%row, %target)
+  %y: i64[?,?] = Add(%ids, %rows)
+  %pos: i64[?] = Range(%zero, %n, %one)
+}
+"""
+FOLLOW_EXPECTED = FOLLOW_BEFORE.replace("%rows: i64[?,?]", "%rows: i64[batch,6]").replace(
+    "%y: i64[?,?]", "%y: i64[batch,6]").replace("%pos: i64[?]", "%pos: i64[batch]")
+
+
+def _follow_feeds(graph, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    batch = 2 + seed
+    return {"x": rng.standard_normal((batch, 3)).astype(np.float32), "ids": rng.integers(0, 9, (batch, 6))}
+
+
+def test_computed_shapes_of_an_unbound_symbol_are_followed() -> None:
+    check_rewrite("bind_dims", FOLLOW_BEFORE, FOLLOW_EXPECTED, feeds=_follow_feeds,
+                  stats={"dims_bound": 0, "values_specialised": 0, "shapes_followed": 2})
+
+
+# arithmetic on the symbol (batch * 2) has no IR dim to name it: nothing to follow
+NOT_FOLLOWED = """
+graph main(%x: f32[batch,3]) -> (%pos) {
+  const %zero: i64[] = 0
+  const %one: i64[] = 1
+  const %two: i64[] = 2
+  %shape: i64[2] = Shape(%x)
+  %n: i64[] = Gather(%shape, %zero) {axis=0}
+  %twice: i64[] = Mul(%n, %two)
+  %pos: i64[?] = Range(%zero, %twice, %one)
+}
+"""
+
+
+def test_arithmetic_on_a_symbol_is_not_followed() -> None:
+    check_unchanged("bind_dims", NOT_FOLLOWED, stats={"dims_bound": 0, "values_specialised": 0})
 
 
 def test_only_named_symbols_are_bound() -> None:

@@ -60,6 +60,8 @@ __all__ = [
     "relax_dtype",
     "requires",
     "requires_const",
+    "requires_const_or_typed_output",
+    "typed_out_shape",
     "same_dim",
     "shaped_like",
     "static_int",
@@ -260,19 +262,49 @@ def requires(check: Callable[[Node], str | None]) -> Callable[[Emitter], Emitter
     return deco
 
 
+def _computed_input_reason(node: Node, indices: Sequence[int]) -> str | None:
+    """Why inputs `indices` (when present) of `node` must be graph constants, or None."""
+    for i in indices:
+        if i < len(node.inputs) and node.inputs[i] is not None and node.inputs[i].const is None:
+            inputs = get_schema(node.op).inputs
+            name = inputs[min(i, len(inputs) - 1)].name
+            return (f"input {name} must be a constant for the TVM backend (it fixes shapes or axes at "
+                    f"compile time); run constant folding first or make it a graph constant")
+    return None
+
+
 def requires_const(*indices: int) -> Callable[[Emitter], Emitter]:
     """Mark an emitter as needing inputs `indices` (when present) to be graph constants."""
+    return requires(lambda node: _computed_input_reason(node, indices))
+
+
+def requires_const_or_typed_output(*indices: int) -> Callable[[Emitter], Emitter]:
+    """Like `requires_const`, but a computed input is accepted when the node's output
+    type says every dim (an int, or a symbol such as "batch": what the shape inference
+    derived from a Shape -> Gather -> Concat chain): the emitter then builds the output
+    from that type (`typed_out_shape`), which is how a graph with a symbolic batch
+    lowers its computed Expand / Reshape / Range / ConstantOfShape."""
 
     def check(node: Node) -> str | None:
-        for i in indices:
-            if i < len(node.inputs) and node.inputs[i] is not None and node.inputs[i].const is None:
-                inputs = get_schema(node.op).inputs
-                name = inputs[min(i, len(inputs) - 1)].name
-                return (f"input {name} must be a constant for the TVM backend (it fixes shapes or axes at "
-                        f"compile time); run constant folding first or make it a graph constant")
-        return None
+        reason = _computed_input_reason(node, indices)
+        shape = node.outputs[0].type.shape
+        if shape is not None and all(isinstance(d, (int, str)) for d in shape):
+            return None
+        return reason
 
     return requires(check)
+
+
+def typed_out_shape(ctx: LowerContext, node: Node, j: int = 0) -> list[Any]:
+    """Output `j`'s shape from its IR type, every dim known (an int or a symbol the graph
+    inputs bind); an `UnsupportedOpError` naming the node otherwise."""
+    shape = out_shape(ctx, node, j)
+    if shape is None:
+        unknown = [d for d in (node.outputs[j].type.shape or ()) if ctx.dim(d) is None]
+        raise UnsupportedOpError(
+            f"{node.label}: its output shape depends on computed values and the dim(s) {unknown} are not sizes of "
+            f"the graph inputs; compile with example_inputs= or dims={{...}} so that they fold to constants")
+    return shape
 
 
 def needs_rank(node: Node) -> str | None:

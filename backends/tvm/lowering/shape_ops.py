@@ -1,9 +1,11 @@
 """Lowerings of the shape family: Reshape, Flatten, Squeeze, Unsqueeze, Transpose, Expand,
 Identity, Shape, Size.
 
-The shape and axes inputs of Reshape, Squeeze, Unsqueeze and Expand must be graph
-constants (node-level checks, reported before anything is emitted); Squeeze without axes
-needs a static input shape. A target shape with a 0 extent gives zeros of that shape
+The axes inputs of Squeeze and Unsqueeze must be graph constants (node-level checks,
+reported before anything is emitted); so must the shape input of Reshape and Expand,
+unless the node's output type knows every dim (ints, or symbols of the graph inputs:
+a shape computed from a symbolic batch by Shape -> Gather -> Concat), which then gives
+the shape. Squeeze without axes needs a static input shape. A target shape with a 0 extent gives zeros of that shape
 (Relax reads a 0 in a shape as "copy this dim"). Shape and Size of static dims are
 constants; of symbolic ones, read from the tensor's run-time shape.
 """
@@ -29,7 +31,9 @@ from requant.backends.tvm.lowering._common import (
     rank_of,
     requires,
     requires_const,
+    requires_const_or_typed_output,
     static_int,
+    typed_out_shape,
 )
 from requant.ir.graph import Node
 
@@ -41,10 +45,10 @@ R = relax.op
 
 
 @LOWERINGS.lowers("Reshape")
-@requires_const(1)
+@requires_const_or_typed_output(1)
 def _reshape(ctx: LowerContext, node: Node, ins: list) -> Any:
     x = ins[0]
-    shape = out_shape(ctx, node)
+    shape = out_shape(ctx, node) if node.inputs[1].const is not None else typed_out_shape(ctx, node)
     if shape is None:
         target = const_ints(node, 1)
         dims = dims_of(x)
@@ -114,10 +118,10 @@ def _transpose(ctx: LowerContext, node: Node, ins: list) -> Any:
 
 
 @LOWERINGS.lowers("Expand")
-@requires_const(1)
+@requires_const_or_typed_output(1)
 def _expand(ctx: LowerContext, node: Node, ins: list) -> Any:
     x = ins[0]
-    shape = out_shape(ctx, node)
+    shape = out_shape(ctx, node) if node.inputs[1].const is not None else typed_out_shape(ctx, node)
     if shape is None:
         target = const_ints(node, 1)
         dims = dims_of(x)
