@@ -1,4 +1,5 @@
-"""Pass "canonicalize_activation": decomposed GELU and softmax -> Gelu and Softmax.
+"""Pass "canonicalize_activation": decomposed GELU, softmax, hard sigmoid and hard swish
+-> Gelu, Softmax, HardSigmoid and HardSwish.
 
 Rewrites (rule name: from -> to):
 - gelu_erf[erf_arg,product]: x * 0.5 * (1 + erf(x / sqrt(2))) -> Gelu(x, approximate="none")
@@ -11,11 +12,17 @@ Rewrites (rule name: from -> to):
   -> Softmax(x, axis=a)
 - softmax_negative_axis: Softmax(x, axis=a >= 0) -> Softmax(x, axis=a - rank): one
   spelling of the axis (torch writes -1, some exporters rank - 1).
+- hardsigmoid[relu6,scale]: relu6(x + 3) / 6 -> HardSigmoid(x, alpha=1/6, beta=0.5)
+  (MobileNetV3's gate, Howard et al., "Searching for MobileNetV3", ICCV 2019); relu6:
+  Clip(., 0, 6) or torch's Clip(Clip(., 0, _), _, 6); scale: / 6 or * (1/6).
+- hardswish[relu6,product]: x * relu6(x + 3) / 6 in torch's grouping ((x * r) / 6) or
+  as x * (r / 6), and x * HardSigmoid(x, 1/6, 0.5) -> HardSwish(x).
 
 Constants must be the textbook values within FLOAT_CONST_RTOL (float32 rounding);
-0.5, 1 and 2 must be exact. Exactness: the fused ops compute the same function in one
-kernel (float32 for f16/bf16), so results differ from the decomposed graphs by float
-rounding only.
+0.5, 1, 2, 3, 0 and 6 must be exact. Exactness: the fused ops compute the same function
+in one kernel (float32 for f16/bf16), so results differ from the decomposed graphs by
+float rounding only (HardSigmoid computes x / 6 + 0.5 where the graph computed
+(x + 3) / 6).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import math
 
 from requant.ir.pattern import Const, Match, Var, op
 from requant.ir.rewrite import Rule
-from requant.passes.canonicalize_common import ints, is_scalar_close, variant_rules
+from requant.passes.canonicalize_common import FLOAT_CONST_RTOL, ints, is_scalar_close, variant_rules
 from requant.passes.rule_pass import register_rule_pass
 
 __all__ = ["ACTIVATION_RULES"]
@@ -159,10 +166,72 @@ SOFTMAX_NEGATIVE_AXIS = Rule(
     replace=lambda op, m: op.Softmax(m.x, axis=int(m.root.attrs["axis"]) - m.x.type.rank),
 )
 
-ACTIVATION_RULES: list[Rule] = [*GELU_ERF, *GELU_TANH, *SOFTMAX, SOFTMAX_NEGATIVE_AXIS]
+# -- hard sigmoid and hard swish (MobileNetV3) -------------------------------------------------
+
+_X_PLUS_3 = op.Add(_X, Const("three", value=3), _commute=True)
+_RELU6_FORMS = [
+    ("clip", op.Clip(_X_PLUS_3, Const("zero", value=0), Const("six", value=6))),
+    ("clip_clip", op.Clip(op.Clip(_X_PLUS_3, Const("zero", value=0), None), None, Const("six", value=6))),
+]
+_SIXTH_FORMS = [
+    ("div6", lambda r: op.Div(r, Const("six_div", value=6))),
+    ("mul_sixth", lambda r: op.Mul(r, Const("sixth"), _commute=True)),
+]
+HARD_SIGMOID_ALPHA, HARD_SIGMOID_BETA = 1.0 / 6.0, 0.5
+
+
+def _check_sixth(m: Match):
+    if not m.x.dtype.is_float:
+        return f"{m.x.dtype} input"
+    if "sixth" in m.bindings and not is_scalar_close(m.sixth, 1.0 / 6.0):
+        return "the factor is not 1 / 6"
+    return None
+
+
+def _hard_sigmoid(op, m: Match):
+    return op.HardSigmoid(m.x, alpha=HARD_SIGMOID_ALPHA, beta=HARD_SIGMOID_BETA)
+
+
+# relu6(x + 3) / 6 -> HardSigmoid(x, alpha=1/6, beta=0.5)
+HARD_SIGMOID = variant_rules("hardsigmoid", [_RELU6_FORMS, _SIXTH_FORMS], lambda r, scale: scale(r), _hard_sigmoid,
+                             _check_sixth)
+
+_HARD_SWISH_PRODUCTS = [
+    ("(x*r)/6", lambda r, scale: scale(op.Mul(_X, r, _commute=True))),
+    ("x*(r/6)", lambda r, scale: op.Mul(_X, scale(r), _commute=True)),
+]
+# x * relu6(x + 3) / 6 -> HardSwish(x)
+HARD_SWISH = variant_rules(
+    "hardswish", [_RELU6_FORMS, _SIXTH_FORMS, _HARD_SWISH_PRODUCTS],
+    lambda r, scale, product: product(r, scale), lambda op, m: op.HardSwish(m.x), _check_sixth,
+)
+
+
+def _check_hard_sigmoid_product(m: Match):
+    attrs = m.hsig.attrs
+    ok = _close(attrs.get("alpha", 0.2), HARD_SIGMOID_ALPHA) and \
+        _close(attrs.get("beta", 0.5), HARD_SIGMOID_BETA)
+    return None if ok else "the HardSigmoid is not relu6(x + 3) / 6 (alpha 1/6, beta 0.5)"
+
+
+def _close(got: float, want: float) -> bool:
+    return abs(float(got) - want) <= FLOAT_CONST_RTOL * abs(want)
+
+
+# x * HardSigmoid(x, 1/6, 0.5) -> HardSwish(x)
+HARD_SWISH_OF_HARD_SIGMOID = Rule(
+    "hardswish[hardsigmoid]",
+    pattern=op.Mul(_X, op.HardSigmoid(_X, _bind="hsig"), _commute=True),
+    check=_check_hard_sigmoid_product,
+    replace=lambda op, m: op.HardSwish(m.x),
+)
+
+ACTIVATION_RULES: list[Rule] = [*GELU_ERF, *GELU_TANH, *SOFTMAX, SOFTMAX_NEGATIVE_AXIS, *HARD_SWISH, *HARD_SIGMOID,
+                                HARD_SWISH_OF_HARD_SIGMOID]
 
 register_rule_pass(
     "canonicalize_activation",
-    "decomposed GELU (erf and tanh forms) and softmax -> Gelu / Softmax; Softmax axis made negative",
+    "decomposed GELU (erf and tanh forms), softmax, hard sigmoid / swish -> Gelu / Softmax / HardSigmoid / "
+    "HardSwish; Softmax axis made negative",
     ACTIVATION_RULES,
 )

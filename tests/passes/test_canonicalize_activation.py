@@ -183,3 +183,70 @@ def test_softmax_axis_is_spelled_negative() -> None:
       %s: f32[2,5] = Softmax(%x) {axis=-1}
       %y: f32[2,5] = Relu(%s)
     }""", rules={"softmax_negative_axis": 1})
+
+
+# -- hard sigmoid / hard swish (MobileNetV3) ------------------------------------------------------
+
+
+def relu6_of_x_plus_3(b, x, form: str, three: float = 3.0):
+    t = b.Add(x, b.const(f32(three)))
+    zero, six = b.const(f32(0)), b.const(f32(6))
+    if form == "clip":
+        return b.Clip(t, zero, six)
+    return b.Clip(b.Clip(t, zero, None), None, six)  # torch: clamp(min=0) then clamp(max=6)
+
+
+def sixth(b, r, form: str):
+    return b.Div(r, b.const(f32(6))) if form == "div6" else b.Mul(b.const(f32(1 / 6)), r)
+
+
+@pytest.mark.parametrize("relu6", ["clip", "clip_clip"])
+@pytest.mark.parametrize("scale", ["div6", "mul_sixth"])
+def test_hard_sigmoid_spellings_fuse(relu6: str, scale: str) -> None:
+    g = build_graph({"x": (F32, [2, 4, 5])}, lambda b, x: sixth(b, relu6_of_x_plus_3(b, x, relu6), scale))
+    result, pairs = outputs_before_after(PASS, g, seeds=(0, 1, 2))
+    assert rule_counts(result.stats) == {f"hardsigmoid[{relu6},{scale}]": 1}
+    hsig = only_node(g, "HardSigmoid")
+    assert ops(g) == ["HardSigmoid"] and hsig.inputs[0] is g.inputs[0]
+    assert hsig.attrs["alpha"] == pytest.approx(1 / 6) and hsig.attrs["beta"] == 0.5
+    assert_same_outputs(pairs, ACT_RTOL, ACT_ATOL)
+
+
+@pytest.mark.parametrize("relu6", ["clip", "clip_clip"])
+@pytest.mark.parametrize("form", ["(x*r)/6", "x*(r/6)"])
+def test_hard_swish_spellings_fuse(relu6: str, form: str) -> None:
+    def body(b, x):
+        r = relu6_of_x_plus_3(b, x, relu6)
+        return sixth(b, b.Mul(x, r), "div6") if form == "(x*r)/6" else b.Mul(x, sixth(b, r, "div6"))
+
+    g = build_graph({"x": (F32, [2, 4, 5])}, body)
+    result, pairs = outputs_before_after(PASS, g)
+    # x * (r / 6): the hard sigmoid may fuse first, then x * HardSigmoid(x) does
+    counts = rule_counts(result.stats)
+    assert counts in ({f"hardswish[{relu6},div6,{form}]": 1},
+                      {f"hardsigmoid[{relu6},div6]": 1, "hardswish[hardsigmoid]": 1})
+    assert ops(g) == ["HardSwish"] and only_node(g, "HardSwish").inputs[0] is g.inputs[0]
+    assert_same_outputs(pairs, ACT_RTOL, ACT_ATOL)
+
+
+def test_hard_swish_of_a_hard_sigmoid_fuses() -> None:
+    check_rewrite(PASS, """
+    graph main(%x: f32[2,8]) -> (%y) {
+      %g: f32[2,8] = HardSigmoid(%x) {alpha=0.16666667, beta=0.5}
+      %y: f32[2,8] = Mul(%g, %x)
+    }""", """
+    graph main(%x: f32[2,8]) -> (%y) {
+      %y: f32[2,8] = HardSwish(%x)
+    }""", rules={"hardswish[hardsigmoid]": 1}, tolerances={"float32": (ACT_RTOL, ACT_ATOL)})
+
+
+def test_hard_sigmoid_with_other_constants_is_left_alone() -> None:
+    # relu6(x + 2) / 6 and ONNX's default HardSigmoid (alpha 0.2) are other functions
+    g = build_graph({"x": (F32, [8])}, lambda b, x: sixth(b, relu6_of_x_plus_3(b, x, "clip", three=2.0), "div6"))
+    result, _ = outputs_before_after(PASS, g)
+    assert not result.changed and "HardSigmoid" not in ops(g)
+    check_unchanged(PASS, """
+    graph main(%x: f32[2,8]) -> (%y) {
+      %g: f32[2,8] = HardSigmoid(%x) {alpha=0.2, beta=0.5}
+      %y: f32[2,8] = Mul(%g, %x)
+    }""", rules={})
