@@ -14,6 +14,10 @@ __all__ = [
     "ShapeInferenceError",
     "RewriteLimitError",
     "PassError",
+    "InvalidModelError",
+    "SavedModelError",
+    "TrustError",
+    "InputError",
 ]
 
 
@@ -52,3 +56,25 @@ class RewriteLimitError(RequantError):
 
 class PassError(RequantError):
     """A pass failed; the message names it and the passes that ran before it."""
+
+
+class InvalidModelError(RequantError):
+    """A model file that ONNX's checker or ONNX Runtime would refuse (bad dims, a name
+    defined twice, an opset that does not exist, a tensor too large to expand)."""
+
+
+class SavedModelError(RequantError):
+    """A saved directory that is not a complete, untouched save (missing, unlisted,
+    modified or symlinked files, malformed manifest fields), or an output directory that
+    saving would destroy."""
+
+
+class TrustError(SavedModelError):
+    """A saved model holds native code this user's requant did not build (load it with
+    `trust_code=True` only if you trust where it came from), or the artifact key that
+    recognises such builds is unusable."""
+
+
+class InputError(RequantError):
+    """Inputs given to a compiled model or as calibration that do not fit it (dtype,
+    shape, a ragged list, a bare array where batches are expected)."""

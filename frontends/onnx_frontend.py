@@ -2,7 +2,9 @@
 its bytes) and returns a verified `Graph`.
 
 What it owns:
-- reading the file with clear errors (missing, truncated, not ONNX), loading external
+- reading the file with clear errors (missing, truncated, not ONNX; structurally
+  invalid models, as onnx.checker and ONNX Runtime judge them, are refused by
+  `onnx_validation.check_onnx_structure`), loading external
   data only from inside the model's directory (absolute locations, `..` escapes and
   symlinks resolving outside are refused, naming the tensor and the location);
 - opsets 13 and newer of the default domain (older models go through ONNX's version
@@ -48,6 +50,7 @@ from requant.backends.onnx.onnx_types import (
     value_info_type,
 )
 from requant.errors import RequantError, UnsupportedOpError
+from requant.frontends.onnx_validation import check_onnx_structure
 from requant.ir import dtypes, registry
 from requant.ir.dtypes import DType
 from requant.ir.graph import Graph, Value
@@ -830,6 +833,7 @@ def from_onnx(
     listing every op requant does not know.
     """
     model, _, label = load_onnx_model(path_or_proto, base_dir=base_dir)
+    check_onnx_structure(model, label)  # what onnx.checker / ONNX Runtime refuse (onnx_validation.py)
     model = _upgrade_opset(model, label)
     if model.functions and inline_functions:
         import onnx.inliner
