@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["StepRecord", "Accuracy", "constant_bytes", "render_report", "format_bytes", "SIMULATED_NOTE"]
+__all__ = ["StepRecord", "Accuracy", "constant_bytes", "render_report", "format_bytes", "SIMULATED_NOTE",
+           "nonfinite_note"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,34 @@ def constant_bytes(graph: Any) -> int:
         bits = v.dtype.bits
         total += (int(np.asarray(v.const).size) * bits + 7) // 8
     return total
+
+
+_ACTIVATION_QUANTIZERS = ("QuantizeLinear", "DynamicQuantizeLinear", "FakeQuantize")
+
+
+def nonfinite_note(graph: Any) -> str | None:
+    """What the compiled graph does with NaN / Inf inputs where it quantizes activations
+    (float ops propagate them as the interpreter does on every backend), or None when it
+    quantizes no activation."""
+    from requant.ir import dtypes
+
+    kinds = set()
+    for node in graph:
+        if node.op not in _ACTIVATION_QUANTIZERS or not node.inputs or node.inputs[0] is None:
+            continue
+        if node.inputs[0].is_constant:
+            continue  # a weight: no run-time values
+        dt = node.outputs[0].dtype if node.op != "FakeQuantize" else dtypes.dtype(node.attrs.get("dtype", "int8"))
+        kinds.add("integer" if dt.is_integer else "float")
+    if not kinds:
+        return None
+    parts = []
+    if "integer" in kinds:
+        parts.append("integer-quantized activations turn NaN into the lowest code and +-Inf into the ends of "
+                     "their range, so what follows them stays finite")
+    if "float" in kinds:
+        parts.append("low-bit float activations keep NaN and saturate +-Inf to the largest finite value")
+    return "non-finite inputs: " + "; ".join(parts) + " (float ops propagate NaN/Inf as the interpreter does)"
 
 
 def format_bytes(n: int | None) -> str:
@@ -205,6 +234,8 @@ def render_report(stats: Mapping[str, Any]) -> str:
         lines.append("  pipeline replaced by passes=[...]")
     if stats.get("loaded_from"):
         lines.append(f"  loaded from {stats['loaded_from']} (compile-time figures as saved; times not saved)")
+    if stats.get("nonfinite"):
+        lines.append(f"  {stats['nonfinite']}")
     records = [r if isinstance(r, StepRecord) else StepRecord.from_dict(r) for r in stats.get("passes", [])]
     lines += _passes_section(records)
     lines += _skipped_section(stats.get("quant_skipped") or [])
@@ -212,4 +243,7 @@ def render_report(stats: Mapping[str, Any]) -> str:
     lines += _times_section(stats.get("times", {}))
     if not stats.get("loaded_from"):
         lines += _accuracy_section(stats.get("accuracy"), bool(stats.get("simulated")))
+    warnings = stats.get("warnings") or []
+    if warnings:
+        lines += [f"warnings: {len(warnings)}"] + [f"  - {w}" for w in warnings]
     return "\n".join(lines)

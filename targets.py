@@ -303,6 +303,9 @@ _INT8_OPTIONS = {
     "activations": OptionSpec(str, "uint8", "activation codes: uint8 asymmetric or int8 symmetric", ("uint8", "int8")),
     "quantize_embeddings": OptionSpec(bool, True, "also quantize Gather tables (int8, one scale per row)"),
     "kernel": OptionSpec(str, "auto", "integer kernel for lower_quant ('auto': chosen by measurement)"),
+    "feature_maps": OptionSpec(bool, True, "also quantize the outputs of integer convs, residual Adds and MaxPools "
+                                           "(and conv biases to int32), so convolutional networks run on integer "
+                                           "conv / add / pool kernels end to end"),
     "smooth_alpha": OptionSpec((float, type(None)), PassDefault("smoothquant", "alpha"),
                                "SmoothQuant migration strength (the smoothquant step before quantize); None: no "
                                "SmoothQuant"),
@@ -318,7 +321,8 @@ _INT8_ACTIVATIONS = Scheme(Opt("activations"), "tensor", symmetric=Opt("activati
 
 
 def _quantize_step(weights: Scheme, activations: Scheme | None, *, stats: Any = STATS, weight_only: bool = False,
-                   method: Any = Opt("method"), ops: Any = Opt("ops"), embeddings: Any = False) -> Step:
+                   method: Any = Opt("method"), ops: Any = Opt("ops"), embeddings: Any = False,
+                   feature_maps: Any = False) -> Step:
     return Step("quantize", {
         "weight_scheme": weights,
         "activation_scheme": activations,
@@ -328,6 +332,7 @@ def _quantize_step(weights: Scheme, activations: Scheme | None, *, stats: Any = 
         "exclude": Opt("exclude"),
         "quantize_embeddings": embeddings,
         "weight_only": weight_only,
+        "feature_maps": feature_maps,
     })
 
 
@@ -339,7 +344,8 @@ _INT8_QUANTIZE = (
     *_CANONICAL,
     _SMOOTHQUANT,
     Step(CALIBRATE, {"runner": Opt("calibration_runner")}),
-    _quantize_step(_INT8_WEIGHTS, _INT8_ACTIVATIONS, embeddings=Opt("quantize_embeddings")),
+    _quantize_step(_INT8_WEIGHTS, _INT8_ACTIVATIONS, embeddings=Opt("quantize_embeddings"),
+                   feature_maps=Opt("feature_maps")),
 )
 _INT8_STEPS = (*_INT8_QUANTIZE, Step("lower_quant", {"kernel": Opt("kernel")}), *_QUANT_CLEANUP)
 
@@ -347,11 +353,14 @@ _INT8_STEPS = (*_INT8_QUANTIZE, Step("lower_quant", {"kernel": Opt("kernel")}), 
 # (calibration batches may be smaller than the batch the model is built for).
 _TVM_OPTIONS = {
     "static_shapes": OptionSpec(bool, True, "specialise symbolic dims to the sizes of the example inputs (else "
-                                            "the first calibration batch); False: keep them symbolic (slower code)"),
+                                            "the first calibration batch); False: keep them symbolic (one build "
+                                            "runs every size; dims= may still fix some)"),
     "dims": OptionSpec((dict, type(None)), None, "sizes of symbolic dims to build for, over those of the inputs, "
                                                  "e.g. {'batch': 64}"),
 }
-_BIND_DIMS = Step("bind_dims", {"dims": INPUT_DIMS, "overrides": Opt("dims")}, when=("static_shapes", True))
+# static_shapes=False binds only what dims= names; bind_dims then follows the shape
+# computations of the dims left symbolic, so that TVM can build them
+_BIND_DIMS = Step("bind_dims", {"dims": Opt("static_shapes", {True: INPUT_DIMS, False: None}), "overrides": Opt("dims")})
 # TVM builds its own integer kernels from MatMulInteger (int32 accumulation); ONNX
 # Runtime's com.microsoft fused forms mean nothing there. (No backend_ops for TVM targets:
 # checking them would import tvm into requant.targets(); every op has a TVM lowering,

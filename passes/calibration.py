@@ -12,8 +12,17 @@ What it owns:
   does not grow with the number of batches.
 - `calibration_values(graph)`: the default values to observe: every float activation
   (a value computed from a graph input, not from constants alone) that is an input of a
-  MatMul / Gemm / Conv (Gemm's bias and Conv's bias excluded), and every float output of
-  a Gather (embedding lookups).
+  MatMul / Gemm / Conv (Gemm's bias and Conv's bias excluded), every float output of
+  a Gather (embedding lookups), and, in graphs with Convs, the feature maps the quantize
+  pass's `feature_maps` option quantizes (outputs of convs and residual Adds:
+  passes/quantize_feature_maps.py).
+- `calibration_warnings(calibrated, held_out)` and `stats_warnings(stats)`: what makes a
+  calibration set untrustworthy, as sentences for the log and the compile report: an
+  input with zero range over the whole set or non-finite values, a batch whose every
+  input is one constant, fewer than `MIN_DISTINCT_SAMPLES` distinct samples (rows of
+  the leading axis), held-out batches that repeat calibration batches (accuracy then
+  measured on the data the ranges were fitted to), and observed activations whose
+  range is zero (a quantizer with nothing to cover).
 - `validate_calibration(graph, batches)`: batches are dicts by input name, sequences in
   input order, or (one-input graphs) a bare array; numpy arrays or torch tensors. Each
   batch is checked against the graph inputs (dtype exactly; rank; static dims; symbolic
@@ -41,6 +50,7 @@ from requant.ir.runners import make_runner, runner_names
 from requant.ir.types import dims_compatible
 from requant.passes.calibration_grids import quant_grid
 from requant.passes.calibration_stats import DEFAULT_BINS, RANGE_METHODS, TensorStats
+from requant.passes.quantize_feature_maps import feature_map_calibration_values
 
 __all__ = [
     "ObservedGraph",
@@ -52,6 +62,9 @@ __all__ = [
     "calibration_values",
     "validate_calibration",
     "normalize_batch",
+    "calibration_warnings",
+    "stats_warnings",
+    "MIN_DISTINCT_SAMPLES",
     "quant_grid",
 ]
 
@@ -82,6 +95,9 @@ def calibration_values(graph: Graph, ops: Sequence[str] = DEFAULT_CALIBRATION_OP
             for out in node.outputs:
                 if out.dtype.is_float and id(out) in live:
                     names.setdefault(out.name)
+    if "Conv" in ops:
+        for name in feature_map_calibration_values(graph):
+            names.setdefault(name)
     return list(names)
 
 
@@ -368,6 +384,86 @@ def collect_stats(
     logger.info("calibration: %d values over %d batches with %s in %.2f s", len(names), bar.count,
                 run.name if run is not None else "no runner", time.monotonic() - started)
     return stats
+
+
+# ----------------------------------------------------------------------------- warnings
+
+MIN_DISTINCT_SAMPLES = 8
+"""Fewer distinct calibration samples than this give ranges that fit those samples, not
+the data the model will see."""
+
+
+def _batch_key(batch: Mapping[str, np.ndarray]) -> tuple[Any, ...]:
+    return tuple((k, a.dtype.str, a.shape, np.ascontiguousarray(a).tobytes()) for k, a in sorted(batch.items()))
+
+
+def _sample_keys(batch: Mapping[str, np.ndarray]) -> set[bytes]:
+    """One key per sample (row of the leading axis) of a batch, all inputs together."""
+    rows = {k: np.ascontiguousarray(a.reshape(a.shape[0], -1) if a.ndim else a.reshape(1, -1))
+            for k, a in sorted(batch.items())}
+    counts = {r.shape[0] for r in rows.values()}
+    if len(counts) != 1:  # inputs without a shared leading axis: the batch is one sample
+        return {b"".join(r.tobytes() for r in rows.values())}
+    return {b"".join(r[i].tobytes() for r in rows.values()) for i in range(counts.pop())}
+
+
+def calibration_warnings(calibrated: Sequence[Mapping[str, np.ndarray]],
+                         held_out: Sequence[Mapping[str, np.ndarray]] = ()) -> list[str]:
+    """Sentences about a calibration set (module docstring); [] when nothing is wrong."""
+    warnings: list[str] = []
+    if not calibrated:
+        return warnings
+    names = list(calibrated[0])
+    for name in names:
+        arrays = [b[name] for b in calibrated if name in b]
+        if not arrays or not all(np.issubdtype(a.dtype, np.number) or a.dtype.kind == "V" for a in arrays):
+            continue
+        floats = [np.asarray(a, dtype=np.float64) for a in arrays if a.size]
+        if not floats:
+            continue
+        bad = sum(int(np.size(f) - np.count_nonzero(np.isfinite(f))) for f in floats)
+        if bad:
+            warnings.append(f"calibration input '{name}' holds {bad} NaN/Inf value(s); they are left out of "
+                            f"the ranges, and the quantized model saturates them")
+        finite = [f[np.isfinite(f)] for f in floats]
+        finite = [f for f in finite if f.size]
+        if finite and min(float(f.min()) for f in finite) == max(float(f.max()) for f in finite):
+            value = float(finite[0].flat[0])
+            warnings.append(f"calibration input '{name}' is {value:g} everywhere (zero range): the ranges "
+                            f"measured on it say nothing about real inputs; calibrate on representative data")
+    constant = [i for i, b in enumerate(calibrated)
+                if all(a.size and np.all(a == a.reshape(-1)[0]) for a in b.values())]
+    if constant and len(constant) < len(calibrated):
+        shown = ", ".join(map(str, constant[:8])) + (" ..." if len(constant) > 8 else "")
+        warnings.append(f"calibration batch(es) {shown} hold one constant value in every input")
+    distinct: set[bytes] = set()
+    for b in calibrated:
+        distinct |= _sample_keys(b)
+    if len(distinct) < MIN_DISTINCT_SAMPLES:
+        warnings.append(f"calibration has {len(distinct)} distinct sample(s), fewer than {MIN_DISTINCT_SAMPLES}: "
+                        f"activation ranges fit these samples only; give more, varied batches")
+    seen = {_batch_key(b) for b in calibrated}
+    repeats = sum(_batch_key(b) in seen for b in held_out)
+    if repeats:
+        warnings.append(f"{repeats} of {len(held_out)} held-out batch(es) repeat calibration batches: the accuracy "
+                        f"report is measured on data the ranges were fitted to")
+    return warnings
+
+
+def stats_warnings(stats: Mapping[str, TensorStats]) -> list[str]:
+    """Sentences about calibration statistics: activations with zero range or no finite
+    value (their quantizers cover a single point)."""
+    flat = [n for n, s in stats.items() if s.min is not None and s.min == s.max]
+    empty = [n for n, s in stats.items() if s.min is None and s.nonfinite]
+    warnings = []
+    if flat:
+        shown = ", ".join(flat[:5]) + (f" and {len(flat) - 5} more" if len(flat) > 5 else "")
+        warnings.append(f"{len(flat)} of {len(stats)} observed activation(s) have zero range over the calibration "
+                        f"set ({shown}): their quantizers cannot represent other values")
+    if empty:
+        warnings.append(f"{len(empty)} observed activation(s) had no finite value during calibration "
+                        f"({', '.join(empty[:5])})")
+    return warnings
 
 
 def _check_names(graph: Graph, names: Sequence[str]) -> None:
