@@ -14,17 +14,19 @@ What this module owns:
 - building the runtime (ONNX Runtime for the "onnx" backend, a TVM build through
   `requant.backends.tvm` for "tvm") and calling it;
 - the saved directory: model.onnx (+ model.onnx.data when external), pipeline.json,
-  for TVM targets also the runtime's files (model.so, model.cu) with model.onnx holding
-  the compiled graph (so `.graph` reads back),
+  for TVM targets also the runtime's files (model.so; model.cu and model.fatbin for
+  CUDA) with model.onnx holding the compiled graph (so `.graph` reads back), and
   manifest.json (format version, target, options, input/output signature, sha256 and
-  size of every file); `load` refuses a directory whose manifest is missing, of an
-  unknown format, or whose files are missing or differ from their hashes. Saving is
-  deterministic: same model and options -> byte-identical files.
+  size of every file, and a MAC under this user's key: requant/trust.py). `save`
+  writes through `requant.atomic_save` (a staging directory renamed into place; never
+  over the user's files or the source model without `overwrite=True`); `load` reads
+  through `requant.manifest.read_saved`, which checks every file and field and loads
+  native code only from builds this user made or with `trust_code=True`. Saving is
+  deterministic: same model, options and user -> byte-identical files.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -37,18 +39,15 @@ from typing import Any
 import numpy as np
 
 from requant.backends.onnx.runtime import MODEL_FILE
-from requant.errors import PassError, RequantError, UnsupportedOpError
-from requant.report import Accuracy, StepRecord, constant_bytes, render_report
+from requant.errors import InputError, PassError, RequantError, SavedModelError, UnsupportedOpError
+from requant.manifest import FORMAT, FORMAT_VERSION, MANIFEST, PIPELINE_FILE
+from requant.report import Accuracy, StepRecord, constant_bytes, nonfinite_note, render_report
 from requant.targets import BATCHES, CALIBRATE, INPUT_DIMS, STATS, Scheme, Step, Target, get_target
 
-__all__ = ["compile", "load", "CompiledModel", "FORMAT", "FORMAT_VERSION", "MANIFEST", "MODEL_FILE", "PIPELINE_FILE"]
+__all__ = ["compile", "load", "read_saved_graph", "CompiledModel", "FORMAT", "FORMAT_VERSION", "MANIFEST",
+           "MODEL_FILE", "PIPELINE_FILE"]
 
 logger = logging.getLogger(__name__)
-
-FORMAT = "requant-compiled-model"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-PIPELINE_FILE = "pipeline.json"
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -74,26 +73,40 @@ def to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def _input_array(x: Any, what: str, name: str) -> np.ndarray:
+    """`to_numpy(x)`, refusing what is not a rectangular array of numbers (a ragged
+    list, strings, objects) with an `InputError` naming the input."""
+    try:
+        arr = to_numpy(x)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InputError(f"{what}: input '{name}' is not an array ({type(x).__name__}: {exc}); "
+                         f"give a numpy array or torch tensor") from exc
+    if arr.dtype == object or arr.dtype.kind in "USV":
+        raise InputError(f"{what}: input '{name}' is not a rectangular array of numbers (numpy made a "
+                         f"{arr.dtype} array of it, e.g. from a ragged list); give a numpy array or torch tensor")
+    return arr
+
+
 def _as_feeds(names: Sequence[str], batch: Any, what: str) -> dict[str, np.ndarray]:
     """One batch (a tuple/list in input order, a dict by name, or one array for a
     one-input model) as {input name: numpy array}."""
     if isinstance(batch, Mapping):
         unknown = [k for k in batch if k not in names]
         if unknown:
-            raise RequantError(f"{what}: unknown input(s) {', '.join(map(repr, unknown))}; inputs: {', '.join(names)}")
-        feeds = {k: to_numpy(v) for k, v in batch.items()}
+            raise InputError(f"{what}: unknown input(s) {', '.join(map(repr, unknown))}; inputs: {', '.join(names)}")
+        feeds = {k: _input_array(v, what, k) for k, v in batch.items()}
     elif isinstance(batch, (tuple, list)):
         if len(batch) != len(names):
-            raise RequantError(f"{what}: {len(batch)} arrays for {len(names)} input(s) ({', '.join(names)})")
-        feeds = {n: to_numpy(v) for n, v in zip(names, batch)}
+            raise InputError(f"{what}: {len(batch)} arrays for {len(names)} input(s) ({', '.join(names)})")
+        feeds = {n: _input_array(v, what, n) for n, v in zip(names, batch)}
     else:
         if len(names) != 1:
-            raise RequantError(f"{what}: one array for a model with {len(names)} inputs ({', '.join(names)}); "
-                               f"give a tuple in input order or a dict by name")
-        feeds = {names[0]: to_numpy(batch)}
+            raise InputError(f"{what}: one array for a model with {len(names)} inputs ({', '.join(names)}); "
+                             f"give a tuple in input order or a dict by name")
+        feeds = {names[0]: _input_array(batch, what, names[0])}
     missing = [n for n in names if n not in feeds]
     if missing:
-        raise RequantError(f"{what}: missing input(s) {', '.join(missing)}")
+        raise InputError(f"{what}: missing input(s) {', '.join(missing)}")
     return {n: feeds[n] for n in names}
 
 
@@ -224,6 +237,7 @@ class _Pipeline:
         self.sized = sized  # the inputs whose sizes INPUT_DIMS reads
         self.records: list[StepRecord] = []
         self.calibration_seconds = 0.0
+        self.warnings: list[str] = []  # about the calibration statistics, for the report
 
     def run(self, graph: Any, batches: list[dict[str, np.ndarray]]) -> Any:
         stats = None
@@ -245,13 +259,14 @@ class _Pipeline:
         return f"target '{self.target.name}': step {position} of {len(self.steps)} ('{name}', after: {ran})"
 
     def _calibrate(self, graph: Any, batches: list[dict[str, np.ndarray]], step: Step, position: int) -> Any:
-        from requant.passes.calibration import collect_stats
+        from requant.passes.calibration import collect_stats, stats_warnings
 
         start = time.perf_counter()
         try:
             stats = collect_stats(graph, batches, **step.options)
         except Exception as exc:
             raise PassError(f"{self._where(CALIBRATE, position)}: {exc}") from exc
+        self.warnings += stats_warnings(stats)
         seconds = time.perf_counter() - start
         self.calibration_seconds += seconds
         n = len(graph)
@@ -321,7 +336,7 @@ def compile(  # noqa: A001  (requant.compile is the public name)
     steps: list[Step | Any] = spec.resolve_steps(opts) if passes is None else _steps_from_passes(passes)
     named = [s for s in steps if isinstance(s, Step)]
     static = any(s.needs_batches for s in named)
-    batches = None if calibration is None else list(calibration)
+    batches = None if calibration is None else _calibration_batches(calibration)
     if batches is not None and not batches:
         raise RequantError("calibration=[] is empty: give at least one batch of inputs")
     if static and not batches:
@@ -337,6 +352,7 @@ def compile(  # noqa: A001  (requant.compile is the public name)
     names = [v.name for v in graph.inputs]
     feeds = [_as_feeds(names, b, f"calibration batch {i}") for i, b in enumerate(batches or [])]
     calib, held, note = _split_batches(feeds, static, opts["holdout"])
+    warnings = _calibration_warnings(calib, held) if static else []
     reference = graph if not owned else (graph.clone() if held else None)
     work = graph.clone() if not owned else graph
     constants_before = constant_bytes(work)
@@ -354,6 +370,10 @@ def compile(  # noqa: A001  (requant.compile is the public name)
     backend_done = time.perf_counter()
 
     cm = CompiledModel(work, spec, opts, runtime, _steps_json(steps, spec, passes is not None))
+    cm._protected = _source_files(model)
+    warnings += pipeline.warnings
+    for warning in warnings:
+        logger.warning("%s", warning)
     accuracy = None
     if held:
         reason = runtime.cannot_run()  # e.g. a CUDA build on a machine without a GPU
@@ -372,9 +392,41 @@ def compile(  # noqa: A001  (requant.compile is the public name)
                   "calibration": pipeline.calibration_seconds, "backend": backend_done - pipeline_done,
                   "accuracy": done - backend_done, "total": done - started},
         "accuracy": accuracy,
+        "warnings": warnings,
+        "nonfinite": nonfinite_note(work),
     })
     logger.info("compiled for %s in %.2f s", spec.name, done - started)
     return cm
+
+
+def _calibration_batches(calibration: Any) -> list[Any]:
+    """`calibration=` as a list of batches; one batch given bare (an array, a tensor, a
+    dict) is refused before anything iterates it (iterating an array would make each
+    row a batch)."""
+    single = ("dict" if isinstance(calibration, Mapping) else
+              "array" if isinstance(calibration, np.ndarray) or (_is_torch(calibration) and hasattr(calibration, "shape"))
+              else "string" if isinstance(calibration, (str, bytes)) else None)
+    if single:
+        raise InputError(f"calibration= takes a list of batches, got a single {single}: wrap it in a list, "
+                         f"calibration=[batch] (several batches give better ranges)")
+    try:
+        return list(calibration)
+    except TypeError:
+        raise InputError(f"calibration= takes a list of batches (tuples, dicts or arrays), got "
+                         f"{type(calibration).__name__}") from None
+
+
+def _calibration_warnings(calib: list[dict[str, np.ndarray]], held: list[dict[str, np.ndarray]]) -> list[str]:
+    from requant.passes.calibration import calibration_warnings
+
+    return calibration_warnings(calib, held)
+
+
+def _source_files(model: Any) -> tuple[Path, ...]:
+    """The model file compiled (a path), which no save may replace."""
+    if isinstance(model, (str, os.PathLike)):
+        return (Path(model),)
+    return ()
 
 
 def _in_context(exc: RequantError, message: str) -> RequantError:
@@ -398,9 +450,47 @@ def _measure_accuracy(reference: Any, cm: CompiledModel, held: list[dict[str, np
 
     run_reference = make_runner(reference, "auto")  # the float model
     acc = Accuracy([v.name for v in reference.outputs])
+    sliced = False
     for feeds in held:
-        acc.add(cm(**feeds), run_reference(feeds))
+        parts, why = _slices_the_build_takes(reference, cm.inputs, feeds)
+        if why:
+            logger.warning("accuracy not measured: %s", why)
+            return {"not_measured": why}
+        sliced = sliced or len(parts) != 1 or any(parts[0][k] is not a for k, a in feeds.items())
+        for part in parts:
+            acc.add(cm(**part), run_reference(part))
+    if sliced:
+        note += " (each cut along its leading axis into batches of the size the build is specialised to)"
     return {"batches": acc.batches, "note": note, "outputs": acc.result()}
+
+
+def _slices_the_build_takes(reference: Any, signature: Sequence[Mapping[str, Any]],
+                            feeds: Mapping[str, np.ndarray]) -> tuple[list[dict[str, np.ndarray]], str]:
+    """(`feeds` as batches the build accepts, "") or ([], why not). A build specialised
+    to a smaller leading (batch) size than the held-back batches have, e.g. calibrated in
+    batches of 8 and built with dims={"batch": 1}, takes them in whole slices of its size
+    along that dim (a partial last slice is left out; every input whose leading dim is
+    that symbol is cut alike), and the float model is compared on the same slices. Any
+    other difference (a non-leading dim, a batch smaller than the build's) cannot be."""
+    cut: tuple[str, int] | None = None
+    for value, sig in zip(reference.inputs, signature):
+        arr, built = feeds[sig["name"]], sig["shape"]
+        if built is None or value.type.shape is None or arr.ndim != len(built):
+            continue
+        for axis, (dim, size, want) in enumerate(zip(value.type.shape, arr.shape, built)):
+            if not isinstance(want, int) or size == want:
+                continue
+            if axis != 0 or not isinstance(dim, str) or size < want or cut not in (None, (dim, want)):
+                return [], (f"input '{sig['name']}' has shape {list(arr.shape)} in the held-back batches and the "
+                            f"build takes {built}: compile with dims= matching them, or example_inputs=")
+            cut = (dim, want)
+    if cut is None:
+        return [dict(feeds)], ""
+    symbol, step = cut
+    leading = {v.name for v in reference.inputs if v.type.shape and v.type.shape[0] == symbol}
+    rows = min(int(feeds[name].shape[0]) for name in leading)
+    return [{k: a[start:start + step] if k in leading else a for k, a in feeds.items()}
+            for start in range(0, rows - step + 1, step)], ""
 
 
 # ----------------------------------------------------------------------------- JSON
@@ -530,8 +620,9 @@ class CompiledModel:
                 raise RequantError(f"input '{k}' is given twice (by position and by name)")
             feeds[k] = v
         feeds = _as_feeds(self.input_names, feeds, "model call")
+        symbols: dict[str, tuple[int, str]] = {}
         for sig, want in self._input_checks:
-            _check_input(sig, want, feeds[sig["name"]], self._shape_hint)
+            _check_input(sig, want, feeds[sig["name"]], self._shape_hint, symbols)
         return self._runtime(feeds)
 
     def _shape_hint(self) -> str:
@@ -543,29 +634,49 @@ class CompiledModel:
                         f"or static_shapes=False)")
         return ""
 
-    def save(self, directory: str | os.PathLike, *, external_data: bool | None = None) -> Path:
+    def save(self, directory: str | os.PathLike, *, external_data: bool | None = None,
+             overwrite: bool = False) -> Path:
         """Write model.onnx (weights in model.onnx.data when `external_data`, or when too
-        large for one protobuf), pipeline.json and manifest.json (last) into `directory`;
-        for a TVM target also its library (model.so; model.cu for CUDA), model.onnx then
-        holding the compiled graph. The same ONNX model gives byte-identical files."""
+        large for one protobuf), pipeline.json and manifest.json into `directory`; for a
+        TVM target also its library (model.so; model.cu and model.fatbin for CUDA),
+        model.onnx then holding the compiled graph. The same ONNX model gives
+        byte-identical files for the same user (the manifest's MAC is under their key).
+
+        The files are written into a staging directory beside `directory`, which then
+        replaces it in one rename (`requant.atomic_save`): an interrupted save leaves an
+        earlier save intact. A `directory` that is a symlink, holds the model compiled,
+        or holds anything but an earlier save is refused (`SavedModelError`); with
+        `overwrite=True` the last is replaced, whatever it holds."""
+        from requant.atomic_save import staged_directory, write_new_file
+        from requant.trust import MAC_FIELD, sign_manifest
+
         out = Path(directory)
-        if out.exists() and not out.is_dir():
-            raise RequantError(f"cannot save into {out}: it exists and is not a directory")
-        out.mkdir(parents=True, exist_ok=True)
-        (out / MANIFEST).unlink(missing_ok=True)  # an interrupted save must not look complete
-        files = self._runtime.write(out, external_data)
-        if MODEL_FILE not in files:  # a TVM build: model.onnx holds the compiled graph
-            from requant.backends.onnx import to_onnx
-            from requant.backends.onnx.runtime import write_model
+        with staged_directory(out, overwrite=overwrite, protected=getattr(self, "_protected", ())) as staging:
+            files = self._runtime.write(staging, external_data)
+            if MODEL_FILE not in files:  # a TVM build: model.onnx holds the compiled graph
+                from requant.backends.onnx import to_onnx
+                from requant.backends.onnx.runtime import write_model
 
-            files += write_model(to_onnx(self.graph), out, external_data)
-        pipeline = dict(self.pipeline)
-        pipeline["ran"] = [StepRecord.from_dict(r).to_dict(with_time=False) for r in self._stats.get("passes", [])]
-        (out / PIPELINE_FILE).write_bytes(_dump(pipeline))
-        files.append(PIPELINE_FILE)
+                files += write_model(to_onnx(self.graph), staging, external_data)
+            pipeline = dict(self.pipeline)
+            pipeline["ran"] = [StepRecord.from_dict(r).to_dict(with_time=False) for r in self._stats.get("passes", [])]
+            write_new_file(staging / PIPELINE_FILE, _dump(pipeline))
+            files.append(PIPELINE_FILE)
+            manifest = self._manifest(staging, files)
+            manifest[MAC_FIELD] = sign_manifest(manifest)
+            write_new_file(staging / MANIFEST, _dump(manifest))
+        sizes = self._stats.setdefault("sizes", {})
+        sizes["saved"] = _saved_bytes(out, manifest)
+        sizes["saved_to"] = str(out)
+        logger.info("saved %s model to %s (%d bytes)", self.target, out, sizes["saved"])
+        return out
+
+    def _manifest(self, staging: Path, files: list[str]) -> dict[str, Any]:
         from requant import __version__
+        from requant.manifest import sha256_file
 
-        manifest = {
+        where = f"cannot save into {staging}"
+        return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "requant_version": __version__,
@@ -577,31 +688,34 @@ class CompiledModel:
             "inputs": self.inputs,
             "outputs": self.outputs,
             "sizes": {k: self._stats.get("sizes", {}).get(k) for k in ("constants_before", "constants_after")},
-            "files": {name: {"sha256": _sha256(out / name), "bytes": (out / name).stat().st_size}
+            "files": {name: {"sha256": sha256_file(staging / name, where), "bytes": (staging / name).stat().st_size}
                       for name in sorted(files)},
         }
-        (out / MANIFEST).write_bytes(_dump(manifest))
-        sizes = self._stats.setdefault("sizes", {})
-        sizes["saved"] = _saved_bytes(out, manifest)
-        sizes["saved_to"] = str(out)
-        logger.info("saved %s model to %s (%d bytes)", self.target, out, sizes["saved"])
-        return out
 
     def __repr__(self) -> str:
         return f"<CompiledModel target={self.target} inputs={self.input_names} outputs={self.output_names}>"
 
 
-def _check_input(sig: Mapping[str, Any], want: np.dtype, arr: np.ndarray, hint: Callable[[], str]) -> None:
-    """`arr` has the dtype `want` (numpy's for `sig["dtype"]`) and a shape `sig` allows."""
+def _check_input(sig: Mapping[str, Any], want: np.dtype, arr: np.ndarray, hint: Callable[[], str],
+                 symbols: dict[str, tuple[int, str]]) -> None:
+    """`arr` has the dtype `want` (numpy's for `sig["dtype"]`) and a shape `sig` allows;
+    a named dim has one size across the inputs of a call (`symbols`: name -> (size,
+    input that set it)), which a runtime would otherwise refuse in its own words."""
     if arr.dtype != want:
-        raise RequantError(f"input '{sig['name']}' must be {sig['dtype']} (numpy {want}), got {arr.dtype}; "
-                           f"convert it, e.g. x.astype(np.{want})")
+        raise InputError(f"input '{sig['name']}' must be {sig['dtype']} (numpy {want}), got {arr.dtype}; "
+                         f"convert it, e.g. x.astype(np.{want})")
     shape = sig["shape"]
     if shape is None:
         return
     if arr.ndim != len(shape) or any(isinstance(d, int) and d != n for d, n in zip(shape, arr.shape)):
         shown = ",".join("?" if d is None else str(d) for d in shape)
-        raise RequantError(f"input '{sig['name']}' must have shape [{shown}], got {list(arr.shape)}{hint()}")
+        raise InputError(f"input '{sig['name']}' must have shape [{shown}], got {list(arr.shape)}{hint()}")
+    for axis, (d, n) in enumerate(zip(shape, arr.shape)):
+        if isinstance(d, str):
+            size, first = symbols.setdefault(d, (n, sig["name"]))
+            if size != n:
+                raise InputError(f"input '{sig['name']}' has {d} = {n} (dim {axis}), but input '{first}' "
+                                 f"has {d} = {size}; inputs sharing a dim name must agree")
 
 
 def _saved_bytes(root: Path, manifest: Mapping[str, Any]) -> int:
@@ -609,55 +723,7 @@ def _saved_bytes(root: Path, manifest: Mapping[str, Any]) -> int:
     return sum(int(f["bytes"]) for f in manifest["files"].values()) + (root / MANIFEST).stat().st_size
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # ----------------------------------------------------------------------------- load
-
-
-def _read_manifest(root: Path) -> dict[str, Any]:
-    if not root.exists():
-        raise RequantError(f"cannot load {root}: no such directory")
-    if not root.is_dir():
-        raise RequantError(f"cannot load {root}: not a directory "
-                           f"(requant.load takes the directory CompiledModel.save wrote)")
-    path = root / MANIFEST
-    if not path.is_file():
-        raise RequantError(f"cannot load {root}: {MANIFEST} is missing (not a saved requant model, or an incomplete save)")
-    try:
-        manifest = json.loads(path.read_bytes())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RequantError(f"cannot load {root}: {MANIFEST} is not valid JSON: {exc}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise RequantError(f"cannot load {root}: {MANIFEST} is not a {FORMAT} manifest")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise RequantError(f"cannot load {root}: {MANIFEST} has format_version {version!r}; this requant reads "
-                           f"version {FORMAT_VERSION} (saved by requant {manifest.get('requant_version', '?')})")
-    return manifest
-
-
-def _verify_files(root: Path, manifest: Mapping[str, Any]) -> None:
-    files = manifest.get("files")
-    if not isinstance(files, dict):
-        raise RequantError(f"cannot load {root}: {MANIFEST} lists no files")
-    for required in (MODEL_FILE, PIPELINE_FILE):
-        if required not in files:
-            raise RequantError(f"cannot load {root}: {MANIFEST} does not list {required}")
-    for name, entry in files.items():
-        if not isinstance(name, str) or Path(name).name != name or name.startswith("."):
-            raise RequantError(f"cannot load {root}: {MANIFEST} lists {name!r}, which is not a file in the directory")
-        path = root / name
-        if not path.is_file():
-            raise RequantError(f"cannot load {root}: {name} is missing")
-        if not isinstance(entry, dict) or _sha256(path) != entry.get("sha256"):
-            raise RequantError(f"cannot load {root}: {name} does not match its sha256 in {MANIFEST} "
-                               f"(modified or corrupted after saving)")
 
 
 def _load_onnx(root: Path, listed: Iterable[str]) -> Any:
@@ -665,39 +731,65 @@ def _load_onnx(root: Path, listed: Iterable[str]) -> Any:
     import onnx
     from onnx.external_data_helper import load_external_data_for_model, uses_external_data
 
-    proto = onnx.load(str(root / MODEL_FILE), load_external_data=False)
+    try:
+        proto = onnx.load(str(root / MODEL_FILE), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends: the file passed its hash
+        raise SavedModelError(f"cannot load {root}: {MODEL_FILE} is not a readable ONNX model: {exc}") from exc
     listed = set(listed)
     for tensor in proto.graph.initializer:
         if uses_external_data(tensor):
             location = next((e.value for e in tensor.external_data if e.key == "location"), None)
             if location not in listed:
-                raise RequantError(f"cannot load {root}: {MODEL_FILE} reads weights from {location!r}, "
-                                   f"which {MANIFEST} does not list")
-    load_external_data_for_model(proto, str(root))
+                raise SavedModelError(f"cannot load {root}: {MODEL_FILE} reads weights from {location!r}, "
+                                      f"which {MANIFEST} does not list")
+    try:
+        load_external_data_for_model(proto, str(root))
+    except Exception as exc:
+        raise SavedModelError(f"cannot load {root}: the weights in {MODEL_FILE}'s external data do not "
+                              f"read back: {exc}") from exc
     return proto
 
 
-def load(directory: str | os.PathLike) -> CompiledModel:
-    """A model saved by `CompiledModel.save`, after checking every file against the
-    manifest's sha256; refuses (RequantError naming the file) a directory that is not
-    one, lacks its manifest or a file, has a modified file, or an unknown format."""
-    root = Path(directory)
-    manifest = _read_manifest(root)
-    _verify_files(root, manifest)
-    backend = manifest.get("backend")
-    from requant.backends import RUNTIMES, runtime_backend
+def read_saved_graph(directory: str | os.PathLike) -> tuple[Any, Any]:
+    """(the checked `requant.manifest.SavedDirectory`, its graph read back from
+    model.onnx) without making a runtime: nothing of the save runs, so a TVM save needs
+    no `trust_code` to be inspected or drawn."""
+    from requant.frontends import from_onnx
+    from requant.manifest import read_saved
 
-    if backend not in RUNTIMES:
-        raise RequantError(f"cannot load {root}: backend {backend!r} is not supported by this requant")
-    try:
-        pipeline = json.loads((root / PIPELINE_FILE).read_bytes())
-    except ValueError as exc:
-        raise RequantError(f"cannot load {root}: {PIPELINE_FILE} is not valid JSON: {exc}") from exc
+    root = Path(directory)
+    saved = read_saved(root, run_code=False)
+    return saved, from_onnx(_load_onnx(root, saved.manifest["files"]), base_dir=root)
+
+
+def load(directory: str | os.PathLike, *, trust_code: bool = False, threads: int | None = None) -> CompiledModel:
+    """A model saved by `CompiledModel.save`, after `requant.manifest.read_saved`
+    checked it: every file listed, regular (no symlinks) and matching its size and
+    sha256, exactly the backend's file set, every manifest field well-formed.
+
+    trust_code: a TVM/CUDA save holds native code, which runs when loaded; it loads
+        without this only when its manifest's MAC verifies under this user's key (this
+        user's requant built it). Pass True only for a save whose origin you trust.
+    threads: runtime threads, instead of the manifest's (0: the physical cores).
+    Refusals raise `SavedModelError` (`TrustError` for untrusted code) naming the file."""
+    from requant.manifest import read_saved
+    from requant.targets import threads_problem
+
+    root = Path(directory)
+    if threads is not None and threads_problem(threads):
+        raise RequantError(f"requant.load: threads {threads_problem(threads)}")
+    saved = read_saved(root, trust_code=trust_code)
+    manifest = saved.manifest
+    from requant.backends import runtime_backend
+
+    pipeline = dict(saved.pipeline)
     ran = pipeline.pop("ran", [])
     proto = _load_onnx(root, manifest["files"])
-    threads = manifest.get("options", {}).get("threads") or None
+    if threads is None:
+        threads = manifest.get("options", {}).get("threads") or None
     spec = _loaded_target(manifest)
-    runtime = runtime_backend(backend).load_runtime(root, manifest, proto=proto, threads=threads)
+    runtime = runtime_backend(manifest["backend"]).load_runtime(root, manifest, proto=proto, threads=threads or None,
+                                                                files=saved.code_files)
 
     def read_graph() -> Any:
         from requant.frontends import from_onnx
@@ -706,8 +798,10 @@ def load(directory: str | os.PathLike) -> CompiledModel:
 
     cm = CompiledModel(None, spec, manifest.get("options", {}), runtime, pipeline,
                        inputs=manifest["inputs"], outputs=manifest["outputs"], graph_loader=read_graph)
+    cm._saved = saved  # keeps the checked copies of code files alive while the runtime uses them
     cm._stats.update({
         "loaded_from": str(root),
+        "built_here": saved.provenance.built_here,
         "passes": ran,
         "sizes": {**manifest.get("sizes", {}), "artifact": runtime.artifact_bytes(), "artifact_kind": runtime.artifact_kind,
                   "saved": _saved_bytes(root, manifest), "saved_to": str(root)},

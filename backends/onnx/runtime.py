@@ -47,6 +47,8 @@ __all__ = [
     "MODEL_FILE",
     "EXTERNAL_DATA_FILE",
     "make_session_options",
+    "saved_files",
+    "SAVED_FILES",
     "physical_cores",
     "run_onnx",
 ]
@@ -55,6 +57,15 @@ logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 EXTERNAL_DATA_FILE = MODEL_FILE + ".data"  # the name `save_onnx` gives the weights file
+
+def _saved_files() -> Any:
+    from requant.backends import SavedFiles
+
+    return SavedFiles(frozenset({MODEL_FILE}), frozenset({EXTERNAL_DATA_FILE}))
+
+
+SAVED_FILES = _saved_files()
+"""model.onnx, and model.onnx.data when the weights went to external data: data, no code."""
 
 SLOW_ORT_FUSIONS: tuple[str, ...] = ("SkipLayerNormFusion",)
 """ONNX Runtime graph optimizers requant's sessions disable (module docstring)."""
@@ -119,6 +130,11 @@ def make_session_options(
     """requant's `onnxruntime.SessionOptions` (see the module docstring)."""
     import onnxruntime as ort
 
+    from requant.targets import threads_problem
+
+    problem = None if intra_op_threads is None else threads_problem(intra_op_threads)
+    if problem:  # ONNX Runtime crashes (no exception) on absurd counts
+        raise RequantError(f"ONNX Runtime session: intra_op_threads {problem}")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = int(intra_op_threads or physical_cores())
     opts.inter_op_num_threads = int(inter_op_threads)
@@ -316,7 +332,14 @@ class OnnxRuntime:
         return None
 
     def artifact_bytes(self) -> int:
-        return int(self.proto.ByteSize())
+        """The size of the model as written: protobuf cannot size a model past its 2 GB
+        limit (ByteSize fails), so a larger one counts its weights and its nodes."""
+        from requant.backends.onnx.export import AUTO_EXTERNAL_DATA_BYTES, initializer_bytes
+
+        weights = initializer_bytes(self.proto)
+        if weights <= AUTO_EXTERNAL_DATA_BYTES:
+            return int(self.proto.ByteSize())
+        return weights + sum(int(node.ByteSize()) for node in self.proto.graph.node)
 
     def write(self, out: Path, external_data: bool | None) -> list[str]:
         """Write model.onnx (weights in model.onnx.data when `external_data`, or when too
@@ -340,6 +363,12 @@ def write_model(proto: Any, out: Path, external_data: bool | None) -> list[str]:
     return [MODEL_FILE]
 
 
+def saved_files(device: str = "cpu") -> Any:
+    """The files of an ONNX artifact (`requant.backends.SavedFiles`): data only."""
+    del device
+    return SAVED_FILES
+
+
 def build_runtime(graph: Any, device: str = "cpu", *, threads: int | None = None, opset: int | None = None) -> OnnxRuntime:
     """`graph` exported to ONNX (`opset`: None = the newest the installed ONNX Runtime
     runs every op at) and loaded in a session with `threads` intra-op threads."""
@@ -350,8 +379,10 @@ def build_runtime(graph: Any, device: str = "cpu", *, threads: int | None = None
     return OnnxRuntime(proto, OnnxRuntimeSession(proto, intra_op_threads=threads))
 
 
-def load_runtime(root: Path, manifest: Mapping[str, Any], *, proto: Any, threads: int | None = None) -> OnnxRuntime:
+def load_runtime(root: Path, manifest: Mapping[str, Any], *, proto: Any, threads: int | None = None,
+                 files: Mapping[str, Path] | None = None) -> OnnxRuntime:
     """The runtime of a saved directory (its files checked against the manifest by
-    `requant.load`, which read `proto` from model.onnx)."""
-    del manifest
+    `requant.load`, which read `proto` from model.onnx). `files` (private copies of
+    code files) is empty for ONNX: the artifact is data."""
+    del manifest, files
     return OnnxRuntime(proto, OnnxRuntimeSession(str(root / MODEL_FILE), intra_op_threads=threads))

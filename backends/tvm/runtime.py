@@ -9,8 +9,12 @@ What this module owns:
   machine without a CUDA GPU a cuda build can be saved and inspected but calling it
   raises a `RequantError` saying so;
 - the files it adds to a saved directory (`model.so`, the exported TVM library; for
-  cuda also `model.cu`, the generated CUDA source for inspection, and `model.fatbin`,
-  its nvcc build for sm_80/sm_90) and `load_runtime`, which reads them back.
+  cuda also `model.cu`, the generated CUDA source, and `model.fatbin`, its nvcc build
+  for sm_80/sm_90) and `load_runtime`, which reads them back. All of them are native
+  code (`saved_files`): the library runs when loaded, the fatbin on the GPU, and the
+  CUDA source is compiled by nvcc when no fatbin matches it. `requant.load` hands
+  `load_runtime` private copies of these files, made while checking their hashes, so
+  what runs is what was checked.
 """
 
 from __future__ import annotations
@@ -24,12 +28,23 @@ import numpy as np
 
 from requant.errors import RequantError
 
-__all__ = ["TvmRuntime", "build_runtime", "load_runtime", "LIBRARY_FILE"]
+__all__ = ["TvmRuntime", "build_runtime", "load_runtime", "saved_files", "LIBRARY_FILE", "DEVICES"]
 
 logger = logging.getLogger(__name__)
 
 LIBRARY_STEM = "model"
 LIBRARY_FILE = LIBRARY_STEM + ".so"
+CUDA_SOURCE_FILE = LIBRARY_STEM + ".cu"
+FATBIN_FILE = LIBRARY_STEM + ".fatbin"
+DEVICES = ("llvm", "cuda")
+
+
+def saved_files(device: str) -> Any:
+    """The files of a TVM artifact for `device` (`requant.backends.SavedFiles`): all code."""
+    from requant.backends import SavedFiles
+
+    names = frozenset({LIBRARY_FILE} | ({CUDA_SOURCE_FILE, FATBIN_FILE} if device == "cuda" else set()))
+    return SavedFiles(names, frozenset(), names)
 
 
 def _set_threads(threads: int | None) -> None:
@@ -111,7 +126,11 @@ class TvmRuntime:
 
             arrays = [to_relax_array(a, dt) for a, dt in zip(arrays, self._dtypes[0])]
         args = [tvm.runtime.tensor(np.ascontiguousarray(a), self._dev) for a in arrays]
-        out = self._vm["main"](*args)
+        try:
+            out = self._vm["main"](*args)
+        except Exception as exc:  # TVM raises its own errors (shape checks, CUDA faults)
+            raise RequantError(f"the TVM {self.device} build failed running the model: "
+                               f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__}") from exc
         items = [t.numpy() for t in ([out] if isinstance(out, tvm.runtime.Tensor) else list(out))]
         if self._dtypes is not None:
             from requant.backends.tvm.emit import from_relax_array
@@ -173,20 +192,22 @@ def build_runtime(graph: Any, device: str, *, threads: int | None = None, opset:
     raise RequantError(f"the TVM backend builds for 'llvm' or 'cuda', not {device!r}")
 
 
-def load_runtime(root: Path, manifest: Mapping[str, Any], *, proto: Any = None, threads: int | None = None) -> TvmRuntime:
-    """A runtime on the library a saved directory holds (its files already checked
-    against the manifest by `requant.load`); a cuda library loads on first call. The
-    manifest gives the device and the inputs' and outputs' dtypes (low-bit floats travel
-    as float32); `proto` (the saved graph) is not needed: the library is the model."""
+def load_runtime(root: Path, manifest: Mapping[str, Any], *, proto: Any = None, threads: int | None = None,
+                 files: Mapping[str, Path] | None = None) -> TvmRuntime:
+    """A runtime on the library of a saved directory; a cuda library loads on first
+    call. `files` maps each of `saved_files(device)` to the private copy `requant.load`
+    made while checking it against the manifest (the library runs from there, never
+    from `root`, which could change after the check). The manifest gives the device and
+    the inputs' and outputs' dtypes (low-bit floats travel as float32); `proto` (the
+    saved graph) is not needed: the library is the model."""
     from requant.ir import dtypes as dt
 
     del proto
-    _set_threads(threads)
     device = manifest.get("device", "llvm")
+    if files is None or LIBRARY_FILE not in files:
+        raise RequantError(f"cannot load {root}: no checked copy of {LIBRARY_FILE} (load it with requant.load)")
+    _set_threads(threads)
     dtypes = ([dt.dtype(i["dtype"]) for i in manifest["inputs"]], [dt.dtype(o["dtype"]) for o in manifest["outputs"]])
-    path = root / LIBRARY_FILE
-    if not path.is_file():
-        raise RequantError(f"cannot load {root}: {LIBRARY_FILE} is missing")
-    runtime = TvmRuntime(device, library_path=path, dtypes=dtypes)
-    runtime._size = sum(f.stat().st_size for f in root.glob(LIBRARY_STEM + ".*") if f.suffix != ".onnx")
+    runtime = TvmRuntime(device, library_path=files[LIBRARY_FILE], dtypes=dtypes)
+    runtime._size = sum(p.stat().st_size for p in files.values())
     return runtime
