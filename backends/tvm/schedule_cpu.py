@@ -26,7 +26,11 @@ This module owns two things:
    any stride, padding, dilation) into a packed conv kernel (`packed_conv2d_func`):
    `W[O, I, KH, KW]` -> `W[ceil(O/ob), I, KH, KW, ob]` (OIHW{ob}o, ob = 32 or 16,
    zero-padded), the input zero-padded once (right-padded so that whole column tiles
-   read in bounds), the output NCHW as before. Depthwise and narrow-group convs and
+   read in bounds), the output NCHW as before. A depthwise conv (groups = input =
+   output channels) becomes `packed_depthwise_conv2d_func`: `W[C, 1, KH, KW]` ->
+   `W[ceil(C/16), KH, KW, 16]`, the input copied once into 16-channel blocks (padded),
+   every tap one 16-channel vector load times one weight vector, whatever the stride
+   and width. Narrow groups (a few channels each, or a channel multiplier) and
    non-constant weights keep relax's own conv2d.
 
 2. Schedule rules applied to every PrimFunc after FuseTIR (`schedule_cpu_module`):
@@ -48,6 +52,10 @@ This module owns two things:
      kernel columns in a local buffer (one broadcast input value x one 16-lane weight
      vector per FMA), parallel over batch x channel blocks x output rows; the epilogue
      reads the tile back channel-major with columns vectorised.
+   - `DepthwiseTile`: the packed depthwise kernel + epilogue: parallel over (batch,
+     16-channel block), whose task makes its plane of the blocked input first (it then
+     stays in L2), then tiles of up to 16 output columns x 16 channels in registers,
+     taps outermost; the epilogue writes the tile back channel-major.
    - `MatmulVNNI`: the int8 packed dense kernel (uint8 x int8 -> int32, exact), tiled
      as DenseTile; on a VNNI CPU every 16-column x 4-deep step is one `vpdpbusd`
      (`llvm.x86.avx512.vpdpbusd.512`, written into the TIR by `_emit_vnni`, since TVM
@@ -100,6 +108,10 @@ __all__ = [
     "pack_conv_weight",
     "conv_tile",
     "conv_owt",
+    "DepthwiseTile",
+    "packed_depthwise_conv2d_func",
+    "pack_depthwise_weight",
+    "depthwise_owt",
     "MatmulVNNI",
     "RowReduction",
     "Injective",
@@ -133,6 +145,11 @@ CONV_PAD_BLOCK = "conv_pad"
 CONV_UNPACK_BLOCK = "conv_unpack"
 #: accumulator vectors of the conv register tile (of 32 zmm registers)
 CONV_ACCUMULATORS = 24
+DW_BLOCK = "packed_dw_conv2d"
+DW_PAD_BLOCK = "dw_pad"
+DW_UNPACK_BLOCK = "dw_unpack"
+#: output columns of the depthwise register tile (one 16-channel accumulator each)
+DW_COLUMNS = 16
 
 
 # --------------------------------------------------------------------------------------
@@ -364,6 +381,73 @@ def packed_conv2d_func(x_shape: Sequence, out_channels: int, kernel: Sequence[in
     return func.with_attr("op_pattern", _OP_PATTERN_OUT_EWISE_FUSABLE)
 
 
+def pack_depthwise_weight(w: np.ndarray) -> np.ndarray:
+    """Depthwise `W[C, 1, KH, KW]` -> `W[ceil(C/16), KH, KW, 16]`: the 16 channels one
+    vector computes lie together per tap, zero-padded channels."""
+    c = w.shape[0]
+    blocks = -(-c // LANES)
+    padded = np.zeros((blocks * LANES, *w.shape[2:]), dtype=w.dtype)
+    padded[:c] = w[:, 0]
+    return np.ascontiguousarray(padded.reshape(blocks, LANES, *w.shape[2:]).transpose(0, 2, 3, 1))
+
+
+def depthwise_owt(out_width: int) -> int:
+    """The output columns of a depthwise register tile (one 16-channel accumulator
+    each): the width in [DW_COLUMNS/2, DW_COLUMNS] that pads the fewest columns."""
+    lo, hi = min(out_width, -(-DW_COLUMNS // 2)), min(out_width, DW_COLUMNS)
+    return min(range(lo, hi + 1), key=lambda t: (-(-out_width // t) * t - out_width, -t))
+
+
+def packed_depthwise_conv2d_func(x_shape: Sequence, kernel: Sequence[int], strides: Sequence[int],
+                                 padding: Sequence[int], dilation: Sequence[int],
+                                 dtype: str = "float32") -> tirx.PrimFunc:
+    """Depthwise NCHW conv2d (groups = input = output channels) with a packed weight
+    (`pack_depthwise_weight`), vectorised across 16 channels:
+
+        dw_pad[n, b, i, j, c]          = x[n, 16 b + c, i - top, j - left] (0 outside and
+                                         for padded channels; right-padded so that whole
+                                         column tiles read in bounds): the input copied
+                                         once into 16-channel blocks
+        packed_dw_conv2d[n, b, h, w, c] = sum_{r, s} dw_pad[n, b, h sh + r dh, w sw + s dw, c]
+                                                     * w_packed[b, r, s, c]
+        dw_unpack[n, 16 b + c, h, w]   = packed_dw_conv2d[n, b, h, w, c]
+
+    Every tap is one contiguous 16-channel load times one weight vector, for any
+    stride and any width (a width-vectorised kernel wastes most lanes on the 7- and
+    14-wide maps of late stages and needs gathers at stride 2)."""
+    x_shape = _fresh_shape(x_shape)
+    n, c, h, w = x_shape
+    c, h, w = int(c), int(h), int(w)
+    kh, kw = kernel
+    sh, sw = strides
+    dh, dw = dilation
+    top, left, bottom, right = padding
+    oh = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + left + right - dw * (kw - 1) - 1) // sw + 1
+    owt = depthwise_owt(ow)
+    ow_pad = -(-ow // owt) * owt
+    hp, wp = h + top + bottom, max(w + left + right, (ow_pad - 1) * sw + dw * (kw - 1) + 1)
+    blocks = -(-c // LANES)
+    x = te.placeholder(x_shape, dtype, name="x")
+    wt = te.placeholder(tuple(_i64(v) for v in (blocks, kh, kw, LANES)), dtype, name="w_packed")
+
+    def pad(i0, b, i2, i3, ci):
+        chan = b * LANES + ci
+        inside = tirx.all(chan < c, i2 >= top, i2 < top + h, i3 >= left, i3 < left + w)
+        return tirx.if_then_else(inside, x[i0, tirx.min(chan, c - 1), i2 - top, i3 - left], tirx.const(0, dtype))
+
+    xp = te.compute((n, _i64(blocks), _i64(hp), _i64(wp), _i64(LANES)), pad, name=DW_PAD_BLOCK)
+    ry = te.reduce_axis((_i64(0), _i64(kh)), name="ry")
+    rx = te.reduce_axis((_i64(0), _i64(kw)), name="rx")
+    acc = te.compute((n, _i64(blocks), _i64(oh), _i64(ow_pad), _i64(LANES)),
+                     lambda i, b, y, z, o: te.sum(xp[i, b, y * sh + ry * dh, z * sw + rx * dw, o] * wt[b, ry, rx, o],
+                                                  axis=[ry, rx]), name=DW_BLOCK)
+    out = te.compute((n, _i64(c), _i64(oh), _i64(ow)),
+                     lambda i, o, y, z: acc[i, o // LANES, y, z, o % LANES], name=DW_UNPACK_BLOCK)
+    func = te.create_prim_func([x, wt, out])
+    return func.with_attr("op_pattern", _OP_PATTERN_OUT_EWISE_FUSABLE)
+
+
 # --------------------------------------------------------------------------------------
 # Relax pass: matmul with a constant right operand -> packed dense call_tir
 # --------------------------------------------------------------------------------------
@@ -452,8 +536,15 @@ class _WeightPacker(relax.PyExprMutator):
             return call
         groups = int(a.groups)
         out_channels = w.shape[0]
+        geometry = dict(kernel=[int(v) for v in w.shape[2:]], strides=[int(v) for v in a.strides],
+                        padding=[int(v) for v in a.padding], dilation=[int(v) for v in a.dilation])
+        if groups > 1 and groups == out_channels == int(shape[1]):
+            key = (f"packed_dw_conv2d_{_shape_name(shape)}", tuple(str(d) for d in shape), repr(sorted(geometry.items())))
+            gv = self._kernel(key, lambda: packed_depthwise_conv2d_func(shape, **geometry))
+            self.packed += 1
+            return relax.call_tir(gv, [x, relax.const(pack_depthwise_weight(w))], call.ty)
         if groups > 1 and (out_channels // groups) % LANES:
-            return call  # depthwise and narrow groups: TVM's own conv
+            return call  # narrow groups (a channel multiplier, a few channels per group): TVM's own conv
         args = dict(kernel=[int(v) for v in w.shape[2:]], strides=[int(v) for v in a.strides],
                     padding=[int(v) for v in a.padding], dilation=[int(v) for v in a.dilation], groups=groups)
         ob, _ = conv_tile(out_channels // groups, int(out_info.shape.values[3]))
@@ -900,6 +991,52 @@ class ConvTile(_Rule):
         return True
 
 
+class DepthwiseTile(_Rule):
+    """The packed depthwise conv2d kernel (`packed_depthwise_conv2d_func`) + its fused
+    epilogue: the NCHW output is tiled into (batch, 16-channel block, row, `owt`
+    columns) tiles, parallel over batch x channel blocks (a plane each); per tile the
+    `owt` 16-channel accumulators live in registers, each tap one 16-channel load of the
+    blocked input per column times the tap's weight vector; the epilogue reads the tile
+    back channel-major. Each task first makes its plane of the blocked, padded input
+    (16 channels vectorised), which then stays in L2 while the plane's rows read it
+    (made by a loop nest of its own, the blocked copy went through memory and back)."""
+
+    def schedule(self, sch: s_tir.Schedule, target: Target) -> bool:
+        names = [sch.get(b).name_hint for b in _blocks(sch)]
+        if DW_BLOCK not in names or DW_PAD_BLOCK not in names:
+            return False
+        conv, pad = sch.get_sblock(DW_BLOCK), sch.get_sblock(DW_PAD_BLOCK)
+        _inline_spatial(sch, keep=[conv, pad])
+        consumers = list(sch.get_consumers(conv))
+        if len(consumers) != 1 or len(sch.get_loops(consumers[0])) != 4:
+            return False
+        out = consumers[0]
+        n, o, y, z = sch.get_loops(out)
+        width = _extent(sch, z)
+        if width is None:
+            return False
+        oo, oi = sch.split(o, [None, LANES])
+        zo, zi = sch.split(z, [None, depthwise_owt(width)])
+        sch.reorder(n, oo, y, zo, oi, zi)
+        plane = sch.fuse(n, oo)
+        sch.parallel(plane)
+        sch.compute_at(conv, zo, preserve_unit_loops=True)
+        sch.set_scope(conv, 0, "local")
+        *_, t_col, t_chan, ry, rx = sch.get_loops(conv)
+        sch.reorder(ry, rx, t_col, t_chan)
+        sch.unroll(t_col)
+        sch.vectorize(t_chan)
+        init = sch.decompose_reduction(conv, ry)
+        _vectorize_inner(sch, sch.get_loops(init)[-1])
+        _vectorize_any(sch, zi)
+        # the plane's blocked input is made by the task that reads it: it stays in L2
+        sch.compute_at(pad, plane, preserve_unit_loops=True)
+        sch.vectorize(sch.get_loops(pad)[-1])
+        for b in sch.get_consumers(out):
+            _schedule_spatial_block(sch, b)
+        return True
+
+
 VNNI_INTRINSIC = "llvm.x86.avx512.vpdpbusd.512"
 _VNNI_OUTER = re.compile(r'^(?P<ind> *)with T\.sblock\("' + DENSE_INT8_BLOCK + r'_update_o"\):\n', re.M)
 _VNNI_INNER_ITERS = re.compile(r'(?P<a>\w+), (?P<b>\w+) = T\.axis\.remap\("SR", \[\w+, \w+\]\)')
@@ -1058,7 +1195,7 @@ class ParallelOuter(_Rule):
 def default_rules() -> list:
     from tvm.s_tir.dlight import cpu as dl_cpu
 
-    return [MatmulVNNI(), ConvTile(), DenseTile(), MatmulTile(), RowReduction(), Injective(), dl_cpu.GEMV(), dl_cpu.Reduction(),
+    return [MatmulVNNI(), ConvTile(), DepthwiseTile(), DenseTile(), MatmulTile(), RowReduction(), Injective(), dl_cpu.GEMV(), dl_cpu.Reduction(),
             ParallelOuter()]
 
 

@@ -479,9 +479,10 @@ def test_pack_conv_weight_layout_and_tiles() -> None:
         assert owt * ob // schedule_cpu.LANES <= schedule_cpu.CONV_ACCUMULATORS and 1 <= owt <= width
 
 
-@pytest.mark.parametrize("case", ["dynamic_weight", "depthwise"])
+@pytest.mark.parametrize("case", ["dynamic_weight", "narrow_groups"])
 def test_conv2d_not_packed_still_matches_default_build(case: str) -> None:
-    """A weight that is an input, and depthwise conv, keep TVM's conv (and its fallback schedule)."""
+    """A weight that is an input, and groups of a few channels, keep TVM's conv (and its
+    fallback schedule)."""
     rng = np.random.default_rng(RNG_SEED)
     x = rng.standard_normal((2, 16, 9, 9)).astype(np.float32)
     if case == "dynamic_weight":
@@ -490,12 +491,61 @@ def test_conv2d_not_packed_still_matches_default_build(case: str) -> None:
                       lambda bb, x_, w_: R.nn.relu(R.nn.conv2d(x_, w_, padding=[1, 1, 1, 1])))
         args = (x, wt)
     else:
-        wt = rng.standard_normal((16, 1, 3, 3)).astype(np.float32)
-        mod = _conv_module(x.shape, wt, padding=(1, 1, 1, 1), groups=16)
+        wt = rng.standard_normal((16, 4, 3, 3)).astype(np.float32)
+        mod = _conv_module(x.shape, wt, padding=(1, 1, 1, 1), groups=4)
         args = (x,)
-    assert not any("packed_conv2d" in name for name in _scheduled_funcs(mod))
+    assert not any("packed" in name for name in _scheduled_funcs(mod))
     ref = _run(pipeline.build_cpu(mod, schedule=False), *args)
     np.testing.assert_allclose(_run(pipeline.build_cpu(mod), *args), ref, rtol=0, atol=CONV_REL_TOL * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("n,c,h,w,k,strides,padding,dilation", [
+    (2, 32, 12, 12, 3, (1, 1), (1, 1, 1, 1), (1, 1)),      # 3x3 same
+    (1, 24, 13, 11, 3, (2, 2), (1, 1, 1, 1), (1, 1)),      # stride 2, odd sizes, 24 = a padded channel block
+    (2, 40, 7, 7, 5, (1, 1), (2, 2, 2, 2), (1, 1)),        # 5x5 on a 7-wide map
+    (1, 16, 15, 9, 3, (2, 1), (0, 1, 2, 0), (1, 1)),       # asymmetric stride and padding
+    (1, 16, 11, 11, 3, (1, 1), (2, 2, 2, 2), (2, 2)),      # dilation
+])
+def test_depthwise_conv2d_matches_default_build(n, c, h, w, k, strides, padding, dilation) -> None:
+    rng = np.random.default_rng(RNG_SEED)
+    wt = rng.standard_normal((c, 1, k, k)).astype(np.float32)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    mod = _conv_module(x.shape, wt, strides=strides, padding=padding, dilation=dilation, groups=c)
+    assert any("packed_dw_conv2d" in name for name in _scheduled_funcs(mod))
+    _assert_close_to_default(mod, x)
+
+
+def test_depthwise_conv2d_residual_epilogue_and_symbolic_batch() -> None:
+    rng = np.random.default_rng(RNG_SEED)
+    wt = rng.standard_normal((48, 1, 3, 3)).astype(np.float32)
+    _assert_close_to_default(_conv_module((2, 48, 14, 14), wt, padding=(1, 1, 1, 1), groups=48, epilogue="residual"),
+                             rng.standard_normal((2, 48, 14, 14)).astype(np.float32))
+    mod = _conv_module((tirx.Var("n", "int64"), 48, 9, 9), wt, padding=(1, 1, 1, 1), groups=48)
+    ex, ref_ex = pipeline.build_cpu(mod), pipeline.build_cpu(mod, schedule=False)
+    for rows in (1, 3):
+        x = rng.standard_normal((rows, 48, 9, 9)).astype(np.float32)
+        ref = _run(ref_ex, x)
+        np.testing.assert_allclose(_run(ex, x), ref, rtol=0, atol=CONV_REL_TOL * np.abs(ref).max())
+
+
+def test_depthwise_kernel_is_blocked_parallel_and_vectorised() -> None:
+    wt = np.ones((40, 1, 3, 3), np.float32)
+    funcs = _scheduled_funcs(_conv_module((2, 40, 28, 28), wt, padding=(1, 1, 1, 1), groups=40))
+    (func,) = [f for name, f in funcs.items() if name.startswith("fused_packed_dw_conv2d")]
+    assert [int(d) for d in func.params[1].shape] == [3, 3, 3, schedule_cpu.LANES]  # [C/16, KH, KW, 16]
+    assert {PARALLEL, VECTORIZED, "unroll"} <= _loop_kinds(func)
+    assert 'scope="local"' in func.script()
+    assert _update_block_predicates(func, "packed_dw_conv2d_update") == []
+
+
+def test_pack_depthwise_weight_layout() -> None:
+    w = np.arange(20 * 1 * 3 * 3, dtype=np.float32).reshape(20, 1, 3, 3)
+    p = schedule_cpu.pack_depthwise_weight(w)
+    assert p.shape == (2, 3, 3, 16)
+    for c, r, s in [(0, 0, 0), (17, 2, 1), (19, 1, 2)]:
+        assert p[c // 16, r, s, c % 16] == w[c, 0, r, s]
+    assert not p[1, ..., 4:].any()  # padded channels are zero
+    assert schedule_cpu.depthwise_owt(56) == 14 and schedule_cpu.depthwise_owt(7) == 7
 
 
 def test_small_cnn_tvm_cpu_fp32_matches_torch() -> None:
