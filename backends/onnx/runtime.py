@@ -12,8 +12,15 @@
 Settings (`make_session_options`): intra-op threads = the physical cores this process may
 use, inter-op threads = 1 with sequential execution (the graphs requant emits are chains;
 a second pool only adds contention), every graph optimisation on (ORT_ENABLE_ALL) except
-those in `SLOW_ORT_FUSIONS`, and warnings off unless asked (ORT logs routine initializer
-clean-ups as warnings).
+those in `SLOW_ORT_FUSIONS`, warnings off unless asked (ORT logs routine initializer
+clean-ups as warnings), and `SPINNING_CONFIG`: the intra-op workers spin while a run is
+in progress (between its parallel loops, where waking a sleeping thread costs more than
+the work of a small op) and stop spinning as soon as the run returns. ORT's default
+keeps them spinning for a while after each run, so two sessions called alternately in
+one process (any round-robin benchmark, an application serving two models) each find
+the other's workers busy-waiting on the cores they need: each run slowed by the one
+before it. `python -m requant.tools.bench.vision --sessions` measures alone vs
+interleaved under ORT's default, this setting and spinning off altogether.
 
 `SLOW_ORT_FUSIONS`: ORT fusions whose fused kernel is slower than the ops it replaces, so
 requant's sessions turn them off (`disabled_optimizers`): "SkipLayerNormFusion" rewrites
@@ -44,6 +51,7 @@ __all__ = [
     "build_runtime",
     "load_runtime",
     "SLOW_ORT_FUSIONS",
+    "SPINNING_CONFIG",
     "MODEL_FILE",
     "EXTERNAL_DATA_FILE",
     "make_session_options",
@@ -51,6 +59,7 @@ __all__ = [
     "SAVED_FILES",
     "physical_cores",
     "run_onnx",
+    "optimized_ops",
 ]
 
 logger = logging.getLogger(__name__)
@@ -66,6 +75,9 @@ def _saved_files() -> Any:
 
 SAVED_FILES = _saved_files()
 """model.onnx, and model.onnx.data when the weights went to external data: data, no code."""
+
+SPINNING_CONFIG: dict[str, str] = {"session.force_spinning_stop": "1"}
+"""Session config entries for thread spinning (module docstring): spin within a run only."""
 
 SLOW_ORT_FUSIONS: tuple[str, ...] = ("SkipLayerNormFusion",)
 """ONNX Runtime graph optimizers requant's sessions disable (module docstring)."""
@@ -141,6 +153,8 @@ def make_session_options(
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = int(log_severity)
+    for key, value in SPINNING_CONFIG.items():
+        opts.add_session_config_entry(key, value)
     return opts
 
 
@@ -295,6 +309,25 @@ def _to_numpy(value: Any) -> np.ndarray:
 def run_onnx(model: Any, inputs: Mapping[str, Any] | Sequence[Any], **session_kwargs: Any) -> list[np.ndarray]:
     """One-shot: build a session on `model` and run it on `inputs`."""
     return OnnxRuntimeSession(model, **session_kwargs).run(inputs)
+
+
+def optimized_ops(model: Any, *, disabled_optimizers: Sequence[str] | None = None) -> dict[str, int]:
+    """{op type: count} of the graph ONNX Runtime runs after its own graph optimisations,
+    in a session with requant's settings (e.g. how many DQ -> Conv -> Q patterns it fused
+    into QLinearConv, and how many Convs stayed float). ORT writes the optimised graph
+    to a temporary file, read back here; the op types are ORT's own (com.microsoft and
+    layout ops unqualified: QLinearAdd, NhwcMaxPool, ReorderInput, ...)."""
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="requant_ort_opt_") as tmp:
+        opts = make_session_options()
+        opts.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        OnnxRuntimeSession(model, session_options=opts, disabled_optimizers=disabled_optimizers)
+        optimized = onnx.load(opts.optimized_model_filepath, load_external_data=False)
+    counts: dict[str, int] = {}
+    for node in optimized.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
 
 
 # -- the runner passes use, and the "onnx" backend of requant.compile ---------------------------
