@@ -490,13 +490,41 @@ def test_conv2d_not_packed_still_matches_default_build(case: str) -> None:
         mod = _module([_var("x", x.shape), _var("w", wt.shape)],
                       lambda bb, x_, w_: R.nn.relu(R.nn.conv2d(x_, w_, padding=[1, 1, 1, 1])))
         args = (x, wt)
-    else:
-        wt = rng.standard_normal((16, 4, 3, 3)).astype(np.float32)
+    else:  # groups of 3 channels: they do not tile a 16-channel block
+        x = rng.standard_normal((2, 12, 9, 9)).astype(np.float32)
+        wt = rng.standard_normal((12, 3, 3, 3)).astype(np.float32)
         mod = _conv_module(x.shape, wt, padding=(1, 1, 1, 1), groups=4)
         args = (x,)
     assert not any("packed" in name for name in _scheduled_funcs(mod))
     ref = _run(pipeline.build_cpu(mod, schedule=False), *args)
     np.testing.assert_allclose(_run(pipeline.build_cpu(mod), *args), ref, rtol=0, atol=CONV_REL_TOL * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("n,c,h,w,width,strides", [
+    (2, 48, 10, 10, 8, (1, 1)),     # RegNet-style groups of 8 channels
+    (1, 20, 9, 9, 4, (2, 2)),       # groups of 4, 20 channels: the last block padded, stride 2
+    (1, 104, 7, 7, 8, (1, 1)),      # 13 groups of 8 over 7 blocks
+])
+def test_narrow_grouped_conv2d_matches_default_build(n, c, h, w, width, strides) -> None:
+    rng = np.random.default_rng(RNG_SEED)
+    wt = rng.standard_normal((c, width, 3, 3)).astype(np.float32)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    mod = _conv_module(x.shape, wt, strides=strides, padding=(1, 1, 1, 1), groups=c // width)
+    assert any("packed_conv2d" in name for name in _scheduled_funcs(mod))
+    _assert_close_to_default(mod, x)
+
+
+def test_densify_narrow_groups_is_block_diagonal() -> None:
+    rng = np.random.default_rng(RNG_SEED)
+    w = rng.standard_normal((24, 8, 3, 3)).astype(np.float32)  # 3 groups of 8
+    dense = schedule_cpu.densify_narrow_groups(w, 3)
+    assert dense.shape == (24, 16, 3, 3)
+    np.testing.assert_array_equal(dense[:8, :8], w[:8])       # group 0: block 0, channels 0..7
+    np.testing.assert_array_equal(dense[8:16, 8:], w[8:16])   # group 1: block 0, channels 8..15
+    np.testing.assert_array_equal(dense[16:, :8], w[16:])     # group 2: block 1, channels 0..7
+    assert not dense[:8, 8:].any() and not dense[8:16, :8].any() and not dense[16:, 8:].any()
+    assert schedule_cpu.densify_narrow_groups(np.zeros((12, 3, 3, 3), np.float32), 4) is None  # 3 does not divide 16
+    assert schedule_cpu.densify_narrow_groups(np.zeros((16, 1, 3, 3), np.float32), 8) is None  # a channel multiplier
 
 
 @pytest.mark.parametrize("n,c,h,w,k,strides,padding,dilation", [
