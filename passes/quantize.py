@@ -17,6 +17,11 @@ as its own pass, passes/smoothquant.py):
 - with `quantize_embeddings` (default on), a Gather from a constant float table (word
   embeddings: half of a BERT's bytes) -> `Gather(DequantizeLinear(table_q, scale,
   axis=0))`, int8 with one scale per row (`embedding_scheme`);
+- with `feature_maps=True` (convolutional networks on integer kernels), also the
+  outputs of integer convs, residual Adds and MaxPools (after a ReLU / ReLU6 the
+  quantizer absorbs) -> one shared QuantizeLinear + a DequantizeLinear per reader, and
+  each integer conv's float bias -> int32 codes at the accumulator's scale
+  (passes/quantize_feature_maps.py says which values and why);
 - formats without ONNX Q/DQ (fp4_e2m1, FloatFormat, MXFP4, NVFP4) -> requant's
   `FakeQuantize` (simulation); fp8 uses QuantizeLinear/DequantizeLinear to fp8.
 Every value holding codes or dequantized values gets `meta["quant"] =
@@ -35,7 +40,8 @@ Options (validated): weight_scheme / activation_scheme / embedding_scheme take a
 "mxfp4", "nvfp4", ...) or None for the defaults above; `method` / `method_options` go
 to `TensorStats.range`. Stats: ops_quantized, tensors_quantized, weights_quantized,
 activations_quantized, embeddings_quantized, skipped, bytes_before / bytes_after
-(constant payloads at their dtypes' widths).
+(constant payloads at their dtypes' widths); with `feature_maps`, also
+feature_maps_quantized and biases_quantized.
 
 Why these defaults (uint8 asymmetric activations, min/max ranges, int8 per-channel
 weights, int8 per-row embedding tables): BERT-style models have a few LayerNorm and GELU
@@ -59,6 +65,12 @@ from requant.ir.graph import Graph, Node, Value
 from requant.ir.quant_formats import QuantScheme, parse_scheme
 from requant.passes.conditions import QUANTIZED
 from requant.passes.manager import PassResult, graph_pass
+from requant.passes.quantize_feature_maps import (
+    FeatureMapPoint,
+    feature_map_points,
+    point_readers,
+    quantize_conv_bias,
+)
 from requant.passes.quantize_insert import QuantEditor, constant_bytes, uses_qdq, with_axis
 
 __all__ = ["quantize", "DEFAULT_OPS", "DEFAULT_METHOD", "resolve_scheme", "QuantizeConfig"]
@@ -144,6 +156,7 @@ def quantize(
     dynamic: bool = False,
     quantize_embeddings: bool = True,
     embedding_scheme: QuantScheme | str | None = None,
+    feature_maps: bool = False,
 ) -> PassResult:
     """See the module docstring."""
     cfg = QuantizeConfig.make(weight_scheme, activation_scheme, embedding_scheme, ops, method, method_options,
@@ -153,16 +166,21 @@ def quantize(
     skipped: list[dict[str, str]] = []
     counts = {"ops_quantized": 0, "weights_quantized": 0, "activations_quantized": 0, "embeddings_quantized": 0}
     plans = {id(n): _plan(n, cfg, stats) for n in graph if n.op in cfg.ops}
+    points = _feature_map_plan(graph, plans, cfg) if feature_maps else []
+    ranges = _point_ranges(points, cfg, stats or {}, skipped)
     for node in list(graph):
         if node.op in cfg.ops:
-            _quantize_op(node, plans[id(node)], cfg, stats or {}, editor, counts, skipped)
+            _quantize_op(node, plans[id(node)], cfg, stats or {}, editor, counts, skipped, ranges)
         elif node.op == "Gather" and cfg.embedding is not None:
             _quantize_embedding(node, cfg, editor, counts, skipped)
+    if feature_maps:
+        counts.update(_quantize_feature_maps(graph, points, ranges, plans, cfg, editor, skipped))
     editor.drop_unused()
     graph.meta["quant_skipped"] = skipped
     for entry in skipped:
         logger.debug("quantize: %s (%s) stays float: %s", entry["node"], entry["op"], entry["reason"])
-    tensors = counts["weights_quantized"] + counts["activations_quantized"] + counts["embeddings_quantized"]
+    tensors = counts["weights_quantized"] + counts["activations_quantized"] + counts["embeddings_quantized"] + \
+        counts.get("feature_maps_quantized", 0)
     out = dict(counts, tensors_quantized=tensors, skipped=len(skipped), bytes_before=bytes_before,
                bytes_after=constant_bytes(graph))
     return PassResult(graph, tensors > 0, out)
@@ -266,7 +284,8 @@ def _activation_range(stat: Any, cfg: QuantizeConfig, scheme: QuantScheme) -> tu
 
 
 def _quantize_op(node: Node, plan: list[_Input] | str, cfg: QuantizeConfig, stats: Mapping[str, Any],
-                 editor: QuantEditor, counts: dict[str, int], skipped: list[dict[str, str]]) -> None:
+                 editor: QuantEditor, counts: dict[str, int], skipped: list[dict[str, str]],
+                 ranges: Mapping[str, tuple[float, float]] | None = None) -> None:
     if isinstance(plan, str):
         skipped.append({"node": _label(node), "op": node.op, "reason": plan})
         return
@@ -282,7 +301,10 @@ def _quantize_op(node: Node, plan: list[_Input] | str, cfg: QuantizeConfig, stat
         elif item.scheme.granularity == "mx":
             editor.simulated(node, item.index, item.scheme, None, None)
         else:
-            lo, hi = _activation_range(stats[x.name], cfg, item.scheme)
+            if ranges and x.name in ranges:  # a feature-map point: one range for all its readers
+                lo, hi = ranges[x.name]
+            else:
+                lo, hi = _activation_range(stats[x.name], cfg, item.scheme)
             if uses_qdq(item.scheme):
                 dq = editor.activation(node, item.index, item.scheme, lo, hi)
             else:
@@ -308,3 +330,67 @@ def _quantize_embedding(node: Node, cfg: QuantizeConfig, editor: QuantEditor, co
     assert cfg.embedding is not None
     editor.weight(node, 0, with_axis(cfg.embedding, 0, 1))
     counts["embeddings_quantized"] += 1
+
+
+# -- feature maps (convolutional networks) ------------------------------------------------------
+
+
+def _integer_conv(plan: list[_Input] | str, cfg: QuantizeConfig) -> bool:
+    """Whether a Conv's plan gives it static 8-bit integer activation codes per tensor."""
+    if isinstance(plan, str) or cfg.dynamic:
+        return False
+    act = next((item.scheme for item in plan if item.role == "activation"), None)
+    return act is not None and uses_qdq(act) and act.dtype in (dtypes.uint8, dtypes.int8) \
+        and act.granularity == "tensor"
+
+
+def _feature_map_plan(graph: Graph, plans: Mapping[int, list[_Input] | str], cfg: QuantizeConfig
+                      ) -> list[FeatureMapPoint]:
+    if cfg.activation is None or "Conv" not in cfg.ops:
+        return []
+    return feature_map_points(graph, lambda n: _integer_conv(plans.get(id(n), ""), cfg),
+                              absorb_activations=not cfg.activation.symmetric)
+
+
+def _point_ranges(points: list[FeatureMapPoint], cfg: QuantizeConfig, stats: Mapping[str, Any],
+                  skipped: list[dict[str, str]]) -> dict[str, tuple[float, float]]:
+    """{point name: (lo, hi)}; a MaxPool point takes its input's range (shared codes)."""
+    ranges: dict[str, tuple[float, float]] = {}
+    assert cfg.activation is not None or not points
+    for p in points:
+        if p.same_as is not None:
+            if p.same_as.name in ranges:
+                ranges[p.value.name] = ranges[p.same_as.name]
+        elif p.value.name in stats:
+            ranges[p.value.name] = _activation_range(stats[p.value.name], cfg, cfg.activation)
+        else:
+            skipped.append({"node": _label(p.node), "op": p.node.op,
+                            "reason": f"no calibration statistics for feature map %{p.value.name}"})
+    return ranges
+
+
+def _quantize_feature_maps(graph: Graph, points: list[FeatureMapPoint], ranges: Mapping[str, tuple[float, float]],
+                           plans: Mapping[int, list[_Input] | str], cfg: QuantizeConfig, editor: QuantEditor,
+                           skipped: list[dict[str, str]]) -> dict[str, int]:
+    """Every float reader of each point reads it through the point's Q/DQ; integer convs'
+    biases become int32 codes (passes/quantize_feature_maps.py)."""
+    assert cfg.activation is not None or not points
+    maps = 0
+    for p in points:
+        if p.value.name not in ranges:
+            continue
+        lo, hi = ranges[p.value.name]
+        readers = point_readers(p.value)
+        for reader, index in readers:
+            dq = editor.activation(reader, index, cfg.activation, lo, hi)
+            dq.meta["quant_range"] = {"method": cfg.method, "lo": lo, "hi": hi}
+        maps += bool(readers)
+    biases = 0
+    for node in list(graph):
+        if node.op == "Conv" and _integer_conv(plans.get(id(node), ""), cfg):
+            reason = quantize_conv_bias(graph, node)
+            if reason is None:
+                biases += 1
+            elif reason != "no bias":
+                skipped.append({"node": _label(node), "op": node.op, "reason": f"bias stays float: {reason}"})
+    return {"feature_maps_quantized": maps, "biases_quantized": biases}

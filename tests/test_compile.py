@@ -376,9 +376,9 @@ def test_a_failing_step_is_named_with_the_steps_before_it(test_passes) -> None:
 def test_cpu_fp4_search_swaps_the_block_quantizer_for_llm_fp4(tmp_path) -> None:
     target = TARGETS["cpu-fp4"]
     steps = [s.name for s in target.resolve_steps(target.resolve_options({"search": True}))]
-    assert steps == ["canonicalize", "llm_fp4", "cse", "dce"]
-    assert [s.name for s in target.resolve_steps(target.resolve_options({}))][:3] == ["canonicalize", "calibrate",
-                                                                                       "quantize"]
+    assert steps == ["canonicalize", "fold_batchnorm", "llm_fp4", "cse", "dce"]
+    assert [s.name for s in target.resolve_steps(target.resolve_options({}))][:4] == ["canonicalize", "fold_batchnorm",
+                                                                                       "calibrate", "quantize"]
     model = wide_mlp().eval()
     calib = batches(6, shape=(4, 64), seed=5)
     with pytest.raises(RequantError, match="cpu-fp4 is static"):
@@ -392,5 +392,5 @@ def test_cpu_fp4_search_swaps_the_block_quantizer_for_llm_fp4(tmp_path) -> None:
     y, ref = cm(x)[0], model(x).detach().numpy()
     assert float((y * ref).sum() / (np.linalg.norm(y) * np.linalg.norm(ref))) > MIN_COSINE["cpu-fp4"]
     saved = json.loads((cm.save(tmp_path / "fp4s") / "pipeline.json").read_text())
-    assert saved["steps"][1] == {"name": "llm_fp4", "options": {"calibration": "<the calibration batches>",
+    assert saved["steps"][2] == {"name": "llm_fp4", "options": {"calibration": "<the calibration batches>",
                                                                 "runner": "auto"}}
