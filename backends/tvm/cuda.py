@@ -14,6 +14,8 @@ What this module owns:
   schedule (int32 accumulation, no tensor cores).
 - `serialize_bool_kernels`: scalar loads in kernels that read bool buffers (TVM 0.27
   reads two bools as one `ushort2`; see the function).
+- requant's FFT kernels (fft_kernels.py), which the TVM lowering emits in their CPU form,
+  are rebuilt in their CUDA form (`RetargetFFTKernels`) before dlight's schedules.
 - `nvcc_status()`, `find_nvcc()`, `gpu_present()`, `load_cuda_library(path)`; the
   loading side needs only TVM's runtime (libtvm_runtime + libtvm_runtime_cuda, e.g.
   `TVM_USE_RUNTIME_LIB=1` or a TVM without libtvm_compiler), not its compiler:
@@ -442,6 +444,8 @@ def _cuda_relax_pipeline(target: Any, rewritten: list[int] | None = None) -> Any
     from tvm.relax.backend.cuda import pipeline as cuda_pipeline
     from tvm.s_tir import dlight as dl
 
+    from requant.backends.tvm.fft_kernels import CUDA, RetargetFFTKernels
+
     @tvm.transform.module_pass(opt_level=0, name="RequantDp4aMatmul")
     def dp4a(mod: Any, _ctx: Any) -> Any:
         mod, count = rewrite_int8_matmuls(mod)
@@ -466,6 +470,7 @@ def _cuda_relax_pipeline(target: Any, rewritten: list[int] | None = None) -> Any
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
+        RetargetFFTKernels(CUDA),  # the TVM lowering emits the CPU forms of requant's FFT kernels
         no_tensorize,
         dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
                                 dl.gpu.GeneralReduction(), dl.gpu.Fallback()),

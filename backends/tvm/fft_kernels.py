@@ -31,10 +31,10 @@ in cache, and the circulant's zero padding never reaches memory.
 
 Schedules: CPU, one parallel task per (outer index, block of 2 x lanes columns) with its
 ping-pong buffers local to the task, butterflies vectorised over the lanes (16 float32 /
-8 float64: one AVX-512 register; AVX2 splits it in two); CUDA, one thread block per task
-with one thread per lane, each thread running its column's whole FFT in global scratch
-(coalesced across the block; no synchronisation needed, a thread only touches its own
-lane). Expressions are written out in full inside the lane loops: TVM 0.27's vectoriser
+8 float64: one AVX-512 register; AVX2 splits it in two); CUDA, the same tasks as thread
+blocks of one thread per lane (a grid-stride loop over as many blocks as 1 GiB of global
+ping-pong scratch holds), each thread running its column's whole FFT (coalesced across
+the block; no synchronisation needed, a thread only touches its own lane). Expressions are written out in full inside the lane loops: TVM 0.27's vectoriser
 miscompiles Let bindings there.
 """
 
@@ -71,14 +71,20 @@ KERNEL_ATTR = "requant.fft_kernel"
 """PrimFunc attribute holding the kernel's spec (JSON): how to rebuild it for another target."""
 CPU = "cpu"
 CUDA = "cuda"
-_CUDA_LANES = 32  # threads per block: one warp, one column per thread
+_CUDA_SCRATCH_BYTES = 1 << 30  # global ping-pong buffers of the CUDA blocks in flight
 
 
-def lanes_for(dtype: str, target: str = CPU) -> int:
-    """Columns per butterfly: one 512-bit vector on the CPU, one warp on CUDA."""
-    if target == CUDA:
-        return _CUDA_LANES
+def lanes_for(dtype: str) -> int:
+    """Columns per butterfly: one 512-bit vector on the CPU; the CUDA form keeps the
+    same columns per block (one thread each), so both take the same padded operands."""
     return 8 if dtype == "float64" else 16
+
+
+def _cuda_grid(tasks: int, length: int, lanes: int, dtype: str) -> int:
+    """CUDA blocks in flight (a grid-stride loop covers the tasks): as many as fit the
+    scratch budget, each holding 2 x 2 x length x lanes values."""
+    per_block = 4 * length * lanes * (8 if dtype == "float64" else 4)
+    return max(1, min(tasks, _CUDA_SCRATCH_BYTES // per_block))
 
 
 def is_power_of_two(n: int) -> bool:
@@ -203,9 +209,6 @@ def _fft_macro(plan: _Plan, lanes: int, lane: Callable, first: int):
 # ----------------------------------------------------------------------------- kernels
 
 
-_GRID = 256  # CUDA blocks in flight (grid-stride over tasks): bounds the global scratch
-
-
 def _func_attrs(kernel, spec: dict) -> tirx.PrimFunc:
     return kernel.with_attr(KERNEL_ATTR, json.dumps(spec, sort_keys=True))
 
@@ -214,7 +217,7 @@ def complex_fft_func(outer: int, length: int, inner: int, sign: int, dtype: str 
                      target: str = CPU) -> tirx.PrimFunc:
     """(xr, xi [outer, length, inner], tw [2, length]) -> (yr, yi): the unnormalised DFT
     with exp(sign 2 pi i k t / length) along the middle axis; inner % lanes == 0."""
-    lanes = lanes_for(dtype, target)
+    lanes = lanes_for(dtype)
     if inner % lanes:
         raise ValueError(f"complex_fft_func: inner={inner} is not a multiple of {lanes} lanes")
     plan = _Plan(length)
@@ -240,7 +243,7 @@ def complex_fft_func(outer: int, length: int, inner: int, sign: int, dtype: str 
                 yi[o, t, c0 + w] = buf[slot, result, 1, t, w]
 
     if target == CUDA:
-        grid = min(tasks, _GRID)
+        grid = _cuda_grid(tasks, length, lanes, dtype)
         rounds = -(-tasks // grid)
 
         @T.prim_func(private=True)
@@ -272,7 +275,7 @@ def toeplitz_fft_func(outer: int, n: int, inner: int, length: int, s_outer: int,
     """(x [outer, n, inner], s [s_outer, length//2 + 1, s_inner, 2], tw [2, length]) ->
     y [outer, n, inner]: `y = IRFFT(RFFT(x, length) * s, length)[:n]` along the middle
     axis, s_outer in {1, outer}, s_inner in {1, inner}; inner % (2 lanes) == 0."""
-    lanes = lanes_for(dtype, target)
+    lanes = lanes_for(dtype)
     if inner % (2 * lanes):
         raise ValueError(f"toeplitz_fft_func: inner={inner} is not a multiple of {2 * lanes}")
     if n > length:
@@ -322,7 +325,7 @@ def toeplitz_fft_func(outer: int, n: int, inner: int, length: int, s_outer: int,
                 y[o, t, c0 + lanes + w] = buf[slot, result, 1, t, w] * T.Cast(dtype, scale)
 
     if target == CUDA:
-        grid = min(tasks, _GRID)
+        grid = _cuda_grid(tasks, length, lanes, dtype)
         rounds = -(-tasks // grid)
 
         @T.prim_func(private=True)
@@ -374,7 +377,7 @@ def toeplitz_low_rank_fft_func(outer: int, n: int, m: int, e: int, length: int, 
     columns k_j[r] v_j[col] of a block go through the FFT product together and are
     contracted with p_i into per-lane sums, which one reduction adds up;
     m % (2 lanes) == 0."""
-    lanes = lanes_for(dtype, target)
+    lanes = lanes_for(dtype)
     if m % (2 * lanes):
         raise ValueError(f"toeplitz_low_rank_fft_func: m={m} is not a multiple of {2 * lanes}")
     plan = _Plan(length)
@@ -420,7 +423,7 @@ def toeplitz_low_rank_fft_func(outer: int, n: int, m: int, e: int, length: int, 
                         + p[o, t, rb * 2 * lanes + lanes + w] * buf[slot, result, 1, t, w]
 
     if target == CUDA:
-        grid = min(tasks, _GRID)
+        grid = _cuda_grid(tasks, length, lanes, dtype)
         rounds = -(-tasks // grid)
         total = outer * n * e
         threads = 128
