@@ -16,7 +16,18 @@ The kinds, each with the cheapest exact way to apply it and its inverse (numpy, 
 - `BlockDiagonalTransform(blocks)`: square blocks along the diagonal (per-head
   rotations), each block inverted on its own;
 - `MatrixTransform(m)`: any invertible matrix, inverted by LU (refused when its
-  condition number makes the inverse meaningless in float32).
+  condition number makes the inverse meaningless in float32);
+- `HadamardTransform(n, signs)`: the orthogonal diag(signs) H_n / sqrt(n) with H_n the
+  canonical Hadamard matrix of requant.ir.hadamard (QuaRot's rotation; random signs from a
+  seed make it a random Hadamard rotation); without signs it is what requant's `Hadamard`
+  op computes, so a migration can apply it online as that op.
+
+`rotation_transform(n, seed)` is the rotation the rotation passes use for n channels: a
+random Hadamard where requant.ir.hadamard has an order-n matrix, else (n = r x p with p the
+largest order dividing n that has one; 156 = 3 x 52, 172 = 43 x 4) the Kronecker product
+of a seeded random orthogonal r x r matrix (QR of a Gaussian) with a random Hadamard of
+order p: still orthogonal and mixing every channel, but its r-part is dense, and it is
+named so in the passes' stats.
 """
 
 from __future__ import annotations
@@ -28,6 +39,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from requant.errors import RequantError
+from requant.ir.hadamard import apply_hadamard, hadamard_factors, hadamard_unsupported, normalized_hadamard, \
+    random_signs
 
 __all__ = [
     "ChannelTransform",
@@ -35,6 +48,9 @@ __all__ = [
     "OrthogonalTransform",
     "BlockDiagonalTransform",
     "MatrixTransform",
+    "HadamardTransform",
+    "rotation_transform",
+    "random_orthogonal",
 ]
 
 logger = logging.getLogger(__name__)
@@ -124,6 +140,7 @@ class OrthogonalTransform(ChannelTransform):
     """M = Q with Q Q^T = I (checked), so M^-1 = Q^T."""
 
     q: np.ndarray
+    label: str = ""  # what the matrix is, for stats and errors (describe)
     kind = "orthogonal"
 
     def __post_init__(self) -> None:
@@ -147,7 +164,10 @@ class OrthogonalTransform(ChannelTransform):
         return np.tensordot(self.q.T, w, axes=(1, 0))
 
     def inverse(self) -> OrthogonalTransform:
-        return OrthogonalTransform(self.q.T)
+        return OrthogonalTransform(self.q.T, f"inverse of {self.label}" if self.label else "")
+
+    def describe(self) -> str:
+        return f"{self.label} {self.size}x{self.size}" if self.label else super().describe()
 
 
 @dataclass(frozen=True)
@@ -222,3 +242,76 @@ class MatrixTransform(ChannelTransform):
 
     def inverse(self) -> MatrixTransform:
         return MatrixTransform(np.linalg.inv(self.m))
+
+
+@dataclass(frozen=True)
+class HadamardTransform(ChannelTransform):
+    """M = diag(signs) H_n / sqrt(n) (module docstring); `signs` None means all +1."""
+
+    n: int
+    signs: np.ndarray | None = None
+    kind = "hadamard"
+
+    def __post_init__(self) -> None:
+        reason = hadamard_unsupported(self.n)
+        if reason is not None:
+            raise RequantError(f"hadamard transform: {reason}")
+        if self.signs is not None:
+            s = np.asarray(self.signs, np.float64).reshape(-1)
+            if s.size != self.n or not np.all(np.abs(s) == 1.0):
+                raise RequantError(f"hadamard transform: signs must be {self.n} values +-1")
+            object.__setattr__(self, "signs", s)
+
+    @property
+    def size(self) -> int:
+        return int(self.n)
+
+    @property
+    def online(self) -> bool:
+        """Whether requant's `Hadamard` op computes x M (no sign flips)."""
+        return self.signs is None
+
+    def matrix(self) -> np.ndarray:
+        return normalized_hadamard(self.n, self.signs)
+
+    def right(self, a: np.ndarray) -> np.ndarray:
+        a = self._check(a, -1, "the operand")
+        return apply_hadamard(a if self.signs is None else a * self.signs, -1)
+
+    def inverse_left(self, w: np.ndarray) -> np.ndarray:
+        # M^-1 w = M^T w = (w^T M)^T: the signs, then the fast transform along w's first axis
+        w = self._check(w, 0, "the weight")
+        if self.signs is not None:
+            w = w * self.signs.reshape((-1,) + (1,) * (w.ndim - 1))
+        return np.moveaxis(apply_hadamard(np.moveaxis(w, 0, -1), -1), -1, 0)
+
+    def inverse(self) -> OrthogonalTransform:
+        return OrthogonalTransform(self.matrix().T, f"inverse {self._what()}")
+
+    def _what(self) -> str:
+        k, p = hadamard_factors(self.n)
+        shape = "Sylvester" if k == 1 else (f"Paley {k}" if p == 1 else f"Paley {k} x Sylvester {p}")
+        return f"hadamard ({shape}{', random signs' if self.signs is not None else ''})"
+
+    def describe(self) -> str:
+        return f"{self._what()} {self.n}x{self.n}"
+
+
+def random_orthogonal(n: int, seed: int) -> np.ndarray:
+    """A Haar-random orthogonal n x n matrix (QR of a Gaussian, signs of R's diagonal fixed)."""
+    q, r = np.linalg.qr(np.random.default_rng(seed).standard_normal((n, n)))
+    return q * np.sign(np.diag(r))
+
+
+def rotation_transform(n: int, seed: int | None = 0) -> ChannelTransform:
+    """The rotation of n channels (module docstring): a Hadamard transform (random signs
+    from `seed`, none with seed None) where one exists, else random orthogonal (x) Hadamard."""
+    if hadamard_unsupported(n) is None:
+        return HadamardTransform(n, None if seed is None else random_signs(n, seed))
+    p = max(d for d in range(1, n + 1) if n % d == 0 and hadamard_unsupported(d) is None)
+    r = n // p
+    q = np.kron(random_orthogonal(r, 0 if seed is None else seed), normalized_hadamard(p, None if seed is None else
+                                                                                      random_signs(p, seed)))
+    logger.info("no Hadamard matrix of order %d (%s): using random orthogonal %d (x) hadamard %d", n,
+                hadamard_unsupported(n), r, p)
+    return OrthogonalTransform(q, f"random orthogonal {r} (x) hadamard {p}")

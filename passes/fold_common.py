@@ -4,6 +4,16 @@ operands, and migrating an invertible channel transform (passes/channel_transfor
 diagonal, orthogonal, block-diagonal, any matrix) between a tensor's writer and the
 linears that read it, refusing with a reason where one cannot absorb it.
 
+Stream-wide transforms (`migrate_stream_transform`) are the same migration over a whole
+residual stream (passes/residual_stream.py): every writer takes M (linear weights and
+biases, embedding tables, constant terms of the stream's first value), every linear
+reading the stream, directly or through a norm that commutes with M, takes M^-1; a
+writer of the stream's first value or a reader of its last value that cannot absorb M
+gets one explicit product instead (`explicit_ends`), and anything else that cannot
+refuses the whole migration by name, before anything changes. `write_into_stream` is the
+writer half alone, for maps that are not invertible (the mean removal of
+passes/layernorm_to_rmsnorm.py).
+
 Nothing here is a pass. The canonical linear (passes/canonicalize_linear.py) is
 `MatMul(x, W[in, out])` with W a constant, optionally followed by `Add(., b)` with b a
 constant per-feature vector; the fold passes read and write exactly that form.
@@ -18,15 +28,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from requant.errors import RequantError
 from requant.ir.graph import Graph, Node, Value
 from requant.ir.shapes import normalize_axis
-from requant.passes.channel_transforms import ChannelTransform
+from requant.passes.channel_transforms import ChannelTransform, HadamardTransform
+
+if TYPE_CHECKING:  # residual_stream imports this module
+    from requant.passes.residual_stream import ResidualStream
 
 __all__ = [
     "count_refusal",
@@ -49,6 +63,10 @@ __all__ = [
     "writer_absorber",
     "migration_refusal",
     "migrate_transform",
+    "StreamMigration",
+    "write_into_stream",
+    "stream_transform_refusal",
+    "migrate_stream_transform",
 ]
 
 logger = logging.getLogger(__name__)
@@ -310,8 +328,9 @@ def set_norm_affine(graph: Graph, node: Node, gamma: np.ndarray, beta: np.ndarra
 
 @dataclass
 class Migration:
-    """What `migrate_transform` did: how x M is produced ("norm", "linear", "mul" or
-    "matmul"), the value the linears read now, and those linears (their weights updated)."""
+    """What `migrate_transform` did: how x M is produced ("norm", "linear", "mul",
+    "hadamard" or "matmul"), the value the linears read now, and those linears (their
+    weights updated)."""
 
     how: str
     value: Value
@@ -359,9 +378,9 @@ def migrate_transform(graph: Graph, x: Value, transform: ChannelTransform, *, cr
     """Rewrite `x -> linears` as `(x M) -> linears with W <- M^-1 W` (exact in float): every
     canonical linear reading x takes M^-1 into its weight rows; x M is made by x's writer
     when it can absorb M (`writer_absorber`), else, with `explicit`, by a `Mul(x, diag M)`
-    (diagonal M) or `MatMul(x, M)` on the branch to the linears only, so other readers
-    still see x. Raises `RequantError` with the reason when it cannot
-    (`migration_refusal`)."""
+    (diagonal M), requant's `Hadamard(x)` (an unsigned `HadamardTransform`: O(n log n)
+    per row) or `MatMul(x, M)` on the branch to the linears only, so other readers still
+    see x. Raises `RequantError` with the reason when it cannot (`migration_refusal`)."""
     reason = migration_refusal(graph, x, transform, explicit=explicit)
     if reason is not None:
         raise RequantError(f"{created_by}: cannot migrate a {transform.describe()} transform: {reason}")
@@ -385,6 +404,9 @@ def migrate_transform(graph: Graph, x: Value, transform: ChannelTransform, *, cr
         c = graph.add_constant(d.astype(x.dtype.np), dtype=x.dtype, base=f"{x.name}_channel_scale")
         return Migration("mul", splice_after(graph, x, uses, "Mul", [c], created_by=created_by, suffix="scaled"),
                          linears)
+    if isinstance(transform, HadamardTransform) and transform.online:
+        return Migration("hadamard", splice_after(graph, x, uses, "Hadamard", [], {"axis": -1}, created_by=created_by,
+                                                  suffix="rotated"), linears)
     m = graph.add_constant(transform.matrix().astype(x.dtype.np), dtype=x.dtype, base=f"{x.name}_transform")
     return Migration("matmul", splice_after(graph, x, uses, "MatMul", [m], created_by=created_by,
                                             suffix="transformed"), linears)
@@ -401,3 +423,173 @@ def _transform_producer_linear(graph: Graph, x: Value, transform: ChannelTransfo
         b = np.asarray(lin.bias.const, np.float64)
         replace_constant_input(graph, lin.add, lin.bias_index, transform.right(b), created_by)
         mark_folded(lin.add, created_by)
+
+
+# -- stream-wide transforms ------------------------------------------------------------------------
+
+
+@dataclass
+class StreamMigration:
+    """What a stream-wide migration did: the writer nodes whose constants took M, the
+    linears that took M^-1, and the values that got an explicit product at the stream's
+    start or end (module docstring)."""
+
+    writers: int = 0
+    readers: int = 0
+    explicit: list[str] = field(default_factory=list)
+
+
+def _repairable(stream: ResidualStream, explicit_ends: bool) -> tuple[list, list]:
+    """(the blocks an explicit product repairs, the blocks that refuse)."""
+    fixed, refused = [], []
+    for b in stream.blocks:
+        ok = explicit_ends and ((b.role == "writer" and b.where == "start") or (b.role == "reader" and b.where == "end"))
+        (fixed if ok else refused).append(b)
+    return fixed, refused
+
+
+def _writer_refusal(stream: ResidualStream, explicit_ends: bool) -> str | None:
+    if stream.position != "pre-norm":
+        return (f"{stream.describe()}: the stream passes through its LayerNorms, whose gamma commutes with no "
+                f"transform of the stream (post-norm): transform each linear's input instead (rotate_online)")
+    _, refused = _repairable(stream, explicit_ends)
+    if refused:
+        b = refused[0]
+        where = "" if b.where == "middle" or not explicit_ends else f" (at the stream's {b.where})"
+        return f"{b.reason}{where}"
+    return None
+
+
+def stream_transform_refusal(graph: Graph, stream: ResidualStream, transform: ChannelTransform, *,
+                             explicit_ends: bool = True) -> str | None:
+    """Why `migrate_stream_transform` cannot move `transform` along `stream`, or None."""
+    if stream.width != transform.size:
+        return f"the stream has {stream.width} channels, the transform is {transform.describe()}"
+    reason = _writer_refusal(stream, explicit_ends)
+    if reason is not None:
+        return reason
+    if transform.kind not in ("orthogonal", "hadamard"):
+        return f"a {transform.kind} transform of the stream does not commute with its norms (only rotations do)"
+    fixed, _ = _repairable(stream, explicit_ends)
+    repaired_norms = {id(b.node) for b in fixed if b.role == "reader"}
+    for norm in stream.norms:
+        if id(norm) in repaired_norms:
+            continue
+        why = _norm_commutes(norm)
+        if why is not None:
+            return why
+    return None
+
+
+def _norm_commutes(norm: Node) -> str | None:
+    """Why a norm reading the stream does not commute with a rotation of it, or None:
+    RMSNorm(x Q) = RMSNorm(x) Q when its scale is one value (|x Q| = |x|)."""
+    if norm.op != "RMSNormalization":
+        return (f"{norm.label} ({norm.op}) reads the stream and subtracts its mean, which a rotation does not keep: "
+                f"run layernorm_to_rmsnorm first")
+    found = norm_affine(norm)
+    if isinstance(found, str):
+        return found
+    gamma, _ = found
+    if not np.all(gamma == gamma[0]):
+        return f"{norm.label} scales each channel differently: run fold_norm_affine first"
+    return None
+
+
+def _stream_uses(stream: ResidualStream, v: Value) -> list[tuple[Node, int]]:
+    """The uses through which writer value `v` enters the stream: all of them for the
+    stream's first value, else those by the sum / concat writers it is a part of."""
+    if v is stream.values[0]:
+        return list(v.uses)
+    parts = {id(w.node) for w in stream.writers if w.kind in ("sum", "concat")}
+    return [(n, i) for n, i in v.uses if id(n) in parts]
+
+
+def write_into_stream(graph: Graph, stream: ResidualStream, right: Callable[[np.ndarray], np.ndarray],
+                      matrix: np.ndarray, *, created_by: str, explicit_ends: bool = True) -> StreamMigration:
+    """Make every writer of `stream` write `x M` instead of `x` (`right(a)` = a M on the
+    last axis, `matrix` = M): linear writers W <- W M, b <- b M; embedding tables; the
+    constant terms of sums and concats; a writer of the first value that cannot absorb M
+    gets `MatMul(v, M)` (`explicit_ends`). Raises `RequantError` (nothing changed) when a
+    writer cannot and is not at the start. Readers are left to the caller."""
+    reason = _writer_refusal(stream, explicit_ends)
+    if reason is not None:
+        raise RequantError(f"{created_by}: cannot transform the residual stream: {reason}")
+    done = StreamMigration()
+    seen: set[int] = set()
+    for w in stream.writers:
+        if id(w.node) in seen:
+            continue
+        seen.add(id(w.node))
+        if w.kind == "linear":
+            _transform_producer_linear_with(graph, w.value, right, created_by)
+        elif w.kind == "embedding":
+            table = w.node.inputs[0]
+            replace_constant_input(graph, w.node, 0, right(np.asarray(table.const, np.float64)), created_by)
+            mark_folded(w.node, created_by)
+        else:  # sum / concat: the constant terms; the computed ones are writers of their own
+            for i, x in enumerate(w.node.inputs):
+                if x is not None and x.const is not None:
+                    replace_constant_input(graph, w.node, i, right(np.asarray(x.const, np.float64)), created_by)
+            mark_folded(w.node, created_by)
+        done.writers += 1
+    fixed, _ = _repairable(stream, explicit_ends)
+    for b in fixed:
+        if b.role != "writer":
+            continue
+        m = graph.add_constant(np.asarray(matrix, np.float64).astype(b.value.dtype.np), dtype=b.value.dtype,
+                               base=f"{b.value.name}_{created_by}")
+        splice_after(graph, b.value, _stream_uses(stream, b.value), "MatMul", [m], created_by=created_by,
+                     suffix=created_by)
+        done.explicit.append(b.value.name)
+    return done
+
+
+def _transform_producer_linear_with(graph: Graph, x: Value, right: Callable[[np.ndarray], np.ndarray],
+                                    created_by: str) -> None:
+    """x = u V + b -> u right(V) + right(b)."""
+    lin = producing_linear(x)
+    assert lin is not None
+    replace_constant_input(graph, lin.matmul, 1, right(np.asarray(lin.weight.const, np.float64)), created_by)
+    mark_folded(lin.matmul, created_by)
+    if lin.add is not None and lin.bias is not None:
+        replace_constant_input(graph, lin.add, lin.bias_index, right(np.asarray(lin.bias.const, np.float64)),
+                               created_by)
+        mark_folded(lin.add, created_by)
+
+
+def migrate_stream_transform(graph: Graph, stream: ResidualStream, transform: ChannelTransform, *,
+                             created_by: str, explicit_ends: bool = True) -> StreamMigration:
+    """Move the rotation M along the whole residual `stream` (module docstring): writers
+    take M (`write_into_stream`), every linear reading the stream (through a norm that
+    commutes with M, or directly) takes M^-1 into its weight rows; with `explicit_ends`,
+    a reader of the last value that cannot absorb M^-1 (a final LayerNorm whose output is
+    the graph's) reads `MatMul(h, M^-1)`. Exact in float. Raises `RequantError` naming the
+    first op that cannot take part, before changing anything."""
+    reason = stream_transform_refusal(graph, stream, transform, explicit_ends=explicit_ends)
+    if reason is not None:
+        raise RequantError(f"{created_by}: cannot move a {transform.describe()} transform along the residual "
+                           f"stream: {reason}")
+    fixed, _ = _repairable(stream, explicit_ends)
+    ends = [b for b in fixed if b.role == "reader"]
+    done = write_into_stream(graph, stream, transform.right, transform.matrix(), created_by=created_by,
+                             explicit_ends=explicit_ends)
+    seen: set[int] = set()
+    for r in stream.readers:
+        if id(r.linear.matmul) in seen:
+            continue
+        seen.add(id(r.linear.matmul))
+        w = np.asarray(r.linear.weight.const, np.float64)
+        r.linear.weight = replace_constant_input(graph, r.linear.matmul, 1, transform.inverse_left(w), created_by)
+        mark_folded(r.linear.matmul, created_by)
+        r.linear.matmul.meta["rotated_input"] = created_by  # its input is rotated: no online rotation needed
+        done.readers += 1
+    if ends:
+        inverse = transform.inverse().matrix()
+        for b in ends:
+            m = graph.add_constant(inverse.astype(b.value.dtype.np), dtype=b.value.dtype,
+                                   base=f"{b.value.name}_{created_by}_inverse")
+            splice_after(graph, b.value, [(b.node, b.index)], "MatMul", [m], created_by=created_by,
+                         suffix=f"{created_by}_restored")
+            done.explicit.append(b.value.name)
+    return done

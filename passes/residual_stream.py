@@ -295,7 +295,9 @@ def _stream(chain: list[tuple[Node, Value, Value]]) -> ResidualStream:
     is_post = all(p is not None for p in post[:-1]) and len(chain) > 1 and \
         all(any(chain[i + 1][1] is a for a in channel_aliases(post[i].outputs[0])) for i in range(len(chain) - 1))
     if len(chain) == 1:
-        is_post = post[0] is not None
+        # one Add read only by a norm: post-norm unless a norm reads its skip too (pre-norm)
+        skip = chain[0][1]
+        is_post = post[0] is not None and not any(u.op in NORM_OPS for a in channel_aliases(skip) for u in a.users)
     values = [chain[0][1]]
     for (add, _, _), norm in zip(chain, post):
         values.append(norm.outputs[0] if is_post and norm is not None else add.outputs[0])

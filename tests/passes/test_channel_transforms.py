@@ -65,3 +65,34 @@ def test_refuses_what_cannot_be_inverted(make, message):
 def test_shape_mismatch_is_named():
     with pytest.raises(RequantError, match="has shape .* needs 4"):
         DiagonalTransform(np.ones(4)).right(np.ones((2, 3)))
+
+
+def test_hadamard_transform_is_the_normalized_hadamard_with_signs():
+    from requant.ir.hadamard import normalized_hadamard, random_signs
+    from requant.passes.channel_transforms import HadamardTransform
+
+    rng = np.random.default_rng(4)
+    s = random_signs(12, 3)
+    t = HadamardTransform(12, s)
+    m = s[:, None] * normalized_hadamard(12)
+    a, w = rng.standard_normal((2, 5, 12)), rng.standard_normal((12, 3))
+    np.testing.assert_allclose(t.matrix(), m, atol=1e-15)
+    np.testing.assert_allclose(t.right(a), a @ m, atol=1e-12)
+    np.testing.assert_allclose(t.inverse_left(w), m.T @ w, atol=1e-12)
+    np.testing.assert_allclose(t.inverse().matrix(), m.T, atol=1e-15)
+    assert t.describe() == "hadamard (Paley 12, random signs) 12x12" and not t.online and HadamardTransform(8).online
+    with pytest.raises(RequantError, match="order 6 is not a multiple of 4"):
+        HadamardTransform(6)
+    with pytest.raises(RequantError, match="signs must be 12 values"):
+        HadamardTransform(12, np.full(12, 0.5))
+
+
+def test_rotation_transform_falls_back_to_a_named_kronecker_product():
+    from requant.passes.channel_transforms import HadamardTransform, rotation_transform
+
+    assert isinstance(rotation_transform(384, seed=1), HadamardTransform)
+    t = rotation_transform(156, seed=1)
+    assert t.describe() == "random orthogonal 3 (x) hadamard 52 156x156"
+    m = t.matrix()
+    np.testing.assert_allclose(m @ m.T, np.eye(156), atol=1e-12)
+    assert rotation_transform(6, seed=None).describe() == "random orthogonal 3 (x) hadamard 2 6x6"
