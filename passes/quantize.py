@@ -24,6 +24,11 @@ as its own pass, passes/smoothquant.py):
   (passes/quantize_feature_maps.py says which values and why);
 - formats without ONNX Q/DQ (fp4_e2m1, FloatFormat, MXFP4, NVFP4) -> requant's
   `FakeQuantize` (simulation); fp8 uses QuantizeLinear/DequantizeLinear to fp8.
+Weight codes are rounded to nearest (`weight_method="rtn"`), or, with
+`weight_method="gptq"`, chosen by GPTQ (passes/gptq.py) for MatMul weights with integer
+schemes, from the Hessians of their inputs over the calibration `batches` (run on
+`runner`); `gptq_damp` / `gptq_act_order` are its damping and activation order. Other
+weights (Gemm, Conv, float formats) stay round-to-nearest.
 Every value holding codes or dequantized values gets `meta["quant"] =
 scheme.to_attrs()`; quantized activations also `meta["quant_range"]` (method, lo, hi).
 
@@ -41,7 +46,9 @@ Options (validated): weight_scheme / activation_scheme / embedding_scheme take a
 to `TensorStats.range`. Stats: ops_quantized, tensors_quantized, weights_quantized,
 activations_quantized, embeddings_quantized, skipped, bytes_before / bytes_after
 (constant payloads at their dtypes' widths); with `feature_maps`, also
-feature_maps_quantized and biases_quantized.
+feature_maps_quantized and biases_quantized; with GPTQ, weights_gptq and
+gptq_error_ratio (the mean over those weights of GPTQ's Hessian-weighted error over
+round-to-nearest's).
 
 Why these defaults (uint8 asymmetric activations, min/max ranges, int8 per-channel
 weights, int8 per-row embedding tables): BERT-style models have a few LayerNorm and GELU
@@ -73,12 +80,13 @@ from requant.passes.quantize_feature_maps import (
 )
 from requant.passes.quantize_insert import QuantEditor, constant_bytes, uses_qdq, with_axis
 
-__all__ = ["quantize", "DEFAULT_OPS", "DEFAULT_METHOD", "resolve_scheme", "QuantizeConfig"]
+__all__ = ["quantize", "DEFAULT_OPS", "DEFAULT_METHOD", "WEIGHT_METHODS", "resolve_scheme", "QuantizeConfig"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_OPS: tuple[str, ...] = ("MatMul", "Gemm", "Conv")
 DEFAULT_METHOD = "minmax"
+WEIGHT_METHODS = ("rtn", "gptq")
 _SUPPORTED_OPS = frozenset(DEFAULT_OPS)
 _DEFAULT_WEIGHT = QuantScheme(dtypes.int8, "channel", axis=1)
 _DEFAULT_ACTIVATION = QuantScheme(dtypes.uint8, "tensor", symmetric=False)
@@ -142,7 +150,7 @@ class QuantizeConfig:
 
 
 @graph_pass("quantize", "insert Q/DQ (or FakeQuantize) in front of MatMul/Gemm/Conv inputs and embedding tables",
-            ensures=(QUANTIZED,), pipeline_inputs=("stats",))
+            ensures=(QUANTIZED,), pipeline_inputs=("stats", "batches"))
 def quantize(
     graph: Graph,
     weight_scheme: QuantScheme | str | None = None,
@@ -157,6 +165,11 @@ def quantize(
     quantize_embeddings: bool = True,
     embedding_scheme: QuantScheme | str | None = None,
     feature_maps: bool = False,
+    weight_method: str = "rtn",
+    batches: Any = None,
+    runner: str = "auto",
+    gptq_damp: float = 0.01,
+    gptq_act_order: bool = True,
 ) -> PassResult:
     """See the module docstring."""
     cfg = QuantizeConfig.make(weight_scheme, activation_scheme, embedding_scheme, ops, method, method_options,
@@ -166,6 +179,10 @@ def quantize(
     skipped: list[dict[str, str]] = []
     counts = {"ops_quantized": 0, "weights_quantized": 0, "activations_quantized": 0, "embeddings_quantized": 0}
     plans = {id(n): _plan(n, cfg, stats) for n in graph if n.op in cfg.ops}
+    if weight_method not in WEIGHT_METHODS:
+        raise RequantError(f"quantize: weight_method must be one of {', '.join(WEIGHT_METHODS)}, got {weight_method!r}")
+    if weight_method == "gptq":
+        counts.update(_gptq_codes(graph, plans, editor, batches, runner, gptq_damp, gptq_act_order))
     points = _feature_map_plan(graph, plans, cfg) if feature_maps else []
     ranges = _point_ranges(points, cfg, stats or {}, skipped)
     for node in list(graph):
@@ -281,6 +298,23 @@ def _activation_range(stat: Any, cfg: QuantizeConfig, scheme: QuantScheme) -> tu
     except Exception as exc:
         raise RequantError(f"quantize: range method '{cfg.method}' failed: {exc}") from exc
     return float(lo), float(hi)
+
+
+def _gptq_codes(graph: Graph, plans: Mapping[int, list[_Input] | str], editor: QuantEditor, batches: Any,
+                runner: str, damp: float, act_order: bool) -> dict[str, int | float]:
+    """GPTQ's codes for every planned MatMul weight with an integer Q/DQ scheme, handed to
+    the editor (passes/gptq.py); {weights_gptq, gptq_error_ratio}."""
+    from requant.passes.gptq import gptq_weight_codes
+
+    if batches is None:
+        raise RequantError("quantize: weight_method='gptq' needs calibration batches (batches=[...]) for the "
+                           "Hessians of the linears' inputs")
+    weights = [(node, item.index, item.scheme) for node in graph if node.op == "MatMul"
+               and not isinstance(plan := plans.get(id(node), "-"), str)
+               for item in plan if item.role == "weight" and uses_qdq(item.scheme) and item.scheme.dtype.is_integer]
+    found, ratio = gptq_weight_codes(graph, weights, batches, runner=runner, damp=damp, act_order=act_order)
+    editor.precomputed.update(found)
+    return {"weights_gptq": len(found), "gptq_error_ratio": ratio}
 
 
 def _quantize_op(node: Node, plan: list[_Input] | str, cfg: QuantizeConfig, stats: Mapping[str, Any],

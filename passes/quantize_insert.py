@@ -2,7 +2,8 @@
 one input of one node, leaving every other reader of the value as it was.
 
 - `QuantEditor.weight(node, index, scheme)`: a constant float weight W -> a new constant
-  holding its codes (int8 / int4 / fp8 storage), scale (and zero point when asymmetric)
+  holding its codes (int8 / int4 / fp8 storage; round to nearest, or what
+  `precomputed[(id(W), scheme)]` holds: GPTQ's), scale (and zero point when asymmetric)
   constants, and `DequantizeLinear(codes, scale[, zero_point]) {axis, block_size}`
   feeding the node. Codes are made once per (weight, scheme) and shared; each reader
   gets its own DequantizeLinear (the Q/DQ convention ONNX Runtime and `lower_quant`
@@ -65,6 +66,8 @@ class QuantEditor:
         self._codes: dict[tuple[int, QuantScheme], tuple[Value, Value, Value | None]] = {}
         self._quantized: dict[tuple[int, QuantScheme | None], tuple[Value, Value, Value | None]] = {}
         self.replaced_constants: dict[int, Value] = {}
+        # (id(weight), scheme) -> (codes, scale, zero point) chosen elsewhere (GPTQ)
+        self.precomputed: dict[tuple[int, QuantScheme], tuple] = {}
 
     # -- weights ----------------------------------------------------------------------------
     def weight(self, node: Node, index: int, scheme: QuantScheme) -> Value:
@@ -75,9 +78,12 @@ class QuantEditor:
             return self._simulate_constant(node, index, scheme)
         key = (id(w), scheme)
         if key not in self._codes:
-            lo, hi = tensor_ranges(w.const, scheme)
-            scale, zp = choose_qparams(scheme, lo, hi)
-            codes = quantize(w.const, scheme, scale, zp)
+            if key in self.precomputed:
+                codes, scale, zp = self.precomputed[key]
+            else:
+                lo, hi = tensor_ranges(w.const, scheme)
+                scale, zp = choose_qparams(scheme, lo, hi)
+                codes = quantize(w.const, scheme, scale, zp)
             g = self.graph
             q = g.add_constant(codes, name=unused_name(g, f"{w.name}_q"), dtype=scheme.dtype)
             s = g.add_constant(scale, name=unused_name(g, f"{w.name}_scale"))
