@@ -86,9 +86,12 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="directory to save the compiled model in")
     p.add_argument("--calib", metavar="DATA.npz",
                    help="calibration inputs: arrays named by model input; the leading axis is split into batches")
-    p.add_argument("--calib-batch", type=int, default=8, metavar="N", help="rows per calibration batch (default 8)")
+    p.add_argument("--calib-batch", type=int, default=None, metavar="N",
+                   help="rows per calibration batch (default: the model's fixed batch size, else 8)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="a target option (repeatable; `requant targets NAME` lists them)")
+    p.add_argument("--force", action="store_true",
+                   help="replace OUT even when it holds files that are not an earlier requant save")
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
@@ -99,6 +102,11 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-i", "--inputs", required=True, metavar="DATA.npz", help="arrays named by model input")
     p.add_argument("-o", "--output", metavar="OUTPUTS.npz",
                    help="write the outputs here (default: print name, shape, dtype, min/max/mean)")
+    p.add_argument("--trust-code", action="store_true",
+                   help="run a TVM/CUDA library that this user's requant did not build (it is native code: "
+                        "only for a model whose origin you trust)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="runtime threads (default: as saved; 0: the physical cores)")
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:

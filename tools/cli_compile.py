@@ -11,10 +11,13 @@ from typing import Any, TextIO
 import numpy as np
 
 from requant.errors import RequantError
-from requant.tools.cli_models import check_target, parse_options, read_npz, split_batches, write_npz
+from requant.tools.cli_models import check_target, fixed_batch_size, parse_options, read_npz, split_batches, write_npz
 from requant.tools.cli_progress import StageProgress, compile_stages, follow_compile, quiet_library_bars
 
-__all__ = ["cmd_compile", "cmd_run", "describe_outputs"]
+__all__ = ["cmd_compile", "cmd_run", "describe_outputs", "DEFAULT_CALIB_ROWS"]
+
+DEFAULT_CALIB_ROWS = 8
+"""Rows per calibration batch when the model does not fix its batch size."""
 
 
 def _step_names(target: Any, options: dict[str, Any]) -> list[str]:
@@ -36,7 +39,8 @@ def cmd_compile(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         raise RequantError(f"no such ONNX file: {model}")
     calibration = None
     if args.calib is not None:
-        calibration = split_batches(read_npz(args.calib, "calibration"), args.calib_batch, args.calib)
+        calibration = split_batches(read_npz(args.calib, "calibration"), *_calib_rows(model, args.calib_batch),
+                                    args.calib)
     elif target.static:
         raise RequantError(f"target '{target.name}' calibrates activation ranges: give --calib DATA.npz "
                            f"(arrays named by model input, leading axis = samples)")
@@ -45,11 +49,23 @@ def cmd_compile(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     stages = compile_stages(_step_names(target, options))
     with follow_compile(StageProgress(f"compiling for {target.name}", stages, enabled=not args.quiet)):
         cm = requant.compile(str(model), target=target.name, calibration=calibration, **options)
-    saved = cm.save(args.output)
+    saved = cm.save(args.output, overwrite=args.force)
     if not args.quiet:
         print(cm.report(), file=out)
     print(f"saved to {saved}/ (run it: requant run {saved} --inputs DATA.npz)", file=out)
     return 0
+
+
+def _calib_rows(model: Path, asked: int | None) -> tuple[int, bool]:
+    """(rows per calibration batch, whether every batch must have exactly that many):
+    a model exported with a fixed batch size takes only batches of that size."""
+    fixed = fixed_batch_size(model)
+    if fixed is None:
+        return (DEFAULT_CALIB_ROWS if asked is None else asked), False
+    if asked is not None and asked != fixed:
+        raise RequantError(f"--calib-batch {asked}: {model} takes batches of exactly {fixed} rows "
+                           f"(its inputs' leading dim); leave --calib-batch out or give {fixed}")
+    return fixed, True
 
 
 def describe_outputs(names: list[str], arrays: tuple[np.ndarray, ...]) -> list[str]:
@@ -78,7 +94,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     if directory.is_dir() and not (directory / MANIFEST).is_file():
         raise RequantError(f"{directory} is not a saved requant model (no {MANIFEST}); "
                            f"give a directory written by `requant compile -o`")
-    cm = requant.load(directory)
+    cm = requant.load(directory, trust_code=args.trust_code, threads=args.threads)
     inputs = read_npz(args.inputs, "inputs")
     outputs = cm(**inputs)
     if args.output:

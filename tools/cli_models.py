@@ -8,8 +8,8 @@ option and says what to do, so the command can print it as one line.
 from __future__ import annotations
 
 import json
+import logging
 import os
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,21 +25,23 @@ __all__ = [
     "read_npz",
     "write_npz",
     "split_batches",
+    "fixed_batch_size",
     "parse_options",
     "parse_option_value",
     "check_target",
 ]
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class ModelSource:
-    """A model the command was pointed at: its graph and, for a saved directory, the
-    loaded `CompiledModel`, its manifest and pipeline.json."""
+    """A model the command was pointed at: its graph and, for a saved directory, its
+    manifest and pipeline.json (its runtime is not loaded)."""
 
     path: Path
     kind: str  # "onnx" | "saved"
     graph: Any
-    compiled: Any = None
     manifest: dict[str, Any] = field(default_factory=dict)
     pipeline: dict[str, Any] = field(default_factory=dict)
 
@@ -51,21 +53,20 @@ class ModelSource:
 
 
 def open_model(path: str | os.PathLike) -> ModelSource:
-    """An .onnx file or a saved directory (its hashes verified by `requant.load`)."""
+    """An .onnx file or a saved directory (every file and field checked by
+    `requant.manifest.read_saved`; its graph read back without loading its runtime, so
+    nothing in the directory runs)."""
     p = Path(path)
-    if not p.exists():
+    if not os.path.lexists(p):
         raise RequantError(f"no such file or directory: {p}")
     if p.is_dir():
-        import requant
-        from requant.compiler import MANIFEST, PIPELINE_FILE
+        from requant.compiler import MANIFEST, read_saved_graph
 
-        if not (p / MANIFEST).is_file():
+        if not os.path.lexists(p / MANIFEST):
             raise RequantError(f"{p} is a directory but not a saved requant model (no {MANIFEST}); "
                                f"give an .onnx file or a directory written by `requant compile -o`")
-        cm = requant.load(p)
-        manifest = json.loads((p / MANIFEST).read_bytes())
-        pipeline = json.loads((p / PIPELINE_FILE).read_bytes())
-        return ModelSource(p, "saved", cm.graph, cm, manifest, pipeline)
+        saved, graph = read_saved_graph(p)
+        return ModelSource(p, "saved", graph, saved.manifest, saved.pipeline)
     from requant.frontends import from_onnx
 
     return ModelSource(p, "onnx", from_onnx(p))
@@ -82,14 +83,15 @@ def read_npz(path: str | os.PathLike, what: str = "inputs") -> dict[str, np.ndar
     if p.is_dir():
         raise RequantError(f"{what} file {p} is a directory; give an .npz file (numpy.savez(path, name=array, ...))")
     try:
-        with np.load(p, allow_pickle=False) as data:
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                raise RequantError(f"{what} file {p} holds a single array (.npy); "
-                                   f"give an .npz with arrays named by input: numpy.savez(path, name=array, ...)")
+        data = np.load(p, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):  # an .npy: one bare array, no input names
+            raise RequantError(f"{what} file {p} holds a single array (.npy); give an .npz with arrays named "
+                               f"by input: numpy.savez(path, name=array, ...)")
+        with data:
             arrays = {name: data[name] for name in data.files}
     except RequantError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # numpy and zipfile raise many types on a corrupt file; all mean "unreadable"
         raise RequantError(f"{what} file {p} is not a readable .npz ({type(exc).__name__}: {exc}); "
                            f"write it with numpy.savez(path, name=array, ...)") from exc
     if not arrays:
@@ -106,9 +108,11 @@ def write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> Path
     return p
 
 
-def split_batches(arrays: Mapping[str, np.ndarray], rows: int, path: str | os.PathLike) -> list[dict[str, np.ndarray]]:
+def split_batches(arrays: Mapping[str, np.ndarray], rows: int, path: str | os.PathLike,
+                  exact: bool = False) -> list[dict[str, np.ndarray]]:
     """Calibration batches: every array cut along its leading axis into `rows`-row
-    pieces (the last may be shorter)."""
+    pieces; the last may be shorter, unless `exact` (a model with a fixed batch size),
+    where leftover rows are dropped with a warning."""
     if rows < 1:
         raise RequantError(f"--calib-batch must be at least 1, got {rows}")
     lengths = {name: (a.shape[0] if a.ndim else None) for name, a in arrays.items()}
@@ -121,7 +125,37 @@ def split_batches(arrays: Mapping[str, np.ndarray], rows: int, path: str | os.Pa
     total = next(iter(lengths.values()))
     if total == 0:
         raise RequantError(f"calibration file {path}: the arrays have no rows")
+    if exact:
+        if total < rows:
+            raise RequantError(f"calibration file {path}: {total} row(s), but the model takes batches of exactly "
+                               f"{rows}; give at least {rows} rows")
+        if total % rows:
+            logger.warning("calibration file %s: the last %d of %d rows are left out (the model takes batches of "
+                           "exactly %d)", path, total % rows, total, rows)
+        total -= total % rows
     return [{k: a[i:i + rows] for k, a in arrays.items()} for i in range(0, total, rows)]
+
+
+def fixed_batch_size(model: str | os.PathLike) -> int | None:
+    """The leading dim every input of an ONNX file fixes (its batch size), or None when
+    an input leaves it symbolic or the inputs disagree; only the graph's signature is
+    read (no weights)."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(model), load_external_data=False)
+    except Exception:  # the compile that follows reports an unreadable model properly
+        return None
+    init = {t.name for t in proto.graph.initializer}
+    sizes = set()
+    for vi in proto.graph.input:
+        if vi.name in init:
+            continue
+        dims = vi.type.tensor_type.shape.dim if vi.type.HasField("tensor_type") else []
+        if not dims or not dims[0].HasField("dim_value") or dims[0].dim_value < 1:
+            return None
+        sizes.add(int(dims[0].dim_value))
+    return sizes.pop() if len(sizes) == 1 else None
 
 
 # ----------------------------------------------------------------------------- options

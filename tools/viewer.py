@@ -251,7 +251,7 @@ def _legend(keys: set[str]) -> str:
 def _op_table(after: Any, before: Any | None) -> str:
     a = after.op_histogram()
     if before is None:
-        rows = "".join(f"<tr><td>{html.escape(op)}</td><td>{n}</td></tr>" for op, n in
+        rows = "".join(f"<tr>{_cell(op)}{_cell(n)}</tr>" for op, n in
                        sorted(a.items(), key=lambda kv: (-kv[1], kv[0])))
         return f"<table><tr><th>op</th><th>count</th></tr>{rows}</table>"
     b = before.op_histogram()
@@ -260,19 +260,28 @@ def _op_table(after: Any, before: Any | None) -> str:
     for op in ops:
         d = a.get(op, 0) - b.get(op, 0)
         cls = "up" if d > 0 else "down" if d < 0 else ""
-        rows.append(f'<tr><td>{html.escape(op)}</td><td>{b.get(op, 0)}</td><td>{a.get(op, 0)}</td>'
+        rows.append(f'<tr>{_cell(op)}{_cell(b.get(op, 0))}{_cell(a.get(op, 0))}'
                     f'<td class="{cls}">{d:+d}</td></tr>')
     return "<table><tr><th>op</th><th>before</th><th>after</th><th>change</th></tr>" + "".join(rows) + "</table>"
 
 
+def _cell(value: Any) -> str:
+    """One table cell's text: every value from a saved directory is data, never markup."""
+    return f"<td>{html.escape(str(value))}</td>"
+
+
 def _pipeline_table(pipeline: Mapping[str, Any] | None) -> str:
     ran = (pipeline or {}).get("ran") or []
-    if not ran:
+    if not isinstance(ran, list) or not ran:
         return ""
-    rows = "".join(
-        f"<tr><td>{html.escape(str(r.get('name')))}</td><td>{r.get('nodes_before')}</td><td>{r.get('nodes_after')}</td>"
-        f"<td>{r.get('added', 0)}</td><td>{r.get('removed', 0)}</td>"
-        f"<td>{r.get('stats', {}).get('tensors_quantized', '')}</td></tr>" for r in ran)
+    rows = []
+    for r in ran:
+        r = r if isinstance(r, Mapping) else {"name": r}
+        stats = r.get("stats") if isinstance(r.get("stats"), Mapping) else {}
+        cells = [r.get("name"), r.get("nodes_before"), r.get("nodes_after"), r.get("added", 0), r.get("removed", 0),
+                 stats.get("tensors_quantized", "")]
+        rows.append("<tr>" + "".join(_cell(c) for c in cells) + "</tr>")
+    rows = "".join(rows)
     target = html.escape(str((pipeline or {}).get("target", "")))
     return (f"<table><caption>pipeline ({target})</caption><tr><th>step</th><th>nodes before</th>"
             f"<th>nodes after</th><th>added</th><th>removed</th><th>quantized</th></tr>{rows}</table>")

@@ -38,8 +38,10 @@ if _script() is not None:
     LAUNCHERS.append(pytest.param(_script(), id="console-script"))
 
 
-def cli(*args: str | os.PathLike, launcher: tuple[str, ...] = MODULE, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*launcher, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
+def cli(*args: str | os.PathLike, launcher: tuple[str, ...] = MODULE, cwd: Path | None = None,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*launcher, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300,
+                          env=None if env is None else {**os.environ, **env})
 
 
 def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -216,6 +218,16 @@ def _bad_cases(work: Path, saved: Path, tmp: Path) -> dict[str, tuple[list, str]
     with open(tampered / "model.onnx", "ab") as fh:
         fh.write(b"\0")
     np.savez(tmp / "wrong_names.npz", y=np.zeros((2, 8), np.float32))
+    np.save(tmp / "calib.npy", np.zeros((8, 8), np.float32))
+    (tmp / "src").mkdir()
+    shutil.copy(work / "model.onnx", tmp / "src" / "model.onnx")
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / "model.onnx.data").write_bytes(b"the user's weights")
+    bad_threads = tmp / "bad_threads"
+    shutil.copytree(saved, bad_threads)
+    manifest = json.loads((bad_threads / "manifest.json").read_text())
+    manifest["options"]["threads"] = 100000
+    (bad_threads / "manifest.json").write_text(json.dumps(manifest))
     model, calib = work / "model.onnx", work / "calib.npz"
     int8 = ["--target", "cpu-int8", "--calib", calib, "-o", tmp / "o"]
     return {
@@ -242,6 +254,16 @@ def _bad_cases(work: Path, saved: Path, tmp: Path) -> dict[str, tuple[list, str]
         "option value not allowed": (["compile", model, *int8, "--option", "method=magic"], "must be one of"),
         "static target without calibration": (["compile", model, "--target", "cpu-int8", "-o", tmp / "o"], "--calib"),
         "inputs named wrongly": (["run", saved, "-i", tmp / "wrong_names.npz"], "unknown input"),
+        "compile with an .npy as calibration": (["compile", model, "--target", "cpu-int8", "--calib", tmp / "calib.npy",
+                                                 "-o", tmp / "o"], "holds a single array (.npy)"),
+        "compile with absurd threads": (["compile", model, *int8, "--option", "threads=100000"],
+                                        "option 'threads' must be 0 (the physical cores) or 1.."),
+        "run with absurd threads in the manifest": (["run", bad_threads, "-i", work / "inputs.npz"],
+                                                    "options.threads must be 0"),
+        "compile into the source model's directory": (["compile", tmp / "src" / "model.onnx", "-t", "cpu-fp32",
+                                                       "-o", tmp / "src", "--force"], "holds the model being compiled"),
+        "compile over the user's files": (["compile", model, "-t", "cpu-fp32", "-o", tmp / "mine"],
+                                          "not an earlier requant save"),
         "usage: missing -o": (["compile", model, "--target", "cpu-int8"], "the following arguments are required"),
         "usage: unknown verb": (["frobnicate"], "invalid choice"),
     }
@@ -254,6 +276,8 @@ BAD_CASES = [
     "inspect a directory that is not a saved model", "compile a directory", "run with hashes that do not match",
     "inspect with hashes that do not match", "unknown target", "unknown option", "option of the wrong type",
     "option not key=value", "option value not allowed", "static target without calibration", "inputs named wrongly",
+    "compile with an .npy as calibration", "compile with absurd threads", "run with absurd threads in the manifest",
+    "compile into the source model's directory", "compile over the user's files",
     "usage: missing -o", "usage: unknown verb",
 ]
 
@@ -269,6 +293,8 @@ def test_bad_input_is_one_line_without_traceback(case: str, work: Path, saved: P
     assert expected in lines[0], lines[0]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "o").exists()
+    assert (tmp_path / "src" / "model.onnx").read_bytes() == (work / "model.onnx").read_bytes()
+    assert (tmp_path / "mine" / "model.onnx.data").read_bytes() == b"the user's weights"
 
 
 @pytest.mark.parametrize("case", ["compile missing file", "run with hashes that do not match", "unknown target",
@@ -334,3 +360,40 @@ def test_progress_follows_requant_compile(work: Path) -> None:
     drawn = bar.stream.getvalue()
     for stage in ("calibrate", "quantize", "lower_quant"):
         assert stage in drawn
+
+
+# ----------------------------------------------------------------------------- issue 16
+
+
+def test_force_replaces_a_directory_of_user_files(work: Path, tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    ok(cli("compile", work / "model.onnx", "-t", "cpu-fp32", "-o", out, "--force", "-q"))
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx", "pipeline.json"]
+
+
+def test_calibration_batches_follow_a_fixed_batch_model(tmp_path: Path) -> None:
+    fixed = requant.compile(Block().eval(), "cpu-fp32", example_inputs=(torch.randn(4, 8),))
+    model = fixed.save(tmp_path / "fixed") / "model.onnx"
+    rs = np.random.RandomState(1)
+    np.savez(tmp_path / "calib.npz", x=rs.randn(30, 8).astype(np.float32))
+    result = ok(cli("compile", model, "-t", "cpu-int8", "--calib", tmp_path / "calib.npz", "-o", tmp_path / "q", "-q"))
+    assert "the last 2 of 30 rows are left out (the model takes batches of exactly 4)" in result.stderr
+    ran = json.loads((tmp_path / "q" / "pipeline.json").read_text())["ran"]
+    assert next(r for r in ran if r["name"] == "calibrate")["stats"]["batches"] == 6  # 7 batches of 4, 1 held back
+    refused = cli("compile", model, "-t", "cpu-int8", "--calib", tmp_path / "calib.npz", "--calib-batch", "8",
+                  "-o", tmp_path / "q8")
+    assert refused.returncode == 1 and "takes batches of exactly 4 rows" in refused.stderr
+
+
+def test_running_another_users_tvm_build_needs_trust_code(work: Path, tmp_path: Path) -> None:
+    out = requant.compile(Block().eval(), "tvm-cpu-fp32", example_inputs=(torch.randn(5, 8),)).save(tmp_path / "tvm")
+    other = {"REQUANT_CONFIG_DIR": str(tmp_path / "other-user")}
+    refused = cli("run", out, "-i", work / "inputs.npz", env=other)
+    assert refused.returncode == 1 and "native code that this user's requant did not build" in refused.stderr
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("requant: error: ")]
+    assert len(errors) == 1 and "--trust-code" in errors[0] and "Traceback" not in refused.stderr, refused.stderr
+    ok(cli("inspect", out, env=other))  # reading the graph runs nothing: no trust needed
+    shown = ok(cli("run", out, "-i", work / "inputs.npz", "--trust-code", env=other))
+    assert shown.stdout.split()[:3] == ["output_0", "[5,4]", "float32"]

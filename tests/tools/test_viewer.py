@@ -151,6 +151,60 @@ def test_page_is_self_contained(graph) -> None:
         assert LEGEND[key][0] in page
 
 
+MARKUP = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+
+
+def _markup_graph() -> ir.Graph:
+    g = ir.parse(TEXT)
+    g.name = MARKUP
+    for node in g.nodes:
+        node.name = MARKUP
+        node.meta["created_by"] = MARKUP
+        node.meta["source"] = MARKUP
+    for v in g.values():
+        if not v.is_constant:
+            v.meta["quant"] = {"dtype": MARKUP, "granularity": MARKUP}
+    return g
+
+
+def test_every_field_is_escaped() -> None:
+    """Markup in each field a page shows (issue 16, item 2): pipeline records from a
+    saved directory (every key, of any JSON type), the target, graph, node and source
+    names, provenance and quantization metadata. The only element from the page itself
+    is its one scroll script."""
+    record = {key: MARKUP for key in ("name", "nodes_before", "nodes_after", "added", "removed")}
+    record["stats"] = {"tensors_quantized": MARKUP, MARKUP: MARKUP}
+    pipeline = {"target": MARKUP, "ran": [record, MARKUP, {"name": "x", "stats": MARKUP}]}
+    page = render_html(_markup_graph(), title=MARKUP, source=MARKUP, before=_markup_graph(), before_source=MARKUP,
+                       pipeline=pipeline)
+    assert "alert" in page  # the text is there, escaped
+    assert page.count("<script") == 1 and "<img" not in page
+    assert page.count("&lt;script&gt;") > 10
+
+
+def test_view_of_a_saved_model_with_markup_in_pipeline_json(tmp_path: Path) -> None:
+    import json
+
+    import requant
+    from requant.manifest import sha256_file
+    from requant.tools.cli import main
+
+    saved = requant.compile(ir.parse(TEXT), "cpu-fp32").save(tmp_path / "m")
+    pipeline = json.loads((saved / "pipeline.json").read_text())
+    pipeline["target"] = MARKUP
+    for record in pipeline["ran"]:
+        record["name"] = MARKUP
+        record["stats"] = {"tensors_quantized": MARKUP}
+    (saved / "pipeline.json").write_text(json.dumps(pipeline))
+    manifest = json.loads((saved / "manifest.json").read_text())
+    manifest["files"]["pipeline.json"] = {"sha256": sha256_file(saved / "pipeline.json", "test"),
+                                          "bytes": (saved / "pipeline.json").stat().st_size}
+    (saved / "manifest.json").write_text(json.dumps(manifest))  # data: anyone may re-list it
+    assert main(["view", str(saved), "-o", str(tmp_path / "g.html"), "-q"]) == 0
+    page = (tmp_path / "g.html").read_text()
+    assert page.count("<script") == 1 and "<img" not in page and "&lt;script&gt;alert" in page
+
+
 # ----------------------------------------------------------------------------- browser
 
 
