@@ -9,14 +9,19 @@ MatMulInteger form, embedding tables, QLinearMatMul) with ONNX Runtime's own ops
 - "integer_to_float": `MatMul(DQ(a_q, a_s, a_zp), DQ(W_q, w_s[, w_zp]))` [+ Add(bias)]
   -> `com.microsoft.MatMulIntegerToFloat(a_q, W_q, a_s, w_s, a_zp, w_zp, bias)`, int8
   activations re-quantized to uint8 (zero point + 128, exact) as in lower_integer;
+  int4 weights per output channel (W4A8) keep int4 codes in the file (half of int8's
+  bytes) and reach the kernel through `Cast(W_q, int8)`, which ONNX Runtime folds into an
+  int8 initializer when the session loads (same kernel, same speed as int8 weights);
 - "dynamic": the same with `a_q, a_s, a_zp = DynamicQuantizeLinear(x)` ->
   `com.microsoft.DynamicQuantizeMatMul(x, W_q, w_s, w_zp, bias)`;
 - "nbits": `MatMul(x, DQ(W_q int4/uint4, scales[K/G, N], zp) {axis=0, block_size=G})`
   [+ bias] -> `com.microsoft.MatMulNBits(x, packed, scales, zp) {bits=4, block_size=G,
   accuracy_level=0}` (ORT's packing: uint8 [N, K/G, G/2], low nibble first); int8
   weight-only per column -> MatMulNBits bits=8 (blocks of 128 along K sharing the
-  column's scale). accuracy_level 0 computes in float32 (exact); 4 would quantize the
-  activation to int8 inside the kernel;
+  column's scale). `accuracy_level` 0 (the default) computes in float32 (exact); 4
+  quantizes the activation to int8 inside the kernel, per row and block of K (ORT's
+  W4A8 path; the interpreter's kernel, the oracle, still computes in float32, so the
+  accuracy report is not what ORT computes);
 - "integer", "qlinear": the standard forms of lower_integer;
 - "qdq": nothing (ONNX Runtime's own QDQ transformers see the Q/DQ graph);
 - "auto" (what cpu-int8 uses): static activations -> integer_to_float; a
@@ -52,6 +57,7 @@ import logging
 
 import numpy as np
 
+from requant.errors import RequantError
 from requant.ir import dtypes
 from requant.ir.builder import Builder
 from requant.ir.graph import Graph, Value
@@ -80,12 +86,21 @@ class OrtLowering(IntegerLowering):
     created_ops = IntegerLowering.created_ops + tuple(
         _MS + name for name in ("MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulNBits", "QAttention"))
 
+    def __init__(self, graph: Graph, kernel: str, accuracy_level: int = 0) -> None:
+        super().__init__(graph, kernel)
+        if accuracy_level not in (0, 1, 2, 3, 4):
+            raise RequantError(f"lower_quant: accuracy_level must be 0..4 (MatMulNBits), got {accuracy_level}")
+        self.accuracy_level = accuracy_level
+
     def choose(self, lin: QuantLinear) -> str:
         k = self.kernel
         if lin.act is None:
             if k in ("auto", "nbits"):
                 return "nbits"
             return f"!weight-only layer: kernel '{k}' needs a quantized activation (use 'nbits' or 'auto')"
+        if lin.weight.dtype in (dtypes.int4, dtypes.uint4) and not lin.weight.block and \
+                k in ("auto", "integer_to_float"):
+            return "integer_to_float"  # int4 codes, cast to int8 when ORT loads the model
         if lin.weight.dtype not in (dtypes.int8, dtypes.uint8) or lin.weight.block:
             return "!group-quantized weights with quantized activations have no integer kernel"
         if k == "auto":
@@ -106,6 +121,10 @@ class OrtLowering(IntegerLowering):
         if kernel == "nbits":
             return self._nbits(b, lin, bias)
         wq, ws, wz = self.weight_values(b, lin)
+        if lin.weight.dtype in (dtypes.int4, dtypes.uint4):
+            wide = "int8" if lin.weight.dtype == dtypes.int4 else "uint8"
+            wq = b.Cast(wq, to=wide)
+            wz = None if wz is None else b.Cast(wz, to=wide)
         act = lin.act
         assert act is not None
         if kernel == "dynamic":
@@ -121,7 +140,7 @@ class OrtLowering(IntegerLowering):
         packed, scales, zps = pack_nbits(w.codes, w.dtype, w.scale, w.zero_point, bits, block)
         zp_v = None if zps is None else b.const(zps)
         return b.node(_MS + "MatMulNBits", lin.a, b.const(packed), b.const(scales), zp_v, None, bias,
-                      K=k, N=n, bits=bits, block_size=block, accuracy_level=0).output
+                      K=k, N=n, bits=bits, block_size=block, accuracy_level=self.accuracy_level).output
 
     def after_rules(self) -> list[Rule]:
         """With "auto": Q/K/V kernels + attention -> QAttention, on what the linear rules made."""
@@ -217,11 +236,12 @@ def _attention_parts(m: Match) -> dict | str:
     heads_dim = None
     weights = []
     for t in "qkv":
-        w, ws, wz, bias = m[f"w_{t}"], m[f"ws_{t}"], m[f"wz_{t}"], m[f"bias_{t}"]
+        w, ws, wz, bias = (_stored(m[f"w_{t}"]), _stored(m[f"ws_{t}"]), _stored(m[f"wz_{t}"]),
+                           _stored(m[f"bias_{t}"]))
         if any(v is not None and v.const is None for v in (w, ws, wz, bias)):
             return f"the {t} projection's weight, scales, zero points or bias are not constants"
-        if w.type.rank != 2 or w.dtype not in (dtypes.int8, dtypes.uint8):
-            return f"the {t} projection's weight is not 2-D 8-bit"
+        if w.type.rank != 2 or w.dtype not in (dtypes.int8, dtypes.uint8, dtypes.int4, dtypes.uint4):
+            return f"the {t} projection's weight is not 2-D 8-bit (or 4-bit stored)"
         split = m[f"split_{t}"].outputs[0].type.shape
         if split is None or len(split) != 4 or tuple(split[:2]) != (batch, seq) \
                 or not all(isinstance(d, int) for d in split[2:]) or split[2] * split[3] != w.type.shape[1]:
@@ -241,6 +261,15 @@ def _attention_parts(m: Match) -> dict | str:
         return mask
     scale = float(sdpa.attrs.get("scale", 0.0) or 0.0)
     return {"weights": weights, "heads": heads, "size": size, "mask": mask, "scale": scale}
+
+
+def _stored(v: Value | None) -> Value | None:
+    """The constant behind a weight operand: itself, or the int4 codes a Cast widens."""
+    if v is not None and v.const is None and v.producer is not None and v.producer.op == "Cast":
+        src = v.producer.inputs[0]
+        if src is not None and src.const is not None and src.dtype in (dtypes.int4, dtypes.uint4):
+            return src
+    return v
 
 
 def _concat_columns(parts: list[np.ndarray | None], n: int, dtype: np.dtype, fill: float = 0) -> np.ndarray:
@@ -275,6 +304,11 @@ def _qattention_rules() -> list[Rule]:
         wz_v = None
         if any(z is not None and np.any(z) for z in zps):
             wz_v = b.const(_concat_columns(zps, n, w_dt.np), dtype=w_dt)
+        w_v = b.const(codes, dtype=w_dt)
+        if w_dt in (dtypes.int4, dtypes.uint4):  # stored 4-bit, widened when ORT loads the model
+            wide = "int8" if w_dt == dtypes.int4 else "uint8"
+            w_v = b.Cast(w_v, to=wide)
+            wz_v = None if wz_v is None else b.Cast(wz_v, to=wide)
         bias = _concat_columns([None if c is None else np.asarray(c.const) for *_, c in weights], n, np.float32)
         mask = parts["mask"]
         mask_index = None
@@ -285,7 +319,7 @@ def _qattention_rules() -> list[Rule]:
         if scale != 0.0 and np.float32(scale) == np.float32(1.0 / np.sqrt(parts["size"])):
             scale = 0.0
         attrs = {"num_heads": parts["heads"]} | ({"scale": scale} if scale != 0.0 else {})
-        return b[_MS + "QAttention"](m.a, b.const(codes, dtype=w_dt), b.const(bias), m.a_scale, ws_v, mask_index, m.a_zp,
+        return b[_MS + "QAttention"](m.a, w_v, b.const(bias), m.a_scale, ws_v, mask_index, m.a_zp,
                             wz_v, **attrs)
 
     def pattern(with_mask: bool) -> OpPattern:
@@ -298,6 +332,7 @@ def _qattention_rules() -> list[Rule]:
 
 @graph_pass("lower_quant", "Q/DQ around MatMul/Gemm/Gather -> ONNX Runtime's integer kernels (com.microsoft; exact)",
             requires=(QUANTIZED,))
-def lower_quant(graph: Graph, kernel: str = "auto") -> PassResult:
-    """See the module docstring."""
-    return lower_with(graph, OrtLowering(graph, kernel), lower=kernel != "qdq")
+def lower_quant(graph: Graph, kernel: str = "auto", accuracy_level: int = 0) -> PassResult:
+    """See the module docstring. `accuracy_level`: MatMulNBits' (4: int8 activations
+    inside the kernel)."""
+    return lower_with(graph, OrtLowering(graph, kernel, accuracy_level), lower=kernel != "qdq")
