@@ -14,6 +14,7 @@ from typing import Any
 
 from tvm import relax
 
+from requant.backends.tvm.lowering import _nan as nan_aware
 from requant.backends.tvm.lowering._common import (
     LOWERINGS,
     Emitter,
@@ -59,7 +60,7 @@ def _activation(op: str) -> Callable[[_ActivationFn], _ActivationFn]:
 
 @LOWERINGS.lowers("Relu")
 def _relu(ctx: LowerContext, node: Node, ins: list) -> Any:
-    return ctx.emit(R.maximum(ins[0], constant(0, dtype_of(ins[0]))))
+    return ctx.emit(nan_aware.maximum(ins[0], constant(0, dtype_of(ins[0]))))
 
 
 @_activation("LeakyRelu")
@@ -79,7 +80,7 @@ def _prelu(ctx: LowerContext, node: Node, ins: list) -> Any:
 def _expm1_neg(ctx: LowerContext, x: relax.Expr) -> relax.Expr:
     """exp(min(x, 0)) - 1."""
     dt = dtype_of(x)
-    return R.subtract(R.exp(R.minimum(x, constant(0, dt))), constant(1, dt))
+    return R.subtract(R.exp(nan_aware.minimum(x, constant(0, dt))), constant(1, dt))
 
 
 @_activation("Elu")
@@ -99,8 +100,8 @@ def _selu(ctx: LowerContext, x: relax.Expr, a: dict) -> relax.Expr:
 def _celu(ctx: LowerContext, x: relax.Expr, a: dict) -> relax.Expr:
     dt = dtype_of(x)
     alpha = constant(a["alpha"], dt)
-    neg = R.minimum(constant(0, dt), R.multiply(alpha, R.subtract(R.exp(R.divide(x, alpha)), constant(1, dt))))
-    return R.add(R.maximum(x, constant(0, dt)), neg)
+    neg = nan_aware.minimum(constant(0, dt), R.multiply(alpha, R.subtract(R.exp(R.divide(x, alpha)), constant(1, dt))))
+    return R.add(nan_aware.maximum(x, constant(0, dt)), neg)
 
 
 @_activation("ThresholdedRelu")
@@ -120,7 +121,7 @@ def _sigmoid(ctx: LowerContext, x: relax.Expr, a: dict) -> relax.Expr:
 
 
 def _clip01(x: relax.Expr, dt: str) -> relax.Expr:
-    return R.minimum(R.maximum(x, constant(0, dt)), constant(1, dt))
+    return nan_aware.minimum(nan_aware.maximum(x, constant(0, dt)), constant(1, dt))
 
 
 @_activation("HardSigmoid")
@@ -163,9 +164,9 @@ def _mish(ctx: LowerContext, x: relax.Expr, a: dict) -> relax.Expr:
 def _clip(ctx: LowerContext, node: Node, ins: list) -> Any:
     y = ins[0]
     if len(ins) > 1 and ins[1] is not None:
-        y = ctx.emit(R.maximum(y, R.reshape(ins[1], ())))
+        y = ctx.emit(nan_aware.maximum(y, R.reshape(ins[1], ())))
     if len(ins) > 2 and ins[2] is not None:
-        y = ctx.emit(R.minimum(y, R.reshape(ins[2], ())))
+        y = ctx.emit(nan_aware.minimum(y, R.reshape(ins[2], ())))
     return y
 
 

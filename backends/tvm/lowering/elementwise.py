@@ -21,6 +21,7 @@ from typing import Any
 import tvm
 from tvm import relax, tirx
 
+from requant.backends.tvm.lowering import _nan as nan_aware
 from requant.backends.tvm.lowering._common import (
     LOWERINGS,
     Emitter,
@@ -204,8 +205,8 @@ def _variadic(fn: Callable) -> Emitter:
     return emit
 
 
-LOWERINGS.add("Max", _variadic(R.maximum))
-LOWERINGS.add("Min", _variadic(R.minimum))
+LOWERINGS.add("Max", _variadic(nan_aware.maximum))
+LOWERINGS.add("Min", _variadic(nan_aware.minimum))
 LOWERINGS.add("Sum", _variadic(R.add))
 
 

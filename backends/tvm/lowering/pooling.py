@@ -12,6 +12,7 @@ from typing import Any
 
 from tvm import relax
 
+from requant.backends.tvm.lowering import _nan as nan_aware
 from requant.backends.tvm.lowering._common import (
     LOWERINGS,
     Emitter,
@@ -59,6 +60,8 @@ def _pool(table: dict, is_avg: bool) -> Emitter:
         if is_avg:
             kw["count_include_pad"] = bool(a["count_include_pad"])
         y = ctx.emit(table[n](x, **kw))
+        if not is_avg:  # TVM's max pool skips NaN: the interpreter's windows give NaN
+            y = ctx.emit(nan_aware.pooled_max(table[n], x, y, **kw))
         shape = out_shape(ctx, node)
         if shape is not None and any(static_int(p) is not None and static_int(p) != s
                                      for p, s in zip(dims_of(y), shape) if isinstance(s, int)):
@@ -82,4 +85,4 @@ def _global_pool(fn: Callable) -> Emitter:
 
 
 LOWERINGS.add("GlobalAveragePool", _global_pool(R.mean))
-LOWERINGS.add("GlobalMaxPool", _global_pool(R.max))
+LOWERINGS.add("GlobalMaxPool", _global_pool(nan_aware.reduce_max))

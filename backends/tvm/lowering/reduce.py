@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from tvm import relax
 
+from requant.backends.tvm.lowering import _nan as nan_aware
 from requant.backends.tvm.lowering._common import (
     LOWERINGS,
     Emitter,
@@ -92,8 +93,8 @@ _REDUCERS: dict[str, Callable] = {
     "sum": lambda ctx, v, axes, keep, dt: R.sum(v, axes, keep),
     "prod": lambda ctx, v, axes, keep, dt: R.prod(v, axes, keep),
     "mean": _int_mean,
-    "max": lambda ctx, v, axes, keep, dt: R.max(v, axes, keep),
-    "min": lambda ctx, v, axes, keep, dt: R.min(v, axes, keep),
+    "max": lambda ctx, v, axes, keep, dt: nan_aware.reduce_max(v, axes, keep),
+    "min": lambda ctx, v, axes, keep, dt: nan_aware.reduce_min(v, axes, keep),
 }
 
 
@@ -139,13 +140,13 @@ def _arg(fn: Callable) -> Emitter:
         axis = normalize_axis(int(a["axis"]), len(dims))
         keep = bool(a["keepdims"])
         if a["select_last_index"]:
-            idx = ctx.emit(R.astype(fn(R.flip(x, axis), axis, keep), "int64"))
+            idx = ctx.emit(R.astype(nan_aware.arg_reduce(fn, ctx.emit(R.flip(x, axis)), axis, keep), "int64"))
             n = dims[axis]
             last = constant(static_int(n) - 1, "int64") if static_int(n) is not None else None
             if last is None:
                 raise UnsupportedOpError(f"{node.label}: select_last_index needs a static axis in the TVM backend")
             return ctx.emit(R.subtract(last, idx))
-        return ctx.emit(R.astype(fn(x, axis, keep), "int64"))
+        return ctx.emit(R.astype(nan_aware.arg_reduce(fn, x, axis, keep), "int64"))
 
     return emit
 

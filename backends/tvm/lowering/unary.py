@@ -14,6 +14,7 @@ from typing import Any
 
 from tvm import relax
 
+from requant.backends.tvm.lowering import _nan as nan_aware
 from requant.backends.tvm.lowering._common import (
     LOWERINGS,
     Emitter,
@@ -76,7 +77,7 @@ def _int_ok(fn: Callable) -> Emitter:
 
 LOWERINGS.add("Neg", _int_ok(R.negative))
 LOWERINGS.add("Abs", _int_ok(R.abs))
-LOWERINGS.add("Sign", _int_ok(R.sign))
+LOWERINGS.add("Sign", _int_ok(nan_aware.sign))
 
 
 @LOWERINGS.lowers("IsNaN")
