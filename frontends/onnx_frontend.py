@@ -18,6 +18,9 @@ What it owns:
   names are kept as ONNX has them;
 - ONNX ops requant has under its own name: Attention (4-D, no KV cache) becomes
   ScaledDotProductAttention;
+- models quantized in ONNX Runtime's operator format: QLinearConv, QLinearMatMul,
+  ConvInteger and ORT's com.microsoft QLinear* / QGemm become requant's Q/DQ form
+  (`onnx_qlinear` says how and what changes);
 - models written by requant's ONNX backend: a requant node the backend had to lower to
   several ONNX nodes (provenance metadata `requant.group` / `requant.node`) is restored
   as that one node, unless the group was edited since (then its nodes are read as they
@@ -50,6 +53,7 @@ from requant.backends.onnx.onnx_types import (
     value_info_type,
 )
 from requant.errors import RequantError, UnsupportedOpError
+from requant.frontends import onnx_qlinear as qlinear
 from requant.frontends.onnx_validation import check_onnx_structure
 from requant.ir import dtypes, registry
 from requant.ir.dtypes import DType
@@ -428,6 +432,8 @@ class _Converter:
                 continue
             if self._schema_for(node) is not None or self._is_constant_node(node):
                 continue
+            if qlinear.expands(node.op_type, node.domain, self.model.producer_name):
+                continue
             alias = _ALIASES.get(node.op_type) if node.domain in _STANDARD_DOMAINS else None
             if alias is not None and not registry.is_registered(alias.op):
                 alias = None
@@ -490,6 +496,9 @@ class _Converter:
         if self._is_constant_node(node):
             self._convert_constant_node(node, label)
             return
+        if qlinear.expands(node.op_type, node.domain, self.model.producer_name):
+            self._convert_qlinear(node, label)
+            return
         schema = self._schema_for(node)
         if schema is None:  # an ONNX op requant knows under another name (checked up front)
             self._convert_alias(node, _ALIASES[node.op_type], label)
@@ -519,6 +528,18 @@ class _Converter:
             if onnx_name:
                 self.values[onnx_name] = out
             self._refine_type(out, onnx_name)
+
+    def _convert_qlinear(self, node: Any, label: str) -> None:
+        """An ONNX Runtime quantized operator, read in Q/DQ form (onnx_qlinear)."""
+        inputs = [self._input(n, label) for n in node.input]
+        attrs = {a.name: _attr_value(a, label) for a in node.attribute}
+        out = self._claim_output(node.output[0], node, 0)
+        try:
+            created = qlinear.expand(self.graph, node.op_type, node.domain, inputs, attrs, out, self._new_name)
+        except RequantError as exc:
+            raise type(exc)(f"{self.label}: node {label}: {exc}") from exc
+        self.values[node.output[0]] = created
+        self._refine_type(created, node.output[0])
 
     def _convert_alias(self, node: Any, alias: _Alias, label: str) -> None:
         inputs = [self._input(n, label) for n in node.input[: alias.max_inputs]]

@@ -20,9 +20,9 @@ from requant.tools.bench.onnx_node_suite import (
     run_suite,
 )
 
-INTERPRETER_PASS_FLOOR = 1169
+INTERPRETER_PASS_FLOOR = 1210
 """Cases (of 1,772 at opset >= 13 with onnx 1.23) the interpreter runs right."""
-EXPORT_PASS_FLOOR = 1059
+EXPORT_PASS_FLOOR = 1100
 """Cases whose ONNX export runs right in ONNX Runtime (of those ONNX Runtime runs itself)."""
 
 _FP4_NAN = "fp4 has no NaN: requant's Cast gives +6 (test_cast_fp4_nan_and_saturation), ONNX's reference -0"
@@ -35,6 +35,9 @@ KNOWN_DIFFERENCES = {
     **{f"test_{kind}_{src}_to_INT4{x}": _INT4_SATURATES
        for kind in ("cast", "castlike") for src in ("FLOAT", "FLOAT16") for x in ("", "_expanded")
        if not (kind == "cast" and x)},
+    **{f"test_resize_downsample_scales_{mode}_align_corners": (
+        "align_corners divides by the output's whole extent (ONNX's operator text, ONNX Runtime, torch); ONNX's "
+        "reference by the fractional input extent x scale") for mode in ("linear", "cubic")},
     "test_attention_4d_causal_fp16_expanded": (
         "float16 rounding: requant computes each f16 op in f32 and rounds once, the expected output differs "
         "by 2 f16 ulps in 2 of 192 values, past the case's rtol 1e-3"),
