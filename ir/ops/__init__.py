@@ -10,6 +10,7 @@ registers them all in `requant.ir.registry`.
 - `reduce`: Reduce*, ArgMax/ArgMin, CumSum, TopK.
 - `linalg`: MatMul, Gemm, Einsum.
 - `conv`: Conv, ConvTranspose. `pooling`: MaxPool, AveragePool, Global*Pool.
+- `resize`: Resize (nearest, linear, cubic; every coordinate transformation mode).
 - `cast`: Cast, CastLike (and `cast_to`, the shared conversion routine).
 - `misc`: Constant, ConstantOfShape, Range, Dropout.
 - `quant`: Q/DQ, integer matmuls, FakeQuantize.
@@ -35,6 +36,7 @@ from requant.ir.ops import (  # noqa: F401
     pooling,
     quant,
     reduce,
+    resize,
     shape_ops,
     unary,
 )

@@ -35,6 +35,7 @@ from op_cases import (
     pooling,
     quant,
     reduce,
+    resize,
     shape_ops,
     unary,
 )
@@ -65,6 +66,6 @@ __all__ = [
 
 FAMILIES = (
     elementwise, unary, activation, normalization, shape_ops, indexing, reduce, linalg, conv, pooling, cast, misc,
-    quant, onnxruntime, onnxruntime_attention, attention,
+    quant, onnxruntime, onnxruntime_attention, attention, resize,
 )
 CASES: list[Case] = [case for family in FAMILIES for case in family.CASES]

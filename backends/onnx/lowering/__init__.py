@@ -39,6 +39,7 @@ from requant.backends.onnx.lowering import (  # noqa: F401  (each family registe
     pooling,
     quant,
     reduce,
+    resize,
     shape_ops,
     unary,
 )

@@ -66,6 +66,7 @@ from requant.backends.tvm.lowering import (  # noqa: F401  (each family register
     pooling,
     quant,
     reduce,
+    resize,
     shape_ops,
     unary,
 )
