@@ -10,6 +10,9 @@ The families (mirroring `requant/ir/ops/` where the ops fall the same way):
 - `torch_aten_normalization`: layer_norm, rms_norm, batch norm, group_norm.
 - `torch_aten_linalg`: linear, matmul / mm / bmm, addmm, baddbmm.
 - `torch_aten_conv`: convolution. `torch_aten_pooling`: max / average / adaptive pools.
+- `torch_aten_resize`: the upsample ops (interpolate) -> Resize.
+- `torch_aten_scatter`: slice_scatter, select_scatter (slice assignment).
+- `torch_aten_strided`: as_strided.
 - `torch_aten_attention`: scaled_dot_product_attention.
 - `torch_aten_reduce`: sum, mean, max / min, argmax, any / all, var / std, norms,
   cumsum, topk.
@@ -48,7 +51,10 @@ from requant.frontends import (  # noqa: F401
     torch_aten_normalization,
     torch_aten_pooling,
     torch_aten_reduce,
+    torch_aten_resize,
+    torch_aten_scatter,
     torch_aten_shape_ops,
+    torch_aten_strided,
     torch_aten_symbolic,
     torch_aten_unary,
 )

@@ -13,9 +13,10 @@ Decisions:
   then reach the IR through the same aten table as any module (one table, one set of
   semantics), and torch carries their `nn_module_stack` over, so source paths survive.
 - Decomposition: torch's core-ATen table minus `KEPT_OPS` (linear, matmul, layer_norm,
-  group_norm, rms_norm, softmax, log_softmax, silu, scaled_dot_product_attention), so
-  the IR gets one LayerNormalization / Softmax / Gelu / MatMul per layer instead of their
-  decomposed arithmetic, and attention as one ScaledDotProductAttention node. linear
+  group_norm, rms_norm, softmax, log_softmax, silu, scaled_dot_product_attention, the
+  upsample ops), so the IR gets one LayerNormalization / Softmax / Gelu / MatMul per
+  layer instead of their decomposed arithmetic, attention as one
+  ScaledDotProductAttention node and an interpolation as one Resize. linear
   becomes Transpose(W) + MatMul (+ Add): weights keep torch's layout and FQN names.
 - `dynamic_dims={"input_ids": {0: "batch", 1: "seq"}}` exports those dims with
   `Dim.AUTO` (torch infers their ranges and relations) and names them in the IR; a dim
@@ -49,6 +50,14 @@ KEPT_OPS: tuple[str, ...] = (
     "log_softmax.int",
     "silu.default",
     "scaled_dot_product_attention.default",
+    # interpolation: one Resize each (torch_aten_resize), not gathers and arithmetic
+    "upsample_nearest1d.vec", "upsample_nearest1d.default", "upsample_nearest2d.default",
+    "upsample_nearest3d.vec", "upsample_nearest3d.default",
+    "_upsample_nearest_exact1d.vec", "_upsample_nearest_exact1d.default",
+    "_upsample_nearest_exact2d.vec", "_upsample_nearest_exact2d.default",
+    "_upsample_nearest_exact3d.vec", "_upsample_nearest_exact3d.default",
+    "upsample_linear1d.vec", "upsample_linear1d.default", "upsample_trilinear3d.vec",
+    "upsample_bicubic2d.vec", "_upsample_bilinear2d_aa.vec", "_upsample_bicubic2d_aa.vec",
 )
 
 DynamicDims = Mapping[str, Mapping[int, str]]
