@@ -11,6 +11,12 @@ Families (each module's docstring states what it rewrites into what, and the mat
   shared machinery is fold_common (moving an invertible transform between a tensor's
   writers and readers), residual_stream (the analysis that finds them), fold_samples;
 - quantize (approximate): calibration, quantize;
+- intonly (approximate, bit-exact to its spec): intonly, with intonly_approx / _forms /
+  _convert / _check;
+- rpe_fft (exact to float rounding): toeplitz_fft (Toeplitz products, relative-position
+  kernelized attention and long depthwise convs in FFT form), with the analysis that
+  proves the Toeplitz structure (toeplitz_analysis) and its measured crossovers
+  (toeplitz_fft_crossovers);
 - lower (exact): lower_integer (Q/DQ -> standard integer ops). Lowerings to one
   runtime's own kernels live under that backend (backends/onnx/lower_quant.py).
 """
@@ -25,11 +31,17 @@ from requant.passes import (  # noqa: F401  (each module registers its pass)
     fold_batchnorm,
     fold_constants,
     fold_norm_affine,
+    intonly,
+    layernorm_to_rmsnorm,
     llm_fp4,
     lower_integer,
     quantize,
     refine_types,
+    rotate_heads,
+    rotate_online,
+    rotate_residual,
     smoothquant,
+    toeplitz_fft,
 )
 from requant.passes.cse import common_subexpression_elimination
 from requant.passes.dce import dead_code_elimination
