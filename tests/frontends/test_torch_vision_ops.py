@@ -23,48 +23,55 @@ _F32_INTERP = 1e-5  # |requant - torch| / max|torch|
 
 
 class Interpolate(nn.Module):
-    def __init__(self, **kw: object) -> None:
-        super().__init__()
-        self.kw = kw
+    """F.interpolate with each of `variants` (keyword sets) on the same input: one export
+    checks them all."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(x, **self.kw)
+    def __init__(self, *variants: dict) -> None:
+        super().__init__()
+        self.variants = variants
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(F.interpolate(x, **kw) for kw in self.variants)
 
 
 def _convert_and_run(model: nn.Module, x: torch.Tensor, dynamic_dims: dict | None = None) -> tuple:
     g = from_torch(model, (x,), dynamic_dims=dynamic_dims)
-    (got,) = run(g, {g.inputs[0].name: x.numpy()})
-    return g, got, model(x).detach().numpy()
+    got = run(g, {g.inputs[0].name: x.numpy()})
+    want = model(x)
+    want = [t.detach().numpy() for t in (want if isinstance(want, tuple) else (want,))]
+    return g, got if len(got) > 1 else got[0], want if len(want) > 1 else want[0]
 
 
-@pytest.mark.parametrize("shape,kw", [
-    ((2, 3, 8, 10), dict(scale_factor=2, mode="nearest")),
-    ((2, 3, 8, 10), dict(size=(7, 5), mode="nearest")),
-    ((2, 3, 8, 10), dict(size=(7, 3), mode="nearest-exact")),
-    ((2, 3, 8, 10), dict(scale_factor=2, mode="bilinear")),
-    ((2, 3, 8, 10), dict(size=(5, 11), mode="bilinear")),
-    ((2, 3, 8, 10), dict(size=(5, 7), mode="bilinear", align_corners=True)),
-    ((2, 3, 8, 10), dict(scale_factor=1.5, mode="bicubic")),
-    ((2, 3, 8, 10), dict(size=(4, 3), mode="bilinear", antialias=True)),
-    ((2, 3, 8, 10), dict(size=(3, 5), mode="bicubic", antialias=True)),
-    ((2, 3, 8), dict(scale_factor=2.5, mode="linear")),
-    ((1, 2, 4, 6, 8), dict(scale_factor=(2, 1.5, 0.5), mode="trilinear")),
-], ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else "-".join(f"{k}={w}" for k, w in v.items()))
-def test_interpolate_is_one_resize_matching_torch(shape: tuple, kw: dict) -> None:
+_VARIANTS = {
+    2: [{"scale_factor": 2, "mode": "nearest"}, {"size": (7, 5), "mode": "nearest"},
+        {"size": (7, 3), "mode": "nearest-exact"}, {"scale_factor": 2, "mode": "bilinear"},
+        {"size": (5, 11), "mode": "bilinear"}, {"size": (5, 7), "mode": "bilinear", "align_corners": True},
+        {"scale_factor": 1.5, "mode": "bicubic"}, {"size": (4, 3), "mode": "bilinear", "antialias": True},
+        {"size": (3, 5), "mode": "bicubic", "antialias": True}],
+    1: [{"scale_factor": 2.5, "mode": "linear"}, {"size": 9, "mode": "linear", "align_corners": True},
+        {"size": 5, "mode": "nearest"}],
+    3: [{"scale_factor": (2, 1.5, 0.5), "mode": "trilinear"}, {"size": (3, 5, 7), "mode": "nearest-exact"}],
+}
+_SHAPES = {1: (2, 3, 8), 2: (2, 3, 8, 10), 3: (1, 2, 4, 6, 8)}
+
+
+@pytest.mark.parametrize("spatial", [1, 2, 3])
+def test_interpolate_is_one_resize_matching_torch(spatial: int) -> None:
     torch.manual_seed(0)
-    g, got, want = _convert_and_run(Interpolate(**kw), torch.randn(*shape))
-    assert g.op_histogram() == {"Resize": 1}
-    (node,) = list(g)
-    assert node.attrs["axes"] == list(range(2, len(shape)))
-    assert got.shape == want.shape
-    if kw["mode"].startswith("nearest"):
-        np.testing.assert_array_equal(got, want)
-    else:
-        assert np.max(np.abs(got - want)) <= _F32_INTERP * np.max(np.abs(want))
+    variants = _VARIANTS[spatial]
+    g, got, want = _convert_and_run(Interpolate(*variants), torch.randn(*_SHAPES[spatial]))
+    assert g.op_histogram() == {"Resize": len(variants)}
+    assert all(node.attrs["axes"] == list(range(2, 2 + spatial)) for node in g)
+    for kw, a, b in zip(variants, got, want):
+        assert a.shape == b.shape, kw
+        if kw["mode"].startswith("nearest"):
+            np.testing.assert_array_equal(a, b, err_msg=str(kw))
+        else:
+            assert np.max(np.abs(a - b)) <= _F32_INTERP * np.max(np.abs(b)), kw
 
 
 def test_interpolate_keeps_a_symbolic_batch() -> None:
-    g, got, want = _convert_and_run(Interpolate(scale_factor=2, mode="bilinear"), torch.randn(3, 2, 4, 4),
+    g, got, want = _convert_and_run(Interpolate({"scale_factor": 2, "mode": "bilinear"}), torch.randn(3, 2, 4, 4),
                                     dynamic_dims={"x": {0: "batch"}})
     assert g.outputs[0].type.shape == ("batch", 2, 8, 8)
     assert np.max(np.abs(got - want)) <= _F32_INTERP * np.max(np.abs(want))
@@ -72,7 +79,7 @@ def test_interpolate_keeps_a_symbolic_batch() -> None:
 
 def test_antialias_with_align_corners_is_refused() -> None:
     with pytest.raises(UnsupportedOpError, match="antialiased interpolation with align_corners=True"):
-        from_torch(Interpolate(size=(3, 3), mode="bilinear", antialias=True, align_corners=True),
+        from_torch(Interpolate({"size": (3, 3), "mode": "bilinear", "antialias": True, "align_corners": True}),
                    (torch.randn(1, 1, 8, 8),))
 
 
