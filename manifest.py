@@ -238,7 +238,7 @@ def check_manifest(manifest: Any, where: str) -> dict[str, Any]:
                            f"(saved by requant {_shown(manifest.get('requant_version', '?'))})")
     _check_name(manifest.get("target"), where, "target")
     backend = manifest.get("backend")
-    if backend not in RUNTIMES:
+    if not isinstance(backend, str) or backend not in RUNTIMES:
         raise _fail(where, f"names backend {_shown(backend)}; this requant has {', '.join(RUNTIMES)}")
     device = manifest.get("device")
     devices = _backend_devices(backend)

@@ -3,6 +3,7 @@ ONNX Runtime refuse, refused here too, with an `InvalidModelError` naming the te
 input or opset and what to do.
 
 `check_onnx_structure(model, label)` refuses:
+- names, op types and domains that are not valid UTF-8 (protobuf returns them as bytes);
 - opset imports without the default domain ("" / "ai.onnx"), a domain imported twice,
   or a default-domain version that ONNX does not define (below 1 or above the newest
   opset of the installed onnx);
@@ -116,22 +117,26 @@ def _check_sparse(sparse: Any, label: str) -> None:
                                 f"dense, more than requant expands ({MAX_DENSE_BYTES >> 30} GiB)")
     _check_tensor(sparse.values, "sparse values of", label)
     _check_tensor(sparse.indices, "sparse indices of", label)
-    count = math.prod(dims)
-    if sparse.indices.data_location != 1 and count:
-        from onnx import numpy_helper
+    if sparse.indices.data_location == 1 or sparse.values.data_location == 1:
+        return  # external: checked when read
+    from onnx import numpy_helper
 
-        try:
-            idx = numpy_helper.to_array(sparse.indices).astype(np.int64)
-        except Exception as exc:
-            raise InvalidModelError(f"{label}: sparse initializer '{name}': unreadable indices: {exc}") from exc
-        if idx.ndim == 2 and idx.shape[1] == len(dims) and idx.size:
-            bad = bool(np.any(idx < 0) or np.any(idx >= np.asarray(dims, dtype=np.int64)))
-        elif idx.ndim == 1:
-            bad = bool(idx.size and (idx.min() < 0 or idx.max() >= count))
-        else:
-            bad = idx.size > 0
-        if bad:
-            raise InvalidModelError(f"{label}: sparse initializer '{name}' has indices outside its dims {dims}")
+    count = math.prod(dims)
+    try:
+        idx = numpy_helper.to_array(sparse.indices).astype(np.int64)
+        nvalues = int(numpy_helper.to_array(sparse.values).size)
+    except Exception as exc:
+        raise InvalidModelError(f"{label}: sparse initializer '{name}': unreadable values or indices: {exc}") from exc
+    if idx.ndim == 2 and idx.shape[1] == len(dims):
+        entries, bad = idx.shape[0], bool(idx.size and (np.any(idx < 0) or np.any(idx >= np.asarray(dims))))
+    elif idx.ndim == 1:
+        entries, bad = idx.shape[0], bool(idx.size and (idx.min() < 0 or idx.max() >= count))
+    else:
+        entries, bad = -1, True
+    if bad:
+        raise InvalidModelError(f"{label}: sparse initializer '{name}' has indices outside its dims {dims}")
+    if entries != nvalues:
+        raise InvalidModelError(f"{label}: sparse initializer '{name}' has {nvalues} values for {entries} indices")
 
 
 def _constant_tensors(graph: Any) -> Iterator[Any]:
@@ -180,8 +185,36 @@ def _check_names(graph: Any, label: str) -> None:
             define(out, f"an output of node '{node.name or node.op_type}'")
 
 
+def _strings(model: Any) -> Iterator[tuple[str, Any]]:
+    """(what, value) of the string fields requant reads as names."""
+    g = model.graph
+    yield "the graph name", g.name
+    for imp in model.opset_import:
+        yield "an opset domain", imp.domain
+    for vi in list(g.input) + list(g.output) + list(g.value_info):
+        yield "a value name", vi.name
+    for t in list(g.initializer) + [s.values for s in g.sparse_initializer]:
+        yield "an initializer name", t.name
+    for node in g.node:
+        yield "a node name", node.name
+        yield "an op type", node.op_type
+        yield "an op domain", node.domain
+        for name in list(node.input) + list(node.output):
+            yield "a value name", name
+        for attr in node.attribute:
+            yield "an attribute name", attr.name
+
+
+def _check_text(model: Any, label: str) -> None:
+    # protobuf hands back bytes for a string field that is not valid UTF-8
+    for what, value in _strings(model):
+        if not isinstance(value, str):
+            raise InvalidModelError(f"{label}: {what} is not valid UTF-8 ({bytes(value)[:40]!r}); the file is corrupt")
+
+
 def check_onnx_structure(model: Any, label: str) -> None:
     """Refuse what `onnx.checker` / ONNX Runtime refuse (module docstring)."""
+    _check_text(model, label)
     _check_opsets(model, label)
     graph = model.graph
     _check_names(graph, label)

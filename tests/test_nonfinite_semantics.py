@@ -9,19 +9,19 @@ Equality is NaN-for-NaN and, elsewhere, within float32 rounding of different ker
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
 import requant
 import requant.ir as ir
 
-_UNARY = ["Relu", "Sigmoid", "Tanh", "Exp", "Abs", "Neg", "Floor", "Ceil", "Sqrt", "Erf", "Softplus", "LeakyRelu",
-          "Elu", "Selu", "Celu", "HardSigmoid", "HardSwish", "Gelu", "Sign", "Round", "Log", "Reciprocal", "Mish",
-          "Softsign", "ThresholdedRelu"]
+# The ops whose kernels select between values (max/min/sign/where: where NaN got lost)
+# and a transcendental of each kind; each more op costs TVM a kernel to build.
+_UNARY = ["Relu", "Sigmoid", "Exp", "Sqrt", "Erf", "Softplus", "LeakyRelu", "Elu", "Selu", "Celu", "HardSigmoid",
+          "HardSwish", "Gelu", "Sign", "Log", "Reciprocal", "ThresholdedRelu"]
 
 
 def float_ops_graph() -> ir.Graph:
@@ -76,14 +76,25 @@ def test_float_ops_treat_nan_and_inf_as_the_interpreter(target, reference) -> No
     assert np.isnan(reference[0]).any()  # the inputs do reach NaN outputs
 
 
-class _Mlp(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.up, self.down = nn.Linear(8, 16), nn.Linear(16, 4)
+def _literal(a: np.ndarray) -> str:
+    return json.dumps(np.round(a.astype(np.float64), 4).tolist())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(torch.relu(self.up(x)))
+
+def mlp() -> ir.Graph:
+    """x[4,8] -> MatMul -> Add -> Relu -> MatMul -> y[4,4], seeded weights."""
+    rs = np.random.RandomState(0)
+    w1, b1, w2 = rs.randn(8, 16), rs.randn(16), rs.randn(16, 4)
+    return ir.parse(f"""
+graph mlp(%x: f32[4,8]) -> (%y) {{
+  const %w1: f32[8,16] = {_literal(w1)}
+  const %b1: f32[16] = {_literal(b1)}
+  const %w2: f32[16,4] = {_literal(w2)}
+  %h = MatMul(%x, %w1)
+  %a = Add(%h, %b1)
+  %r = Relu(%a)
+  %y = MatMul(%r, %w2)
+}}
+""")
 
 
 @pytest.mark.parametrize("target, kind", [("cpu-int8", "integer"), ("tvm-cpu-int8", "integer"),
@@ -92,7 +103,7 @@ def test_quantized_targets_do_what_their_report_says(target, kind) -> None:
     rs = np.random.RandomState(0)
     calib = [(rs.randn(4, 8).astype(np.float32),) for _ in range(4)]
     logging.getLogger("requant").setLevel(logging.ERROR)
-    cm = requant.compile(_Mlp().eval(), target, example_inputs=calib[0], calibration=calib)
+    cm = requant.compile(mlp(), target, calibration=calib)
     x = rs.randn(4, 8).astype(np.float32)
     x[0, 0], x[1, 1], x[2, 2] = np.nan, np.inf, -np.inf
     y = cm(x)[0]

@@ -80,6 +80,19 @@ def _sparse_index_outside(m: onnx.ModelProto) -> None:
     m.graph.sparse_initializer.append(sparse)
 
 
+def _sparse_values_without_indices(m: onnx.ModelProto) -> None:
+    sparse = onnx.SparseTensorProto()
+    sparse.values.CopyFrom(numpy_helper.from_array(np.ones(3, np.float32), "s"))
+    sparse.indices.CopyFrom(numpy_helper.from_array(np.array([1], np.int64), "s_idx"))
+    sparse.dims[:] = [4, 4]
+    m.graph.sparse_initializer.append(sparse)
+
+
+def _graph_name_not_utf8(m: onnx.ModelProto) -> None:
+    data = m.SerializeToString().replace(b"\x12\x01g", b"\x12\x01\x80")  # graph name "g" -> byte 0x80
+    m.ParseFromString(data)
+
+
 CASES: dict[str, tuple[Callable[[onnx.ModelProto], None], str]] = {
     "initializer with dims [-1, 4]": (_negative_initializer_dims, r"initializer 'w' has negative dims \[-1, 4\]"),
     "initializer shorter than its dims": (_short_initializer, r"initializer 'w' has dims \[4, 4\] \(16 elements\) "
@@ -93,6 +106,8 @@ CASES: dict[str, tuple[Callable[[onnx.ModelProto], None], str]] = {
     "negative input dim": (_negative_input_dim, "graph input 'x' has dim 0 = -2"),
     "sparse initializer of 16 GiB": (_huge_sparse, r"sparse initializer 's' expands to .* 16\.0 GiB"),
     "sparse index outside its dims": (_sparse_index_outside, "sparse initializer 's' has indices outside"),
+    "sparse values without indices": (_sparse_values_without_indices, "has 3 values for 1 indices"),
+    "graph name not UTF-8": (_graph_name_not_utf8, r"the graph name is not valid UTF-8 \(b'\\x80'\)"),
 }
 
 

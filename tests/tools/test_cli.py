@@ -276,9 +276,12 @@ BAD_CASES = [
     "inspect a directory that is not a saved model", "compile a directory", "run with hashes that do not match",
     "inspect with hashes that do not match", "unknown target", "unknown option", "option of the wrong type",
     "option not key=value", "option value not allowed", "static target without calibration", "inputs named wrongly",
+    "usage: missing -o", "usage: unknown verb",
+]
+# issue 16's cases, run in-process (main() holds the same error contract; no interpreter start-up per case)
+IN_PROCESS_BAD_CASES = [
     "compile with an .npy as calibration", "compile with absurd threads", "run with absurd threads in the manifest",
     "compile into the source model's directory", "compile over the user's files",
-    "usage: missing -o", "usage: unknown verb",
 ]
 
 
@@ -293,6 +296,16 @@ def test_bad_input_is_one_line_without_traceback(case: str, work: Path, saved: P
     assert expected in lines[0], lines[0]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("case", IN_PROCESS_BAD_CASES)
+def test_bad_input_in_process_is_one_line(case: str, work: Path, saved: Path, tmp_path: Path, capsys) -> None:
+    from requant.tools.cli import main
+
+    args, expected = _bad_cases(work, saved, tmp_path)[case]
+    assert main([str(a) for a in args]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("requant: error: ") and expected in lines[0], lines
     assert (tmp_path / "src" / "model.onnx").read_bytes() == (work / "model.onnx").read_bytes()
     assert (tmp_path / "mine" / "model.onnx.data").read_bytes() == b"the user's weights"
 
