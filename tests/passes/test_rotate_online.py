@@ -1,0 +1,117 @@
+"""rotate_online: requant's Hadamard op on linear inputs with H^T folded into the linears
+(per-linear for any model; QuaRot's R4 with scope "writers"), across heads after
+rotate_heads, on queries and keys (R3). (a) changed flag and stats, (b) Before/Expected
+structure (one Hadamard per rotated activation, shared by its linear readers, on the
+branch to them only; the readers' weights take H^T, checked against H computed here),
+(c) the interpreter's outputs before vs after on seeded inputs within 1e-5 (float32),
+(d) the cases that must not match: no linear reader, readers that already read a rotated
+input, an unknown scope. A width without a Hadamard matrix takes a dense orthogonal
+product. Model-level exactness: tests/models/test_rotate_models.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from canonical_testing import run_pass, seeded_inputs
+from requant import ir
+from requant.errors import RequantError
+from requant.ir.hadamard import normalized_hadamard
+from rewrite_testing import assert_same_function, check_rewrite, check_unchanged
+from rotation_testing import attention
+
+PASS = "rotate_online"
+TOLERANCES = {"float32": (1e-5, 1e-5)}
+RNG = np.random.default_rng(12)
+W1 = np.round(RNG.standard_normal((8, 3)), 3).astype(np.float32)
+W2 = np.round(RNG.standard_normal((8, 2)), 3).astype(np.float32)
+NONE_ROTATED = {"activations_rotated": 0, "linears_updated": 0, "across_heads": 0, "qk_rotated": 0, "dense": 0}
+
+# a post-norm-style input: the norm's output feeds two linears and a residual Add
+BEFORE = f"""
+graph main(%x: f32[2,8]) -> (%y1, %y2, %s) {{
+  const %gamma: f32[8] = [1.0, 2.0, 0.5, 1.0, 1.5, 1.0, 1.0, 3.0]
+  const %w1: f32[8,3] = {W1.tolist()}
+  const %w2: f32[8,2] = {W2.tolist()}
+  %n: f32[2,8] = LayerNormalization(%x, %gamma) {{epsilon=1e-05}}
+  %y1: f32[2,3] = MatMul(%n, %w1)
+  %y2: f32[2,2] = MatMul(%n, %w2)
+  %s: f32[2,8] = Add(%n, %x)
+}}"""
+
+EXPECTED = """
+graph main(%x: f32[2,8]) -> (%y1, %y2, %s) {
+  const %gamma: f32[8] = [1.0, 2.0, 0.5, 1.0, 1.5, 1.0, 1.0, 3.0]
+  const %w1_h: f32[8,3] = ...
+  const %w2_h: f32[8,2] = ...
+  %n: f32[2,8] = LayerNormalization(%x, %gamma) {epsilon=1e-05}
+  %nh: f32[2,8] = Hadamard(%n) {axis=-1}      // shared by both linears
+  %y1: f32[2,3] = MatMul(%nh, %w1_h)
+  %y2: f32[2,2] = MatMul(%nh, %w2_h)
+  %s: f32[2,8] = Add(%n, %x)                   // the residual still reads the norm itself
+}"""
+
+
+def test_one_hadamard_per_activation_and_its_transpose_in_the_weights():
+    result = check_rewrite(PASS, BEFORE, EXPECTED, tolerances=TOLERANCES,
+                           stats={**NONE_ROTATED, "activations_rotated": 1, "linears_updated": 2})
+    h = normalized_hadamard(8)
+    by_output = {n.outputs[0].name: n for n in result.graph}
+    np.testing.assert_allclose(by_output["y1"].inputs[1].const, h.T @ W1.astype(np.float64), atol=1e-6)
+    np.testing.assert_allclose(by_output["y2"].inputs[1].const, h.T @ W2.astype(np.float64), atol=1e-6)
+    assert by_output["y1"].meta["rotated_input"] == PASS
+    # running it again finds every reader rotated already
+    again = run_pass(PASS, result.graph)
+    assert not again.changed and again.stats["skipped:rotated_offline"] == 1
+
+
+def test_scope_norms_and_writers_choose_activations():
+    text = BEFORE.replace("%y2: f32[2,2] = MatMul(%n, %w2)", "%r: f32[2,8] = Relu(%x)\n  %y2: f32[2,2] = MatMul(%r, %w2)")
+    g = ir.parse(text)
+    assert run_pass(PASS, g, scope="norms").stats["activations_rotated"] == 1  # n, not Relu's output
+    g = ir.parse(text)
+    assert run_pass(PASS, g, scope="all").stats["activations_rotated"] == 2
+    check_unchanged(PASS, text, options={"scope": "writers"}, stats=NONE_ROTATED)  # no residual stream here
+
+
+def test_a_width_without_a_hadamard_matrix_takes_a_dense_rotation():
+    text = """
+    graph main(%x: f32[2,6]) -> (%y) {
+      const %w: f32[6,2] = [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, 0.0], [0.0, 3.0], [1.0, -1.0]]
+      %r: f32[2,6] = Relu(%x)
+      %y: f32[2,2] = MatMul(%r, %w)
+    }"""
+    result = check_rewrite(PASS, text, """
+    graph main(%x: f32[2,6]) -> (%y) {
+      const %q: f32[6,6] = ...
+      const %w_q: f32[6,2] = ...
+      %r: f32[2,6] = Relu(%x)
+      %rq: f32[2,6] = MatMul(%r, %q)
+      %y: f32[2,2] = MatMul(%rq, %w_q)
+    }""", tolerances=TOLERANCES, stats={**NONE_ROTATED, "activations_rotated": 1, "linears_updated": 1, "dense": 1})
+    q = next(n for n in result.graph if n.outputs[0].name == "r_transformed").inputs[1].const.astype(np.float64)
+    np.testing.assert_allclose(q @ q.T, np.eye(6), atol=1e-6)
+
+
+def test_across_heads_after_rotate_heads_and_queries_keys():
+    text = attention(heads=4, kv_heads=2, size=4)
+    g = ir.parse(text)
+    run_pass("rotate_heads", g)
+    result = run_pass(PASS, g, scope="all", qk=True)
+    assert result.stats == {**NONE_ROTATED, "activations_rotated": 2, "linears_updated": 4, "across_heads": 1,
+                            "qk_rotated": 1}
+    hadamards = [n for n in g if n.op == "Hadamard"]
+    assert sorted(int(n.attrs["axis"]) for n in hadamards) == [-1, -1, -1, 1]  # x, q, k; heads axis of attention
+    across = next(n for n in hadamards if n.attrs["axis"] == 1)
+    assert across.inputs[0].producer.op == "ScaledDotProductAttention"
+    assert_same_function(ir.parse(text), g, TOLERANCES, (0, 1, 2), seeded_inputs)
+
+
+def test_nothing_to_rotate_and_a_bad_scope():
+    check_unchanged(PASS, """
+    graph main(%x: f32[2,8]) -> (%y) {
+      %y: f32[2,8] = Relu(%x)
+    }""", stats=NONE_ROTATED)
+    with pytest.raises(RequantError, match="scope must be one of all, writers, norms"):
+        run_pass(PASS, ir.parse(BEFORE), scope="every")
