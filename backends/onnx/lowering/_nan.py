@@ -11,7 +11,10 @@ the interpreter's, so these ops export as
     has   = Greater(<the same max-reduction of flags>, 0)
     y     = Where(has, NaN | ArgMax(flags, ...), plain)  NaN, or the first NaN's index
 
-on float inputs (integer inputs export as the op alone). The price is one more pass
+on float inputs (integer inputs, and dequantized ones, export as the op alone: a
+DequantizeLinear of integer codes with a finite scale is never NaN, and the plain op on
+it is what ONNX Runtime fuses into an integer kernel, e.g. DQ -> MaxPool -> Q into a
+MaxPool on the codes). The price is one more pass
 over x and one more reduction of its flags, for ops a model has few of (requant's own
 softmax and quantizers emit their reductions directly and are not affected).
 """
@@ -57,11 +60,20 @@ def _max_over_axis(ctx: EmitContext, node: Node, flags: str, axis: int, keepdims
     return ctx.emit("ReduceMax", [flags], axes=[axis], keepdims=keepdims, name=ctx.sub_name(node, "any_nan"))[0]
 
 
+def _cannot_be_nan(x) -> bool:
+    """Integer codes dequantized with a constant finite scale (and zero point)."""
+    dq = x.producer
+    if dq is None or dq.op != "DequantizeLinear" or not dq.inputs[0].dtype.is_integer:
+        return False
+    scale = dq.inputs[1]
+    return scale is not None and scale.const is not None and bool(np.all(np.isfinite(scale.const)))
+
+
 def nan_propagating(ctx: EmitContext, node: Node, ins: list, outs: list) -> None:
     """Emit `node` (ReduceMax/Min, ArgMax/Min, MaxPool, GlobalMaxPool) so that NaN wins
     (module docstring); a MaxPool with its Indices output is emitted as it is."""
     x = node.inputs[0]
-    if x is None or not x.dtype.is_float or len(outs) > 1:  # MaxPool's Indices: ORT's own order
+    if x is None or not x.dtype.is_float or len(outs) > 1 or _cannot_be_nan(x):  # Indices: ORT's own order
         standard(ctx, node, ins, outs)
         return
     plain = [ctx.fresh(f"{outs[0]}_ignoring_nan")]
