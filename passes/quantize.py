@@ -183,7 +183,7 @@ def quantize(
         raise RequantError(f"quantize: weight_method must be one of {', '.join(WEIGHT_METHODS)}, got {weight_method!r}")
     if weight_method == "gptq":
         counts.update(_gptq_codes(graph, plans, editor, batches, runner, gptq_damp, gptq_act_order))
-    points = _feature_map_plan(graph, plans, cfg) if feature_maps else []
+    points = _feature_map_plan(graph, plans, cfg, skipped) if feature_maps else []
     ranges = _point_ranges(points, cfg, stats or {}, skipped)
     for node in list(graph):
         if node.op in cfg.ops:
@@ -378,9 +378,17 @@ def _integer_conv(plan: list[_Input] | str, cfg: QuantizeConfig) -> bool:
         and act.granularity == "tensor"
 
 
-def _feature_map_plan(graph: Graph, plans: Mapping[int, list[_Input] | str], cfg: QuantizeConfig
-                      ) -> list[FeatureMapPoint]:
+def _feature_map_plan(graph: Graph, plans: Mapping[int, list[_Input] | str], cfg: QuantizeConfig,
+                      skipped: list[dict[str, str]]) -> list[FeatureMapPoint]:
     if cfg.activation is None or "Conv" not in cfg.ops:
+        return []
+    if cfg.activation.dtype != dtypes.uint8:
+        # signed maps: ONNX Runtime 1.32's Q/DQ propagation through a Reshape and its
+        # S8 -> U8 rewrite make a QuantizeLinear it then refuses (output_dtype int8 with a
+        # uint8 zero point); its x86 integer kernels take unsigned activations anyway
+        skipped.append({"node": graph.name or "graph", "op": "Conv", "reason": (
+            f"feature maps are quantized for uint8 activation codes only, not {cfg.activation.dtype}: "
+            f"convolutions keep float outputs")})
         return []
     return feature_map_points(graph, lambda n: _integer_conv(plans.get(id(n), ""), cfg),
                               absorb_activations=not cfg.activation.symmetric)
@@ -420,8 +428,9 @@ def _quantize_feature_maps(graph: Graph, points: list[FeatureMapPoint], ranges: 
             dq.meta["quant_range"] = {"method": cfg.method, "lo": lo, "hi": hi}
         maps += bool(readers)
     biases = 0
-    for node in list(graph):
-        if node.op == "Conv" and _integer_conv(plans.get(id(node), ""), cfg):
+    # a conv with an output point runs as an integer kernel: its bias joins the accumulator
+    for node in [p.node for p in points if p.kind == "conv" and p.value.name in ranges]:
+        if _integer_conv(plans.get(id(node), ""), cfg):
             reason = quantize_conv_bias(graph, node)
             if reason is None:
                 biases += 1

@@ -30,9 +30,12 @@ at 0, so the zero point is the lowest code and the quantizer's own clamp is the
 activation, `Q(Relu(y)) = clamp(round(y / s) + 0, 0, 255)` (ONNX Runtime then drops the
 Relu / Clip and runs the conv or add with the activation fused). Not points: graph
 outputs (their names and types stay), values an integer op reads together with a
-constant or a float value.
+constant or a float value. The quantize pass makes points for uint8 activation codes
+only (signed feature maps passed through a Reshape trip ONNX Runtime's own Q/DQ
+rewrites, and x86's integer kernels take unsigned activations).
 
-Biases (`quantize_conv_bias`): an integer conv's float bias b becomes int32 codes
+Biases (`quantize_conv_bias`): the float bias b of an integer conv with an output point
+(one that runs as an integer kernel) becomes int32 codes
 `round(b / (s_a * s_w[o]))` with scale `s_a * s_w[o]` (the accumulator's scale: the
 activation's scale times output channel o's weight scale, in float32 as the kernels form
 it) under a DequantizeLinear on axis 0; the rounding moves each output by at most half

@@ -203,7 +203,8 @@ def test_quantized_blocks_stay_close_to_float(block) -> None:
     reference = graph.clone()
     result = quantized(graph, batches=seeded_batches(graph, 4, seed=1), feature_maps=True)
     points = feature_map_points(reference, integer_conv_candidate)
-    assert result.stats["biases_quantized"] == sum(1 for n in reference if n.op == "Conv")
+    # every conv with an output point (the residual block's head writes the graph output)
+    assert result.stats["biases_quantized"] == sum(1 for p in points if p.kind == "conv")
     assert result.stats["skipped"] == 0
     hist = result.graph.op_histogram()
     assert hist["QuantizeLinear"] >= len(points)
@@ -284,3 +285,10 @@ def test_symmetric_codes_do_not_absorb_relu() -> None:
     points = feature_map_points(g, integer_conv_candidate, absorb_activations=False)
     # the conv's own output is the point; the Relu after it is a float op between a DQ and a Q
     assert [(p.kind, p.value.producer.op) for p in points][:2] == [("conv", "Conv"), ("float", "Relu")]
+
+
+def test_signed_activation_codes_make_no_points_and_say_why() -> None:
+    result = quantized(residual_block(), feature_maps=True, activation_scheme="int8")
+    assert result.stats["feature_maps_quantized"] == 0 and result.stats["biases_quantized"] == 0
+    reasons = [s["reason"] for s in result.graph.meta["quant_skipped"]]
+    assert any("uint8 activation codes only" in r for r in reasons)
