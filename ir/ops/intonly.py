@@ -44,13 +44,14 @@ Reductions run along the last axis.
   `Y = sat((e * factor) >> (31 - frac_bits))`, scale 2^-frac_bits; a row with no kept
   element gives zeros.
 - `ShiftGELU(X) {x0, n=23, frac_bits=7}` (I-ViT): GELU(x) ~ x * sigmoid(1.702 x); X
-  with scale S, `x0 = floor(-1 / (1.702 S))`. With m = max(row max of x, 0),
+  with scale S, `x0 = floor(-1 / (1.702 S))`. With m = max(x, 0) (elementwise),
   e1 = ShiftExp(x - m), e2 = ShiftExp(-m) (ShiftExp as above, this n and x0),
   `sig = (e1 * ((2^31 - 1) // min(e1 + e2, 2^31 - 1))) >> (31 - frac_bits)` (sigmoid,
   scale 2^-frac_bits), `Y = sat_int32(x * sig)`, scale S * 2^-frac_bits. (I-ViT takes
-  m = the row max itself; clamping it at 0 keeps both exponents <= 0, which is the same
-  sigmoid, e^(x-m) / (e^(x-m) + e^(-m)), without an exponent that overflows when a row
-  is all negative.)
+  m = the row's max; sigmoid(x) = e^(x-m) / (e^(x-m) + e^(-m)) for any m, and with the
+  row max both exponentials of a row whose max is large (a post-training range of 20 or
+  more) fall below ShiftExp's floor 2^-n and the sigmoid comes out 1/2; m = max(x, 0)
+  keeps one of the two at e^0 and needs no row reduction.)
 - `PolySoftmax(X, mask?) {x0, b, c, n=30, frac_bits=15, to="int16"}` (I-BERT's i-exp):
   X with scale S, `x0 = floor(-ln2 / S)`, `b = floor(0.96963238 / 0.35815147 / S)`,
   `c = floor(1 / 0.35815147 / S^2)`. With d as in Shiftmax:
@@ -64,6 +65,19 @@ Reductions run along the last axis.
       Y = sat_int32(x * (y + one))                          # one = floor(1 / (a S_e^2 2^shift))
   scale S * a S_e^2 2^shift / 2 (negative, as a is: Y and its scale both change sign).
 
+- `TanhGELU(X) {clip, lin, cube_mult, cube_shift, z_shift, frac_bits=15}` (requant's):
+  the tanh form GELU(x) ~ x * sigmoid(z), z = 1.5957691 x + 0.0713548 x^3, with the
+  sigmoid from I-BERT's exp. X with scale S (int8/int16); the attributes carry S:
+      xc = clip(x, -clip, clip)                                   # |S xc| <= 6: z saturates
+      w = lin + rshift(xc^2 * cube_mult, cube_shift)              # (1.5957691 + 0.0713548 (S x)^2) S 2^(10+z_shift)
+      z = rshift(xc * w, z_shift)                                 # z, scale 2^-10
+      e = ((r * (r + B) + C) >> q) of t = max(-|z|, 30 X0)         # exp(-|z|) * C: PolySoftmax's exp
+          with X0 = floor(-0.6931 * 2^10), B = floor(2^10 b'), C = floor(2^20 c') (b', c' as PolySoftmax)
+      sig = (C << frac_bits) // (C + e)                            # sigmoid(|z|), scale 2^-frac_bits
+      sig = sig if z >= 0 else 2^frac_bits - sig
+      Y = sat_int32(x * sig)                                       # scale S * 2^-frac_bits
+  Products stay below 2^62 for int16 inputs (the pass keeps lin < 2^21).
+
 `dyadic(factor)` gives the (multiplier, shift) pair of a real factor; `shift_exp`,
 `poly_exp` and `round_shift` are the integer building blocks the kernels share.
 """
@@ -71,6 +85,7 @@ Reductions run along the last axis.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import numpy as np
@@ -92,6 +107,7 @@ __all__ = [
     "poly_exp",
     "normalize_rows",
     "int_sqrt_newton",
+    "TANH_GELU_EXP",
 ]
 
 logger = logging.getLogger(__name__)
@@ -474,15 +490,13 @@ def _infer_shift_gelu(ctx: InferContext) -> list[TensorType]:
     frac = attr_int(ctx, "frac_bits", lo=0)
     if frac > 30:
         raise ctx.fail(f"attribute frac_bits={frac} must be <= 30")
-    if x.shape is not None and len(x.shape) == 0:
-        raise ctx.fail("input X must have rank >= 1 (the row max runs along the last axis)")
     return [x.with_dtype(dtypes.int32)]
 
 
 def _shift_gelu(ins: list, attrs: dict, outs: list) -> Any:
     x = np.asarray(ins[0]).astype(np.int64)
     x0, n, frac = int(attrs["x0"]), int(attrs["n"]), int(attrs["frac_bits"])
-    m = np.maximum(x.max(axis=-1, keepdims=True), 0)
+    m = np.maximum(x, 0)
     e1 = shift_exp(x - m, x0, n)
     e2 = shift_exp(-m, x0, n)
     factor = INT32_MAX // np.minimum(e1 + e2, INT32_MAX)
@@ -529,4 +543,46 @@ define_op(
     kernel=_poly_gelu,
     domain="requant",
     doc="I-BERT's i-GELU, x/2 (1 + erf(x/sqrt2)) with a second-order erf: int32 output",
+)
+
+
+# I-BERT's exp at the fixed scale 2^-10 of TanhGELU's z: (X0, B, C, clamp n); C is also 1.0
+TANH_GELU_EXP = (math.floor(-0.6931 * 2**10), math.floor(0.96963238 / 0.35815147 * 2**10),
+                 math.floor(1.0 / 0.35815147 * 2**20), 30)
+
+
+def _infer_tanh_gelu(ctx: InferContext) -> list[TensorType]:
+    x = _int_input(ctx, 0, _NARROW_IN)
+    clip, lin, cm, cs, zs, frac = (attr_int(ctx, k) for k in ("clip", "lin", "cube_mult", "cube_shift", "z_shift",
+                                                                "frac_bits"))
+    if clip < 0 or clip > 2**15 or not 0 <= lin < 2**24 or not 0 <= cm < 2**31:
+        raise ctx.fail(f"attributes clip={clip}, lin={lin}, cube_mult={cm}: need 0 <= clip <= 2^15, "
+                       f"0 <= lin < 2^24, 0 <= cube_mult < 2^31")
+    if not (0 <= cs <= MAX_SHIFT and 0 <= zs <= MAX_SHIFT and 0 <= frac <= 15):
+        raise ctx.fail(f"shifts must be in 0..{MAX_SHIFT} and frac_bits in 0..15")
+    return [x.with_dtype(dtypes.int32)]
+
+
+def _tanh_gelu(ins: list, attrs: dict, outs: list) -> Any:
+    x = np.asarray(ins[0]).astype(np.int64)
+    clip, frac = int(attrs["clip"]), int(attrs["frac_bits"])
+    xc = np.clip(x, -clip, clip)
+    w = int(attrs["lin"]) + round_shift(xc * xc * int(attrs["cube_mult"]), int(attrs["cube_shift"]))
+    z = round_shift(xc * w, int(attrs["z_shift"]))
+    x0, b, c, n = TANH_GELU_EXP
+    e = poly_exp(-np.abs(z), x0, b, c, n)
+    sig = (np.int64(c) << frac) // (c + e)
+    sig = np.where(z >= 0, sig, (1 << frac) - sig)
+    return saturate(x * sig, dtypes.int32)
+
+
+define_op(
+    "TanhGELU",
+    inputs=("X",),
+    attrs={"clip": REQUIRED, "lin": REQUIRED, "cube_mult": REQUIRED, "cube_shift": REQUIRED, "z_shift": REQUIRED,
+           "frac_bits": 15},
+    infer=_infer_tanh_gelu,
+    kernel=_tanh_gelu,
+    domain="requant",
+    doc="GELU's tanh form x * sigmoid(1.5957691 x + 0.0713548 x^3), sigmoid from I-BERT's exp: int32 output",
 )

@@ -1,5 +1,5 @@
 """Cases of the integer-only ops (requant.ir.ops.intonly, domain "requant"): Requantize,
-DyadicAdd, ILayerNorm, Shiftmax, ShiftGELU, PolySoftmax, PolyGELU. The oracle is the
+DyadicAdd, ILayerNorm, Shiftmax, ShiftGELU, PolySoftmax, PolyGELU, TanhGELU. The oracle is the
 from-scratch numpy reference in tests/op_references.py (I-ViT's and I-BERT's formulas in
 exact rational arithmetic); every output compares bit for bit.
 
@@ -18,6 +18,7 @@ import numpy as np
 from op_cases.case import EXACT, C, CaseList, Draws, I
 
 from requant.ir.ops.intonly import dyadic
+from requant.passes.intonly_approx import gelu_plan
 
 __all__ = ["CASES"]
 
@@ -128,7 +129,7 @@ def _poly_gelu_attrs(scale: float, shift: int) -> dict:
 
 
 _ACT8 = ints(3, 4, 10, dt="i8")
-_ACT8[0, 0, :] = -7  # all negative: the row max clamps at 0
+_ACT8[0, 0, :] = -7  # all negative
 _ACT8[0, 1, :] = 127
 _ACT8[0, 2, :5], _ACT8[0, 2, 5:] = -128, 127
 add("ShiftGELU", [I(_ACT8)], {"x0": math.floor(-1 / (1.702 * 0.05)), "n": 23, "frac_bits": 7}, label="ivit_i8")
@@ -137,3 +138,12 @@ add("ShiftGELU", [I(ints(2, 6, 8, dt="i16", lo=-3000, hi=3000), shape=("b", "s",
     {"x0": math.floor(-1 / (1.702 * 2e-3)), "n": 15, "frac_bits": 12}, label="i16_finer")
 add("PolyGELU", [I(_ACT8)], _poly_gelu_attrs(0.05, 0), label="ibert_i8")
 add("PolyGELU", [I(ints(2, 6, 8, dt="i16"), shape=("b", "s", 8))], _poly_gelu_attrs(2e-3, 8), label="i16_shifted")
+
+_ACT16 = ints(3, 4, 12, dt="i16")
+_ACT16[0, 0, :6], _ACT16[0, 0, 6:] = -(2**15), 2**15 - 1
+_ACT16[0, 1, :] = 0
+add("TanhGELU", [I(_ACT16)], gelu_plan("TanhGELU", 3e-4).attrs, label="i16_beyond_clip")
+add("TanhGELU", [I(ints(2, 5, 8, dt="i16", lo=-4000, hi=4000), shape=("b", "s", 8))], gelu_plan("TanhGELU", 1e-3).attrs,
+    label="i16_symbolic")
+add("TanhGELU", [I(_ACT8)], gelu_plan("TanhGELU", 0.05).attrs, label="i8_coarse")
+add("TanhGELU", [I(ints(4, 1, dt="i16"))], gelu_plan("TanhGELU", 1e-5).attrs, label="fine_scale_no_clip")

@@ -1,5 +1,5 @@
 """ONNX lowering of the integer-only ops (`requant.ir.ops.intonly`): Requantize,
-DyadicAdd, ILayerNorm, Shiftmax, ShiftGELU, PolySoftmax, PolyGELU, each decomposed into
+DyadicAdd, ILayerNorm, Shiftmax, ShiftGELU, PolySoftmax, PolyGELU, TanhGELU, each decomposed into
 standard ONNX integer ops that ONNX Runtime runs bit-exactly.
 
 Everything computes in int64 (Cast in, Cast out after a Clip to the output dtype's
@@ -30,7 +30,7 @@ from requant.errors import UnsupportedOpError
 from requant.ir import dtypes
 from requant.ir.dtypes import DType
 from requant.ir.graph import Node
-from requant.ir.ops.intonly import INT32_MAX
+from requant.ir.ops.intonly import INT32_MAX, TANH_GELU_EXP
 
 __all__: list[str] = []
 
@@ -230,7 +230,7 @@ def _shift_gelu(ctx: EmitContext, node: Node, ins: list, outs: list) -> None:
     b = _Int64(ctx, node)
     x0, n, frac = int(node.attrs["x0"]), int(node.attrs.get("n", 23)), int(node.attrs.get("frac_bits", 7))
     x = b.cast(ins[0], _I64)
-    m = b.op("Max", b.row_max(x), b.const(0))
+    m = b.op("Max", x, b.const(0))
     e1 = _shift_exp(b, b.sub(x, m), x0, n)
     e2 = _shift_exp(b, b.op("Neg", m), x0, n)
     factor = b.div_nonneg(b.const(INT32_MAX), b.op("Min", b.add(e1, e2), b.const(INT32_MAX)))
@@ -248,3 +248,19 @@ def _poly_gelu(ctx: EmitContext, node: Node, ins: list, outs: list) -> None:
     erf = b.mul(b.op("Sign", x), b.add(b.mul(clipped, clipped), b.const(c)))
     y = b.floor_div(erf, b.const(2**shift))
     b.saturate(b.mul(x, b.add(y, b.const(one))), dtypes.int32, outs[0])
+
+
+@LOWERINGS.lowers("TanhGELU")
+def _tanh_gelu(ctx: EmitContext, node: Node, ins: list, outs: list) -> None:
+    b = _Int64(ctx, node)
+    a = node.attrs
+    clip, frac = int(a["clip"]), int(a.get("frac_bits", 15))
+    x = b.cast(ins[0], _I64)
+    xc = b.op("Clip", x, b.const(-clip), b.const(clip))
+    cube = _rshift_round(b, b.mul(b.mul(xc, xc), b.const(int(a["cube_mult"]))), b.const(int(a["cube_shift"])))
+    z = _rshift_round(b, b.mul(xc, b.add(b.const(int(a["lin"])), cube)), b.const(int(a["z_shift"])))
+    x0, bb, c, n = TANH_GELU_EXP
+    e = _poly_exp(b, b.op("Neg", b.op("Abs", z)), x0, bb, c, n)
+    sig = b.div_nonneg(b.const(c << frac), b.add(b.const(c), e))
+    sig = b.op("Where", b.op("Less", z, b.const(0)), b.sub(b.const(1 << frac), sig), sig)
+    b.saturate(b.mul(x, sig), dtypes.int32, outs[0])

@@ -1,5 +1,5 @@
 """TVM lowering of the integer-only ops (`requant.ir.ops.intonly`): Requantize,
-DyadicAdd, ILayerNorm, Shiftmax, ShiftGELU, PolySoftmax, PolyGELU, as Relax integer ops
+DyadicAdd, ILayerNorm, Shiftmax, ShiftGELU, PolySoftmax, PolyGELU, TanhGELU, as Relax integer ops
 (int64 arithmetic, TIR's arithmetic right shift for `>>`, floor division, row
 reductions along the last axis), bit-exact with the interpreter.
 
@@ -29,7 +29,7 @@ from requant.backends.tvm.lowering._common import (
 )
 from requant.ir.dtypes import DType
 from requant.ir.graph import Node
-from requant.ir.ops.intonly import INT32_MAX
+from requant.ir.ops.intonly import INT32_MAX, TANH_GELU_EXP
 
 __all__: list[str] = []
 
@@ -187,7 +187,7 @@ def _shift_gelu(ctx: LowerContext, node: Node, ins: list) -> Any:
     a = ctx.attrs(node)
     x0, n, frac = int(a["x0"]), int(a["n"]), int(a["frac_bits"])
     x = _i64(ctx, ins[0])
-    m = ctx.emit(R.maximum(_row_max(ctx, x), _c(0)))
+    m = ctx.emit(R.maximum(x, _c(0)))
     e1 = _shift_exp(ctx, ctx.emit(R.subtract(x, m)), x0, n)
     e2 = _shift_exp(ctx, ctx.emit(R.negative(m)), x0, n)
     factor = ctx.emit(R.floor_divide(_c(INT32_MAX), R.minimum(R.add(e1, e2), _c(INT32_MAX))))
@@ -204,3 +204,18 @@ def _poly_gelu(ctx: LowerContext, node: Node, ins: list) -> Any:
     erf = ctx.emit(R.multiply(R.sign(x), R.add(R.multiply(clipped, clipped), _c(c))))
     y = ctx.emit(R.right_shift(erf, _c(shift)))
     return _saturate(ctx, ctx.emit(R.multiply(x, R.add(y, _c(one)))), node.outputs[0].dtype, x)
+
+
+@LOWERINGS.lowers("TanhGELU")
+def _tanh_gelu(ctx: LowerContext, node: Node, ins: list) -> Any:
+    a = ctx.attrs(node)
+    clip, frac = int(a["clip"]), int(a["frac_bits"])
+    x = _i64(ctx, ins[0])
+    xc = ctx.emit(R.minimum(R.maximum(x, _c(-clip)), _c(clip)))
+    cube = _rshift_round(ctx, ctx.emit(R.multiply(R.multiply(xc, xc), _c(int(a["cube_mult"])))), _c(int(a["cube_shift"])))
+    z = _rshift_round(ctx, ctx.emit(R.multiply(xc, R.add(_c(int(a["lin"])), cube))), _c(int(a["z_shift"])))
+    x0, b, c, n = TANH_GELU_EXP
+    e = _poly_exp(ctx, ctx.emit(R.negative(R.abs(z))), x0, b, c, n)
+    sig = ctx.emit(R.floor_divide(_c(c << frac), R.add(_c(c), e)))
+    sig = ctx.emit(R.where(R.less(z, _c(0)), R.subtract(_c(1 << frac), sig), sig))
+    return _saturate(ctx, ctx.emit(R.multiply(x, sig)), node.outputs[0].dtype, x)
