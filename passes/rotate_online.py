@@ -26,9 +26,9 @@ on its MatMul: the stream readers after rotate_residual, or what this pass rotat
 are skipped (`skipped:rotated_offline`).
 
 Attention output after rotate_heads (`heads`, default on): the merged heads already hold
-ctx (I_H (x) R); the rest of a full rotation is a Hadamard across heads: `Hadamard(out,
-axis=1)` on the attention output [B, H, S, D] (H multiply-adds per element instead of
-H x D), with (H_H (x) I_D)^T folded into the output projection.
+ctx (I_H (x) R); the rest of a full rotation is a Hadamard across heads: the merged
+output viewed as [..., H, D], `Hadamard(., axis=-2)`, merged again (H multiply-adds per
+element instead of H x D), with (H_H (x) I_D)^T folded into the output projection.
 
 `qk` (R3, off by default): `Hadamard(., axis=-1)` on the queries and keys of every
 attention, after the position encoding: (Q H)(K H)^T = Q K^T, exact; it only pays for a
@@ -115,7 +115,10 @@ def _rotated_heads(v: Value) -> Node | None:
 
 
 def _across_heads(graph: Graph, v: Value, sdpa: Node, stats: dict) -> None:
-    """Hadamard across the heads of `sdpa`'s output; (H_H (x) I_D)^T into v's readers."""
+    """A Hadamard across the heads of the merged attention output `v` [..., H * D]:
+    Reshape [..., H, D] -> Hadamard(axis=-2) -> Reshape back, on the branch to v's linear
+    readers, which take (H_H (x) I_D)^T. The merge itself stays as it was (ONNX Runtime's
+    QAttention fusion matches attention up to that Reshape)."""
     heads, size = sdpa.meta["head_rotation"]["heads"], sdpa.meta["head_rotation"]["size"]
     transform = OrthogonalTransform(np.kron(normalized_hadamard(heads), np.eye(size)), "hadamard across heads")
     linears, _ = linear_readers(v)
@@ -123,8 +126,14 @@ def _across_heads(graph: Graph, v: Value, sdpa: Node, stats: dict) -> None:
         lin.weight = replace_constant_input(graph, lin.matmul, 1, transform.inverse_left(lin.weight.const), PASS)
         mark_folded(lin.matmul, PASS)
         lin.matmul.meta["rotated_input"] = PASS
-    out = sdpa.outputs[0]
-    splice_after(graph, out, list(out.uses), "Hadamard", [], {"axis": 1}, created_by=PASS, suffix="across_heads")
+    lead = [0] * (v.type.rank - 1)  # Reshape's 0: keep that dim
+    split = graph.add_constant(np.asarray(lead + [heads, size], np.int64), base=f"{v.name}_heads")
+    merge = graph.add_constant(np.asarray(lead + [heads * size], np.int64), base=f"{v.name}_merged")
+    uses = [(lin.matmul, 0) for lin in linears]
+    heads_view = splice_after(graph, v, uses, "Reshape", [split], created_by=PASS, suffix="heads")
+    rotated = splice_after(graph, heads_view, list(heads_view.uses), "Hadamard", [], {"axis": -2}, created_by=PASS,
+                           suffix="across_heads")
+    splice_after(graph, rotated, list(rotated.uses), "Reshape", [merge], created_by=PASS, suffix="merged")
     _bump(stats, "activations_rotated")
     _bump(stats, "across_heads")
     _bump(stats, "linears_updated", len(linears))

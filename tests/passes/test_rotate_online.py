@@ -102,9 +102,12 @@ def test_across_heads_after_rotate_heads_and_queries_keys():
     assert result.stats == {**NONE_ROTATED, "activations_rotated": 2, "linears_updated": 4, "across_heads": 1,
                             "qk_rotated": 1}
     hadamards = [n for n in g if n.op == "Hadamard"]
-    assert sorted(int(n.attrs["axis"]) for n in hadamards) == [-1, -1, -1, 1]  # x, q, k; heads axis of attention
-    across = next(n for n in hadamards if n.attrs["axis"] == 1)
-    assert across.inputs[0].producer.op == "ScaledDotProductAttention"
+    assert sorted(int(n.attrs["axis"]) for n in hadamards) == [-2, -1, -1, -1]  # across heads; x, q, k
+    across = next(n for n in hadamards if n.attrs["axis"] == -2)
+    view = across.inputs[0]
+    assert view.type.shape == (1, 3, 4, 4) and view.producer.op == "Reshape"
+    assert view.producer.inputs[0].name == "m"  # after the merge, which QAttention's match ends at
+    assert across.outputs[0].users[0].op == "Reshape" and across.outputs[0].users[0].outputs[0].type.shape == (1, 3, 16)
     assert_same_function(ir.parse(text), g, TOLERANCES, (0, 1, 2), seeded_inputs)
 
 

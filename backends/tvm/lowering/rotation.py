@@ -5,12 +5,12 @@ order K and powers of two of at most 128), X viewed as [pre, f_1, ..., f_r, post
 
 Each factor but the last is a left product `H_f^T @ [A, f, B]` (a batch matmul); the
 factor that ends the last axis goes last as `[rows, f] @ H_f`, a matmul with a 2-D
-constant, which `schedule_cpu.PackConstantWeights` turns into a packed dense kernel: a
-following elementwise op (the activation quantizer of the next linear, a bias) fuses
-into its epilogue. A rotation along another axis (the heads axis of attention's output)
-ends in a left product, whose fused epilogue is the batch-matmul kernel's. Symbolic dims
-stay symbolic (the views are products of the input's dims). f16/bf16 compute in float32
-and round once.
+constant, which `schedule_cpu.PackConstantWeights` turns into a packed dense kernel. The
+Reshape back to the input's shape that follows it is injective, and TVM's FuseOps fuses
+only elementwise ops into a matmul's epilogue, so the next linear's activation quantizer
+fuses with that Reshape (one pass over the rotated tensor), not into the dense kernel.
+Symbolic dims stay symbolic (the views are products of the input's dims). f16/bf16
+compute in float32 and round once.
 """
 
 from __future__ import annotations
