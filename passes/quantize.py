@@ -75,6 +75,7 @@ from requant.passes.manager import PassResult, graph_pass
 from requant.passes.quantize_feature_maps import (
     FeatureMapPoint,
     feature_map_points,
+    integer_hard_activation,
     point_readers,
     quantize_conv_bias,
 )
@@ -417,12 +418,25 @@ def _quantize_feature_maps(graph: Graph, points: list[FeatureMapPoint], ranges: 
     """Every float reader of each point reads it through the point's Q/DQ; integer convs'
     biases become int32 codes (passes/quantize_feature_maps.py)."""
     assert cfg.activation is not None or not points
+    act = cfg.activation
+    replaced: dict[int, Value | None] = {}  # HardSwish: its product; HardSigmoid: None (codes already)
+    for p in points:
+        x = p.node.inputs[0] if p.node.inputs else None
+        if p.node.op in ("HardSwish", "HardSigmoid") and p.value.name in ranges and x is not None \
+                and x.name in ranges:
+            lo_x, hi_x = ranges[x.name]
+            new = integer_hard_activation(graph, p.node, lambda n, i: editor.activation(n, i, act, lo_x, hi_x))
+            if new is not None:
+                replaced[id(p.value)] = new if new.dtype.is_float else None
     maps = 0
     for p in points:
         if p.value.name not in ranges:
             continue
+        value = replaced.get(id(p.value), p.value)
+        if value is None:
+            continue
         lo, hi = ranges[p.value.name]
-        readers = point_readers(p.value)
+        readers = point_readers(value)
         for reader, index in readers:
             dq = editor.activation(reader, index, cfg.activation, lo, hi)
             dq.meta["quant_range"] = {"method": cfg.method, "lo": lo, "hi": hi}
@@ -436,4 +450,4 @@ def _quantize_feature_maps(graph: Graph, points: list[FeatureMapPoint], ranges: 
                 biases += 1
             elif reason != "no bias":
                 skipped.append({"node": _label(node), "op": node.op, "reason": f"bias stays float: {reason}"})
-    return {"feature_maps_quantized": maps, "biases_quantized": biases}
+    return {"feature_maps_quantized": maps, "biases_quantized": biases, "hard_activations_integer": len(replaced)}

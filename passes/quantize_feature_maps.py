@@ -20,10 +20,10 @@ DequantizeLinear of one shared QuantizeLinear), found in graph order:
 - the output of a MaxPool of a point, with the input's scale and zero point: max
   commutes with a monotone quantizer, `Q(MaxPool(DQ(q))) = MaxPool(q)`, so the pooled
   codes equal the input's codes at the maxima, exactly;
-- the output of an elementwise float op of one point (HardSwish, HardSigmoid, Gelu,
-  Tanh, ...: no integer kernel) that an integer op or conv reads: the op runs in float
-  between the point's DequantizeLinear and its own QuantizeLinear, and its reader stays
-  integer.
+- the output of an elementwise op of one point that an integer op or conv reads:
+  HardSigmoid and HardSwish take an integer form (below); the others (Gelu, Tanh, ...:
+  no integer kernel) run in float between the point's DequantizeLinear and their own
+  QuantizeLinear, and their readers stay integer.
 With an asymmetric activation scheme, a conv's or integer op's point moves past a chain
 of single-reader `Relu` / `Clip(min >= 0)`: the calibrated range of a ReLU output starts
 at 0, so the zero point is the lowest code and the quantizer's own clamp is the
@@ -33,6 +33,18 @@ outputs (their names and types stay), values an integer op reads together with a
 constant or a float value. The quantize pass makes points for uint8 activation codes
 only (signed feature maps passed through a Reshape trip ONNX Runtime's own Q/DQ
 rewrites, and x86's integer kernels take unsigned activations).
+
+Hard sigmoid and hard swish of a point (`integer_hard_activation`, MobileNetV3's
+activations): `HardSigmoid(x) = clip(alpha x + beta, 0, 1)` is `alpha * clip(x + c, 0,
+1/alpha)` with `c = beta / alpha`, and a uint8 quantizer with zero point 0 and scale
+`(1/alpha) / 255` clamps to exactly [0, 1/alpha], so
+
+    r = Q(x + DQ(c), (1/alpha) / 255, 0)          c = 3, 1/alpha = 6 for MobileNetV3
+    HardSigmoid(x) ~= DQ(r, alpha (1/alpha) / 255, 0)    HardSwish(x) ~= x * that
+
+within half a step (1/510) of the gate; ONNX Runtime runs the Add as QLinearAdd and the
+product as QLinearMul, where a float HardSwish between a DequantizeLinear and a
+QuantizeLinear is four passes over the map.
 
 Biases (`quantize_conv_bias`): the float bias b of an integer conv with an output point
 (one that runs as an integer kernel) becomes int32 codes
@@ -64,6 +76,7 @@ __all__ = [
     "integer_conv_candidate",
     "quantize_conv_bias",
     "point_readers",
+    "integer_hard_activation",
 ]
 
 logger = logging.getLogger(__name__)
@@ -212,3 +225,54 @@ def point_readers(point: Value, skip: Sequence[str] = ("QuantizeLinear",)) -> li
     """The (node, input index) reading `point` that still read it in float (not the Q
     nodes quantizing it)."""
     return [(n, i) for n, i in point.uses if n.op not in skip]
+
+
+def integer_hard_activation(graph: Graph, node: Node, quantize_input: Callable[[Node, int], Value],
+                            created_by: str = "quantize") -> Value | None:
+    """HardSigmoid / HardSwish `node` of a point -> its integer form (module docstring);
+    `quantize_input(reader, index)` puts the point's Q/DQ in front of a new reader. The
+    value that replaces the node's output (HardSwish: the product, to be quantized as a
+    point; HardSigmoid: the gate's codes, each reader given its own DequantizeLinear), or
+    None when the node does not fit (a non-positive alpha, no reader)."""
+    if node.op == "HardSigmoid":
+        alpha, beta = float(node.attrs.get("alpha", 0.2)), float(node.attrs.get("beta", 0.5))
+    elif node.op == "HardSwish":
+        alpha, beta = 1.0 / 6.0, 0.5
+    else:
+        return None
+    x, out = node.inputs[0], node.outputs[0]
+    if alpha <= 0.0 or not out.uses or graph.is_output(out):
+        return None
+    meta = {"created_by": created_by}
+    offset = graph.create_node("DequantizeLinear", [
+        graph.add_constant(np.asarray(1, np.uint8), base=f"{out.name}_offset_q", dtype=dtypes.uint8),
+        graph.add_constant(np.asarray(beta / alpha, np.float32), base=f"{out.name}_offset_scale")],
+        before=node, meta=meta, output_names=[unused_name(graph, f"{out.name}_offset")]).output
+    shifted = graph.create_node("Add", [x, offset], before=node, meta=meta,
+                                output_names=[unused_name(graph, f"{out.name}_shifted")])
+    quantize_input(shifted, 0)
+    top = np.float32(1.0 / alpha / 255.0)
+    zero = graph.add_constant(np.asarray(0, np.uint8), base=f"{out.name}_gate_zero_point", dtype=dtypes.uint8)
+    codes = graph.create_node("QuantizeLinear", [shifted.output, graph.add_constant(top, base=f"{out.name}_clip_scale"),
+                                                 zero], before=node, meta=meta,
+                              output_names=[unused_name(graph, f"{out.name}_gate_q")]).output
+    codes.meta["quant"] = {"dtype": "u8", "granularity": "tensor", "symmetric": False}
+    gate_scale = graph.add_constant(np.float32(top * np.float32(alpha)), base=f"{out.name}_gate_scale")
+
+    def gate(before: Node) -> Value:
+        dq = graph.create_node("DequantizeLinear", [codes, gate_scale, zero], before=before, meta=meta,
+                               output_names=[unused_name(graph, f"{out.name}_gate")]).output
+        dq.meta["quant"] = dict(codes.meta["quant"])
+        return dq
+
+    if node.op == "HardSwish":
+        product = graph.create_node("Mul", [x, gate(node)], before=node, meta=meta,
+                                    output_names=[unused_name(graph, f"{out.name}_product")])
+        quantize_input(product, 0)
+        graph.replace_value(out, product.output)
+        graph.remove_node(node)
+        return product.output
+    for reader, index in list(out.uses):  # one DequantizeLinear per reader, the Q/DQ convention
+        reader.set_input(index, gate(reader))
+    graph.remove_node(node)
+    return codes

@@ -16,6 +16,7 @@ codes past a ReLU, and the option off.
 QDQ_REL = 0.05 of the float output's largest magnitude (float32 graph vs its 8-bit Q/DQ
 form through three quantized tensors per layer, two or three layers deep: each code
 step is 1/255 of a tensor's range, and a conv sums a few dozen of them);
+HARD_COSINE = 0.998: the MobileNetV3 block's cosine to float (see its test);
 ORT_CODES = 1 step of the output's scale per requantization on the path to the output:
 ONNX Runtime's QLinearConv / QLinearAdd rescale with a float multiplier, so a value on
 a rounding tie may land one code away from the interpreter's.
@@ -37,6 +38,7 @@ from rewrite_testing import check_rewrite
 F32 = "float32"
 QDQ_REL = 0.05
 ORT_CODES = 1
+HARD_COSINE = 0.998
 RNG = np.random.default_rng(11)
 
 CHAIN = """
@@ -91,7 +93,8 @@ def test_conv_maxpool_conv_chain_structure_and_stats() -> None:
       %y: f32[1,2,2,2] = Conv(%p_dq, %w2_dq) {kernel_shape=[1, 1]}     // a graph output stays float
     }""", options={"stats": stats, "feature_maps": True},
         stats={"ops_quantized": 2, "weights_quantized": 2, "activations_quantized": 2, "embeddings_quantized": 0,
-               "feature_maps_quantized": 1, "biases_quantized": 1, "tensors_quantized": 5, "skipped": 0,
+               "feature_maps_quantized": 1, "biases_quantized": 1, "hard_activations_integer": 0,
+               "tensors_quantized": 5, "skipped": 0,
                "bytes_before": 60, "bytes_after": 71},
         tolerances={F32: (QDQ_REL, QDQ_REL * 4.0)})
 
@@ -238,13 +241,16 @@ def _add_point_step(g: Graph) -> float:
      _head_conv_step),
     # every conv integer; three SiLUs as QLinearSigmoid + QLinearMul, the gate and its multiply too
     (squeeze_excite_block, {"QLinearConv": 5, "QLinearSigmoid": 4, "QLinearMul": 4}, _add_point_step),
+    # hard swish / hard sigmoid as QLinearAdd (x + 3, clamped by the quantizer) + QLinearMul
+    ("hard_swish_block", {"QLinearConv": 4, "QLinearAdd": 3, "QLinearMul": 3, "HardSigmoid": 0, "Mul": 0},
+     _head_conv_step),
 ])
 def test_ort_integer_kernels_match_the_interpreter(block, census, step) -> None:
     pytest.importorskip("onnxruntime")
     from requant.backends.onnx.runtime import OnnxRuntimeSession, optimized_ops
     from requant.passes import PassManager, get_pass
 
-    graph = block()
+    graph = globals()[block]() if isinstance(block, str) else block()
     result = quantized(graph, batches=seeded_batches(graph, 4, seed=1), feature_maps=True)
     g = PassManager([get_pass("lower_quant"), get_pass("cse"), get_pass("dce")], verify=True).run(result.graph).graph
     ops = optimized_ops(g)
@@ -292,3 +298,64 @@ def test_signed_activation_codes_make_no_points_and_say_why() -> None:
     assert result.stats["feature_maps_quantized"] == 0 and result.stats["biases_quantized"] == 0
     reasons = [s["reason"] for s in result.graph.meta["quant_skipped"]]
     assert any("uint8 activation codes only" in r for r in reasons)
+
+
+# -- hard sigmoid / hard swish in integer form --------------------------------------------------------
+
+
+def hard_swish_block() -> Graph:
+    """MobileNetV3's block: conv -> HardSwish -> depthwise conv -> HardSwish -> x * HardSigmoid(gate)
+    (the squeeze-excite gate) -> 1x1 projection -> graph output."""
+    g = Graph("hardswish")
+    b = Builder(g)
+    x = b.input("x", tensor_type(F32, [2, 4, 8, 8]))
+    e = b.HardSwish(conv(b, x, 4, 16, k=1))
+    d = b.HardSwish(conv(b, e, 16, 16, group=16))
+    pooled = b.ReduceMean(d, b.const(np.array([2, 3], np.int64)), keepdims=1)
+    gate = b.HardSigmoid(conv(b, b.Relu(conv(b, pooled, 16, 4, k=1)), 4, 16, k=1), alpha=1 / 6, beta=0.5)
+    g.outputs = [conv(b, b.Mul(d, gate), 16, 4, k=1)]
+    return g
+
+
+def test_hard_activations_of_points_take_integer_form() -> None:
+    graph = hard_swish_block()
+    reference = graph.clone()
+    result = quantized(graph, batches=seeded_batches(graph, 4, seed=1), feature_maps=True)
+    assert result.stats["hard_activations_integer"] == 3  # two HardSwish, one HardSigmoid gate
+    hist = result.graph.op_histogram()
+    assert "HardSwish" not in hist and "HardSigmoid" not in hist
+    # each: Add(x, DQ(3)) -> Q(6/255, 0) -> DQ(1/255, 0) [-> Mul(x, .) for HardSwish]
+    gates = [n for n in result.graph if n.op == "QuantizeLinear" and n.outputs[0].name.endswith("_gate_q")]
+    assert len(gates) == 3
+    for q in gates:
+        np.testing.assert_array_equal(q.inputs[1].const, np.float32(6.0 / 255.0))
+        assert int(q.inputs[2].const) == 0
+        dq = q.outputs[0].uses[0][0]
+        np.testing.assert_allclose(dq.inputs[1].const, 1.0 / 255.0, rtol=1e-6)
+    # x * gate multiplies two quantized maps, twice per block, so the largest error swings
+    # with the seed (0.02 to 0.17 of the output's scale, float islands alike); the cosine
+    # to float is the stable measure: HARD_COSINE
+    for feeds in seeded_batches(graph, 2, seed=9):
+        want, got = ir.run(reference, feeds)[0].reshape(-1), ir.run(result.graph, feeds)[0].reshape(-1)
+        assert float(got @ want / (np.linalg.norm(got) * np.linalg.norm(want))) >= HARD_COSINE
+
+
+def test_the_gate_is_relu6_of_x_plus_3_over_6_within_half_a_step() -> None:
+    """The integer hard sigmoid alone, on a dense grid of x: |DQ(Q(x + 3)) - hsig(x)| <= 1/510."""
+    g = Graph("gate")
+    b = Builder(g)
+    x = b.input("x", tensor_type(F32, [1, 1, 1, 601]))
+    c = conv(b, x, 1, 1, k=1, bias=False)
+    gate = b.HardSigmoid(c, alpha=1 / 6, beta=0.5)
+    g.outputs = [conv(b, b.Mul(c, gate), 1, 1, k=1, bias=False)]
+    from requant.passes.quantize_feature_maps import integer_hard_activation
+
+    hsig = next(n for n in g if n.op == "HardSigmoid")
+    assert integer_hard_activation(g, hsig, lambda n, i: n.inputs[i]) is not None
+    probe = g.clone()
+    gate_value = next(n for n in probe if n.op == "DequantizeLinear" and n.outputs[0].name.endswith("_gate"))
+    probe.outputs = [gate_value.outputs[0], next(n for n in probe if n.op == "Conv").outputs[0]]
+    xs = np.linspace(-5.0, 5.0, 601, dtype=np.float32).reshape(1, 1, 1, 601)
+    got, pre = ir.run(probe, {"x": xs})
+    want = np.clip(pre / 6.0 + 0.5, 0.0, 1.0)
+    assert np.abs(got - want).max() <= 1.0 / 510.0 + 1e-6
