@@ -726,8 +726,9 @@ def _saved_bytes(root: Path, manifest: Mapping[str, Any]) -> int:
 # ----------------------------------------------------------------------------- load
 
 
-def _load_onnx(root: Path, listed: Iterable[str]) -> Any:
-    """The model, its external data restricted to files the manifest lists."""
+def _load_onnx(root: Path, listed: Iterable[str], *, weights: bool = True) -> Any:
+    """The model, its external data restricted to files the manifest lists (read only
+    with `weights`: the structure alone is enough to check the locations)."""
     import onnx
     from onnx.external_data_helper import load_external_data_for_model, uses_external_data
 
@@ -742,6 +743,8 @@ def _load_onnx(root: Path, listed: Iterable[str]) -> Any:
             if location not in listed:
                 raise SavedModelError(f"cannot load {root}: {MODEL_FILE} reads weights from {location!r}, "
                                       f"which {MANIFEST} does not list")
+    if not weights:
+        return proto
     try:
         load_external_data_for_model(proto, str(root))
     except Exception as exc:
@@ -784,17 +787,24 @@ def load(directory: str | os.PathLike, *, trust_code: bool = False, threads: int
 
     pipeline = dict(saved.pipeline)
     ran = pipeline.pop("ran", [])
-    proto = _load_onnx(root, manifest["files"])
+    _load_onnx(root, manifest["files"], weights=False)  # its external-data locations checked now
+    proto: list[Any] = []  # the model with its weights, read when first asked for (held once)
+
+    def read_proto() -> Any:
+        if not proto:
+            proto.append(_load_onnx(root, manifest["files"]))
+        return proto[0]
+
     if threads is None:
         threads = manifest.get("options", {}).get("threads") or None
     spec = _loaded_target(manifest)
-    runtime = runtime_backend(manifest["backend"]).load_runtime(root, manifest, proto=proto, threads=threads or None,
-                                                                files=saved.code_files)
+    runtime = runtime_backend(manifest["backend"]).load_runtime(root, manifest, threads=threads or None,
+                                                                files=saved.code_files, proto_loader=read_proto)
 
     def read_graph() -> Any:
         from requant.frontends import from_onnx
 
-        return from_onnx(proto, base_dir=root)
+        return from_onnx(read_proto(), base_dir=root)
 
     cm = CompiledModel(None, spec, manifest.get("options", {}), runtime, pipeline,
                        inputs=manifest["inputs"], outputs=manifest["outputs"], graph_loader=read_graph)

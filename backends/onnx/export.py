@@ -13,7 +13,13 @@ What it owns:
 - the external-data layout: one `<model file name>.data` next to the model, referenced
   by a relative location, written without copying or mutating the in-memory model;
 - checking: `onnx.checker.check_model(full_check=True)` on the proto, or on the saved
-  file when the model is too large to serialize in one piece.
+  file when the model is too large to serialize in one piece;
+- initializers by reference (`to_onnx(..., by_reference={})`): large constants stay the
+  graph's numpy arrays instead of being copied into the proto (a model past protobuf's
+  2 GB limit would otherwise be held twice more, as bytes and as the message); their
+  initializers carry dims, type and the external-data location `BY_REFERENCE`, the
+  dict maps their names to the arrays, and `save_onnx(..., arrays=)` writes them into
+  the external-data file as if they had been inline.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import logging
 import os
 import tempfile
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -56,7 +63,20 @@ __all__ = [
     "ort_supports",
     "ort_missing_ops",
     "initializer_bytes",
+    "BY_REFERENCE",
+    "BY_REFERENCE_MIN_BYTES",
 ]
+
+BY_REFERENCE = "requant:by-reference"
+"""The external-data location of an initializer whose data is a numpy array held
+outside the proto (`to_onnx(..., by_reference=)`); no file has this name."""
+
+BY_REFERENCE_MIN_BYTES = 1 << 16
+"""Constants smaller than this are copied into the proto even when exporting by reference."""
+
+# numpy dtypes whose bytes are the ONNX raw_data of the same element type (no packing)
+_BY_REFERENCE_DTYPES = {np.dtype(t) for t in (np.float32, np.float64, np.float16, np.int8, np.uint8, np.int16,
+                                               np.uint16, np.int32, np.uint32, np.int64, np.uint64, np.bool_)}
 
 logger = logging.getLogger(__name__)
 
@@ -382,6 +402,7 @@ def to_onnx(
     check: bool = True,
     value_info: bool = True,
     producer: str = "requant",
+    by_reference: dict[str, np.ndarray] | None = None,
 ) -> Any:
     """Export `graph` as an `onnx.ModelProto`.
 
@@ -394,6 +415,8 @@ def to_onnx(
     check: run `onnx.checker.check_model(..., full_check=True)`.
     value_info: record the types of intermediate values too (so that symbolic dims only
         the source model knew survive a round trip).
+    by_reference: a dict to fill with the large constants left out of the proto (module
+        docstring); the check is skipped (it needs the data: run the model instead).
     """
     import onnx
     from onnx import helper
@@ -412,8 +435,7 @@ def to_onnx(
     # a constant a lowering folded into an attribute (Reduce*'s axes below opset 18) is
     # read by no ONNX node but named by the provenance record that restores the node
     used = {i for n in ctx.nodes for i in n.input if i} | {v.name for v in graph.outputs} | lowered.recorded_inputs
-    initializers = [_with_meta(tensor_from_array(v.const, v.dtype, v.name), v)
-                    for v in graph.constants if v.name in used]
+    initializers = [_with_meta(_initializer(v, by_reference), v) for v in graph.constants if v.name in used]
     initializers += [t for t in ctx.initializers if t.name in used]
     inputs = [_with_meta(make_value_info(v.name, v.type), v) for v in graph.inputs]
     outputs = [_with_meta(make_value_info(v.name, v.type), v) for v in graph.outputs]
@@ -436,7 +458,7 @@ def to_onnx(
     logger.debug("exported graph '%s' at opset %d: %d ONNX nodes", graph.name, lowered.opset, len(ctx.nodes))
     _fill_unknown_ranks(model, graph)
 
-    if check:
+    if check and by_reference is None:
         try:
             _check(model, graph.name, path, external_data)
         except RequantError as exc:
@@ -449,8 +471,27 @@ def to_onnx(
             logger.warning("graph '%s': dropped intermediate value_info that ONNX's checker rejects: %s",
                            graph.name, exc)
     elif path is not None:
-        save_onnx(model, path, external_data=external_data)
+        save_onnx(model, path, external_data=True if by_reference else external_data, arrays=by_reference)
     return model
+
+
+def _initializer(v: Any, by_reference: dict[str, np.ndarray] | None) -> Any:
+    """The TensorProto of constant `v`: its data inline, or by reference (module docstring)."""
+    arr = np.asarray(v.const)
+    if by_reference is None or arr.nbytes < BY_REFERENCE_MIN_BYTES or arr.dtype not in _BY_REFERENCE_DTYPES \
+            or arr.dtype != v.dtype.np:
+        return tensor_from_array(v.const, v.dtype, v.name)
+    from onnx import TensorProto
+
+    proto = TensorProto()
+    proto.name = v.name
+    proto.data_type = dtype_to_onnx(v.dtype)
+    proto.dims.extend(arr.shape)
+    proto.data_location = TensorProto.EXTERNAL
+    entry = proto.external_data.add()
+    entry.key, entry.value = "location", BY_REFERENCE
+    by_reference[v.name] = arr
+    return proto
 
 
 def _with_meta(proto: Any, value: Any) -> Any:
@@ -529,6 +570,7 @@ def save_onnx(
     *,
     size_threshold: int = EXTERNAL_SIZE_THRESHOLD,
     opset: int | None = None,
+    arrays: Mapping[str, np.ndarray] | None = None,
 ) -> Path:
     """Write a ModelProto (or a Graph, exported first) to `path`.
 
@@ -536,6 +578,8 @@ def save_onnx(
     file `<path name>.data` next to the model (relative location); False keeps all in
     the .onnx file (an error above protobuf's 2 GB limit); None decides by size
     (`AUTO_EXTERNAL_DATA_BYTES`). The given model is neither copied nor modified.
+    arrays: the data of a model exported by reference (`to_onnx(..., by_reference=)`),
+    written into the external-data file (which such a model always uses).
     """
     import onnx
 
@@ -544,10 +588,13 @@ def save_onnx(
         model = to_onnx(model_or_graph, opset=opset, external_data=external_data, check=False)
     else:
         model = model_or_graph
-    size = initializer_bytes(model)
+    size = initializer_bytes(model) + sum(int(a.nbytes) for a in (arrays or {}).values())
     if external_data is None:
-        external_data = size > AUTO_EXTERNAL_DATA_BYTES
+        external_data = size > AUTO_EXTERNAL_DATA_BYTES or bool(arrays)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if arrays and not external_data:
+        raise RequantError(f"cannot save {path} without external data: the model was exported by reference "
+                           f"(its weights are arrays outside the proto); use external_data=True (or None)")
     if not external_data:
         if size > AUTO_EXTERNAL_DATA_BYTES:
             raise RequantError(
@@ -556,7 +603,7 @@ def save_onnx(
             )
         onnx.save_model(model, str(path))
         return path
-    _save_with_external_data(model, path, size_threshold)
+    _save_with_external_data(model, path, size_threshold, arrays or {})
     return path
 
 
@@ -582,8 +629,14 @@ def _is_repeated(field: Any) -> bool:
 _DATA_FIELDS = {"raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"}
 
 
-def _save_with_external_data(model: Any, path: Path, size_threshold: int) -> None:
-    """A weightless skeleton of `model` goes to `path`, the bytes to `<name>.data`."""
+def _by_reference(tensor: Any) -> bool:
+    return any(e.key == "location" and e.value == BY_REFERENCE for e in tensor.external_data)
+
+
+def _save_with_external_data(model: Any, path: Path, size_threshold: int,
+                             arrays: Mapping[str, np.ndarray]) -> None:
+    """A weightless skeleton of `model` goes to `path`, the bytes to `<name>.data` (those
+    of tensors exported by reference from `arrays`, without copying them)."""
     import onnx
     from onnx import TensorProto
 
@@ -598,6 +651,11 @@ def _save_with_external_data(model: Any, path: Path, size_threshold: int) -> Non
             out = skeleton.graph.initializer.add()
             # typed fields (float_data, ...) are only used by small tensors: keep them inline
             raw = tensor.raw_data if tensor.raw_data else None
+            if _by_reference(tensor):
+                if tensor.name not in arrays:
+                    raise RequantError(f"cannot save {path}: initializer '{tensor.name}' was exported by reference "
+                                       f"and its array was not given")
+                raw = memoryview(np.ascontiguousarray(arrays[tensor.name])).cast("B")
             if raw is None or len(raw) < size_threshold:
                 out.CopyFrom(tensor)
                 continue

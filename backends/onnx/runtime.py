@@ -9,6 +9,12 @@
   session, and the files it writes into a saved directory (model.onnx, and
   model.onnx.data when the weights go to external data).
 
+Large graphs (weights above `BY_REFERENCE_BYTES`, protobuf's limit less some room) are
+exported by reference (`export.to_onnx(..., by_reference=)`): the proto holds no weights,
+ONNX Runtime receives the graph's own arrays as external initializers (it copies them
+into its session once), and a save writes the arrays straight into model.onnx.data. The
+model is then held by the graph and by the session, never also as protobuf bytes.
+
 Settings (`make_session_options`): intra-op threads = the physical cores this process may
 use, inter-op threads = 1 with sequential execution (the graphs requant emits are chains;
 a second pool only adds contention), every graph optimisation on (ORT_ENABLE_ALL) except
@@ -55,6 +61,7 @@ __all__ = [
     "MODEL_FILE",
     "EXTERNAL_DATA_FILE",
     "make_session_options",
+    "BY_REFERENCE_BYTES",
     "saved_files",
     "SAVED_FILES",
     "physical_cores",
@@ -66,6 +73,11 @@ logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 EXTERNAL_DATA_FILE = MODEL_FILE + ".data"  # the name `save_onnx` gives the weights file
+
+BY_REFERENCE_BYTES = (2**31 - 1) - 2**26
+"""Weights above which a graph is exported by reference (module docstring): those that
+would not fit one protobuf."""
+
 
 def _saved_files() -> Any:
     from requant.backends import SavedFiles
@@ -175,6 +187,7 @@ class OnnxRuntimeSession:
         log_severity: int = 3,
         session_options: Any | None = None,
         disabled_optimizers: Sequence[str] | None = None,
+        arrays: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -184,7 +197,13 @@ class OnnxRuntimeSession:
         self.providers = list(providers or ["CPUExecutionProvider"])
         self.disabled_optimizers = tuple(SLOW_ORT_FUSIONS if disabled_optimizers is None else disabled_optimizers)
         self._tmp: tempfile.TemporaryDirectory | None = None
+        self.arrays: dict[str, np.ndarray] = dict(arrays or {})  # initializers exported by reference
         source = self._source(model)
+        if self.arrays:
+            names = sorted(self.arrays)
+            values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(self.arrays[n])) for n in names]
+            self.options.add_external_initializers(names, values)
+            self._external_values = values  # alive as long as the session, whether ORT copied them or not
         try:
             self.session = ort.InferenceSession(source, sess_options=self.options, providers=self.providers,
                                                 disabled_optimizers=list(self.disabled_optimizers))
@@ -207,7 +226,10 @@ class OnnxRuntimeSession:
         from requant.ir.graph import Graph
 
         if isinstance(model, Graph):
-            model = to_onnx(model)
+            if initializer_bytes(model) > BY_REFERENCE_BYTES:
+                model = to_onnx(model, by_reference=self.arrays)
+            else:
+                model = to_onnx(model)
         if isinstance(model, (str, os.PathLike)):
             return str(model)
         if isinstance(model, (bytes, bytearray)):
@@ -354,9 +376,20 @@ class OnnxRuntime:
     device = "cpu"
     artifact_kind = "ONNX"
 
-    def __init__(self, proto: Any, session: OnnxRuntimeSession) -> None:
-        self.proto = proto
+    def __init__(self, proto: Any, session: OnnxRuntimeSession, arrays: Mapping[str, np.ndarray] | None = None,
+                 proto_loader: Any = None) -> None:
+        self._proto = proto
+        self._proto_loader = proto_loader  # a loaded model reads its weights on first use
         self.session = session
+        self.arrays = dict(arrays or {})  # initializers the proto holds by reference
+        self.saved_bytes: int | None = None  # a loaded model: the size of its files
+
+    @property
+    def proto(self) -> Any:
+        """The exported model (a large one's initializers by reference: `arrays`)."""
+        if self._proto is None:
+            self._proto = self._proto_loader()
+        return self._proto
 
     def __call__(self, feeds: Mapping[str, np.ndarray]) -> tuple[np.ndarray, ...]:
         return self.session.run_feeds(feeds)  # CompiledModel checked the feeds already
@@ -369,27 +402,31 @@ class OnnxRuntime:
         limit (ByteSize fails), so a larger one counts its weights and its nodes."""
         from requant.backends.onnx.export import AUTO_EXTERNAL_DATA_BYTES, initializer_bytes
 
-        weights = initializer_bytes(self.proto)
-        if weights <= AUTO_EXTERNAL_DATA_BYTES:
+        if self.saved_bytes is not None:
+            return self.saved_bytes
+        weights = initializer_bytes(self.proto) + sum(int(a.nbytes) for a in self.arrays.values())
+        if weights <= AUTO_EXTERNAL_DATA_BYTES and not self.arrays:
             return int(self.proto.ByteSize())
         return weights + sum(int(node.ByteSize()) for node in self.proto.graph.node)
 
     def write(self, out: Path, external_data: bool | None) -> list[str]:
         """Write model.onnx (weights in model.onnx.data when `external_data`, or when too
         large for one protobuf); the names of the files written."""
-        return write_model(self.proto, out, external_data)
+        return write_model(self.proto, out, external_data, self.arrays)
 
 
-def write_model(proto: Any, out: Path, external_data: bool | None) -> list[str]:
-    """model.onnx (+ model.onnx.data) into `out`, deterministically; the file names."""
+def write_model(proto: Any, out: Path, external_data: bool | None,
+                arrays: Mapping[str, np.ndarray] | None = None) -> list[str]:
+    """model.onnx (+ model.onnx.data) into `out`, deterministically; the file names.
+    `arrays`: the initializers a by-reference export left out of `proto`."""
     from requant.backends.onnx.export import AUTO_EXTERNAL_DATA_BYTES, initializer_bytes, save_onnx
 
     data = out / EXTERNAL_DATA_FILE
     data.unlink(missing_ok=True)
     if external_data is None:
-        external_data = initializer_bytes(proto) > AUTO_EXTERNAL_DATA_BYTES
+        external_data = initializer_bytes(proto) > AUTO_EXTERNAL_DATA_BYTES or bool(arrays)
     if external_data:
-        save_onnx(proto, out / MODEL_FILE, external_data=True)
+        save_onnx(proto, out / MODEL_FILE, external_data=True, arrays=arrays)
         return [MODEL_FILE] + ([EXTERNAL_DATA_FILE] if data.exists() else [])
     # deterministic serialization: protobuf's default order is not guaranteed stable
     (out / MODEL_FILE).write_bytes(proto.SerializeToString(deterministic=True))
@@ -402,20 +439,47 @@ def saved_files(device: str = "cpu") -> Any:
     return SAVED_FILES
 
 
+def _contiguous_constants(graph: Any) -> None:
+    """Large strided constants (a folded Transpose is a view of its input) replaced by
+    the same values laid out contiguously, one at a time: ONNX Runtime needs contiguous
+    buffers, and a copy made only for it would hold the model a second time while the
+    view kept its base alive."""
+    from requant.backends.onnx.export import BY_REFERENCE_MIN_BYTES
+
+    for v in graph.constants:
+        a = v.const
+        if isinstance(a, np.ndarray) and a.nbytes >= BY_REFERENCE_MIN_BYTES and not a.flags.c_contiguous:
+            dense = np.ascontiguousarray(a)
+            dense.flags.writeable = False
+            v.const = dense  # equal values; the graph's payloads stay read-only
+
+
 def build_runtime(graph: Any, device: str = "cpu", *, threads: int | None = None, opset: int | None = None) -> OnnxRuntime:
     """`graph` exported to ONNX (`opset`: None = the newest the installed ONNX Runtime
     runs every op at) and loaded in a session with `threads` intra-op threads."""
     from requant.backends.onnx.export import to_onnx
 
+    from requant.backends.onnx.export import initializer_bytes
+
     del device  # ONNX Runtime's CPU provider
+    if initializer_bytes(graph) > BY_REFERENCE_BYTES:
+        _contiguous_constants(graph)
+        arrays: dict[str, np.ndarray] = {}
+        proto = to_onnx(graph, opset=opset, by_reference=arrays)
+        return OnnxRuntime(proto, OnnxRuntimeSession(proto, intra_op_threads=threads, arrays=arrays), arrays)
     proto = to_onnx(graph, opset=opset)
     return OnnxRuntime(proto, OnnxRuntimeSession(proto, intra_op_threads=threads))
 
 
-def load_runtime(root: Path, manifest: Mapping[str, Any], *, proto: Any, threads: int | None = None,
-                 files: Mapping[str, Path] | None = None) -> OnnxRuntime:
+def load_runtime(root: Path, manifest: Mapping[str, Any], *, proto: Any = None, threads: int | None = None,
+                 files: Mapping[str, Path] | None = None, proto_loader: Any = None) -> OnnxRuntime:
     """The runtime of a saved directory (its files checked against the manifest by
-    `requant.load`, which read `proto` from model.onnx). `files` (private copies of
-    code files) is empty for ONNX: the artifact is data."""
+    `requant.load`): a session on model.onnx (ONNX Runtime reads the weights itself);
+    the ModelProto is `proto`, or read by `proto_loader` when first asked for, so a
+    large model is not held a second time as protobuf. `files` (private copies of code
+    files) is empty for ONNX: the artifact is data."""
     del manifest, files
-    return OnnxRuntime(proto, OnnxRuntimeSession(str(root / MODEL_FILE), intra_op_threads=threads))
+    runtime = OnnxRuntime(proto, OnnxRuntimeSession(str(root / MODEL_FILE), intra_op_threads=threads),
+                          proto_loader=proto_loader)
+    runtime.saved_bytes = sum(p.stat().st_size for p in (root / MODEL_FILE, root / EXTERNAL_DATA_FILE) if p.is_file())
+    return runtime

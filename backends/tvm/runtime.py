@@ -193,16 +193,16 @@ def build_runtime(graph: Any, device: str, *, threads: int | None = None, opset:
 
 
 def load_runtime(root: Path, manifest: Mapping[str, Any], *, proto: Any = None, threads: int | None = None,
-                 files: Mapping[str, Path] | None = None) -> TvmRuntime:
+                 files: Mapping[str, Path] | None = None, proto_loader: Any = None) -> TvmRuntime:
     """A runtime on the library of a saved directory; a cuda library loads on first
     call. `files` maps each of `saved_files(device)` to the private copy `requant.load`
     made while checking it against the manifest (the library runs from there, never
     from `root`, which could change after the check). The manifest gives the device and
     the inputs' and outputs' dtypes (low-bit floats travel as float32); `proto` (the
-    saved graph) is not needed: the library is the model."""
+    saved graph, or `proto_loader` reading it) is not needed: the library is the model."""
     from requant.ir import dtypes as dt
 
-    del proto
+    del proto, proto_loader
     device = manifest.get("device", "llvm")
     if files is None or LIBRARY_FILE not in files:
         raise RequantError(f"cannot load {root}: no checked copy of {LIBRARY_FILE} (load it with requant.load)")
