@@ -27,6 +27,9 @@ for op in ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "R
 for op in ("ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceSumSquare", "ReduceL1"):
     add(op, [I(ri(2, 3, 4, lo=-4, hi=4)), C(i64(2))], label="i32")
 add("ReduceMean", [I(r(2, 3, 4, dt="f16")), C(i64(-1))], label="f16")
+# over the spatial axes of an NCHW map with keepdims: the ONNX export's GlobalAveragePool
+add("ReduceMean", [I(r(2, 3, 5, 4)), C(i64(2, 3))], label="spatial")
+add("ReduceMean", [I(r(2, 3, 5, 4)), C(i64(-1, -2))], label="spatial_negative", export_opsets=OLD_OPSETS)
 add("ReduceSum", [I(r(2, 3, 4)), I(i64(1))], expect=(None, None, None), label="dynamic",
     refused={"tvm": "computed axes"})
 for op in ("ArgMax", "ArgMin"):

@@ -240,7 +240,9 @@ def _add_point_step(g: Graph) -> float:
     (residual_block, {"QLinearConv": 3, "QLinearAdd": 1, "NhwcMaxPool": 1, "MaxPool": 0, "IsNaN": 0},
      _head_conv_step),
     # every conv integer; three SiLUs as QLinearSigmoid + QLinearMul, the gate and its multiply too
-    (squeeze_excite_block, {"QLinearConv": 5, "QLinearSigmoid": 4, "QLinearMul": 4}, _add_point_step),
+    # (the pooling, a ReduceMean over H and W, exports as GlobalAveragePool: QLinearGlobalAveragePool)
+    (squeeze_excite_block, {"QLinearConv": 5, "QLinearSigmoid": 4, "QLinearMul": 4, "QLinearGlobalAveragePool": 1,
+                            "ReduceMean": 0}, _add_point_step),
     # hard swish / hard sigmoid as QLinearAdd (x + 3, clamped by the quantizer) + QLinearMul
     ("hard_swish_block", {"QLinearConv": 4, "QLinearAdd": 3, "QLinearMul": 3, "HardSigmoid": 0, "Mul": 0},
      _head_conv_step),

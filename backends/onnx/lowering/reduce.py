@@ -1,13 +1,20 @@
 """ONNX lowering of the reductions (`requant.ir.ops.reduce`): standard ONNX, emitted as
 they are, except that ReduceMax/Min and ArgMax/Min on floats propagate NaN as the
-interpreter does (`_nan.nan_propagating`)."""
+interpreter does (`_nan.nan_propagating`), and a float ReduceMean over the two spatial
+axes of an NCHW map with keepdims (torch's adaptive_avg_pool2d(x, 1), squeeze-and-excite
+pooling) is emitted as GlobalAveragePool, the same mean: ONNX Runtime runs that in its
+blocked float layout and fuses `DQ -> GlobalAveragePool -> Q` into
+QLinearGlobalAveragePool on uint8 codes, neither of which it does for a ReduceMean."""
 
 from __future__ import annotations
 
 import logging
 
-from requant.backends.onnx.lowering._common import LOWERINGS, standard
+import numpy as np
+
+from requant.backends.onnx.lowering._common import LOWERINGS, EmitContext, standard
 from requant.backends.onnx.lowering._nan import nan_propagating
+from requant.ir.graph import Node
 
 __all__: list[str] = []
 
@@ -15,8 +22,31 @@ logger = logging.getLogger(__name__)
 
 # Emitted as the same ONNX op: the registry defines them with ONNX's modern semantics.
 LOWERINGS.lowers(
-    "ReduceSum", "ReduceMean", "ReduceProd", "ReduceL1",
+    "ReduceSum", "ReduceProd", "ReduceL1",
     "ReduceL2", "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp", "CumSum", "TopK"
 )(standard)
 # ONNX Runtime skips NaN in these unless it comes first; exported so NaN wins (_nan.py).
 LOWERINGS.lowers("ReduceMax", "ReduceMin", "ArgMax", "ArgMin")(nan_propagating)
+
+
+def is_spatial_mean(node: Node) -> bool:
+    """ReduceMean of a float rank-4 value over axes 2 and 3 with keepdims (GlobalAveragePool)."""
+    x = node.inputs[0]
+    if x is None or x.type.rank != 4 or not x.dtype.is_float or int(node.attrs.get("keepdims", 1)) != 1:
+        return False
+    axes_value = node.inputs[1] if len(node.inputs) > 1 else None
+    if axes_value is not None:
+        if axes_value.const is None:
+            return False
+        axes = [int(a) for a in np.asarray(axes_value.const).reshape(-1)]
+    else:
+        axes = [int(a) for a in node.attrs.get("axes", [])]
+    return sorted(a % 4 for a in axes) == [2, 3]
+
+
+@LOWERINGS.lowers("ReduceMean")
+def _reduce_mean(ctx: EmitContext, node: Node, ins: list, outs: list) -> None:
+    if is_spatial_mean(node):
+        ctx.emit("GlobalAveragePool", [ins[0]], outs, name=node.name)
+    else:
+        standard(ctx, node, ins, outs)
