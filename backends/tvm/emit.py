@@ -96,7 +96,6 @@ def to_relax(graph: Graph, *, bind_dims: Mapping[str, int] | None = None) -> tvm
     params = [_input_var(v, dims) for v in graph.inputs]
     env: dict[int, relax.Expr] = {id(v): p for v, p in zip(graph.inputs, params)}
     bb = relax.BlockBuilder()
-    ctx = LowerContext(bb, dims)
 
     def read(v: Value | None) -> relax.Expr | None:
         if v is None:
@@ -109,6 +108,7 @@ def to_relax(graph: Graph, *, bind_dims: Mapping[str, int] | None = None) -> tvm
             env[id(v)] = found
         return found
 
+    ctx = LowerContext(bb, dims, read)
     with bb.function("main", params):
         with bb.dataflow():
             for node in graph:

@@ -34,7 +34,13 @@ This module owns two things:
    of 8) run in the packed conv as 16-wide groups with a block-diagonal weight
    (`densify_narrow_groups`: 16 / width times the arithmetic, at full vector speed);
    other narrow groups (a channel multiplier, a width like 3) and non-constant weights
-   keep relax's own conv2d.
+   keep relax's own conv2d. An int8 conv, `conv2d(astype(x8, i32) [- zp], W,
+   out_dtype=int32)` with W in int8 range and groups 1 (what the Conv lowering writes
+   for a quantized Conv), becomes `packed_conv2d_int8_func`: W ->
+   `W[2 ceil(O/32), ceil(C/4), KH, KW, 64]` (16 output x 4 input channels per tap, the
+   `vpdpbusd` operand), the uint8 codes copied once into 4-channel blocks padded with
+   the zero point's code, int32 accumulation, a per-channel compensation for the zero
+   point (and for the +128 shift of int8 codes) applied on write-back.
 
 2. Schedule rules applied to every PrimFunc after FuseTIR (`schedule_cpu_module`):
    - `DenseTile`: the packed dense kernel + its fused epilogue: the output is tiled
@@ -55,6 +61,9 @@ This module owns two things:
      kernel columns in a local buffer (one broadcast input value x one 16-lane weight
      vector per FMA), parallel over batch x channel blocks x output rows; the epilogue
      reads the tile back channel-major with columns vectorised.
+   - `ConvVNNI`: the int8 packed conv kernel + epilogue (dequantize, bias, activation,
+     the next quantize), tiled like ConvTile with int32 accumulators, each 16 x 4 step
+     one `vpdpbusd` on a VNNI CPU (as MatmulVNNI), else a 16-lane vector loop.
    - `DepthwiseTile`: the packed depthwise kernel + epilogue: parallel over (batch,
      16-channel block), whose task makes its plane of the blocked input first (it then
      stays in L2), then tiles of up to 16 output columns x 16 channels in registers,
@@ -115,6 +124,9 @@ __all__ = [
     "packed_depthwise_conv2d_func",
     "pack_depthwise_weight",
     "densify_narrow_groups",
+    "ConvVNNI",
+    "packed_conv2d_int8_func",
+    "pack_conv_weight_int8",
     "depthwise_owt",
     "MatmulVNNI",
     "RowReduction",
@@ -149,6 +161,8 @@ CONV_PAD_BLOCK = "conv_pad"
 CONV_UNPACK_BLOCK = "conv_unpack"
 #: accumulator vectors of the conv register tile (of 32 zmm registers)
 CONV_ACCUMULATORS = 24
+CONV_INT8_BLOCK = "packed_conv2d_u8s8"
+CONV_INT8_PAD_BLOCK = "conv_u8_pad"
 DW_BLOCK = "packed_dw_conv2d"
 DW_PAD_BLOCK = "dw_pad"
 DW_UNPACK_BLOCK = "dw_unpack"
@@ -476,6 +490,74 @@ def packed_depthwise_conv2d_func(x_shape: Sequence, kernel: Sequence[int], strid
     return func.with_attr("op_pattern", _OP_PATTERN_OUT_EWISE_FUSABLE)
 
 
+def pack_conv_weight_int8(w: np.ndarray) -> np.ndarray:
+    """int8 `W[O, C, KH, KW]` -> `W[ceil(O/32) 2, ceil(C/4), KH, KW, 64]`: per 16 output
+    channels, 4 input channels and tap, the 64 bytes one `vpdpbusd` reads (16 channels x
+    4 input channels, input channel innermost); zero-padded channels."""
+    o, c, kh, kw = w.shape
+    tiles, c4 = -(-o // NR) * (NR // LANES), -(-c // _VNNI_K)
+    padded = np.zeros((tiles * LANES, c4 * _VNNI_K, kh, kw), dtype=np.int8)
+    padded[:o, :c] = w
+    # [t, lane, c4, ci, r, s] -> [t, c4, r, s, lane, ci]
+    blocked = padded.reshape(tiles, LANES, c4, _VNNI_K, kh, kw).transpose(0, 2, 4, 5, 1, 3)
+    return np.ascontiguousarray(blocked).reshape(tiles, c4, kh, kw, LANES * _VNNI_K)
+
+
+def packed_conv2d_int8_func(x_shape: Sequence, out_channels: int, kernel: Sequence[int], strides: Sequence[int],
+                            padding: Sequence[int], dilation: Sequence[int], pad_code: int = 0) -> tirx.PrimFunc:
+    """int8 NCHW conv2d, uint8 codes `x` times int8 weights (`pack_conv_weight_int8`),
+    int32 accumulation (exact), minus an int32 per-channel compensation:
+
+        conv_u8_pad[n, c4, i, j, ci]     = x[n, 4 c4 + ci, i - top, j - left], `pad_code`
+                                           outside and for padded channels (the code of
+                                           a 0 activation, so the padding adds nothing
+                                           once compensated)
+        packed_conv2d_u8s8[n, t, h, w, l] = sum_{c4, r, s, ci} conv_u8_pad[n, c4, h sh + r dh,
+                                           w sw + s dw, ci] * w_packed[t, c4, r, s, 4 l + ci]
+        conv_u8s8_unpack[n, 16 t + l, h, w] = packed_conv2d_u8s8[n, t, h, w, l] - comp[16 t + l]
+
+    Every 16 output channels x 4 input channels step is one `vpdpbusd` (ConvVNNI): the
+    4 input channels of one pixel lie together in the blocked input."""
+    x_shape = _fresh_shape(x_shape)
+    n, c, h, w = x_shape
+    c, h, w = int(c), int(h), int(w)
+    kh, kw = kernel
+    sh, sw = strides
+    dh, dw = dilation
+    top, left, bottom, right = padding
+    oh = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + left + right - dw * (kw - 1) - 1) // sw + 1
+    ob, owt = conv_tile(out_channels, ow)
+    ow_pad = -(-ow // owt) * owt
+    hp, wp = h + top + bottom, max(w + left + right, (ow_pad - 1) * sw + dw * (kw - 1) + 1)
+    tiles, c4 = -(-out_channels // NR) * (NR // LANES), -(-c // _VNNI_K)
+    x = te.placeholder(x_shape, "uint8", name="x")
+    wt = te.placeholder(tuple(_i64(v) for v in (tiles, c4, kh, kw, LANES * _VNNI_K)), "int8", name="w_packed")
+    comp = te.placeholder((_i64(out_channels),), "int32", name="compensation")
+
+    def pad(i0, b, i2, i3, ci):
+        chan = b * _VNNI_K + ci
+        inside = tirx.all(chan < c, i2 >= top, i2 < top + h, i3 >= left, i3 < left + w)
+        return tirx.if_then_else(inside, x[i0, tirx.min(chan, c - 1), i2 - top, i3 - left],
+                                 tirx.const(pad_code, "uint8"))
+
+    xp = te.compute((n, _i64(c4), _i64(hp), _i64(wp), _i64(_VNNI_K)), pad, name=CONV_INT8_PAD_BLOCK)
+    rb = te.reduce_axis((_i64(0), _i64(c4)), name="rb")
+    ry = te.reduce_axis((_i64(0), _i64(kh)), name="ry")
+    rx = te.reduce_axis((_i64(0), _i64(kw)), name="rx")
+    ri = te.reduce_axis((_i64(0), _i64(_VNNI_K)), name="ri")
+
+    def body(i, t, y, z, lane):
+        return te.sum(xp[i, rb, y * sh + ry * dh, z * sw + rx * dw, ri].astype("int32")
+                      * wt[t, rb, ry, rx, lane * _VNNI_K + ri].astype("int32"), axis=[rb, ry, rx, ri])
+
+    acc = te.compute((n, _i64(tiles), _i64(oh), _i64(ow_pad), _i64(LANES)), body, name=CONV_INT8_BLOCK)
+    out = te.compute((n, _i64(out_channels), _i64(oh), _i64(ow)),
+                     lambda i, o, y, z: acc[i, o // LANES, y, z, o % LANES] - comp[o], name="conv_u8s8_unpack")
+    func = te.create_prim_func([x, wt, comp, out])
+    return func.with_attr("op_pattern", _OP_PATTERN_OUT_EWISE_FUSABLE)
+
+
 # --------------------------------------------------------------------------------------
 # Relax pass: matmul with a constant right operand -> packed dense call_tir
 # --------------------------------------------------------------------------------------
@@ -554,6 +636,14 @@ class _WeightPacker(relax.PyExprMutator):
         w = _const_array(self._resolve(w_expr))
         a = call.attrs
         x_info, out_info = x.ty, call.ty
+        # an int8 conv is packed on any CPU (ConvVNNI falls back to a vector loop without
+        # VNNI): relax's own int32 conv2d has no fast schedule here
+        if (w is not None and w.ndim == 4 and isinstance(out_info, relax.TensorType)
+                and out_info.dtype == "int32" and (a.data_layout, a.kernel_layout) == ("NCHW", "OIHW")
+                and np.issubdtype(w.dtype, np.integer)):
+            return self._conv2d_int8(call, w, dict(
+                kernel=[int(v) for v in w.shape[2:]], strides=[int(v) for v in a.strides],
+                padding=[int(v) for v in a.padding], dilation=[int(v) for v in a.dilation]))
         if (w is None or w.ndim != 4 or w.dtype != np.float32 or not isinstance(x_info, relax.TensorType)
                 or x_info.dtype != "float32" or x_info.shape is None or x_info.ndim != 4
                 or not isinstance(out_info, relax.TensorType) or out_info.dtype != "float32"
@@ -599,28 +689,37 @@ class _WeightPacker(relax.PyExprMutator):
         self.packed += 1
         return relax.call_tir(gv, [x, relax.const(pack_weight_fp32(w))], call.ty)
 
-    def _int8(self, call, a, w):
-        """`matmul(astype(x8, i32) [- zp], W)` with W in int8 range -> VNNI kernel."""
-        k, n = w.shape
-        if k % _VNNI_K or w.min() < -128 or w.max() > 127:
-            return call
+    def _int8_activation(self, a, ndim: int) -> tuple[relax.Expr, int, int] | None:
+        """`astype(x8, i32) [- zp]` -> (uint8 codes, zero point, shift): int8 codes are
+        shifted by 128 into uint8 (vpdpbusd multiplies unsigned x signed), corrected by
+        the caller's compensation. None when `a` is not of that form."""
         zero_point = 0
         inner = self._resolve(a)
         if isinstance(inner, relax.Call) and isinstance(inner.op, tvm.ir.Op) and inner.op.name == "relax.subtract":
             zp = self._const_through_cast(inner.args[1])
             if zp is None or zp.size != 1:
-                return call
+                return None
             zero_point, inner = int(zp.reshape(())), self._resolve(inner.args[0])
         if not (isinstance(inner, relax.Call) and isinstance(inner.op, tvm.ir.Op) and inner.op.name == "relax.astype"):
-            return call
+            return None
         x = inner.args[0]
-        x_dtype = x.ty.dtype
-        if x_dtype not in ("uint8", "int8") or x.ty.ndim != call.ty.ndim:
+        if x.ty.dtype not in ("uint8", "int8") or x.ty.ndim != ndim:
+            return None
+        shift = 128 if x.ty.dtype == "int8" else 0
+        if shift:
+            x = self.builder_.emit(
+                relax.op.astype(relax.op.add(relax.op.astype(x, "int16"), relax.const(128, "int16")), "uint8"))
+        return x, zero_point, shift
+
+    def _int8(self, call, a, w):
+        """`matmul(astype(x8, i32) [- zp], W)` with W in int8 range -> VNNI kernel."""
+        k, n = w.shape
+        if k % _VNNI_K or w.min() < -128 or w.max() > 127:
             return call
-        shift = 128 if x_dtype == "int8" else 0
-        if shift:  # vpdpbusd multiplies unsigned x signed: x + 128 as uint8, corrected below
-            x = relax.op.astype(relax.op.add(relax.op.astype(x, "int16"), relax.const(128, "int16")), "uint8")
-            x = self.builder_.emit(x)
+        found = self._int8_activation(a, call.ty.ndim)
+        if found is None:
+            return call
+        x, zero_point, shift = found
         w8 = w.astype(np.int8)
         comp = ((shift + zero_point) * w8.astype(np.int64).sum(axis=0)).astype(np.int32)
         shape = _shape_of(x.ty)
@@ -628,6 +727,29 @@ class _WeightPacker(relax.PyExprMutator):
         gv = self._kernel(key, lambda: packed_dense_int8_func(shape, n))
         self.packed += 1
         return relax.call_tir(gv, [x, relax.const(pack_weight_int8(w8)), relax.const(comp)], call.ty)
+
+    def _conv2d_int8(self, call, w: np.ndarray, geometry: dict):
+        """`conv2d(astype(x8, i32) [- zp], W, out_dtype=int32)`, W in int8 range, groups
+        1 -> the packed int8 conv kernel (VNNI)."""
+        if w.min() < -128 or w.max() > 127 or int(call.attrs.groups) != 1:
+            return call
+        found = self._int8_activation(call.args[0], 4)
+        if found is None:
+            return call
+        x, zero_point, shift = found
+        shape = _shape_of(x.ty)
+        if not all(isinstance(d, tirx.IntImm) for d in shape[1:]):
+            return call
+        w8 = w.astype(np.int8)
+        out_channels = w.shape[0]
+        # the kernel pads the codes with the zero point's code: the padding of x - zp is 0
+        comp = ((shift + zero_point) * w8.astype(np.int64).reshape(out_channels, -1).sum(axis=1)).astype(np.int32)
+        args = dict(geometry, pad_code=shift + zero_point)
+        key = (f"packed_conv2d_u8s8_{_shape_name(shape)}_{out_channels}", tuple(str(d) for d in shape),
+               out_channels, repr(sorted(args.items())), "u8s8")
+        gv = self._kernel(key, lambda: packed_conv2d_int8_func(shape, out_channels, **args))
+        self.packed += 1
+        return relax.call_tir(gv, [x, relax.const(pack_conv_weight_int8(w8)), relax.const(comp)], call.ty)
 
 
 @tvm.transform.module_pass(opt_level=0, name="PackConstantWeights")
@@ -899,9 +1021,10 @@ class DenseTile(_Rule):
 
 def _tile_rows_of_output(sch: s_tir.Schedule, out, lead: list, i, j, mr: int, nr: int):
     """Tile the output's [lead..., i, j] loops as (lead, row block, column panel) |
-    register tile of the block | mr rows x nr columns, parallel outside; the last two
-    vectorised where whole 16-lane vectors fit. Returns the loop the register tile is
-    computed under."""
+    register tile of the block | mr rows x nr columns, parallel outside; the columns
+    vectorised where whole 16-lane vectors fit (the rows stay a loop: unrolling a long
+    fused epilogue, e.g. dequantize -> GELU -> quantize, multiplies LLVM's work for
+    nothing). Returns the loop the register tile is computed under."""
     i_ext = _extent(sch, i)
     tiles = -(-i_ext // mr) if i_ext is not None else None
     per_block = dense_tiles_per_block(tiles, mr) if tiles is not None else max(1, MB // mr)
@@ -909,7 +1032,6 @@ def _tile_rows_of_output(sch: s_tir.Schedule, out, lead: list, i, j, mr: int, nr
     jo, ji = sch.split(j, [None, nr])
     sch.reorder(*lead, io, jo, im, ii, ji)
     sch.parallel(sch.fuse(*lead, io, jo))
-    sch.unroll(ii)
     _vectorize_inner(sch, ji)
     return im
 
@@ -938,7 +1060,7 @@ class MatmulVNNI(_Rule):
             return s_tir.Schedule(_emit_vnni(sch.mod["main"]))
         except Exception as exc:  # noqa: BLE001  (the text did not look as expected: keep the vector loop)
             logger.warning("VNNI rewrite failed, int8 kernel stays a vector loop: %s", exc)
-            return MatmulVNNI(vnni=False).apply(func, target, tunable)
+            return type(self)(vnni=False).apply(func, target, tunable)
 
     def _use_vnni(self, target: Target) -> bool:
         return _has_vnni(target) if self.vnni is None else self.vnni
@@ -1074,8 +1196,58 @@ class DepthwiseTile(_Rule):
         return True
 
 
+class ConvVNNI(MatmulVNNI):
+    """The int8 packed conv kernel (`packed_conv2d_int8_func`) + its fused epilogue
+    (dequantize, bias, activation, the next quantize): tiled like ConvTile (`owt`
+    columns x `ob` output channels of int32 accumulators in registers, parallel over
+    batch x channel blocks x rows), reduction over (4-channel block, kernel row, kernel
+    column) outside the tile, and each 16 channels x 4 input channels step one
+    `vpdpbusd` on a VNNI target (the same rewrite as MatmulVNNI), else a 16-lane vector
+    loop. The blocked, padded input is one parallel loop nest of its own."""
+
+    def schedule(self, sch: s_tir.Schedule, target: Target) -> bool:
+        names = [sch.get(b).name_hint for b in _blocks(sch)]
+        if CONV_INT8_BLOCK not in names or CONV_INT8_PAD_BLOCK not in names:
+            return False
+        conv, pad = sch.get_sblock(CONV_INT8_BLOCK), sch.get_sblock(CONV_INT8_PAD_BLOCK)
+        _inline_spatial(sch, keep=[conv, pad])
+        consumers = list(sch.get_consumers(conv))
+        if len(consumers) != 1 or len(sch.get_loops(consumers[0])) != 4:
+            return False
+        out = consumers[0]
+        n, o, y, z = sch.get_loops(out)
+        width, channels = _extent(sch, z), _extent(sch, o)
+        if width is None or channels is None:
+            return False
+        ob, owt = conv_tile(channels, width)
+        oo, oi = sch.split(o, [None, ob])
+        zo, zi = sch.split(z, [None, owt])
+        sch.reorder(n, oo, y, zo, oi, zi)
+        sch.parallel(sch.fuse(n, oo, y))
+        sch.compute_at(conv, zo, preserve_unit_loops=True)
+        sch.set_scope(conv, 0, "local")
+        *_, t_tile, _, t_col, lane, rb, ry, rx, ri = sch.get_loops(conv)
+        sch.reorder(rb, ry, rx, t_col, t_tile, ri, lane)
+        if not self._use_vnni(target):  # (while the block still has its init: vectorize checks it)
+            sch.unroll(ri)
+            sch.vectorize(lane)
+        init = sch.decompose_reduction(conv, rb)
+        _vectorize_inner(sch, sch.get_loops(init)[-1])
+        sch.unroll(t_col)
+        sch.unroll(t_tile)
+        if self._use_vnni(target):
+            sch.blockize(ri)  # the 4 x 16 step: one block, rewritten by _emit_vnni
+        _vectorize_any(sch, zi)
+        *pad_outer, _ = sch.get_loops(pad)
+        sch.parallel(sch.fuse(*pad_outer[:3]))
+        for b in sch.get_consumers(out):
+            _schedule_spatial_block(sch, b)
+        return True
+
+
 VNNI_INTRINSIC = "llvm.x86.avx512.vpdpbusd.512"
-_VNNI_OUTER = re.compile(r'^(?P<ind> *)with T\.sblock\("' + DENSE_INT8_BLOCK + r'_update_o"\):\n', re.M)
+_VNNI_OUTER = re.compile(r'^(?P<ind> *)with T\.sblock\("(?:' + DENSE_INT8_BLOCK + "|" + CONV_INT8_BLOCK
+                         + r')_update_o"\):\n', re.M)
 _VNNI_INNER_ITERS = re.compile(r'(?P<a>\w+), (?P<b>\w+) = T\.axis\.remap\("SR", \[\w+, \w+\]\)')
 _VNNI_STORE = re.compile(
     r'^ *(?P<acc>\w+)\[(?P<ai>[^\]]+)\] = (?P=acc)\[(?P=ai)\] \+ T\.Cast\("int32", (?P<x>\w+)\[(?P<xi>[^\]]+)\]\)'
@@ -1130,10 +1302,10 @@ def _emit_vnni(func: tirx.PrimFunc) -> tirx.PrimFunc:
 
         acc_head, acc_last = _split_last_index(at_zero(store.group("ai")))
         x_head, x_last = _split_last_index(at_zero(store.group("xi")))
-        w_head, _ = _split_last_index(at_zero(store.group("wi")))
+        w_head, w_last = _split_last_index(at_zero(store.group("wi")))
         acc = f'{store.group("acc")}[{acc_head}T.Ramp({acc_last}, T.int64(1), 16)]'
         x = f'{store.group("x")}[{x_head}T.Ramp({x_last}, T.int64(1), 4)]'
-        w = f'{store.group("w")}[{w_head}T.Ramp(T.int64(0), T.int64(1), 64)]'
+        w = f'{store.group("w")}[{w_head}T.Ramp({w_last}, T.int64(1), 64)]'
         x4 = f'T.Broadcast(T.reinterpret("int32", {x}), 16)'
         if byte_operands:
             operands = f'T.reinterpret("uint8x64", {x4}), {w}'
@@ -1232,7 +1404,7 @@ class ParallelOuter(_Rule):
 def default_rules() -> list:
     from tvm.s_tir.dlight import cpu as dl_cpu
 
-    return [MatmulVNNI(), ConvTile(), DepthwiseTile(), DenseTile(), MatmulTile(), RowReduction(), Injective(), dl_cpu.GEMV(), dl_cpu.Reduction(),
+    return [MatmulVNNI(), ConvVNNI(), ConvTile(), DepthwiseTile(), DenseTile(), MatmulTile(), RowReduction(), Injective(), dl_cpu.GEMV(), dl_cpu.Reduction(),
             ParallelOuter()]
 
 

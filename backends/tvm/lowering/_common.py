@@ -98,11 +98,22 @@ def relax_dtype(dt: DType) -> str:
 
 
 class LowerContext:
-    """What an emitter writes through: the BlockBuilder and the symbolic dims."""
+    """What an emitter writes through: the BlockBuilder, the symbolic dims, and the
+    Relax expression of any IR value emitted so far (`value`: an emitter that fuses a
+    pattern reads the operands of its inputs' producers)."""
 
-    def __init__(self, bb: relax.BlockBuilder, dims: dict[str, Any]) -> None:
+    def __init__(self, bb: relax.BlockBuilder, dims: dict[str, Any],
+                 read: Callable[[Any], relax.Expr] | None = None) -> None:
         self.bb = bb
         self.dims = dims
+        self._read = read
+
+    def value(self, v: Any) -> relax.Expr:
+        """The Relax expression of IR value `v` (a graph input, a constant or an output of
+        a node emitted earlier)."""
+        if self._read is None:
+            raise UnsupportedOpError("this lowering context reads no other values")
+        return self._read(v)
 
     def emit(self, expr: relax.Expr) -> relax.Expr:
         if isinstance(expr, (relax.Var, tvm.ir.expr.Constant)):

@@ -348,6 +348,61 @@ def test_int8_weights_out_of_range_fall_back_to_int32_matmul() -> None:
     np.testing.assert_array_equal(_run(pipeline.build_cpu(mod), x), x.astype(np.int32) @ w)
 
 
+def _int8_conv_module(x_shape, x_dtype: str, w: np.ndarray, zero_point: int, strides, padding) -> tvm.IRModule:
+    """What the Conv lowering writes for DQ(codes) -> Conv(DQ(int8 weights)): the codes
+    minus the zero point convolved with the int8 codes into int32."""
+    def body(bb, x_):
+        a = R.astype(x_, "int32")
+        if zero_point:
+            a = R.subtract(a, relax.const(zero_point, "int32"))
+        return R.nn.conv2d(a, relax.const(w.astype(np.int32)), strides=list(strides), padding=list(padding),
+                           out_dtype="int32")
+
+    return _module([_var("x", x_shape, x_dtype)], body)
+
+
+INT8_CONV_CASES = [  # n, c, h, w, o, k, strides, padding, zero point, activation dtype
+    (2, 8, 10, 10, 16, 3, (1, 1), (1, 1, 1, 1), 0, "uint8"),
+    (1, 3, 13, 11, 8, 3, (2, 2), (1, 1, 1, 1), 7, "uint8"),       # RGB: 3 channels of a 4-channel block
+    (2, 16, 9, 9, 64, 1, (1, 1), (0, 0, 0, 0), 128, "uint8"),     # 1x1, two 32-channel tiles
+    (1, 24, 7, 7, 40, 3, (1, 1), (1, 2, 0, 1), -3, "int8"),       # signed codes, asymmetric padding
+]
+
+
+@pytest.mark.parametrize("vnni", [True, False])
+@pytest.mark.parametrize("n,c,h,w,o,k,strides,padding,zero_point,x_dtype", INT8_CONV_CASES)
+def test_int8_conv2d_is_exact(n, c, h, w, o, k, strides, padding, zero_point, x_dtype, vnni: bool,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The padding is the zero point's code (a 0 after subtracting it), signed codes go
+    through the +128 shift, every output bit for bit equal to the unscheduled build."""
+    if vnni and not _VNNI_HOST:
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    rules = [schedule_cpu.MatmulVNNI(vnni=vnni), schedule_cpu.ConvVNNI(vnni=vnni)] + schedule_cpu.default_rules()[2:]
+    monkeypatch.setattr(schedule_cpu, "default_rules", lambda: list(rules))
+    rng = np.random.default_rng(RNG_SEED)
+    wt = rng.integers(-128, 128, (o, c, k, k)).astype(np.int8)
+    lo, hi = (0, 256) if x_dtype == "uint8" else (-128, 128)
+    x = rng.integers(lo, hi, (n, c, h, w)).astype(x_dtype)
+    mod = _int8_conv_module(x.shape, x_dtype, wt, zero_point, strides, padding)
+    funcs = _scheduled_funcs(mod)
+    (func,) = [f for name, f in funcs.items() if "packed_conv2d_u8s8" in name]
+    assert (schedule_cpu.VNNI_INTRINSIC in func.script()) == vnni
+    step = "packed_conv2d_u8s8_update_o" if vnni else "packed_conv2d_u8s8_update"
+    assert _update_block_predicates(func, step) == []
+    np.testing.assert_array_equal(_run(pipeline.build_cpu(mod), x), _run(pipeline.build_cpu(mod, schedule=False), x))
+
+
+def test_pack_conv_weight_int8_layout() -> None:
+    rng = np.random.default_rng(RNG_SEED)
+    w = rng.integers(-128, 128, (20, 6, 3, 3)).astype(np.int8)
+    p = schedule_cpu.pack_conv_weight_int8(w)
+    assert p.shape == (2, 2, 3, 3, 64)  # 20 channels -> one 32-wide tile (two of 16); 6 -> two 4-channel blocks
+    for o, c, r, s in [(0, 0, 0, 0), (17, 5, 2, 1), (19, 3, 1, 2)]:
+        assert p[o // 16, c // 4, r, s, (o % 16) * 4 + c % 4] == w[o, c, r, s]
+    assert not p[1, :, :, :, 4 * 4:].any()  # padded output channels
+    assert not p[:, 1, :, :, :].reshape(2, 9, 16, 4)[..., 2:].any()  # padded input channels 6, 7
+
+
 # ----------------------------------------------------------------------------- pipeline helpers
 
 
