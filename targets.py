@@ -295,6 +295,30 @@ _CANONICAL = (Step("canonicalize"), Step("fold_batchnorm"))
 # back into float weights (the quantize pass already stores weights as codes).
 _QUANT_CLEANUP = (Step("cse"), Step("dce"))
 
+# -- rotations (QuaRot / SpinQuant; passes/rotate_*.py, each exact in float) -----------------
+# The stream rotation needs the norms' affine folded into the linears and LayerNorm streams
+# centred first; post-norm graphs (BERT, MiniLM) are refused by the two stream passes (named
+# in the report) and take the per-head and online rotations only.
+_ROTATE_OPTIONS = {
+    "rotate": OptionSpec(bool, False, "Hadamard rotations before quantizing: the residual stream (pre-norm "
+                                      "models, free), each attention head (free), and online Hadamards on the "
+                                      "other linear inputs (rotate_online)"),
+    "rotate_online": OptionSpec(str, "all", "the linear inputs rotate=True rotates at run time: 'all', 'writers' "
+                                            "(QuaRot's: the inputs of the linears writing the residual stream), "
+                                            "'norms' (LayerNorm / RMSNorm outputs), 'none'",
+                                ("all", "writers", "norms", "none")),
+}
+_ROTATE = (
+    Step("fold_norm_affine", when=("rotate", True)),
+    Step("layernorm_to_rmsnorm", when=("rotate", True)),
+    Step("rotate_residual", when=("rotate", True)),
+    Step("rotate_heads", when=("rotate", True)),
+    Step("rotate_online", {"scope": Opt("rotate_online")}, when=("rotate", True), unless=("rotate_online", "none")),
+)
+_WEIGHT_METHODS = ("rtn", "gptq")
+_WEIGHT_METHOD = OptionSpec(str, "rtn", "weight codes: round to nearest ('rtn') or GPTQ ('gptq', MatMul weights, "
+                                        "Hessians from the calibration batches)", _WEIGHT_METHODS)
+
 # -- static W8A8 ----------------------------------------------------------------------------
 _INT8_OPTIONS = {
     **_CALIBRATION_OPTIONS,
@@ -314,6 +338,8 @@ _INT8_OPTIONS = {
     # targets smooth every input (README, "Quantizing all-MiniLM-L6-v2", measures both)
     "smooth_scope": OptionSpec(str, "norm", "SmoothQuant on LayerNorm / RMSNorm outputs only ('norm'), or on "
                                             "every linear input ('all': more accurate, slower on ONNX Runtime)"),
+    **_ROTATE_OPTIONS,
+    "weight_method": _WEIGHT_METHOD,
 }
 _INT8_WEIGHTS = Scheme("int8", Opt("per_channel", {True: "channel", False: "tensor"}),
                        axis=Opt("per_channel", {True: 1, False: None}), symmetric=True)
@@ -322,8 +348,10 @@ _INT8_ACTIVATIONS = Scheme(Opt("activations"), "tensor", symmetric=Opt("activati
 
 def _quantize_step(weights: Scheme, activations: Scheme | None, *, stats: Any = STATS, weight_only: bool = False,
                    method: Any = Opt("method"), ops: Any = Opt("ops"), embeddings: Any = False,
-                   feature_maps: Any = False) -> Step:
-    return Step("quantize", {
+                   feature_maps: Any = False, weight_method: Any = None) -> Step:
+    gptq = {} if weight_method is None else {"weight_method": weight_method, "batches": BATCHES,
+                                             "runner": Opt("calibration_runner")}
+    return Step("quantize", {**gptq,
         "weight_scheme": weights,
         "activation_scheme": activations,
         "ops": ops,
@@ -342,10 +370,11 @@ _SMOOTHQUANT = Step("smoothquant", {"alpha": Opt("smooth_alpha"), "scope": Opt("
                                     "runner": Opt("calibration_runner")}, unless=("smooth_alpha", None))
 _INT8_QUANTIZE = (
     *_CANONICAL,
+    *_ROTATE,
     _SMOOTHQUANT,
     Step(CALIBRATE, {"runner": Opt("calibration_runner")}),
     _quantize_step(_INT8_WEIGHTS, _INT8_ACTIVATIONS, embeddings=Opt("quantize_embeddings"),
-                   feature_maps=Opt("feature_maps")),
+                   feature_maps=Opt("feature_maps"), weight_method=Opt("weight_method")),
 )
 _INT8_STEPS = (*_INT8_QUANTIZE, Step("lower_quant", {"kernel": Opt("kernel")}), *_QUANT_CLEANUP)
 
@@ -377,14 +406,61 @@ _INT4_OPTIONS = {
     "group_size": OptionSpec(int, 32, "weights per int4 group along K", (16, 32, 64, 128, 256)),
     "symmetric": OptionSpec(bool, True, "int4 symmetric (False: uint4 with zero points)"),
     "kernel": OptionSpec(str, "auto", "kernel for lower_quant ('auto': MatMulNBits)"),
+    "calibration_runner": _CALIBRATION_OPTIONS["calibration_runner"],
+    **_ROTATE_OPTIONS,
+    "weight_method": _WEIGHT_METHOD,
 }
+_INT4_WEIGHTS = Scheme(Opt("symmetric", {True: "int4", False: "uint4"}), "group", axis=0, group_size=Opt("group_size"),
+                       symmetric=Opt("symmetric"))
 _INT4_STEPS = (
     *_CANONICAL,
-    _quantize_step(
-        Scheme(Opt("symmetric", {True: "int4", False: "uint4"}), "group", axis=0, group_size=Opt("group_size"),
-               symmetric=Opt("symmetric")),
-        None, stats=None, weight_only=True, method="minmax", ops=("MatMul",)),
+    *_ROTATE,
+    # GPTQ reads the calibration batches: only then does cpu-int4 need calibration
+    replace(_quantize_step(_INT4_WEIGHTS, None, stats=None, weight_only=True, method="minmax", ops=("MatMul",)),
+            when=("weight_method", "rtn")),
+    replace(_quantize_step(_INT4_WEIGHTS, None, stats=None, weight_only=True, method="minmax", ops=("MatMul",),
+                           weight_method="gptq"), when=("weight_method", "gptq")),
     Step("lower_quant", {"kernel": Opt("kernel")}),
+    *_QUANT_CLEANUP,
+)
+
+# -- W4A8 ------------------------------------------------------------------------------------
+# int4 GPTQ weights and int8 activations. Two kernels (lower_quant): "integer_to_float",
+# int4 codes per output channel stored in the file and cast to int8 when ONNX Runtime loads
+# it, static uint8 activations on the same MatMulIntegerToFloat / QAttention kernels as
+# cpu-int8 (README, "Integer kernels on ONNX Runtime": the fastest exact form on x86); or
+# "nbits", MatMulNBits with accuracy_level 4 (groups along K, int8 activations quantized
+# inside the kernel per block), which the same table measures slower than float32 here.
+_W4A8_OPTIONS = {
+    **_CALIBRATION_OPTIONS,
+    **_QUANT_OPTIONS,
+    "kernel": OptionSpec(str, "integer_to_float", "integer_to_float (int4 per-channel codes, static uint8 "
+                                                  "activations, ORT's int8 kernels) or nbits (MatMulNBits "
+                                                  "accuracy_level 4, int4 groups, int8 activations inside the "
+                                                  "kernel)", ("integer_to_float", "nbits")),
+    "group_size": OptionSpec(int, 32, "int4 group along K for kernel='nbits'", (16, 32, 64, 128, 256)),
+    "quantize_embeddings": OptionSpec(bool, True, "also quantize Gather tables (int8, one scale per row)"),
+    "smooth_alpha": OptionSpec((float, type(None)), None, "SmoothQuant migration strength before quantizing (None: "
+                                                          "no SmoothQuant; the rotations spread the outliers)"),
+    "smooth_scope": _INT8_OPTIONS["smooth_scope"],
+    **_ROTATE_OPTIONS,
+    "rotate": OptionSpec(bool, True, _ROTATE_OPTIONS["rotate"].help),
+    "weight_method": OptionSpec(str, "gptq", _WEIGHT_METHOD.help, _WEIGHT_METHODS),
+}
+_W4A8_INTEGER = ("kernel", "integer_to_float")
+_W4A8_NBITS = ("kernel", "nbits")
+_W4A8_STEPS = (
+    *_CANONICAL,
+    *_ROTATE,
+    _SMOOTHQUANT,
+    Step(CALIBRATE, {"runner": Opt("calibration_runner")}, when=_W4A8_INTEGER),
+    replace(_quantize_step(Scheme("int4", "channel", axis=1), _INT8_ACTIVATIONS.resolve({"activations": "uint8"}),
+                           embeddings=Opt("quantize_embeddings"), weight_method=Opt("weight_method")),
+            when=_W4A8_INTEGER),
+    replace(_quantize_step(Scheme("int4", "group", axis=0, group_size=Opt("group_size")), None, stats=None,
+                           weight_only=True, ops=("MatMul",), weight_method=Opt("weight_method")),
+            when=_W4A8_NBITS),
+    Step("lower_quant", {"kernel": "auto", "accuracy_level": Opt("kernel", {"integer_to_float": 0, "nbits": 4})}),
     *_QUANT_CLEANUP,
 )
 
@@ -394,9 +470,11 @@ _FP8_OPTIONS = {
     "method": OptionSpec(str, "minmax", "activation range from calibration statistics (fp8: amax)", _METHODS),
     **_QUANT_OPTIONS,
     "format": OptionSpec(str, "fp8_e4m3", "fp8 element format", ("fp8_e4m3", "fp8_e5m2")),
+    **_ROTATE_OPTIONS,
 }
 _FP8_STEPS = (
     *_CANONICAL,
+    *_ROTATE,
     Step(CALIBRATE, {"runner": Opt("calibration_runner")}),
     _quantize_step(Scheme(Opt("format"), "channel", axis=1), Scheme(Opt("format"), "tensor")),
     *_QUANT_CLEANUP,
@@ -409,11 +487,13 @@ _FP4_OPTIONS = {
     "search": OptionSpec(bool, False, "LLM-FP4 instead of blocks: a searched FP4 format per tensor with "
                                       "per-channel exponent biases folded into the next weights (ignores block, "
                                       "method, ops and exclude)"),
+    **_ROTATE_OPTIONS,
 }
 _FP4_BLOCK = Opt("block", {"nv": 16, "mx": 32})
 _FP4_BLOCKS = ("search", False)
 _FP4_STEPS = (
     *_CANONICAL,
+    *_ROTATE,
     # block scales come from the data; NVFP4's float32 per-tensor scale of activations
     # comes from calibration (MXFP4 needs none, but calibrating keeps one pipeline)
     Step(CALIBRATE, {"runner": Opt("calibration_runner")}, when=_FP4_BLOCKS),
@@ -423,14 +503,53 @@ _FP4_STEPS = (
          when=("search", True)),
     *_QUANT_CLEANUP,
 )
-_FP32_STEPS = (*_CANONICAL, *_CLEANUP)
+# Toeplitz products, relative-position kernelized attention and long depthwise convs in FFT
+# form (passes/toeplitz_fft.py): its cost model decides per node from the backend's measured
+# crossovers (passes/toeplitz_fft_crossovers.py); the option forces or forbids it
+_FFT_OPTIONS = {
+    "fft": OptionSpec(str, "cost", "Toeplitz / relative-position attention / long-conv products in FFT form: "
+                                   "'cost' (where the backend's measured crossover says it pays), 'always', 'off'",
+                      ("cost", "always", "off")),
+}
+
+
+def _toeplitz_fft_step(backend: str) -> Step:
+    return Step("toeplitz_fft", {"backend": backend, "policy": Opt("fft")}, unless=("fft", "off"))
+
+
+_FP32_STEPS = (*_CANONICAL, _toeplitz_fft_step("onnx"), *_CLEANUP)
+_TVM_FP32_STEPS = (*_CANONICAL, _toeplitz_fft_step("tvm"), *_CLEANUP, _BIND_DIMS)
+# -- integer-only (I-ViT) ------------------------------------------------------------------
+# The int8 front half of cpu-int8 (SmoothQuant, calibrate, quantize: the weights' codes and
+# the scales / zero points of the linear inputs), then intonly turns every other float op
+# into its integer form, with ranges it calibrates itself, and picks the softmax/GELU
+# approximation family on the calibration batches (approx="auto"). SmoothQuant is on every
+# linear input: in an integer-only graph its multiply becomes part of a requantization's
+# scale, so it costs no op (README, "Integer-only inference", measures the choices).
+_INTONLY_OPTIONS = {
+    **_CALIBRATION_OPTIONS,
+    **_QUANT_OPTIONS,
+    "activations": _INT8_OPTIONS["activations"],
+    "smooth_alpha": _INT8_OPTIONS["smooth_alpha"],
+    "smooth_scope": OptionSpec(str, "all", "SmoothQuant on every linear input ('all'), or on LayerNorm / RMSNorm "
+                                           "outputs only ('norm')"),
+    "approx": OptionSpec(str, "auto", "softmax/GELU approximations: 'shift' (I-ViT), 'poly' (I-BERT), 'fine' "
+                                      "(requant's tanh-form GELU), or 'auto' (the one closest to the quantized "
+                                      "float graph on the calibration batches)", ("shift", "poly", "fine", "auto")),
+    "strict": OptionSpec(bool, False, "fail when any float op other than the input quantizers and output "
+                                      "dequantizers remains (else they are named in the report)"),
+}
 _INTONLY_STEPS = (
     *_CANONICAL,
+    _SMOOTHQUANT,
     Step(CALIBRATE, {"runner": Opt("calibration_runner")}),
-    _quantize_step(Scheme("int8", "channel", axis=1), Scheme("int8", "tensor")),
-    Step("intonly"),
+    _quantize_step(Scheme("int8", "channel", axis=1), _INT8_ACTIVATIONS),
+    Step("intonly", {"approx": Opt("approx"), "batches": BATCHES, "runner": Opt("calibration_runner"),
+                     "strict": Opt("strict")}),
     *_QUANT_CLEANUP,
 )
+_INTONLY_OPS = ("Requantize", "DyadicAdd", "ILayerNorm", "Shiftmax", "ShiftGELU", "PolySoftmax", "PolyGELU",
+                "TanhGELU", "MatMulInteger")
 
 
 @dataclass(frozen=True)
@@ -602,17 +721,21 @@ def _table(*entries: Target) -> dict[str, Target]:
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 TARGETS: dict[str, Target] = _table(
-    Target("cpu-fp32", "float32 on ONNX Runtime (CPU): canonical forms and cleanup only", _FP32_STEPS),
+    Target("cpu-fp32", "float32 on ONNX Runtime (CPU): canonical forms, Toeplitz products in FFT form where they "
+           "pay, cleanup", _FP32_STEPS, options=_FFT_OPTIONS),
     Target("cpu-int8", "static W8A8 on ONNX Runtime (CPU): int8 per-channel weights, per-tensor activations "
            "from calibration, integer MatMul kernels", _INT8_STEPS, options=_INT8_OPTIONS, backend_ops=_QDQ),
     Target("cpu-int4", "weight-only int4 (groups of 32 along K) on ONNX Runtime (CPU) via MatMulNBits",
            _INT4_STEPS, options=_INT4_OPTIONS, backend_ops=("com.microsoft.MatMulNBits",)),
+    Target("cpu-w4a8", "int4 GPTQ weights (stored 4-bit) and int8 activations on ONNX Runtime (CPU), after "
+           "Hadamard rotations: ORT's int8 kernels (or MatMulNBits accuracy_level 4)", _W4A8_STEPS,
+           options=_W4A8_OPTIONS, backend_ops=_QDQ),
     Target("cpu-fp8", "fp8 (e4m3) weights and activations, simulated by quantize-dequantize on ONNX Runtime (CPU)",
            _FP8_STEPS, options=_FP8_OPTIONS, simulated=True, backend_ops=_QDQ),
     Target("cpu-fp4", "fp4 (e2m1) NVFP4/MXFP4 blocks, simulated by quantize-dequantize on ONNX Runtime (CPU)",
            _FP4_STEPS, options=_FP4_OPTIONS, simulated=True, backend_ops=("FakeQuantize",)),
     Target("cpu-intonly", "integer-only inference (I-ViT: Shiftmax, ShiftGELU, I-LayerNorm, dyadic requantization) "
-           "on ONNX Runtime (CPU)", _INTONLY_STEPS, options=_CALIBRATION_OPTIONS | _QUANT_OPTIONS),
+           "on ONNX Runtime (CPU)", _INTONLY_STEPS, options=_INTONLY_OPTIONS, backend_ops=_INTONLY_OPS),
     Target("cuda-int8", "static W8A8 on NVIDIA GPUs through TVM (CUDA): int8 matmuls with int32 accumulation",
            _TVM_INT8_STEPS, backend="tvm", device="cuda", options=_TVM_INT8_OPTIONS),
     Target("cuda-fp8", "fp8 (e4m3) weights and activations on NVIDIA GPUs through TVM (CUDA), "
@@ -622,10 +745,16 @@ TARGETS: dict[str, Target] = _table(
     Target("cuda-fp4", "fp4 (e2m1) NVFP4/MXFP4 blocks on NVIDIA GPUs through TVM (CUDA), "
            "simulated by quantize-dequantize", (*_FP4_STEPS, _BIND_DIMS), backend="tvm", device="cuda",
            options=_FP4_OPTIONS | _TVM_OPTIONS, simulated=True),
-    Target("tvm-cpu-fp32", "float32 compiled by TVM for the CPU (LLVM)", (*_FP32_STEPS, _BIND_DIMS), backend="tvm",
-           device="llvm", options=_TVM_OPTIONS),
+    Target("tvm-cpu-fp32", "float32 compiled by TVM for the CPU (LLVM), Toeplitz products in FFT form where they "
+           "pay", _TVM_FP32_STEPS, backend="tvm", device="llvm", options=_TVM_OPTIONS | _FFT_OPTIONS),
     Target("tvm-cpu-int8", "static W8A8 compiled by TVM for the CPU (LLVM): int8 matmuls with int32 accumulation",
            _TVM_INT8_STEPS, backend="tvm", device="llvm", options=_TVM_INT8_OPTIONS),
+    Target("tvm-cpu-intonly", "integer-only inference (I-ViT) compiled by TVM for the CPU (LLVM): int8 matmuls "
+           "with integer epilogues, integer softmax/GELU/LayerNorm", (*_INTONLY_STEPS, _BIND_DIMS), backend="tvm",
+           device="llvm", options=_INTONLY_OPTIONS | _TVM_OPTIONS),
+    Target("cuda-intonly", "integer-only inference (I-ViT) on NVIDIA GPUs through TVM (CUDA): dp4a int8 matmuls "
+           "with integer epilogues", (*_INTONLY_STEPS, _BIND_DIMS), backend="tvm", device="cuda",
+           options=_INTONLY_OPTIONS | _TVM_OPTIONS),
 )
 
 

@@ -351,6 +351,30 @@ class _Finder:
 
     # -- long depthwise convolutions -------------------------------------------------------
 
+    def _zero_padding(self, x: Value) -> tuple[Value, tuple[int, int]] | None:
+        """(the unpadded input, (begin, end)) when x is a constant-zero Pad of the last axis
+        only that nothing else reads, else None."""
+        node = x.producer
+        if node is None or node.op != "Pad" or node.attrs.get("mode", "constant") != "constant":
+            return None
+        if len(x.uses) != 1 or self.graph.is_output(x):
+            return None
+        ins = list(node.inputs) + [None] * (4 - len(node.inputs))
+        data, pads, value, axes = ins[:4]
+        if pads is None or pads.const is None or (value is not None and (value.const is None or np.any(value.const))):
+            return None
+        rank = len(x.type.shape)
+        axes = list(range(rank)) if axes is None else (
+            [int(a) % rank for a in np.asarray(axes.const).reshape(-1)] if axes.const is not None else None)
+        if axes is None:
+            return None
+        widths = [int(p) for p in np.asarray(pads.const).reshape(-1)]
+        begin = dict(zip(axes, widths[: len(axes)]))
+        end = dict(zip(axes, widths[len(axes):]))
+        if any((begin[a] or end[a]) for a in axes if a != rank - 1) or min(begin.get(rank - 1, 0), end.get(rank - 1, 0)) < 0:
+            return None
+        return data, (begin.get(rank - 1, 0), end.get(rank - 1, 0))
+
     def conv(self, node: Node) -> _Plan | str | None:
         x, w = node.inputs[0], node.inputs[1]
         bias = node.inputs[2] if len(node.inputs) > 2 else None
@@ -372,6 +396,11 @@ class _Finder:
         dilation = int((node.attrs.get("dilations") or [1])[0])
         pads = list(node.attrs.get("pads") or [0, 0])
         taps = ws[2]
+        absorbed = self._zero_padding(x)
+        if absorbed is not None:  # F.pad(x, (taps - 1, 0)) then conv: the zeros are offsets, not samples
+            x, (begin, end) = absorbed
+            pads = [pads[0] + begin, pads[1] + end]
+            xs = x.type.shape
         n = xs[2]
         n_out = n + pads[0] + pads[1] - dilation * (taps - 1)
         if n_out < 1:

@@ -14,6 +14,11 @@ registers them all in `requant.ir.registry`.
 - `cast`: Cast, CastLike (and `cast_to`, the shared conversion routine).
 - `misc`: Constant, ConstantOfShape, Range, Dropout.
 - `quant`: Q/DQ, integer matmuls, FakeQuantize.
+- `fft`: RFFT / IRFFT and the Toeplitz products computed with them (ToeplitzMatMulFFT,
+  ToeplitzLowRankMatMulFFT).
+- `intonly`: integer-only kernels (Requantize, DyadicAdd, ILayerNorm, Shiftmax, ShiftGELU,
+  PolySoftmax, PolyGELU) of I-ViT / I-BERT style integer-only transformers.
+- `rotation`: Hadamard (an online orthogonal rotation along one axis).
 - `onnxruntime` / `onnxruntime_attention`: ONNX Runtime's own kernels (domain
   "com.microsoft": MatMulIntegerToFloat, DynamicQuantizeMatMul, MatMulNBits, QAttention),
   which only the ONNX backend's lowering makes.
@@ -27,7 +32,9 @@ from requant.ir.ops import (  # noqa: F401
     cast,
     conv,
     elementwise,
+    fft,
     indexing,
+    intonly,
     linalg,
     misc,
     normalization,
@@ -37,6 +44,7 @@ from requant.ir.ops import (  # noqa: F401
     quant,
     reduce,
     resize,
+    rotation,
     shape_ops,
     unary,
 )

@@ -13,8 +13,10 @@ tests and the benchmark (tools/bench/toeplitz_fft.py) run.
 - `RPEAttentionCore`: the same attention from given features phi(Q), phi(K) and values
   (the shape the benchmark sweeps: m = d = 64, 8 heads).
 - `RPETransformer`: pre-norm blocks of that attention and an MLP over float inputs.
+- `RelativePositionMix`: the Toeplitz product alone, `exp(b[h, j - i]) @ Y` per head.
 - `LongConvBlock`: a gated depthwise long convolution along the sequence (Hyena / H3 /
-  CKConv style), causal (left-padded) or centred, filter length comparable to n.
+  CKConv style), causal (left-padded) or centred, filter length comparable to n;
+  `DepthwiseLongConv` the causal convolution alone.
 Builders return `ModelCase`s (tests/models/zoo.py) with seeded weights and inputs.
 """
 
@@ -31,7 +33,9 @@ __all__ = [
     "KernelizedRPEAttention",
     "RPEAttentionCore",
     "RPETransformer",
+    "RelativePositionMix",
     "LongConvBlock",
+    "DepthwiseLongConv",
     "rpe_attention_core",
     "rpe_transformer",
     "long_conv_block",
@@ -106,6 +110,32 @@ class RPETransformer(nn.Module):
             x = x + block["attn"](block["norm1"](x))
             x = x + block["mlp"](block["norm2"](x))
         return x
+
+
+class RelativePositionMix(nn.Module):
+    """y [B, H, n, d] -> exp(b[h, j - i + max_len - 1]) @ y: one Toeplitz product per head."""
+
+    def __init__(self, heads: int, max_len: int) -> None:
+        super().__init__()
+        self.max_len = max_len
+        self.bias = nn.Parameter(torch.randn(heads, 2 * max_len - 1) * 0.1)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        n = y.shape[-2]
+        pos = torch.arange(n, device=y.device)
+        return torch.exp(self.bias[:, pos[None, :] - pos[:, None] + (self.max_len - 1)]) @ y
+
+
+class DepthwiseLongConv(nn.Module):
+    """x [B, C, n] -> the causal depthwise convolution with a filter of `taps`."""
+
+    def __init__(self, channels: int, taps: int) -> None:
+        super().__init__()
+        self.taps = taps
+        self.weight = nn.Parameter(torch.randn(channels, 1, taps) / taps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.conv1d(nn.functional.pad(x, (self.taps - 1, 0)), self.weight, groups=x.shape[1])
 
 
 class LongConvBlock(nn.Module):

@@ -26,7 +26,9 @@ from op_cases import (
     cast,
     conv,
     elementwise,
+    fft,
     indexing,
+    intonly,
     linalg,
     misc,
     normalization,
@@ -36,6 +38,7 @@ from op_cases import (
     quant,
     reduce,
     resize,
+    rotation,
     shape_ops,
     unary,
 )
@@ -66,6 +69,6 @@ __all__ = [
 
 FAMILIES = (
     elementwise, unary, activation, normalization, shape_ops, indexing, reduce, linalg, conv, pooling, cast, misc,
-    quant, onnxruntime, onnxruntime_attention, attention, resize,
+    quant, onnxruntime, onnxruntime_attention, attention, rotation, intonly, fft, resize,
 )
 CASES: list[Case] = [case for family in FAMILIES for case in family.CASES]

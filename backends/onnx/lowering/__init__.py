@@ -4,8 +4,8 @@
 `Unsupported("because ...")`; a test checks that no registered op is missing. Its entries
 are registered beside their emitters, one module per op family mirroring
 `requant.ir.ops` (`elementwise`, `unary`, `activation`, `normalization`, `shape_ops`,
-`indexing`, `reduce`, `linalg`, `conv`, `pooling`, `cast`, `attention`, `misc`, `quant`,
-`fake_quantize`, `onnxruntime`); `_common` holds the table, the `EmitContext` emitters
+`indexing`, `intonly`, `reduce`, `linalg`, `conv`, `pooling`, `cast`, `attention`, `misc`, `quant`,
+`fake_quantize`, `fft`, `onnxruntime`, `rotation`); `_common` holds the table, the `EmitContext` emitters
 write into and the emitter of standard ops.
 
 Standard ops (ONNX names and modern-opset semantics in the registry) go through
@@ -31,7 +31,9 @@ from requant.backends.onnx.lowering import (  # noqa: F401  (each family registe
     conv,
     elementwise,
     fake_quantize,
+    fft,
     indexing,
+    intonly,
     linalg,
     misc,
     normalization,
@@ -40,6 +42,7 @@ from requant.backends.onnx.lowering import (  # noqa: F401  (each family registe
     quant,
     reduce,
     resize,
+    rotation,
     shape_ops,
     unary,
 )

@@ -9,8 +9,9 @@ mirroring `requant/ir/ops/`; importing this package imports them all:
   the node-level check decorators and the Relax helpers every family uses;
 - `elementwise`, `unary`, `activation`, `cast` (and the low-bit float-format
   emulation), `shape_ops`, `indexing`, `reduce`, `linalg`, `conv` and `pooling` (with
-  `_window`, the window geometry they share), `normalization`, `attention`, `quant`,
-  `misc` (constants, Range, Dropout), `onnxruntime` (ONNX Runtime's com.microsoft.*
+  `_window`, the window geometry they share), `normalization`, `attention`, `quant`, `intonly` (integer-only kernels),
+  `misc` (constants, Range, Dropout), `rotation` (Hadamard), `fft` (RFFT / IRFFT and the
+  Toeplitz products, on backends/tvm/fft_kernels.py), `onnxruntime` (ONNX Runtime's com.microsoft.*
   kernels, and the QAttention refusal).
 
 An emitter is `emit(ctx, node, ins) -> expr | [expr, ...]`: `ins` are the Relax
@@ -58,7 +59,9 @@ from requant.backends.tvm.lowering import (  # noqa: F401  (each family register
     cast,
     conv,
     elementwise,
+    fft,
     indexing,
+    intonly,
     linalg,
     misc,
     normalization,
@@ -67,6 +70,7 @@ from requant.backends.tvm.lowering import (  # noqa: F401  (each family register
     quant,
     reduce,
     resize,
+    rotation,
     shape_ops,
     unary,
 )

@@ -1,7 +1,8 @@
 """TVM lowering of the FFT family (`requant.ir.ops.fft`) onto requant's own TIR kernels
 (backends/tvm/fft_kernels.py), called with `call_tir`.
 
-- RFFT / IRFFT: the transform axis becomes the middle of [outer, n, inner]; a
+- RFFT / IRFFT: the transform axis becomes the middle of [outer, n, inner] (or of [1, n,
+  columns], every other axis a column, when fewer than a vector of columns follow it); a
   power-of-two n runs the batched complex FFT kernel directly (RFFT with a zero
   imaginary part; IRFFT on the Hermitian spectrum rebuilt from its bins, imaginary parts
   of bins 0 and n/2 dropped, then 1/n); any other n goes through Bluestein's chirp-z
@@ -9,7 +10,9 @@
   a convolution computed with power-of-two FFTs of M >= 2n - 1 points (Bluestein, "A
   linear filtering approach to the computation of the discrete Fourier transform", 1970).
 - ToeplitzMatMulFFT: the fused Toeplitz kernel on [outer, n, inner] (the axis in the
-  middle), with the spectrum broadcast to one per outer index and/or per column.
+  middle), with the spectrum broadcast to one per outer index and/or per column; when
+  fewer than two vectors of columns follow the axis (a long convolution over [batch,
+  channels, n]), every other axis becomes a column ([1, n, batch * channels]) instead.
 - ToeplitzLowRankMatMulFFT: the fused kernelized-attention kernel on [outer, n, m] /
   [outer, n, e], the feature axis zero-padded to whole vectors.
 
@@ -205,6 +208,35 @@ def _around_axis(shape: list[int], axis: int) -> tuple[int, int]:
 # ----------------------------------------------------------------------------- emitters
 
 
+def _as_columns(ctx: LowerContext, x: relax.Expr, axis: int, trailing: int = 0):
+    """x as [outer, length, inner] around `axis` (its last `trailing` axes kept at the end,
+    e.g. the complex axis), or as [1, length, columns] with every other axis a column when
+    fewer than a vector of columns follow the axis; returns (x3, restore), restore(y3)
+    giving y3 [o, new length, i, (its own trailing axes)] back in x's layout."""
+    shape = _shape(x)
+    core = shape[:len(shape) - trailing]
+    tail = shape[len(shape) - trailing:]
+    outer, inner = _around_axis(core, axis)
+    lanes = fft_kernels.lanes_for(str(x.ty.dtype))
+    if inner >= lanes or outer == 1:
+        def restore(y: relax.Expr) -> relax.Expr:
+            out = list(core)
+            out[axis] = _shape(y)[1]
+            return ctx.emit(R.reshape(y, out + _shape(y)[3:]))
+
+        return ctx.emit(R.reshape(x, [outer, core[axis], inner] + tail)), restore
+    perm = [axis] + [d for d in range(len(core)) if d != axis]
+    moved = ctx.emit(R.permute_dims(x, perm + list(range(len(core), len(shape)))))
+
+    def restore_moved(y: relax.Expr) -> relax.Expr:
+        length, y_tail = _shape(y)[1], _shape(y)[3:]
+        y = ctx.emit(R.reshape(y, [length] + [core[d] for d in perm[1:]] + y_tail))
+        back = perm + list(range(len(core), len(core) + len(y_tail)))
+        return ctx.emit(R.permute_dims(y, [back.index(d) for d in range(len(back))]))
+
+    return ctx.emit(R.reshape(moved, [1, core[axis], outer * inner] + tail)), restore_moved
+
+
 @LOWERINGS.lowers("RFFT")
 @requires(_static_shapes)
 def _rfft(ctx: LowerContext, node: Node, ins: list) -> Any:
@@ -214,16 +246,13 @@ def _rfft(ctx: LowerContext, node: Node, ins: list) -> Any:
     shape = _shape(x)
     axis = int(a["axis"]) % len(shape)
     n = int(a["n"]) or shape[axis]
-    outer, inner = _around_axis(shape, axis)
-    x = ctx.emit(R.reshape(x, [outer, shape[axis], inner]))
+    x, restore = _as_columns(ctx, x, axis)
     x = _fit_length(ctx, x, 1, n)
-    zeros = ctx.emit(R.zeros([outer, n, inner], compute_dtype(dt)))
+    zeros = ctx.emit(R.zeros(_shape(x), compute_dtype(dt)))
     yr, yi = _complex_fft(ctx, x, zeros, -1)
     bins = n // 2 + 1
     y = _interleave(ctx, _take_first(ctx, yr, 1, bins), _take_first(ctx, yi, 1, bins))
-    out = list(shape)
-    out[axis] = bins
-    return from_compute(ctx, ctx.emit(R.reshape(y, out + [2])), dt)
+    return from_compute(ctx, restore(y), dt)
 
 
 @LOWERINGS.lowers("IRFFT")
@@ -236,8 +265,8 @@ def _irfft(ctx: LowerContext, node: Node, ins: list) -> Any:
     axis = int(a["axis"]) % len(shape)
     bins = shape[axis]
     n = int(a["n"]) or 2 * (bins - 1)
-    outer, inner = _around_axis(shape, axis)
-    re, im = _complex_parts(ctx, ctx.emit(R.reshape(x, [outer, bins, inner, 2])))
+    x, restore = _as_columns(ctx, x, axis, trailing=1)
+    re, im = _complex_parts(ctx, x)
     # the Hermitian spectrum of n points from the bins: X[n - k] = conj(X[k]); bins past the
     # ones given are 0; bins 0 and n/2 are real
     k = np.arange(n)
@@ -251,9 +280,7 @@ def _irfft(ctx: LowerContext, node: Node, ins: list) -> Any:
     full_i = ctx.emit(R.multiply(R.take(im, index, axis=1), constant(im_sign[None, :, None], cdt)))
     yr, _ = _complex_fft(ctx, full_r, full_i, 1)
     y = ctx.emit(R.multiply(yr, constant(1.0 / n, cdt)))
-    out = list(shape)
-    out[axis] = n
-    return from_compute(ctx, ctx.emit(R.reshape(y, out)), dt)
+    return from_compute(ctx, restore(y), dt)
 
 
 def _spectrum_for(ctx: LowerContext, s: relax.Expr, out: list[int], axis: int) -> tuple[relax.Expr, int, int]:
@@ -286,18 +313,45 @@ def _toeplitz(ctx: LowerContext, node: Node, ins: list) -> Any:
         x = ctx.emit(R.broadcast_to(x, out))
     n_fft = int(a["n_fft"])
     n = out[axis]
-    outer, inner = _around_axis(out, axis)
-    s, s_outer, s_inner = _spectrum_for(ctx, to_compute(ctx, ins[1], dt), out, axis)
+    s = to_compute(ctx, ins[1], dt)
     lanes = fft_kernels.lanes_for(cdt)
-    x = _pad_axis(ctx, ctx.emit(R.reshape(x, [outer, n, inner])), 2, 2 * lanes)
+    outer, inner = _around_axis(out, axis)
+    if inner >= 2 * lanes or outer == 1:
+        s, s_outer, s_inner = _spectrum_for(ctx, s, out, axis)
+        x = ctx.emit(R.reshape(x, [outer, n, inner]))
+        y = _fused_toeplitz(ctx, x, s, s_outer, s_inner, n_fft, cdt)
+        return from_compute(ctx, ctx.emit(R.reshape(y, out)), dt)
+    # a sequence axis with few columns after it (a long conv over [batch, channels, n]): every
+    # other axis becomes a column, so that the kernel's vectors are full
+    perm = [axis] + [d for d in range(len(out)) if d != axis]
+    inverse = [perm.index(d) for d in range(len(out))]
+    moved = [out[d] for d in perm]
+    x = ctx.emit(R.reshape(R.permute_dims(x, perm), [1, n, outer * inner]))
+    s, s_outer, s_inner = _spectrum_for(ctx, s, out, axis)  # [s_outer, bins, s_inner, 2]
+    bins = _shape(s)[1]
+    if s_outer > 1 or s_inner > 1:  # one spectrum per column, in the columns' order
+        s = ctx.emit(R.reshape(s, [s_outer, bins, s_inner, 2]))
+        s = ctx.emit(R.broadcast_to(s, [outer, bins, inner, 2]))
+        s = ctx.emit(R.reshape(R.permute_dims(s, [1, 0, 2, 3]), [1, bins, outer * inner, 2]))
+    y = _fused_toeplitz(ctx, x, s, 1, outer * inner if (s_outer > 1 or s_inner > 1) else 1, n_fft, cdt)
+    y = ctx.emit(R.permute_dims(R.reshape(y, moved), inverse))
+    return from_compute(ctx, y, dt)
+
+
+def _fused_toeplitz(ctx: LowerContext, x: relax.Expr, s: relax.Expr, s_outer: int, s_inner: int, n_fft: int,
+                    cdt: str) -> relax.Expr:
+    """The fused Toeplitz kernel on x [outer, n, inner] and s [s_outer, bins, s_inner, 2],
+    columns padded to whole pairs of vectors and cut back."""
+    outer, n, inner = _shape(x)
+    lanes = fft_kernels.lanes_for(cdt)
+    x = _pad_axis(ctx, x, 2, 2 * lanes)
     padded = _shape(x)[2]
     if s_inner > 1:
         s = _pad_axis(ctx, s, 2, 2 * lanes)
         s_inner = padded
     func = fft_kernels.toeplitz_fft_func(outer, n, padded, n_fft, s_outer, s_inner, cdt)
     (y,) = _call(ctx, func, [x, s, constant(fft_kernels.twiddles(n_fft, cdt), cdt)], [([outer, n, padded], cdt)])
-    y = _take_first(ctx, y, 2, inner)
-    return from_compute(ctx, ctx.emit(R.reshape(y, out)), dt)
+    return _take_first(ctx, y, 2, inner)
 
 
 @LOWERINGS.lowers("ToeplitzLowRankMatMulFFT")
