@@ -1,0 +1,52 @@
+"""The rotation benchmark's pieces that need no trained model and no timing
+(tools/bench/rotate.py, tools/bench/tiny_lm.py): the perplexity formula, the corpus split,
+the W4A4 pipelines the tables name, and the timing-only pass that turns every Hadamard
+into an Identity (outputs change; the other nodes stay)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from requant import ir
+from requant.passes import PassManager
+from requant.tools.bench import rotate, tiny_lm
+
+
+def test_perplexity_of_uniform_and_of_certain_predictions():
+    ids = np.random.default_rng(0).integers(0, 256, (2, 9))
+    assert abs(tiny_lm.perplexity(np.zeros((2, 9, 256)), ids) - 256.0) < 1e-9
+    certain = np.full((2, 9, 256), -1e4)
+    certain[np.arange(2)[:, None], np.arange(8)[None, :], ids[:, 1:]] = 0.0
+    assert abs(tiny_lm.perplexity(certain, ids) - 1.0) < 1e-9
+
+
+def test_corpus_split_and_batches():
+    train, held = tiny_lm.corpus()
+    assert len(train) > 4 * len(held) > 0 and held[:4096] not in train
+    batches = tiny_lm.batches(held, 20, seq=16, batch=8)
+    assert [b.shape for b in batches] == [(8, 16), (8, 16), (4, 16)] and batches[0].dtype == np.int64
+    assert np.array_equal(batches[0], tiny_lm.batches(held, 20, seq=16, batch=8)[0])  # seeded
+
+
+def test_w4a4_pipelines_name_their_rotations_and_weight_method():
+    plain = rotate.w4a4_int4(False, "rtn")
+    rotated = rotate.w4a4_int4(True, "gptq")
+    assert "rotate_residual" not in plain and rotated[1:6] == rotate._ROTATIONS
+    (quantize,) = [opts for item in rotated if isinstance(item, tuple) and item[0] == "quantize" for opts in [item[1]]]
+    assert quantize["weight_method"] == "gptq" and quantize["activation_scheme"].dtype.name == "int4"
+    assert "W4A4 INT4 rotated + GPTQ (simulated)" in [row[0] for row in rotate.W4A4_ROWS]
+    assert [item for item in rotate.w4a4_int4(True, "gptq", "mse") if isinstance(item, tuple)][-1][1]["method"] == "mse"
+
+
+def test_hadamards_as_identity_for_timing_only():
+    steps = rotate._without_hadamards("cpu-int8", {"rotate": True, "smooth_alpha": None})
+    assert [s[0] for s in steps[:3]] == ["canonicalize", "fold_batchnorm", "fold_norm_affine"]
+    strip = steps[-1]
+    g = ir.parse("""
+    graph main(%x: f32[2,8]) -> (%y) {
+      const %w: f32[8,2] = 0.5
+      %h: f32[2,8] = Hadamard(%x)
+      %y: f32[2,2] = MatMul(%h, %w)
+    }""")
+    result = PassManager([strip], verify=True).run(g)
+    assert result.records[0].stats == {"hadamards_removed": 1} and g.op_histogram() == {"MatMul": 1}

@@ -1,0 +1,341 @@
+"""Hadamard rotations (QuaRot / SpinQuant: passes/rotate_*.py) and GPTQ (passes/gptq.py)
+next to their anchors, in one run: all-MiniLM-L6-v2 (trained), a small pre-norm decoder LM
+trained here (tools/bench/tiny_lm.py), and the online Hadamard op's own cost.
+
+MiniLM: the quantize benchmark's data and metrics (tools/bench/quantize_minilm.py: 64
+standard-library sentences x 64 tokens in one batch; mean and min cosine of mean-pooled
+embeddings to fp32, Spearman of all pairwise similarities, file size, median latency of
+round-robin runs in this process), with `--calibration` other sentences for calibration
+(GPTQ's Hessians need more rows than ranges do; every row, anchors included, sees the
+same batches). Rows, each beside its row without rotation and with RTN weights:
+- W8A8 per-tensor static: cpu-int8 (SmoothQuant, today's default), without SmoothQuant,
+  rotated without SmoothQuant (all online rotations, and the norm outputs' only);
+- W4A8 (cpu-w4a8): rotated + GPTQ on ORT's int8 kernels (int4 codes cast to int8 at
+  load) and on MatMulNBits accuracy_level 4; GPTQ without rotation; rotated with RTN;
+- W4A4 INT4 (simulated: FakeQuantize; int4 per-channel weights, per-tensor static int4
+  activations, minmax): RTN, rotated RTN, GPTQ, rotated GPTQ, and rotated GPTQ with MSE
+  activation ranges;
+- W4A4 NVFP4 (simulated, cpu-fp4): RTN, rotated;
+- TVM (tvm-cpu-int8, built for batch 64): SmoothQuant on every input vs rotated;
+- the rotated W8A8 models again with every Hadamard replaced by Identity (outputs wrong,
+  timing only): the online rotations' share of latency on ONNX Runtime and TVM.
+Simulated rows are not timed.
+
+Tiny LM (byte-level Llama, RMSNorm, 4 layers): perplexity per byte on held-out standard
+library text for fp32, W8A8 (cpu-int8), W4A4 RTN, W4A4 rotated RTN, W4A4 rotated GPTQ
+(and GPTQ alone), and how much of RTN's perplexity gap to fp32 rotated GPTQ closes.
+
+Hadamard forms: the op's ONNX lowering (Kronecker factors, ir/hadamard.py
+`kronecker_factors`) against one dense constant MatMul, on MiniLM's shapes, each in its
+own ONNX Runtime session, timed round-robin.
+
+    python -m requant.tools.bench.rotate [--seconds 60] [--calibration 256] [--only minilm,lm,hadamard]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from requant.tools import demo
+
+__all__ = ["main", "MINILM_ROWS", "LM_ROWS"]
+
+_W8 = {"smooth_alpha": None}
+_ROT = {"rotate": True}
+# (row name, target, compile options, timed)
+MINILM_ROWS: tuple[tuple[str, str, dict, bool], ...] = (
+    ("cpu-int8 (SmoothQuant: today's default)", "cpu-int8", {}, True),
+    ("W8A8, no SmoothQuant, no rotation", "cpu-int8", _W8, True),
+    ("W8A8 rotated, no SmoothQuant", "cpu-int8", {**_W8, **_ROT}, True),
+    ("W8A8 rotated (online: norm outputs only), no SmoothQuant", "cpu-int8", {**_W8, **_ROT, "rotate_online": "norms"},
+     True),
+    ("W4A8 rotated + GPTQ (cpu-w4a8)", "cpu-w4a8", {}, True),
+    ("W4A8 rotated + GPTQ, MatMulNBits acc. 4 (cpu-w4a8 kernel=nbits)", "cpu-w4a8", {"kernel": "nbits"}, True),
+    ("W4A8 GPTQ, no rotation", "cpu-w4a8", {"rotate": False}, True),
+    ("W4A8 rotated, RTN", "cpu-w4a8", {"weight_method": "rtn"}, True),
+    ("W4A4 NVFP4 RTN (cpu-fp4, simulated)", "cpu-fp4", {}, False),
+    ("W4A4 NVFP4 rotated (cpu-fp4 rotate=True, simulated)", "cpu-fp4", _ROT, False),
+    ("TVM tvm-cpu-int8 (SmoothQuant on every input)", "tvm-cpu-int8", {}, True),
+    ("TVM tvm-cpu-int8 rotated, no SmoothQuant", "tvm-cpu-int8", {**_W8, **_ROT}, True),
+)
+
+_ROTATIONS = ["fold_norm_affine", "layernorm_to_rmsnorm", "rotate_residual", "rotate_heads",
+              ("rotate_online", {"scope": "all"})]
+
+
+def w4a4_int4(rotate: bool, weight_method: str, method: str = "minmax") -> list:
+    """W4A4 INT4 simulated: int4 weights per output channel (RTN or GPTQ), int4 per-tensor
+    static activations (ranges by `method`), FakeQuantize (no int4 x int4 kernel on CPU)."""
+    from requant.ir import dtype as dt
+    from requant.ir.quant_formats import QuantScheme
+    from requant.targets import BATCHES, STATS
+
+    quantize = {"weight_scheme": QuantScheme(dt("int4"), "channel", axis=1),
+                "activation_scheme": QuantScheme(dt("int4"), "tensor"), "method": method, "stats": STATS,
+                "quantize_embeddings": False, "weight_method": weight_method, "batches": BATCHES}
+    return ["canonicalize", *(_ROTATIONS if rotate else []), "calibrate", ("quantize", quantize), "cse", "dce"]
+
+
+W4A4_ROWS = (
+    ("W4A4 INT4 RTN (simulated)", False, "rtn", "minmax"),
+    ("W4A4 INT4 rotated, RTN (simulated)", True, "rtn", "minmax"),
+    ("W4A4 INT4 GPTQ, no rotation (simulated)", False, "gptq", "minmax"),
+    ("W4A4 INT4 rotated + GPTQ (simulated)", True, "gptq", "minmax"),
+    ("W4A4 INT4 rotated + GPTQ, MSE activation ranges (simulated)", True, "gptq", "mse"),
+)
+LM_ROWS = (
+    ("fp32", "cpu-fp32", {}),
+    ("W8A8 (cpu-int8)", "cpu-int8", {}),
+    ("W8A8 rotated, no SmoothQuant", "cpu-int8", {**_W8, **_ROT}),
+    ("W4A8 rotated + GPTQ (cpu-w4a8)", "cpu-w4a8", {}),
+    *((name, "cpu-fp4", {"passes": w4a4_int4(rot, method, ranges)}) for name, rot, method, ranges in W4A4_ROWS),
+)
+
+
+class _HadamardAsIdentity:
+    """A pass for timing only: every Hadamard becomes Identity (the outputs are wrong)."""
+
+    @staticmethod
+    def make() -> Any:
+        from requant.passes.manager import Pass, PassResult
+
+        class HadamardAsIdentity(Pass):
+            name = "bench_hadamard_as_identity"
+            description = "timing only: Hadamard -> Identity"
+
+            def run(self, graph):
+                n = 0
+                for node in [x for x in graph if x.op == "Hadamard" and not graph.is_output(x.outputs[0])]:
+                    node.outputs[0].replace_all_uses_with(node.inputs[0])
+                    graph.remove_node(node)
+                    n += 1
+                return PassResult(graph, n > 0, {"hadamards_removed": n})
+
+        return HadamardAsIdentity()
+
+
+def _without_hadamards(target: str, options: dict) -> list:
+    """`target`'s pipeline for `options`, then every Hadamard replaced by Identity."""
+    from requant.targets import get_target
+
+    t = get_target(target)
+    steps = t.resolve_steps(t.resolve_options(options))
+    return [(s.name, dict(s.options)) for s in steps] + [_HadamardAsIdentity.make()]
+
+
+# -- MiniLM --------------------------------------------------------------------------------------
+
+
+def _calibration(n: int) -> list[dict[str, np.ndarray]]:
+    from requant.tools.bench.minilm import tokenize
+    from requant.tools.bench.sentences import real_sentences
+
+    ids, mask = tokenize(real_sentences(n, skip=demo.N_EVAL), demo.SEQ)
+    return [{"input_ids": ids[i:i + 16], "attention_mask": mask[i:i + 16]} for i in range(0, n, 16)]
+
+
+def _compiled_row(name: str, source: str, target: str, options: dict, batches: list, tmp: Path,
+                  batch: int) -> tuple[demo.Row, float]:
+    import requant
+
+    extra = {"dims": {"batch": batch}} if target.startswith("tvm") else {}
+    start = time.perf_counter()
+    try:
+        cm = requant.compile(source, target=target, calibration=batches, holdout=0, **options, **extra)
+    except Exception as exc:  # noqa: BLE001  (a failed build is a table row, not a crash)
+        return demo.Row(name, None, error=demo.error_line(exc)), float("nan")
+    seconds = time.perf_counter() - start
+    saved = cm.save(tmp / f"m{abs(hash(name))}")
+    size = (saved / "model.so").stat().st_size if (saved / "model.so").exists() else demo._onnx_bytes(
+        saved / "model.onnx")
+    return demo.Row(name, lambda feeds: cm(**feeds)[0], size), seconds
+
+
+def _minilm(args: argparse.Namespace) -> None:
+    from requant.tools.bench.minilm import mean_pool
+    from requant.tools.bench.quantize_minilm import _pairwise, spearman
+
+    with demo._silenced_transformers(), tempfile.TemporaryDirectory(prefix="requant-rotate-") as tmp_name:
+        tmp = Path(tmp_name)
+        model, feeds, _ = demo._data()
+        batches = _calibration(args.calibration)
+        float_path = demo._export_float(model, batches[0], tmp)
+        batch = feeds["input_ids"].shape[0]
+        rows = [demo._session_row("ONNX Runtime fp32", float_path)]
+        timed, compile_s = [rows[0].name], {rows[0].name: 0.0}
+        specs = [(n, t, o, tm) for n, t, o, tm in MINILM_ROWS]
+        specs += [(name, "cpu-fp4", {"passes": w4a4_int4(rot, method, ranges)}, False)
+                  for name, rot, method, ranges in W4A4_ROWS]
+        specs += [("W8A8 rotated, Hadamards as Identity (timing only)", "cpu-int8",
+                   {"passes": _without_hadamards("cpu-int8", {**_W8, **_ROT})}, True),
+                  ("TVM rotated, Hadamards as Identity (timing only)", "tvm-cpu-int8",
+                   {"passes": _without_hadamards("tvm-cpu-int8", {**_W8, **_ROT, "dims": {"batch": batch}})}, True)]
+        for name, target, options, is_timed in specs:
+            row, seconds = _compiled_row(name, str(float_path), target, options, batches, tmp, batch)
+            print(f"  built {name} ({seconds:.1f} s){' FAILED: ' + row.error if row.run is None else ''}",
+                  file=sys.stderr, flush=True)
+            rows.append(row)
+            compile_s[name] = seconds
+            if is_timed:
+                timed.append(name)
+        outputs = demo._accuracy(rows, feeds)
+        mask = feeds["attention_mask"]
+        ref_pairs = _pairwise(mean_pool(outputs[rows[0].name], mask))
+        rho = {n: spearman(ref_pairs, _pairwise(mean_pool(out, mask))) for n, out in outputs.items()}
+        rounds = demo._time([r for r in rows if r.name in timed], feeds, args.seconds)
+    _minilm_table(rows, rho, compile_s, timed, rounds, len(batches) * 16, batch)
+
+
+def _minilm_table(rows, rho, compile_s, timed, rounds, n_calib, n_eval) -> None:
+    print(f"\nall-MiniLM-L6-v2 (trained), {n_eval} real sentences x {demo.SEQ} tokens in one batch; calibration: "
+          f"{n_calib} other sentences; latency: median of {rounds} round-robin runs (simulated rows untimed)\n")
+    print("| model | cos mean | cos min | Spearman | size MB | latency ms | vs fp32 | vs cpu-int8 | compile s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    base = rows[0]
+    int8 = next(r for r in rows if r.name.startswith("cpu-int8"))
+    for r in rows:
+        if r.run is None:
+            print(f"| {r.name} | FAILED: {r.error} | | | | | | | |")
+            continue
+        ms = f"{r.ms:.1f}" if r.name in timed else "-"
+        vs = f"{base.ms / r.ms:.2f}x" if r.name in timed else "-"
+        vs8 = f"{int8.ms / r.ms:.2f}x" if r.name in timed and int8.run is not None else "-"
+        acc = "-" if "timing only" in r.name else None
+        print(f"| {r.name} | {acc or f'{r.cos_mean:.4f}'} | {acc or f'{r.cos_min:.4f}'} | "
+              f"{acc or f'{rho[r.name]:.4f}'} | {r.size_bytes / 1e6:.1f} | {ms} | {vs} | {vs8} | "
+              f"{compile_s[r.name]:.1f} |")
+    by = {r.name: r for r in rows}
+    print()
+    for rotated, identity, where in (("W8A8 rotated, no SmoothQuant", "W8A8 rotated, Hadamards as Identity (timing only)",
+                                      "ONNX Runtime"),
+                                     ("TVM tvm-cpu-int8 rotated, no SmoothQuant",
+                                      "TVM rotated, Hadamards as Identity (timing only)", "TVM")):
+        a, b = by.get(rotated), by.get(identity)
+        if a is not None and b is not None and a.run is not None and b.run is not None:
+            print(f"- online Hadamards on {where}: {a.ms - b.ms:.1f} ms of {a.ms:.1f} ms "
+                  f"({(a.ms - b.ms) / a.ms:.1%} of the rotated model's latency)")
+
+
+# -- the tiny LM -----------------------------------------------------------------------------------
+
+
+def _lm(args: argparse.Namespace) -> None:
+    import requant
+    from requant.backends.onnx import to_onnx
+    from requant.frontends import from_torch
+    from requant.tools.bench import tiny_lm
+
+    import torch
+
+    module = tiny_lm.load()
+    train, held = tiny_lm.corpus()
+    evaluation = tiny_lm.batches(held, 64, seed=1)
+    calibration = tiny_lm.batches(train, args.lm_calibration, seed=2)
+    with demo._silenced_transformers(), tempfile.TemporaryDirectory(prefix="requant-lm-") as tmp_name:
+        path = Path(tmp_name) / "tiny_lm.onnx"
+        graph = from_torch(module, (torch.from_numpy(evaluation[0]),))
+        import onnx
+
+        onnx.save(to_onnx(graph), str(path))
+        feeds_of = lambda ids: {graph.inputs[0].name: ids}  # noqa: E731
+        results = []
+        for name, target, options in LM_ROWS:
+            start = time.perf_counter()
+            try:
+                cm = requant.compile(str(path), target=target, holdout=0,
+                                     calibration=[feeds_of(c) for c in calibration], **options)
+                logits = np.concatenate([cm(**feeds_of(ids))[0] for ids in evaluation])
+                ppl = tiny_lm.perplexity(logits, np.concatenate(evaluation))
+                results.append((name, ppl, time.perf_counter() - start, ""))
+            except Exception as exc:  # noqa: BLE001
+                results.append((name, float("nan"), float("nan"), demo.error_line(exc)))
+            print(f"  {name}: {results[-1][1]:.3f}", file=sys.stderr, flush=True)
+    rows = len(evaluation) * evaluation[0].shape[0]
+    print(f"\ntiny LM (tools/bench/tiny_lm.py: byte-level Llama, width {tiny_lm.CONFIG['hidden_size']}, "
+          f"{tiny_lm.CONFIG['num_hidden_layers']} layers), perplexity per byte on {rows} held-out sequences of "
+          f"{tiny_lm.SEQ} bytes; calibration: {args.lm_calibration} training sequences\n")
+    print("| model | perplexity | compile + eval s |")
+    print("|---|---:|---:|")
+    for name, ppl, seconds, error in results:
+        print(f"| {name} | {ppl:.3f} | {seconds:.1f} |" if not error else f"| {name} | FAILED: {error} | |")
+    by = {name: ppl for name, ppl, _, _ in results}
+    fp32, rtn, best = by.get("fp32"), by.get("W4A4 INT4 RTN (simulated)"), by.get("W4A4 INT4 rotated + GPTQ (simulated)")
+    if fp32 is not None and rtn is not None and best is not None and rtn > fp32:
+        print(f"\n- rotated GPTQ closes {(rtn - best) / (rtn - fp32):.1%} of W4A4 RTN's perplexity gap to fp32 "
+              f"({rtn:.3f} -> {best:.3f}, fp32 {fp32:.3f})")
+
+
+# -- the Hadamard op's forms ---------------------------------------------------------------------------
+
+
+def _hadamard_forms(args: argparse.Namespace) -> None:
+    from requant.backends.onnx import OnnxRuntimeSession, to_onnx
+    from requant.ir import Builder, Graph, tensor_type
+    from requant.ir.hadamard import kronecker_factors, normalized_hadamard
+
+    cases = (((4096, 384), -1), ((4096, 1536), -1), ((64, 12, 64, 32), 1))
+    sessions: list[tuple[str, Callable[[], Any]]] = []
+    rng = np.random.default_rng(0)
+    for shape, axis in cases:
+        x = rng.standard_normal(shape).astype(np.float32)
+        n = shape[axis]
+        for form in ("factored", "dense"):
+            g = Graph("h")
+            b = Builder(g)
+            v = b.input("x", tensor_type("float32", list(shape)))
+            if form == "factored":
+                g.outputs = [b.Hadamard(v, axis=axis)]
+            else:
+                moved = v if axis == -1 else b.Transpose(v, perm=[0, 2, 3, 1])
+                y = b.MatMul(moved, b.const(normalized_hadamard(n).astype(np.float32)))
+                g.outputs = [y if axis == -1 else b.Transpose(y, perm=[0, 3, 1, 2])]
+            run = OnnxRuntimeSession(to_onnx(g))
+            label = f"{'x'.join(map(str, shape))} axis {axis}: {form}" + (
+                f" {kronecker_factors(n)}" if form == "factored" else f" [{n}]")
+            sessions.append((label, lambda run=run, x=x: run(x)))
+    times: dict[str, list[float]] = {label: [] for label, _ in sessions}
+    end = time.perf_counter() + max(args.seconds / 4, 5.0)
+    while time.perf_counter() < end or min(len(t) for t in times.values()) < 5:
+        for label, fn in sessions:
+            t0 = time.perf_counter()
+            fn()
+            times[label].append(time.perf_counter() - t0)
+    print("\nThe Hadamard op on ONNX Runtime: its lowering (Kronecker factors) vs one dense constant MatMul "
+          "(median of round-robin runs, one session each)\n")
+    print("| shape, form (factors) | median ms |")
+    print("|---|---:|")
+    for label, _ in sessions:
+        print(f"| {label} | {statistics.median(times[label]) * 1e3:.2f} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=60.0, help="timing budget of the MiniLM rows together")
+    ap.add_argument("--calibration", type=int, default=256, help="MiniLM calibration sentences (GPTQ's Hessians)")
+    ap.add_argument("--lm-calibration", type=int, default=64, help="tiny LM calibration sequences")
+    ap.add_argument("--only", default="minilm,lm,hadamard", help="sections, comma-separated: minilm, lm, hadamard")
+    args = ap.parse_args(argv)
+    sections = {s.strip() for s in args.only.split(",") if s.strip()}
+    unknown = sections - {"minilm", "lm", "hadamard"}
+    if unknown:
+        ap.error(f"unknown section(s): {', '.join(sorted(unknown))}")
+    if "minilm" in sections:
+        _minilm(args)
+    if "lm" in sections:
+        _lm(args)
+    if "hadamard" in sections:
+        _hadamard_forms(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
