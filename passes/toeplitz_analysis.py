@@ -375,19 +375,19 @@ class ToeplitzAnalysis:
         if node.op == "Mul":
             split_refusals = []
             for x, t in ((node.inputs[0], node.inputs[1]), (node.inputs[1], node.inputs[0])):
-                if not self.is_toeplitz(t):
-                    continue
                 try:
                     p, kt, scores, inner, emit = self._split(x)
                 except _Refusal as exc:
                     split_refusals.append(str(exc))
                     continue
+                reason = self.explain(t)
+                if reason is not None:  # a low-rank side times something that is not Toeplitz: why
+                    raise _Refusal(reason)
                 return p, kt, scores, inner + [v], _times(emit, lambda b, t=t: self.line(t, b))
-            if split_refusals:  # a Toeplitz factor, but the other side is not a low-rank product
-                raise _Refusal(split_refusals[0])
-            reasons = [self.explain(t) for t in node.inputs if self.explain(t) is not None]
-            raise _Refusal(f"{self._label(v)} is not a low-rank product times a Toeplitz matrix"
-                           + (f": {reasons[-1]}" if reasons else ""))
+            toeplitz_sides = [x for x, t in zip(node.inputs, node.inputs[::-1]) if self.is_toeplitz(t)]
+            if toeplitz_sides:  # a Toeplitz factor, but the other side is not a low-rank product
+                raise _Refusal(split_refusals[0] if len(split_refusals) == 2 else split_refusals[-1])
+            raise _Refusal(f"{self._label(v)} is not a low-rank product times a Toeplitz matrix")
         if node.op == "Div":
             x, t = node.inputs
             if self.is_toeplitz(t):

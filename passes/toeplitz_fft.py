@@ -56,7 +56,7 @@ from requant.ir.ops.fft import circulant_gather_index, fft_length
 from requant.ir.registry import run_kernel
 from requant.passes.dce import dead_code_elimination
 from requant.passes.manager import PassResult, graph_pass
-from requant.passes.toeplitz_analysis import LowRankSplit, ToeplitzAnalysis
+from requant.passes.toeplitz_analysis import ELEMENTWISE_OPS, LowRankSplit, ToeplitzAnalysis
 from requant.passes.toeplitz_fft_crossovers import CROSSOVERS
 
 __all__ = ["toeplitz_fft", "quadratic_flops", "fft_flops", "PATTERNS", "POLICIES"]
@@ -67,6 +67,9 @@ PASS = "toeplitz_fft"
 PATTERNS = ("toeplitz_matmul", "kernelized_attention", "long_conv")
 POLICIES = ("cost", "always")
 _SEARCH_DEPTH = 24  # producers looked through to tell a positional matrix from any other
+# ops a positional matrix is built through (with the elementwise ones): refusals are
+# reported for matrices built this way from positions, not for every square MatMul operand
+_POSITIONWISE = frozenset({"Gather", "Transpose", "Expand", "Unsqueeze", "Reshape", "Squeeze", "Softmax"})
 
 
 # ----------------------------------------------------------------------------- the cost model
@@ -229,7 +232,10 @@ class _Finder:
             return self._toeplitz_matmul(node, w, y, analysis)
         if not self._positional(w):
             return None
-        return f"{_describe(node)} [{n}x{n}]: {split if 'softmax' in split else reason}"
+        # the low-rank analysis says more when it got past W's own op (a softmax, an index)
+        generic = split.endswith("not a product of a low-rank matrix and a Toeplitz one") or \
+            split.endswith("is not a low-rank product times a Toeplitz matrix")
+        return f"{_describe(node)} [{n}x{n}]: {reason if generic else split}"
 
     def _toeplitz_matmul(self, node: Node, w: Value, y: Value, analysis: ToeplitzAnalysis) -> _Plan | str:
         n, e = _static(w)[-1], _static(y)[-1]
@@ -313,8 +319,11 @@ class _Finder:
         return list(dict.fromkeys(matmuls)), list(dict.fromkeys(sums))
 
     def _positional(self, v: Value) -> bool:
-        """Whether v's computation reads positions (a Range, an index Gather, a constant
-        n x n), i.e. whether a refusal is worth reporting."""
+        """Whether v is computed from positions (a Range, an index Gather, a constant
+        n x n) through ops that act position by position (elementwise, shape, Gather,
+        Trilu, Softmax), i.e. whether a refusal is worth reporting. A MatMul or any other
+        mixing op on the way means v is data (attention scores, activations), not a
+        positional matrix, and the walk stops there."""
         seen, stack = set(), [(v, 0)]
         while stack:
             x, depth = stack.pop()
@@ -330,9 +339,8 @@ class _Finder:
             if node.op in ("Range", "Trilu") or (node.op == "Gather" and node.inputs[1].dtype.is_integer
                                                   and node.inputs[1].type.rank == 2):
                 return True
-            if node.op == "ScaledDotProductAttention":
-                continue
-            stack.extend((i, depth + 1) for i in node.inputs)
+            if node.op in _POSITIONWISE or node.op in ELEMENTWISE_OPS:
+                stack.extend((i, depth + 1) for i in node.inputs)
         return False
 
     # -- softmax attention with a relative bias: refused --------------------------------

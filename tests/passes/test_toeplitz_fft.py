@@ -179,6 +179,34 @@ def test_causal_kernelized_attention_computes_its_ffts_in_float64() -> None:
     assert "n_fft=8 in float64" in result.stats["decisions"]
 
 
+def test_kernelized_attention_with_a_bias_index_that_is_not_toeplitz_is_refused() -> None:
+    check_unchanged(PASS, """
+    graph main(%pq: f32[1,2,4,3], %pk: f32[1,2,4,3], %v: f32[1,2,4,2]) -> (%z) {
+      const %bias: f32[2,9] = [[0.1, -0.2, 0.3, 0.0, 0.5, -0.1, 0.2, 0.4, -0.3], [0.2, 0.1, -0.4, 0.3, 0.0, 0.2, -0.1, 0.1, 0.3]]
+      const %start: i64[] = 0
+      const %limit: i64[] = 4
+      const %one: i64[] = 1
+      const %ax0: i64[1] = [0]
+      const %ax1: i64[1] = [1]
+      const %last: i64[1] = [-1]
+      %pos: i64[4] = Range(%start, %limit, %one)
+      %col: i64[1,4] = Unsqueeze(%pos, %ax0)
+      %row: i64[4,1] = Unsqueeze(%pos, %ax1)
+      %idx: i64[4,4] = Add(%col, %row)
+      %table: f32[2,4,4] = Gather(%bias, %idx) {axis=1}
+      %c: f32[2,4,4] = Exp(%table)
+      %kt: f32[1,2,3,4] = Transpose(%pk) {perm=[0, 1, 3, 2]}
+      %scores: f32[1,2,4,4] = MatMul(%pq, %kt)
+      %w: f32[1,2,4,4] = Mul(%scores, %c)
+      %num: f32[1,2,4,2] = MatMul(%w, %v)
+      %den: f32[1,2,4,1] = ReduceSum(%w, %last) {keepdims=1}
+      %z: f32[1,2,4,2] = Div(%num, %den)
+    }
+    """, options=ALWAYS, stats={
+        "rewritten": 0, "kept_quadratic": 0, "refused": 1,
+        "decisions": "refused %num (MatMul) [4x4]: index %idx (Add) is 1*i + 1*j + 0: not a function of j - i"})
+
+
 def test_scores_read_elsewhere_are_refused() -> None:
     text = ATTENTION.replace("-> (%z)", "-> (%z, %w)")
     check_unchanged(PASS, text, options=ALWAYS, stats={
