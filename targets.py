@@ -330,6 +330,10 @@ _INT8_OPTIONS = {
     "feature_maps": OptionSpec(bool, True, "also quantize the outputs of integer convs, residual Adds and MaxPools "
                                            "(and conv biases to int32), so convolutional networks run on integer "
                                            "conv / add / pool kernels end to end"),
+    # measured by `python -m requant.tools.bench.vision --convs`: ONNX Runtime's uint8 conv
+    # is slower than its float one on a 3 x 3 x 3 image stem, faster on 7 x 7 x 3
+    "min_conv_reduction": OptionSpec(int, 32, "dense convs with a spatial kernel whose outputs each sum fewer "
+                                              "products than this (an image stem's 3 x 3 x 3) stay float"),
     "smooth_alpha": OptionSpec((float, type(None)), PassDefault("smoothquant", "alpha"),
                                "SmoothQuant migration strength (the smoothquant step before quantize); None: no "
                                "SmoothQuant"),
@@ -348,7 +352,7 @@ _INT8_ACTIVATIONS = Scheme(Opt("activations"), "tensor", symmetric=Opt("activati
 
 def _quantize_step(weights: Scheme, activations: Scheme | None, *, stats: Any = STATS, weight_only: bool = False,
                    method: Any = Opt("method"), ops: Any = Opt("ops"), embeddings: Any = False,
-                   feature_maps: Any = False, weight_method: Any = None) -> Step:
+                   feature_maps: Any = False, weight_method: Any = None, min_conv_reduction: Any = 0) -> Step:
     gptq = {} if weight_method is None else {"weight_method": weight_method, "batches": BATCHES,
                                              "runner": Opt("calibration_runner")}
     return Step("quantize", {**gptq,
@@ -361,6 +365,7 @@ def _quantize_step(weights: Scheme, activations: Scheme | None, *, stats: Any = 
         "quantize_embeddings": embeddings,
         "weight_only": weight_only,
         "feature_maps": feature_maps,
+        "min_conv_reduction": min_conv_reduction,
     })
 
 
@@ -374,7 +379,8 @@ _INT8_QUANTIZE = (
     _SMOOTHQUANT,
     Step(CALIBRATE, {"runner": Opt("calibration_runner")}),
     _quantize_step(_INT8_WEIGHTS, _INT8_ACTIVATIONS, embeddings=Opt("quantize_embeddings"),
-                   feature_maps=Opt("feature_maps"), weight_method=Opt("weight_method")),
+                   feature_maps=Opt("feature_maps"), weight_method=Opt("weight_method"),
+                   min_conv_reduction=Opt("min_conv_reduction")),
 )
 _INT8_STEPS = (*_INT8_QUANTIZE, Step("lower_quant", {"kernel": Opt("kernel")}), *_QUANT_CLEANUP)
 
@@ -397,6 +403,8 @@ _BIND_DIMS = Step("bind_dims", {"dims": Opt("static_shapes", {True: INPUT_DIMS, 
 _TVM_INT8_OPTIONS = {k: v for k, v in _INT8_OPTIONS.items() if k != "kernel"} | _TVM_OPTIONS | {
     "smooth_scope": OptionSpec(str, "all", "SmoothQuant on every linear input ('all': the multiply fuses into "
                                            "TVM's quantize kernels), or on LayerNorm / RMSNorm outputs only ('norm')"),
+    "min_conv_reduction": OptionSpec(int, 0, "dense convs with a spatial kernel whose outputs each sum fewer "
+                                             "products than this stay float (0: every conv is quantized)"),
 }
 _TVM_INT8_STEPS = (*_INT8_QUANTIZE, Step("lower_integer"), *_QUANT_CLEANUP, _BIND_DIMS)
 

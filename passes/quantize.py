@@ -21,7 +21,13 @@ as its own pass, passes/smoothquant.py):
   outputs of integer convs, residual Adds and MaxPools (after a ReLU / ReLU6 the
   quantizer absorbs) -> one shared QuantizeLinear + a DequantizeLinear per reader, and
   each integer conv's float bias -> int32 codes at the accumulator's scale
-  (passes/quantize_feature_maps.py says which values and why);
+  (passes/quantize_feature_maps.py says which values and why); with
+  `min_conv_reduction=K`, a dense (group 1) Conv with a spatial kernel whose outputs
+  each sum fewer than K products (input channels x kernel area) stays float: the
+  3 x 3 x 3 image stem of MobileNet / EfficientNet runs faster in ONNX Runtime's float
+  kernel than in its uint8 one, which unfolds so short a reduction inefficiently
+  (`python -m requant.tools.bench.vision --convs`); a 7 x 7 x 3 stem and 1 x 1 convs do
+  not;
 - formats without ONNX Q/DQ (fp4_e2m1, FloatFormat, MXFP4, NVFP4) -> requant's
   `FakeQuantize` (simulation); fp8 uses QuantizeLinear/DequantizeLinear to fp8.
 Weight codes are rounded to nearest (`weight_method="rtn"`), or, with
@@ -122,6 +128,7 @@ class QuantizeConfig:
     method_options: dict[str, Any]
     exclude: tuple[str, ...]
     dynamic: bool
+    min_conv_reduction: int = 0  # dense convs summing fewer terms per output stay float
 
     @staticmethod
     def make(weight_scheme, activation_scheme, embedding_scheme, ops, method, method_options, exclude,
@@ -166,6 +173,7 @@ def quantize(
     quantize_embeddings: bool = True,
     embedding_scheme: QuantScheme | str | None = None,
     feature_maps: bool = False,
+    min_conv_reduction: int = 0,
     weight_method: str = "rtn",
     batches: Any = None,
     runner: str = "auto",
@@ -175,6 +183,7 @@ def quantize(
     """See the module docstring."""
     cfg = QuantizeConfig.make(weight_scheme, activation_scheme, embedding_scheme, ops, method, method_options,
                               exclude, weight_only, dynamic, quantize_embeddings, stats)
+    cfg = replace(cfg, min_conv_reduction=int(min_conv_reduction))
     bytes_before = constant_bytes(graph)
     editor = QuantEditor(graph)
     skipped: list[dict[str, str]] = []
@@ -260,6 +269,9 @@ def _plan(node: Node, cfg: QuantizeConfig, stats: Mapping[str, Any] | None) -> l
         return f"weight not constant: %{w.name} is {what} (activation x activation products stay float)"
     if x.const is not None:
         return "both operands are constants (fold them with fold_constants)"
+    short = _short_conv(node, w, cfg.min_conv_reduction)
+    if short:
+        return short
     axes = _weight_axes(node, w)
     if isinstance(axes, str):
         return axes
@@ -283,6 +295,22 @@ def _plan(node: Node, cfg: QuantizeConfig, stats: Mapping[str, Any] | None) -> l
         if x.name not in stats:
             return f"no calibration statistics for activation %{x.name}"
     return plan + [_Input(0, "activation", act)]
+
+
+def _short_conv(node: Node, w: Value, minimum: int) -> str | None:
+    """Why a dense (group 1) Conv with a spatial kernel whose outputs each sum fewer than
+    `minimum` products (input channels x kernel area: an image stem's 3 x 3 x 3) stays
+    float, or None. 1 x 1 convs are matrix products and exempt (no im2col)."""
+    if node.op != "Conv" or minimum <= 0 or int(node.attrs.get("group", 1)) != 1 or w.type.shape is None:
+        return None
+    area = 1
+    for d in w.type.shape[2:]:
+        area *= int(d)
+    reduction = area * int(w.type.shape[1])
+    if area == 1 or reduction >= minimum:
+        return None
+    return (f"Conv sums {reduction} products per output, fewer than min_conv_reduction={minimum} "
+            f"(an image stem: the runtime's float kernel is faster there)")
 
 
 def _activation_range(stat: Any, cfg: QuantizeConfig, scheme: QuantScheme) -> tuple[float, float]:

@@ -118,9 +118,11 @@ def test_quantize_options_follow_the_contract() -> None:
     steps = {s.name: s for s in int8.resolve_steps(int8.resolve_options({}))}
     q = steps["quantize"].options
     assert set(q) == {"weight_scheme", "activation_scheme", "ops", "method", "stats", "exclude",
-                      "quantize_embeddings", "weight_only", "feature_maps", "weight_method", "batches", "runner"}
+                      "quantize_embeddings", "weight_only", "feature_maps",
+                      "min_conv_reduction", "weight_method", "batches", "runner"}
     assert q["weight_method"] == "rtn" and q["batches"] is BATCHES  # GPTQ reads the batches
     assert q["feature_maps"] is True  # convolutional networks run on integer conv / add / pool kernels
+    assert q["min_conv_reduction"] == 32  # 3 x 3 x 3 image stems stay float on ONNX Runtime
     assert q["weight_scheme"] == Scheme("int8", "channel", axis=1, group_size=None, symmetric=True)
     assert q["activation_scheme"] == Scheme("uint8", "tensor", symmetric=False)
     assert q["method"] == "minmax" and q["weight_only"] is False and q["quantize_embeddings"] is True

@@ -5,11 +5,13 @@ through `requant.compile` on the CPU targets, each model captured once:
   outputs within FP32_REL of torch's (float kernels sum in other orders);
 - cpu-int8: cosine of each image's logits to torch >= INT8_COSINE (mean over the
   evaluation images, as the benchmark and issue 17 state it), and in ONNX Runtime's
-  optimised graph every convolution an integer QLinearConv (none left in float). The
+  optimised graph every convolution an integer QLinearConv but a 3 x 3 x 3 image stem
+  (`min_conv_reduction`: ORT's float kernel is the faster one there). The
   tiny MobileViT (8 to 32 channels, 32 convs, three quantized maps per SiLU conv, a
   transformer whose LayerNorms amplify what reaches them) is held to
-  TINY_MOBILEVIT_COSINE instead: the published-size model the benchmark builds keeps
-  the 0.99 goal;
+  TINY_MOBILEVIT_COSINE instead: its mean cosine ranges from 0.978 to 0.992 over
+  calibration sets of other seeds, while the published-size model the benchmark builds
+  keeps the 0.99 goal;
 - tvm-cpu-fp32 / tvm-cpu-int8 on the ResNet-style model (TVM builds take tens of
   seconds each; `python -m requant.tools.bench.vision --scale tiny` builds every model
   for every target).
@@ -36,7 +38,7 @@ from requant.frontends import from_torch  # noqa: E402
 
 FP32_REL = 1e-5
 INT8_COSINE = 0.99
-TINY_MOBILEVIT_COSINE = 0.98
+TINY_MOBILEVIT_COSINE = 0.97
 CALIB_BATCHES, EVAL_BATCHES = 6, 3
 
 pytestmark = pytest.mark.slow
@@ -97,8 +99,11 @@ def test_cpu_int8_runs_every_conv_on_integers(zoo, name: str) -> None:
     m = captured(zoo, name)
     cm = requant.compile(m.graph, "cpu-int8", calibration=m.calibration, holdout=0.0)
     convs = sum(1 for n in cm.graph if n.op == "Conv")
+    stems = sum("min_conv_reduction" in s["reason"] for s in cm.graph.meta["quant_skipped"])
+    assert stems == (0 if name in ("resnet", "convnext", "swin") else 1)  # 3 x 3 x 3 image stems
     ops = optimized_ops(cm.onnx_model)
-    assert ops.get("QLinearConv", 0) == convs and not any(k in ops for k in ("Conv", "FusedConv")), ops
+    assert ops.get("QLinearConv", 0) == convs - stems, ops
+    assert ops.get("Conv", 0) + ops.get("FusedConv", 0) == stems, ops
     cos = cosines(m.outputs(cm), m.reference)
     floor = TINY_MOBILEVIT_COSINE if name == "mobilevit" else INT8_COSINE
     assert cos.mean() >= floor, f"{name}: cosine mean {cos.mean():.5f} min {cos.min():.5f}"

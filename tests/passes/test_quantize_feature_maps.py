@@ -361,3 +361,21 @@ def test_the_gate_is_relu6_of_x_plus_3_over_6_within_half_a_step() -> None:
     got, pre = ir.run(probe, {"x": xs})
     want = np.clip(pre / 6.0 + 0.5, 0.0, 1.0)
     assert np.abs(got - want).max() <= 1.0 / 510.0 + 1e-6
+
+
+# -- short convolutions stay float -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("c_in,k,integer", [(3, 3, False), (3, 7, True), (16, 1, True), (4, 3, True)])
+def test_min_conv_reduction_keeps_short_spatial_convs_float(c_in: int, k: int, integer: bool) -> None:
+    """3 x 3 x 3 = 27 products per output stays float under 32; 7 x 7 x 3 = 147, a 1 x 1
+    conv (no im2col) and 3 x 3 x 4 = 36 are quantized."""
+    g = Graph("stem")
+    b = Builder(g)
+    x = b.input("x", tensor_type(F32, [1, c_in, 8, 8]))
+    g.outputs = [conv(b, b.Relu(conv(b, x, c_in, 8, k=k)), 8, 4, k=1)]
+    result = quantized(g, feature_maps=True, min_conv_reduction=32)
+    first = next(n for n in result.graph if n.op == "Conv")
+    assert (first.inputs[1].producer is not None) is integer  # a DequantizeLinear of int8 codes
+    reasons = [s["reason"] for s in result.graph.meta["quant_skipped"]]
+    assert any("fewer than min_conv_reduction=32" in r for r in reasons) is (not integer)
