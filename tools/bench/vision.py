@@ -207,6 +207,7 @@ class ConvShape:
 CONV_SHAPES = (
     ConvShape("ResNet stem", 3, 64, 224, 7, 2),
     ConvShape("MobileNet stem", 3, 16, 224, 3, 2),
+    ConvShape("EfficientNet stem", 3, 32, 224, 3, 2),
     ConvShape("ResNet 3x3", 64, 64, 56, 3),
     ConvShape("ResNet 3x3 deep", 256, 256, 14, 3),
     ConvShape("pointwise", 40, 240, 14, 1),
