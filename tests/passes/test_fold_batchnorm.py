@@ -180,3 +180,70 @@ def test_training_mode_batchnorm_is_refused() -> None:
     assert not result.changed
     assert result.stats == {"batchnorms_folded": 0, "refused": 1, "refused:training_mode": 1}
     assert [n.op for n in g] == ["Conv", "BatchNormalization"]
+
+
+# -- ConvTranspose producers ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("group", [1, 2])
+def test_conv_transpose_batchnorm_folds(group: int) -> None:
+    def body(b, x):
+        w = b.const(RNG.standard_normal((4, 6 // group, 3, 3)).astype(np.float32))  # [C_in, C_out/g, k, k]
+        y = b.ConvTranspose(x, w, b.const(RNG.standard_normal(6).astype(np.float32)), kernel_shape=[3, 3],
+                            strides=[2, 2], group=group)
+        return b.BatchNormalization(y, *bn_params(b, 6), epsilon=1e-3)
+
+    g = build_graph({"x": (F32, [2, 4, 5, 5])}, body)
+    result, pairs = outputs_before_after(PASS, g)
+    assert result.changed and result.stats == {"batchnorms_folded": 1, "refused": 0}
+    assert ops(g) == ["ConvTranspose"] and only_node(g, "ConvTranspose").meta["folded"] == [PASS]
+    assert_rel_close(pairs, REL)
+
+
+# -- forward into the readers ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("group", [1, 2])
+def test_batchnorm_of_a_graph_input_folds_forward_into_unpadded_convs(bias: bool, group: int) -> None:
+    def body(b, x):
+        y = b.BatchNormalization(x, *bn_params(b, 4), epsilon=1e-3)
+        w = b.const(RNG.standard_normal((6, 4 // group, 2, 2)).astype(np.float32))
+        ins = [y, w] + ([b.const(RNG.standard_normal(6).astype(np.float32))] if bias else [])
+        strided = b.Conv(*ins, kernel_shape=[2, 2], strides=[2, 2], group=group)  # no padding
+        return strided, b.Conv(y, b.const(RNG.standard_normal((3, 4, 1, 1)).astype(np.float32)), kernel_shape=[1, 1])
+
+    g = build_graph({"x": (F32, [2, 4, 6, 6])}, body)
+    result, pairs = outputs_before_after(PASS, g)
+    assert result.stats == {"batchnorms_folded": 1, "folded_forward": 1, "refused": 0}
+    assert ops(g) == ["Conv", "Conv"] and all(len(n.inputs) == 3 for n in g)  # both now have a bias
+    assert_rel_close(pairs, REL)
+
+
+def test_batchnorm1d_of_an_input_folds_forward_into_a_linear() -> None:
+    # scale a = [2, 0.5, 2], shift = beta - a * mean = [-1, 0.5, 3] (the params above);
+    # W' = diag(a) W, b' = b + shift @ W = [0.5, -1] + [-1*1 + 0.5*3 + 3*5, -1*2 + 0.5*4 + 3*6]
+    check_rewrite(PASS, f"""
+    graph main(%x: f32[4,3]) -> (%y) {{
+      const %w: f32[3,2] = [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]
+      const %b: f32[2] = [0.5, -1.0]{BN1D_PARAMS}
+      %n: f32[4,3] = BatchNormalization(%x, %gamma, %beta, %mean, %var) {{epsilon=1e-05}}
+      %t: f32[4,2] = MatMul(%n, %w)
+      %y: f32[4,2] = Add(%t, %b)
+    }}""", """
+    graph main(%x: f32[4,3]) -> (%y) {
+      const %w_folded: f32[3,2] = [[2.0, 4.0], [1.5, 2.0], [10.0, 12.0]]
+      const %b_folded: f32[2] = [16.0, 17.0]
+      %t: f32[4,2] = MatMul(%x, %w_folded)
+      %y: f32[4,2] = Add(%t, %b_folded)
+    }""", stats={"batchnorms_folded": 1, "folded_forward": 1, "refused": 0}, constant_rtol=CONSTANT_RTOL,
+        constant_atol=CONSTANT_ATOL, tolerances={"float32": (REL, REL)})
+
+
+def test_forward_fold_refused_for_a_padded_conv_reader() -> None:
+    # a zero-padded border sees 0 where the BatchNorm would give shift: not exact
+    g = build_graph({"x": (F32, [1, 3, 5, 5])},
+                    lambda b, x: conv(b, b.BatchNormalization(x, *bn_params(b, 3)), 3, 4))
+    result = run_pass(PASS, g)
+    assert not result.changed and result.stats["refused:no_producer"] == 1
+    assert ops(g) == ["BatchNormalization", "Conv"]
