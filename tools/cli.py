@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -183,6 +184,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"\n{PROG}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `requant targets | head`: the reader left; say nothing, and keep Python's exit
+        # flush from raising again on the closed stdout
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (RequantError, OSError) as exc:
         if debug:
             raise
