@@ -174,7 +174,7 @@ def time_module(ex: tvm.runtime.Executable, inputs: Sequence[np.ndarray], *, num
 # first match wins: a matmul with a fused epilogue (bias, GELU, residual) is a matmul
 _KIND_PATTERNS = (
     ("matmul", re.compile(r"packed_dense|dense|linear")),
-    ("batch_matmul", re.compile(r"batch_matmul|matmul")),
+    ("batch_matmul", re.compile(r"batch_matmul|padded_bmm|matmul")),
     ("softmax", re.compile(r"softmax")),
     ("layer_norm", re.compile(r"layer_norm|rms_norm|group_norm")),
     ("gelu", re.compile(r"gelu")),

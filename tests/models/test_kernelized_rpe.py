@@ -73,8 +73,8 @@ def rewritten(case: family.ModelCase):
     return quadratic, graph
 
 
-@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
-@pytest.mark.parametrize("n", [333, 600])  # odd; even but not a power of two
+@pytest.mark.parametrize("n,causal", [(333, False), (600, True), (600, False), (333, True)],
+                         ids=["odd-bidirectional", "not-pow2-causal", "not-pow2-bidirectional", "odd-causal"])
 def test_fft_form_is_as_exact_as_the_quadratic_form(n: int, causal: bool) -> None:
     case = family.rpe_attention_core(n, heads=3, features=8, head_dim=6, batch=2, causal=causal)
     quadratic, fft = rewritten(case)
@@ -88,7 +88,7 @@ def test_fft_form_is_as_exact_as_the_quadratic_form(n: int, causal: bool) -> Non
 def test_fft_form_error_at_8192() -> None:
     """The issue's bound at n = 8192, both masks (causal computes its FFTs in float64)."""
     for causal in (False, True):
-        case = family.rpe_attention_core(8192, heads=2, features=4, head_dim=4, batch=1, causal=causal)
+        case = family.rpe_attention_core(8192, heads=1, features=4, head_dim=4, batch=1, causal=causal)
         _, fft = rewritten(case)
         feeds = {v.name: t.numpy() for v, t in zip(fft.inputs, case.example_inputs)}
         assert scaled_error(ir.run(fft, feeds)[0], float64_attention(case)) <= 1e-4
@@ -105,9 +105,9 @@ def _fft_record(cm) -> dict:
 
 @pytest.mark.parametrize("target", ["cpu-fp32", "tvm-cpu-fp32"])
 def test_transformer_compiles_to_the_fft_form_and_matches_torch(target: str) -> None:
-    case = family.rpe_transformer(48, causal=True, layers=2)
+    case = family.rpe_transformer(48, causal=True, layers=1)
     cm = requant.compile(case.module, target, example_inputs=case.example_inputs, fft="always")
-    assert _fft_record(cm)["rewritten"] == 2  # one attention per layer
+    assert _fft_record(cm)["rewritten"] == 1
     assert "ToeplitzLowRankMatMulFFT" in cm.graph.op_histogram()
     out = cm(*(t.numpy() for t in case.example_inputs))[0]
     assert scaled_error(out, _torch_output(case)) <= TORCH_TOL
@@ -117,7 +117,7 @@ def test_transformer_compiles_to_the_fft_form_and_matches_torch(target: str) -> 
 def test_default_cost_model_rewrites_a_long_convolution(target: str) -> None:
     """4096 taps over 4096 samples: the FFT form does 60x fewer flops, past every
     crossover measured; the default pipeline rewrites it by itself."""
-    case = family.long_conv_block(4096, channels=8, batch=1, causal=True)
+    case = family.long_conv_block(4096, channels=4, batch=1, causal=True)
     cm = requant.compile(case.module, target, example_inputs=case.example_inputs)
     record = _fft_record(cm)
     assert record["rewritten"] == 1 and record["decisions"].startswith("rewrote"), record

@@ -90,6 +90,7 @@ def test_cpu_kernels_are_parallel_and_vectorised() -> None:
         assert func.attrs["tirx.is_scheduled"]  # requant's CPU schedule rules leave it alone
 
 
+@pytest.mark.slow
 def test_cuda_forms_compile_with_nvcc() -> None:
     from requant.backends.tvm.cuda import build_cuda, nvcc_status
     from requant.backends.tvm.emit import to_relax

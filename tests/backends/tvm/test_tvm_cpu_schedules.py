@@ -181,11 +181,32 @@ def test_batch_matmul_matches_numpy(shape_a, shape_b) -> None:
     np.testing.assert_allclose(_run(ex, a, b), 0.5 * (a @ b), rtol=1e-4, atol=1e-4)
 
 
-def test_batch_matmul_is_parallel_and_vectorised() -> None:
-    funcs = _scheduled_funcs(_module([_var("a", (4, 64, 32)), _var("b", (4, 32, 64))],
+@pytest.mark.parametrize("tokens", [64, 197])
+def test_batch_matmul_is_padded_parallel_and_vectorised(tokens: int) -> None:
+    """Attention's QK^T at 197 tokens: rows and columns padded, no bounds check in the
+    accumulator update."""
+    funcs = _scheduled_funcs(_module([_var("a", (4, tokens, 32)), _var("b", (4, 32, tokens))],
                                      lambda bb, a, b: R.matmul(a, b)))
-    (func,) = [f for name, f in funcs.items() if "matmul" in name]
+    (func,) = [f for name, f in funcs.items() if "padded_bmm" in name]
     assert {PARALLEL, VECTORIZED} <= _loop_kinds(func)
+    assert _update_block_predicates(func, "padded_bmm_update") == []
+
+
+def test_batch_matmul_symbolic_and_broadcast_batches_match_numpy() -> None:
+    rng = np.random.default_rng(RNG_SEED)
+    n = tirx.Var("n", "int64")
+    mod = _module([_var("a", (n, 3, 13, 8)), _var("b", (n, 3, 8, 21))], lambda bb, a_, b_: R.matmul(a_, b_))
+    ex = pipeline.build_cpu(mod)
+    for batch in (1, 2):
+        a = rng.standard_normal((batch, 3, 13, 8)).astype(np.float32)
+        b = rng.standard_normal((batch, 3, 8, 21)).astype(np.float32)
+        np.testing.assert_allclose(_run(ex, a, b), a @ b, rtol=1e-4, atol=1e-4)
+    # batch dims that broadcast: not the padded kernel, TVM's matmul (MatmulTile)
+    a = rng.standard_normal((2, 5, 8)).astype(np.float32)
+    b = rng.standard_normal((1, 8, 7)).astype(np.float32)
+    mod = _module([_var("a", a.shape), _var("b", b.shape)], lambda bb, a_, b_: R.matmul(a_, b_))
+    assert not any("padded_bmm" in name for name in _scheduled_funcs(mod))
+    np.testing.assert_allclose(_run(pipeline.build_cpu(mod), a, b), a @ b, rtol=1e-4, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------- softmax, LayerNorm, GELU
@@ -431,6 +452,7 @@ def test_host_target_and_breakdown() -> None:
 
 @pytest.mark.parametrize("name,kind", [
     ("fused_packed_dense_64x64x384_1536_add_fast_erf", "matmul"), ("matmul1", "batch_matmul"),
+    ("fused_padded_bmm_2x12x197x64_197_multiply_add", "batch_matmul"),
     ("fused_matmul_multiply_add1", "batch_matmul"), ("fast_softmax", "softmax"), ("layer_norm", "layer_norm"),
     ("fused_reshape_transpose1", "reshape/transpose"), ("add3", "elementwise"), ("gelu", "gelu"),
     ("vm.builtin.alloc_storage", "other")])
