@@ -15,13 +15,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from tvm import relax
+from tvm import relax, tirx
 
 from requant.backends.tvm.lowering._common import (
     LOWERINGS,
     LowerContext,
     as_dtype,
     constant,
+    elementwise_te,
     rank_of,
     relax_dtype,
     requires,
@@ -121,11 +122,29 @@ def _ilayernorm(ctx: LowerContext, node: Node, ins: list) -> Any:
     mean = ctx.emit(R.floor_divide(R.add(R.multiply(_row_sum(ctx, x), _c(2)), _c(n)), _c(2 * n)))
     y = ctx.emit(R.subtract(x, mean))
     var = _row_sum(ctx, ctx.emit(R.multiply(y, y)))
-    k = _c(int(a["k0"]))
-    for _ in range(int(a["steps"])):
-        k = ctx.emit(R.maximum(R.right_shift(R.add(k, R.floor_divide(var, k)), _c(1)), _c(1)))
-    factor = ctx.emit(R.floor_divide(_c(INT32_MAX), k))
+    factor = ctx.emit(R.floor_divide(_c(INT32_MAX), _isqrt(ctx, var, int(a["k0"]), int(a["steps"]))))
     return _saturate(ctx, ctx.emit(R.right_shift(R.multiply(y, factor), _c(1))), node.outputs[0].dtype, x)
+
+
+_OP_PATTERN_OPAQUE = 8  # TVM's kOpaque: FuseOps leaves the kernel alone
+
+
+def _isqrt(ctx: LowerContext, var: relax.Expr, k0: int, steps: int) -> relax.Expr:
+    """`steps` Newton steps `k = max(1, (k + var // k) >> 1)` from `k0`, each step a kernel
+    of its own (one value per row). Fused into one kernel, every step repeats the previous
+    one twice (2^steps terms: 4.6 MB of CUDA source per LayerNorm kernel at 10 steps, and a
+    TIR Let per step hangs LLVM's code generation)."""
+    k = None
+    for _ in range(steps):
+        if k is None:
+            k = elementwise_te(ctx, lambda v: tirx.max((k0 + tirx.floordiv(v, k0)) >> 1, 1), [var], _I64,
+                               "isqrt_step")
+        else:
+            k = elementwise_te(ctx, lambda v, kk: tirx.max((kk + tirx.floordiv(v, kk)) >> 1, 1), [var, k], _I64,
+                               "isqrt_step")
+        gv = ctx.bb.lookup_binding(k).args[0]
+        ctx.bb.update_func(gv, ctx.bb.get()[gv].with_attr("op_pattern", _OP_PATTERN_OPAQUE))
+    return k if k is not None else _c(k0)
 
 
 # ----------------------------------------------------------------------------- exponentials
