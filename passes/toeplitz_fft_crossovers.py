@@ -1,7 +1,9 @@
 """Measured data the toeplitz_fft pass's cost model reads: per backend and per pattern,
-how much slower one FFT-form flop runs than one quadratic-form flop (`rho`), and the
-sequence length at which the FFT form became faster in the measurement (`crossover_n`,
-None when it never did in the range measured), with the shape measured at.
+how much slower one FFT-form flop runs than one quadratic-form flop (`rho`: the flop
+ratio at the measured crossover, or the time ratio at the nearest size measured when the
+crossover lies outside the sizes), the sequence length at which the FFT form overtook
+the quadratic one (`crossover_n`, None when that lies outside the sizes measured), and
+the shape measured at.
 
 The pass rewrites a node when `rho * fft_flops < quadratic_flops` (passes/toeplitz_fft.py
 counts both). Re-measure on the machine that will run the models, and rewrite this file,
@@ -19,16 +21,16 @@ __all__ = ["CROSSOVERS", "MEASURED_WITH"]
 MEASURED_WITH = "python -m requant.tools.bench.toeplitz_fft --write-crossovers"
 
 CROSSOVERS: dict[str, dict[str, dict]] = {
-    "onnx": {
-        "toeplitz_matmul": {"rho": 40.0, "crossover_n": None, "shape": {}},
-        "kernelized_attention": {"rho": 40.0, "crossover_n": None, "shape": {}},
-        "kernelized_attention_f64": {"rho": 80.0, "crossover_n": None, "shape": {}},
-        "long_conv": {"rho": 40.0, "crossover_n": None, "shape": {}},
+    'onnx': {
+        'toeplitz_matmul': {'rho': 156.394, 'crossover_n': None, 'shape': {'heads': 8, 'features': 64, 'head_dim': 64, 'channels': 64, 'sizes': [256, 512, 1024, 2048, 4096]}},
+        'kernelized_attention': {'rho': 117.453, 'crossover_n': None, 'shape': {'heads': 8, 'features': 64, 'head_dim': 64, 'channels': 64, 'sizes': [256, 512, 1024]}},
+        'kernelized_attention_f64': {'rho': 234.906, 'crossover_n': None, 'shape': {'estimated': "2 x kernelized_attention's rho (float64 vectors hold half the lanes); measure with --causal --write-crossovers"}},
+        'long_conv': {'rho': 4.436, 'crossover_n': 337, 'shape': {'heads': 8, 'features': 64, 'head_dim': 64, 'channels': 64, 'sizes': [256, 512, 1024, 2048, 4096]}},
     },
-    "tvm": {
-        "toeplitz_matmul": {"rho": 10.0, "crossover_n": None, "shape": {}},
-        "kernelized_attention": {"rho": 10.0, "crossover_n": None, "shape": {}},
-        "kernelized_attention_f64": {"rho": 20.0, "crossover_n": None, "shape": {}},
-        "long_conv": {"rho": 10.0, "crossover_n": None, "shape": {}},
+    'tvm': {
+        'toeplitz_matmul': {'rho': 4.414, 'crossover_n': None, 'shape': {'heads': 8, 'features': 64, 'head_dim': 64, 'channels': 64, 'sizes': [256, 512, 1024, 2048, 4096]}},
+        'kernelized_attention': {'rho': 4.11, 'crossover_n': None, 'shape': {'heads': 8, 'features': 64, 'head_dim': 64, 'channels': 64, 'sizes': [256, 512, 1024, 2048, 4096]}},
+        'kernelized_attention_f64': {'rho': 8.22, 'crossover_n': None, 'shape': {'estimated': "2 x kernelized_attention's rho (float64 vectors hold half the lanes); measure with --causal --write-crossovers"}},
+        'long_conv': {'rho': 3.501, 'crossover_n': None, 'shape': {'heads': 8, 'features': 64, 'head_dim': 64, 'channels': 64, 'sizes': [256, 512, 1024, 2048, 4096]}},
     },
 }
