@@ -1061,23 +1061,32 @@ class DenseTile(_Rule):
         acc = sch.get_sblock(DENSE_BLOCK)
         if sch.get(acc).writes[0].source.dtype != "float32":
             return False
-        _inline_spatial(sch, keep=[acc])
-        out = _blocks(sch)[-1]
-        if not _is_spatial(sch, out) or len(sch.get_loops(out)) != len(sch.get(acc).writes[0].source.shape):
-            return False
-        *lead, i, j = sch.get_loops(out)
-        im = _tile_rows_of_output(sch, out, lead, i, j, dense_row_tile(_extent(sch, i)), NR)
-        sch.compute_at(acc, im, preserve_unit_loops=True)
-        sch.set_scope(acc, 0, "local")
-        *_, t_row, t_col, k = sch.get_loops(acc)
-        sch.reorder(k, t_row, t_col)
-        sch.unroll(t_row)
-        col_o, col_i = sch.split(t_col, [None, LANES])
-        sch.unroll(col_o)
-        sch.vectorize(col_i)
-        init = sch.decompose_reduction(acc, k)
-        _vectorize_inner(sch, sch.get_loops(init)[-1])
-        return True
+        return _register_tiled(sch, acc, keep=[acc]) is not None
+
+
+def _register_tiled(sch: s_tir.Schedule, acc, keep: list):
+    """DenseTile's schedule of a padded float accumulator `acc` and the epilogue after
+    it (the spatial blocks other than `keep` inlined): the output tiled by
+    `_tile_rows_of_output`, `acc` computed per register tile in a local buffer, reduction
+    outermost, rows unrolled and columns vectorised. Returns the output block, or None
+    when the epilogue is not one spatial block over the accumulator's axes."""
+    _inline_spatial(sch, keep=keep)
+    out = _blocks(sch)[-1]
+    if not _is_spatial(sch, out) or len(sch.get_loops(out)) != len(sch.get(acc).writes[0].source.shape):
+        return None
+    *lead, i, j = sch.get_loops(out)
+    im = _tile_rows_of_output(sch, out, lead, i, j, dense_row_tile(_extent(sch, i)), NR)
+    sch.compute_at(acc, im, preserve_unit_loops=True)
+    sch.set_scope(acc, 0, "local")
+    *_, t_row, t_col, k = sch.get_loops(acc)
+    sch.reorder(k, t_row, t_col)
+    sch.unroll(t_row)
+    col_o, col_i = sch.split(t_col, [None, LANES])
+    sch.unroll(col_o)
+    sch.vectorize(col_i)
+    init = sch.decompose_reduction(acc, k)
+    _vectorize_inner(sch, sch.get_loops(init)[-1])
+    return out
 
 
 def _tile_rows_of_output(sch: s_tir.Schedule, out, lead: list, i, j, mr: int, nr: int):
@@ -1108,22 +1117,9 @@ class BatchMatmulTile(_Rule):
         if BMM_BLOCK not in names or BMM_B_PAD_BLOCK not in names:
             return False
         acc, b_pad = sch.get_sblock(BMM_BLOCK), sch.get_sblock(BMM_B_PAD_BLOCK)
-        _inline_spatial(sch, keep=[acc, b_pad])
-        out = _blocks(sch)[-1]
-        if not _is_spatial(sch, out) or len(sch.get_loops(out)) != len(sch.get(acc).writes[0].source.shape):
+        out = _register_tiled(sch, acc, keep=[acc, b_pad])
+        if out is None:
             return False
-        *lead, i, j = sch.get_loops(out)
-        im = _tile_rows_of_output(sch, out, lead, i, j, dense_row_tile(_extent(sch, i)), NR)
-        sch.compute_at(acc, im, preserve_unit_loops=True)
-        sch.set_scope(acc, 0, "local")
-        *_, t_row, t_col, k = sch.get_loops(acc)
-        sch.reorder(k, t_row, t_col)
-        sch.unroll(t_row)
-        col_o, col_i = sch.split(t_col, [None, LANES])
-        sch.unroll(col_o)
-        sch.vectorize(col_i)
-        init = sch.decompose_reduction(acc, k)
-        _vectorize_inner(sch, sch.get_loops(init)[-1])
         task = sch.get_loops(out)[0]  # the fused parallel loop
         sch.compute_at(b_pad, task, preserve_unit_loops=True)
         _vectorize_inner(sch, sch.get_loops(b_pad)[-1])
