@@ -23,13 +23,13 @@ MEASURED_WITH = "python -m requant.tools.bench.toeplitz_fft --write-crossovers"
 CROSSOVERS: dict[str, dict[str, dict]] = {
     'onnx': {
         'toeplitz_matmul': {'rho': 156.394, 'crossover_n': None, 'shape': {'heads': 8, 'features': 64, 'head_dim': 64, 'channels': 64, 'sizes': [256, 512, 1024, 2048, 4096]}},
-        'kernelized_attention': {'rho': 117.453, 'crossover_n': None, 'shape': {'heads': 8, 'features': 64, 'head_dim': 64, 'channels': 64, 'sizes': [256, 512, 1024]}},
+        'kernelized_attention': {'rho': 492.389, 'crossover_n': None, 'shape': {'heads': 8, 'features': 64, 'head_dim': 64, 'channels': 64, 'sizes': [4096]}},
         'kernelized_attention_f64': {'rho': 234.906, 'crossover_n': None, 'shape': {'estimated': "2 x kernelized_attention's rho (float64 vectors hold half the lanes); measure with --causal --write-crossovers"}},
         'long_conv': {'rho': 4.436, 'crossover_n': 337, 'shape': {'heads': 8, 'features': 64, 'head_dim': 64, 'channels': 64, 'sizes': [256, 512, 1024, 2048, 4096]}},
     },
     'tvm': {
         'toeplitz_matmul': {'rho': 4.414, 'crossover_n': None, 'shape': {'heads': 8, 'features': 64, 'head_dim': 64, 'channels': 64, 'sizes': [256, 512, 1024, 2048, 4096]}},
-        'kernelized_attention': {'rho': 4.11, 'crossover_n': None, 'shape': {'heads': 8, 'features': 64, 'head_dim': 64, 'channels': 64, 'sizes': [256, 512, 1024, 2048, 4096]}},
+        'kernelized_attention': {'rho': 2.966, 'crossover_n': 7378, 'shape': {'heads': 8, 'features': 64, 'head_dim': 64, 'channels': 64, 'sizes': [4096, 8192]}},
         'kernelized_attention_f64': {'rho': 8.22, 'crossover_n': None, 'shape': {'estimated': "2 x kernelized_attention's rho (float64 vectors hold half the lanes); measure with --causal --write-crossovers"}},
         'long_conv': {'rho': 3.501, 'crossover_n': None, 'shape': {'heads': 8, 'features': 64, 'head_dim': 64, 'channels': 64, 'sizes': [256, 512, 1024, 2048, 4096]}},
     },
