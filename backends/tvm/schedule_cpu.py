@@ -332,8 +332,8 @@ def padded_batch_matmul_func(a_shape: Sequence, b_shape: Sequence, dtype: str = 
                                (rows padded to whole register tiles, `dense_row_tile`)
         padded_bmm_trim      = the real rows and columns
 
-    so that the accumulator tile (BatchMatmulTile) is never predicated: 197 tokens run
-    like 192."""
+    so that the accumulator tile (BatchMatmulTile) is never predicated, whatever the
+    token count."""
     a_shape, b_shape = _fresh_shape(a_shape), _fresh_shape(b_shape)
     b_shape = [*a_shape[:-2], *b_shape[-2:]]  # the same batch dims (checked by the packer)
     *lead, m, k_dim = a_shape
