@@ -55,7 +55,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_I32_MAX = 2**31 - 1
 SHIFT_SCORE_BITS = 5
 """Fractional bits of the scores Shiftmax reads (x0 = -2^5)."""
 POLY_SCORE_BITS = 8

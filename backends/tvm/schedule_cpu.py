@@ -1188,6 +1188,23 @@ class MatmulVNNI(_Rule):
 # --------------------------------------------------------------------------------------
 
 
+def _conv_kernel_blocks(sch: s_tir.Schedule, conv_name: str, pad_name: str, pad_required: bool = True):
+    """(conv, pad, out) of a packed conv kernel's function: the accumulator block
+    `conv_name`, its padded-input block `pad_name` (None when absent and not required),
+    and the one NCHW block its fused epilogue became once the other spatial blocks are
+    inlined; None when the function is not that kernel."""
+    names = [sch.get(b).name_hint for b in _blocks(sch)]
+    if conv_name not in names or (pad_required and pad_name not in names):
+        return None
+    conv = sch.get_sblock(conv_name)
+    pad = sch.get_sblock(pad_name) if pad_name in names else None
+    _inline_spatial(sch, keep=[b for b in (conv, pad) if b is not None])
+    consumers = list(sch.get_consumers(conv))
+    if len(consumers) != 1 or len(sch.get_loops(consumers[0])) != 4:
+        return None
+    return conv, pad, consumers[0]
+
+
 class ConvTile(_Rule):
     """The packed conv2d kernel (`packed_conv2d_func`) + its fused epilogue (bias,
     ReLU, residual add): the NCHW output is tiled into (batch, channel block of `ob`,
@@ -1199,16 +1216,10 @@ class ConvTile(_Rule):
     input is one parallel loop nest of its own."""
 
     def schedule(self, sch: s_tir.Schedule, target: Target) -> bool:
-        names = [sch.get(b).name_hint for b in _blocks(sch)]
-        if CONV_BLOCK not in names:
+        found = _conv_kernel_blocks(sch, CONV_BLOCK, CONV_PAD_BLOCK, pad_required=False)
+        if found is None:
             return False
-        conv = sch.get_sblock(CONV_BLOCK)
-        pad = sch.get_sblock(CONV_PAD_BLOCK) if CONV_PAD_BLOCK in names else None
-        _inline_spatial(sch, keep=[b for b in (conv, pad) if b is not None])
-        consumers = list(sch.get_consumers(conv))
-        if len(consumers) != 1 or len(sch.get_loops(consumers[0])) != 4:
-            return False
-        out = consumers[0]
+        conv, pad, out = found
         ob = int(sch.get(conv).writes[0].source.shape[4])
         n, o, y, z = sch.get_loops(out)
         width = _extent(sch, z)
@@ -1251,15 +1262,10 @@ class DepthwiseTile(_Rule):
     (made by a loop nest of its own, the blocked copy went through memory and back)."""
 
     def schedule(self, sch: s_tir.Schedule, target: Target) -> bool:
-        names = [sch.get(b).name_hint for b in _blocks(sch)]
-        if DW_BLOCK not in names or DW_PAD_BLOCK not in names:
+        found = _conv_kernel_blocks(sch, DW_BLOCK, DW_PAD_BLOCK)
+        if found is None:
             return False
-        conv, pad = sch.get_sblock(DW_BLOCK), sch.get_sblock(DW_PAD_BLOCK)
-        _inline_spatial(sch, keep=[conv, pad])
-        consumers = list(sch.get_consumers(conv))
-        if len(consumers) != 1 or len(sch.get_loops(consumers[0])) != 4:
-            return False
-        out = consumers[0]
+        conv, pad, out = found
         n, o, y, z = sch.get_loops(out)
         width = _extent(sch, z)
         if width is None:
@@ -1296,15 +1302,10 @@ class ConvVNNI(MatmulVNNI):
     loop. The blocked, padded input is one parallel loop nest of its own."""
 
     def schedule(self, sch: s_tir.Schedule, target: Target) -> bool:
-        names = [sch.get(b).name_hint for b in _blocks(sch)]
-        if CONV_INT8_BLOCK not in names or CONV_INT8_PAD_BLOCK not in names:
+        found = _conv_kernel_blocks(sch, CONV_INT8_BLOCK, CONV_INT8_PAD_BLOCK)
+        if found is None:
             return False
-        conv, pad = sch.get_sblock(CONV_INT8_BLOCK), sch.get_sblock(CONV_INT8_PAD_BLOCK)
-        _inline_spatial(sch, keep=[conv, pad])
-        consumers = list(sch.get_consumers(conv))
-        if len(consumers) != 1 or len(sch.get_loops(consumers[0])) != 4:
-            return False
-        out = consumers[0]
+        conv, pad, out = found
         n, o, y, z = sch.get_loops(out)
         width, channels = _extent(sch, z), _extent(sch, o)
         if width is None or channels is None:
