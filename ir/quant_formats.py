@@ -443,14 +443,40 @@ def quantize_linear(
     dt = _out_dtype(zero_point, dtype)
     x32 = np.asarray(x).astype(np.float32, copy=False)
     s = expand_param(np.asarray(scale).astype(np.float32, copy=False), x32.shape, axis, block_size)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        v = x32 / s
     if not dt.is_integer:
         if zero_point is not None and np.any(np.asarray(zero_point).astype(np.float32) != 0):
             raise ValueError(f"a {dt} zero point must be 0")
-        return encode(v, dt, saturate)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            return encode(x32 / s, dt, saturate)
+    zp = np.float64(0.0) if zero_point is None else expand_param(
+        np.asarray(zero_point).astype(np.float64), x32.shape, axis, block_size)
+    rows = x32.shape[0] if x32.ndim else 1
+    step = max(1, _QUANTIZE_CHUNK // max(1, x32.size // max(rows, 1)))
+    if rows <= step:
+        return _quantize_integers(x32, s, zp, dt)
+    # a large weight (an LM head) in slices of rows: the float64 intermediates of one
+    # slice, not several copies of the whole tensor at once; elementwise, so exact
+    out = np.empty(x32.shape, dt.np)
+    for start in range(0, rows, step):
+        part = slice(start, start + step)
+        out[part] = _quantize_integers(x32[part], _rows_of(s, part, rows), _rows_of(zp, part, rows), dt)
+    return out
+
+
+_QUANTIZE_CHUNK = 1 << 22
+"""Elements `quantize_linear` rounds at once (its float64 intermediates: 32 MB each)."""
+
+
+def _rows_of(p: np.ndarray, part: slice, rows: int) -> np.ndarray:
+    """The rows `part` of a parameter expanded against x (0-d or x's rank, leading dim
+    `rows` or 1)."""
+    return p[part] if p.ndim and p.shape[0] == rows and rows > 1 else p
+
+
+def _quantize_integers(x32: np.ndarray, s: np.ndarray, zp: np.ndarray, dt: DType) -> np.ndarray:
     lo, hi = dt.int_range
-    zp = 0.0 if zero_point is None else expand_param(np.asarray(zero_point).astype(np.float64), x32.shape, axis, block_size)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        v = x32 / s
     r = np.rint(v.astype(np.float64))
     r = np.where(np.isnan(r), lo - zp, np.clip(r, lo - zp, hi - zp)) + zp
     return r.astype(dt.np)

@@ -551,3 +551,23 @@ def test_block_codecs_refuse_the_wrong_entry_point() -> None:
         qf.quantize_blocks(x, qf.INT8_PER_TENSOR)
     with pytest.raises(ValueError, match="needs a scale"):
         qf.fake_quantize(x, qf.INT8_PER_TENSOR)
+
+
+@pytest.mark.parametrize("shape, axis, block", [((300, 70), 0, 0), ((300, 70), 1, 0), ((300, 70), 1, 16),
+                                                 ((300, 70), 0, 32), ((5, 300, 70), 1, 0)])
+def test_quantize_linear_in_slices_of_rows_gives_the_codes_of_one_pass(monkeypatch, shape, axis, block) -> None:
+    rs = np.random.RandomState(0)
+    x = (rs.randn(*shape) * 3).astype(np.float32)
+    x.flat[::97] = np.nan
+    groups = list(shape)
+    groups[axis] = -(-shape[axis] // block) if block else shape[axis]
+    if not block:
+        groups = [shape[axis]]
+    scale = rs.rand(*groups).astype(np.float32) + 0.01
+    zp = rs.randint(-5, 5, groups).astype(np.int8)
+    whole = qf.quantize_linear(x, scale, zp, axis=axis, block_size=block)
+    per_tensor = qf.quantize_linear(x, np.float32(0.3), np.int8(3), axis=axis)
+    monkeypatch.setattr(qf, "_QUANTIZE_CHUNK", 100)  # slices of one or two rows
+    np.testing.assert_array_equal(qf.quantize_linear(x, scale, zp, axis=axis, block_size=block), whole)
+    np.testing.assert_array_equal(qf.quantize_linear(x, np.float32(0.3), np.int8(3), axis=axis), per_tensor)
+    assert whole.dtype == np.int8
