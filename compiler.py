@@ -371,6 +371,10 @@ def compile(  # noqa: A001  (requant.compile is the public name)
 
     cm = CompiledModel(work, spec, opts, runtime, _steps_json(steps, spec, passes is not None))
     cm._protected = _source_files(model)
+    if _is_torch_model(model):
+        from requant.frontends.torch_shared import SharedWeights, state_names
+
+        cm._shared = SharedWeights(work.constants, state_names(model))
     warnings += pipeline.warnings
     for warning in warnings:
         logger.warning("%s", warning)
@@ -564,6 +568,7 @@ class CompiledModel:
                  outputs: list[dict[str, Any]] | None = None, graph_loader: Any = None) -> None:
         self._graph = graph
         self._graph_loader = graph_loader
+        self._shared: Any = None  # SharedWeights: the torch tensors the graph's constants view
         self.target = spec.name
         self.options = dict(options)
         self._runtime = runtime
@@ -650,6 +655,12 @@ class CompiledModel:
         from requant.atomic_save import staged_directory, write_new_file
         from requant.trust import MAC_FIELD, sign_manifest
 
+        changed = self._shared.changed() if self._shared is not None else []
+        if changed:
+            raise RequantError(
+                f"cannot save: the torch model's {', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''} "
+                f"changed in place after compile ({len(changed)} tensor(s)); the compiled graph shares the model's "
+                f"weights (the runtime keeps the values compiled), so a save now would mix the two: compile again")
         out = Path(directory)
         with staged_directory(out, overwrite=overwrite, protected=getattr(self, "_protected", ())) as staging:
             files = self._runtime.write(staging, external_data)

@@ -111,19 +111,28 @@ def ir_dtype(dt: torch.dtype) -> DType:
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
-    """A numpy copy of a tensor (bf16 and fp8 through ml_dtypes, which numpy lacks)."""
-    t = t.detach().cpu()
+    """A read-only numpy array of a tensor's values (bf16 and fp8 through ml_dtypes, which
+    numpy lacks). A contiguous CPU tensor is not copied: the array is a view of its
+    storage, so a graph holds a model's weights once, not a second time beside the
+    caller's model (`requant.frontends.torch_shared` finds such views and whether torch
+    wrote to them since); anything else (strided, on another device) is copied."""
+    t = t.detach()
+    if t.device.type != "cpu" or not t.is_contiguous():
+        t = t.cpu().contiguous()  # a new tensor either way: nothing of the caller's is shared
     if t.dtype == torch.bfloat16:
-        return t.contiguous().view(torch.int16).numpy().view(dtypes.bfloat16.np).copy()
-    if t.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
-        return t.contiguous().view(torch.uint8).numpy().view(ir_dtype(t.dtype).np).copy()
-    if t.dtype not in _TORCH_TO_IR:
+        arr = t.view(torch.int16).numpy().view(dtypes.bfloat16.np)
+    elif t.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+        arr = t.view(torch.uint8).numpy().view(ir_dtype(t.dtype).np)
+    elif t.dtype not in _TORCH_TO_IR:
         raise NotLowerable(f"torch dtype {t.dtype} has no requant equivalent")
-    return t.contiguous().numpy().copy()
+    else:
+        arr = t.numpy()
+    arr.flags.writeable = False
+    return arr
 
 
 class LazyConstant:
-    """A parameter, buffer or lifted constant not yet copied into the graph: models
+    """A parameter, buffer or lifted constant not yet in the graph: models
     often carry weights their forward never reads (poolers, unused heads)."""
 
     __slots__ = ("tensor", "name", "value")
