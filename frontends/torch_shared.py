@@ -36,7 +36,8 @@ def torch_tensor_behind(array: Any) -> Any | None:
 
 def state_names(model: Any) -> dict[int, str]:
     """{data pointer: state_dict name} of a torch Module's or ExportedProgram's tensors."""
-    state = model.state_dict(keep_vars=True) if hasattr(model, "named_parameters") else model.state_dict
+    state = model.state_dict  # a method of a Module, a dict of an ExportedProgram
+    state = state(keep_vars=True) if callable(state) else state
     return {t.data_ptr(): name for name, t in state.items() if hasattr(t, "data_ptr")}
 
 

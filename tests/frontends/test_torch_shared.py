@@ -65,6 +65,15 @@ def test_a_model_changed_after_compile_runs_as_compiled_and_refuses_to_save(tmp_
     assert not (tmp_path / "m").exists()
 
 
+def test_an_exported_program_names_its_changed_weights_too(tmp_path) -> None:
+    model = Mlp().eval()
+    cm = requant.compile(torch.export.export(model, (X,)), "cpu-fp32")
+    with torch.no_grad():
+        model.fc2.bias.add_(1.0)
+    with pytest.raises(requant.RequantError, match=r"fc2\.bias"):
+        cm.save(tmp_path / "m")
+
+
 def test_an_unchanged_model_saves_and_reloads(tmp_path) -> None:
     model = Mlp().eval()
     cm = requant.compile(model, "cpu-fp32", example_inputs=(X,))
