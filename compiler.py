@@ -594,11 +594,15 @@ class CompiledModel:
 
     @property
     def onnx_model(self) -> Any:
-        """The exported `onnx.ModelProto` the runtime runs (ONNX targets only)."""
+        """The exported `onnx.ModelProto` the runtime runs (ONNX targets only). A model
+        with more weights than `BY_REFERENCE_BYTES` was exported by reference; this gives
+        a copy with its weights written in, made on each access, or past protobuf's 2 GB
+        the model without them (their initializers point outside it: `.save()` writes
+        them to model.onnx.data)."""
         if self._runtime.kind != "onnx":
             raise RequantError(f"{self.target} runs on the {self._runtime.kind} backend, not ONNX Runtime: "
                                f"its IR is .graph, its build is written by .save()")
-        return self._runtime.proto
+        return self._runtime.whole_proto()
 
     @property
     def stats(self) -> dict[str, Any]:

@@ -10,6 +10,10 @@ graph output]` and a `name` attribute. requant's interpreter is built in
 nor the passes ever import a backend. `make_runner(graph, "auto")` tries the backends'
 runners in `PREFERENCE` order and falls back to the interpreter, with a warning, when
 none is installed or none takes the graph (an op it cannot export, a runtime error).
+A graph whose constants exceed `IN_PLACE_BYTES` goes to the interpreter under "auto":
+it computes on the graph's own arrays, where a runtime session would hold the weights
+a second time (and pack them), which on a model of several GB decides whether the
+compile fits in memory; the runs passes and the accuracy report make are few.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import numpy as np
 
 from requant.errors import RequantError
 
-__all__ = ["GraphRunner", "PREFERENCE", "INTERPRETER", "runner_names", "make_runner"]
+__all__ = ["GraphRunner", "PREFERENCE", "INTERPRETER", "IN_PLACE_BYTES", "runner_names", "make_runner"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +37,9 @@ PREFERENCE: tuple[str, ...] = ("onnxruntime",)
 """The runners "auto" tries first, in order, before the interpreter."""
 
 ENTRY_POINT_GROUP = "requant.runners"
+
+IN_PLACE_BYTES = 1 << 31
+"""Above this many bytes of constants "auto" runs a graph in the interpreter (module docstring)."""
 
 
 class GraphRunner(Protocol):
@@ -83,6 +90,11 @@ def make_runner(graph: Any, name: str = "auto") -> GraphRunner:
     raises; "auto" falls back to the interpreter instead."""
     if name != "auto":
         return _factory(name)(graph)
+    held = sum(int(v.const.nbytes) for v in graph.constants if isinstance(v.const, np.ndarray))
+    if held > IN_PLACE_BYTES:
+        logger.info("graph '%s' holds %.1f GB of constants: the interpreter runs it on them in place",
+                    getattr(graph, "name", "?"), held / 1e9)
+        return InterpreterRunner(graph)
     for candidate in PREFERENCE:
         if candidate not in _plugins():
             continue

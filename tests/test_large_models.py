@@ -1,14 +1,16 @@
 """Models past protobuf's 2 GB limit (issue 16, item 10): their graphs are exported by
-reference (the proto holds no weights; ONNX Runtime gets the graph's own arrays; a save
-streams them into model.onnx.data) and a loaded model reads its weights into a proto
-only when asked. The limit is lowered here so a model of a few hundred KiB takes the
-same path; `python -m requant.tools.bench.large_model` runs a 2.7 GB Llama through it
+reference (the proto holds no weights; ONNX Runtime's session is made from a temporary
+file the graph's arrays are streamed into, as a save streams them into model.onnx.data;
+the calibration and accuracy runs go through the interpreter, on the graph's own
+arrays) and a loaded model reads its weights into a proto only when asked. The limit is lowered here so a model of a few hundred KiB takes the
+same path; `python -m requant.tools.bench.large_model` runs a 3 GB Llama through it
 and reports the memory it takes."""
 
 from __future__ import annotations
 
 import filecmp
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,12 +52,18 @@ def test_a_large_graph_is_exported_by_reference_and_runs(by_reference) -> None:
     cm = requant.compile(g, "cpu-fp32")
     arrays = cm._runtime.arrays
     assert sorted(arrays) == ["w"]  # w2 and b are under BY_REFERENCE_MIN_BYTES: inline
-    proto = cm.onnx_model
+    proto = cm._runtime.proto
     w = next(t for t in proto.graph.initializer if t.name == "w")
     assert not w.raw_data and w.external_data[0].value == export.BY_REFERENCE
     assert proto.ByteSize() < 64 * 1024  # the weights are not in the message
     np.testing.assert_allclose(cm(X)[0], ir.run(g, {"x": X})[0], rtol=1e-5, atol=1e-5)
     assert cm.stats["sizes"]["artifact"] >= arrays["w"].nbytes
+    # asked for, the model comes whole (it fits one protobuf) and runs as the build does
+    whole = cm.onnx_model
+    w = next(t for t in whole.graph.initializer if t.name == "w")
+    assert not w.external_data and len(w.raw_data) == arrays["w"].nbytes
+    np.testing.assert_array_equal(ort_runtime.run_onnx(whole, {"x": X})[0], cm(X)[0])
+    assert next(t for t in proto.graph.initializer if t.name == "w").external_data  # the build's own: as it was
 
 
 def test_a_by_reference_save_matches_the_inline_one_and_loads_lazily(by_reference, tmp_path, monkeypatch) -> None:
@@ -75,16 +83,57 @@ def test_a_by_reference_save_matches_the_inline_one_and_loads_lazily(by_referenc
     assert len(w.raw_data) == 256 * 256 * 4  # read, with its external data, when asked for
 
 
-def test_calibration_and_accuracy_sessions_take_the_same_path(by_reference) -> None:
+def test_the_session_reads_the_weights_from_a_file_it_removes_once_made(by_reference, monkeypatch) -> None:
+    import tempfile
+
+    made: list[tuple[Path, int]] = []
+    real = tempfile.TemporaryDirectory
+
+    class Recorded(real):  # type: ignore[misc, valid-type]
+        def cleanup(self) -> None:
+            data = Path(self.name) / "model.onnx.data"
+            made.append((data, data.stat().st_size))
+            super().cleanup()
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", Recorded)
+    g = graph()
+    session = ort_runtime.OnnxRuntimeSession(g)
+    assert sorted(session.arrays) == ["w"]
+    (data, size), = made
+    assert size >= session.arrays["w"].nbytes and not data.parent.exists()
+    np.testing.assert_allclose(session(X)[0], ir.run(g, {"x": X})[0], rtol=1e-5, atol=1e-5)
+
+
+def test_calibration_and_accuracy_of_a_large_graph_run_in_place(by_reference, monkeypatch) -> None:
+    from requant.ir import runners
+
+    monkeypatch.setattr(runners, "IN_PLACE_BYTES", 0)
+    made = []
+    real = runners.InterpreterRunner
+
+    class Recorded(real):  # type: ignore[misc, valid-type]
+        def __init__(self, graph) -> None:
+            made.append(graph.name)
+            super().__init__(graph)
+
+    monkeypatch.setattr(runners, "InterpreterRunner", Recorded)
     rs = np.random.RandomState(2)
     calib = [(rs.randn(2, 256).astype(np.float32),) for _ in range(4)]
     cm = requant.compile(graph(), "cpu-int8", calibration=calib)
     assert cm.stats["accuracy"]["outputs"]["y"]["cosine"] > 0.99
-    session = ort_runtime.OnnxRuntimeSession(graph())
-    assert sorted(session.arrays) == ["w"]
+    assert len(made) >= 2  # the calibration run and the float reference of the accuracy report
+
+
+def test_auto_picks_a_backend_runner_below_the_in_place_size_and_a_named_one_always(monkeypatch) -> None:
+    from requant.ir import runners
+
+    assert runners.make_runner(graph(), "auto").name == "onnxruntime"
+    monkeypatch.setattr(runners, "IN_PLACE_BYTES", 0)
+    assert runners.make_runner(graph(), "auto").name == "interpreter"
+    assert runners.make_runner(graph(), "onnxruntime").name == "onnxruntime"
 
 
 def test_saving_a_by_reference_proto_without_its_arrays_is_refused(by_reference, tmp_path) -> None:
     cm = requant.compile(graph(), "cpu-fp32")
     with pytest.raises(requant.RequantError, match="exported by reference and its array was not given"):
-        export.save_onnx(cm.onnx_model, tmp_path / "m.onnx", external_data=True)
+        export.save_onnx(cm._runtime.proto, tmp_path / "m.onnx", external_data=True)

@@ -65,6 +65,7 @@ __all__ = [
     "initializer_bytes",
     "BY_REFERENCE",
     "BY_REFERENCE_MIN_BYTES",
+    "with_arrays_inline",
 ]
 
 BY_REFERENCE = "requant:by-reference"
@@ -631,6 +632,26 @@ _DATA_FIELDS = {"raw_data", "float_data", "int32_data", "int64_data", "double_da
 
 def _by_reference(tensor: Any) -> bool:
     return any(e.key == "location" and e.value == BY_REFERENCE for e in tensor.external_data)
+
+
+def with_arrays_inline(model: Any, arrays: Mapping[str, np.ndarray]) -> Any:
+    """A copy of a model exported by reference with its arrays written into its
+    initializers (a model that fits in one protobuf, for callers that want it whole)."""
+    import onnx
+    from onnx import TensorProto
+
+    whole = onnx.ModelProto()
+    _copy_fields(model, whole, {"graph"})
+    _copy_fields(model.graph, whole.graph, {"initializer"})
+    for tensor in model.graph.initializer:
+        out = whole.graph.initializer.add()
+        if not _by_reference(tensor):
+            out.CopyFrom(tensor)
+            continue
+        _copy_fields(tensor, out, _DATA_FIELDS | {"external_data", "data_location"})
+        out.data_location = TensorProto.DEFAULT
+        out.raw_data = np.ascontiguousarray(arrays[tensor.name]).tobytes()
+    return whole
 
 
 def _save_with_external_data(model: Any, path: Path, size_threshold: int,

@@ -9,11 +9,13 @@
   session, and the files it writes into a saved directory (model.onnx, and
   model.onnx.data when the weights go to external data).
 
-Large graphs (weights above `BY_REFERENCE_BYTES`, protobuf's limit less some room) are
-exported by reference (`export.to_onnx(..., by_reference=)`): the proto holds no weights,
-ONNX Runtime receives the graph's own arrays as external initializers (it copies them
-into its session once), and a save writes the arrays straight into model.onnx.data. The
-model is then held by the graph and by the session, never also as protobuf bytes.
+Large graphs (weights above `BY_REFERENCE_BYTES`, 256 MiB) are exported by reference (`export.to_onnx(..., by_reference=)`): the proto holds no weights;
+the session is made from a temporary model.onnx whose model.onnx.data the graph's
+arrays are written into one at a time (a transposed weight is a view in the graph and
+is laid out only as it is written), which ONNX Runtime maps and packs; a save writes
+the arrays the same way. The model is then held by the graph and by the session, never
+also as protobuf bytes nor as arrays handed to ORT (`add_external_initializers` copies
+them all into the session before packing them: twice the weights at its peak).
 
 Settings (`make_session_options`): intra-op threads = the physical cores this process may
 use, inter-op threads = 1 with sequential execution (the graphs requant emits are chains;
@@ -74,9 +76,11 @@ logger = logging.getLogger(__name__)
 MODEL_FILE = "model.onnx"
 EXTERNAL_DATA_FILE = MODEL_FILE + ".data"  # the name `save_onnx` gives the weights file
 
-BY_REFERENCE_BYTES = (2**31 - 1) - 2**26
-"""Weights above which a graph is exported by reference (module docstring): those that
-would not fit one protobuf."""
+BY_REFERENCE_BYTES = 1 << 28
+"""Weights above which a graph is exported by reference (module docstring). Inline, the
+weights would be held three more times while the session is made (the proto, its
+serialized bytes, ORT's parse of them): past a few hundred MB that, not the model,
+decides whether a compile fits in memory; and past 2 GB protobuf cannot hold them."""
 
 
 def _saved_files() -> Any:
@@ -199,16 +203,18 @@ class OnnxRuntimeSession:
         self._tmp: tempfile.TemporaryDirectory | None = None
         self.arrays: dict[str, np.ndarray] = dict(arrays or {})  # initializers exported by reference
         source = self._source(model)
-        if self.arrays:
-            names = sorted(self.arrays)
-            values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(self.arrays[n])) for n in names]
-            self.options.add_external_initializers(names, values)
-            self._external_values = values  # alive as long as the session, whether ORT copied them or not
         try:
             self.session = ort.InferenceSession(source, sess_options=self.options, providers=self.providers,
                                                 disabled_optimizers=list(self.disabled_optimizers))
         except Exception as exc:
             raise RequantError(f"ONNX Runtime cannot load the model: {exc}") from exc
+        finally:
+            if self._tmp is not None:
+                # the session has read or mapped what it keeps (a mapping outlives its
+                # file's name); where the temporary directory is memory (tmpfs) the
+                # packed weights' source pages are then freed now, not with the session
+                self._tmp.cleanup()
+                self._tmp = None
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._input_types = {i.name: i.type for i in self.session.get_inputs()}
@@ -234,11 +240,13 @@ class OnnxRuntimeSession:
             return str(model)
         if isinstance(model, (bytes, bytearray)):
             return bytes(model)
-        if initializer_bytes(model) > AUTO_EXTERNAL_DATA_BYTES:
-            # too large to serialize in one piece: hand ORT a file with external data
-            self._tmp = tempfile.TemporaryDirectory(prefix="requant_ort_")
+        if self.arrays or initializer_bytes(model) > AUTO_EXTERNAL_DATA_BYTES:
+            # too large to serialize in one piece, or exported by reference: ORT reads the
+            # weights from a file (mapped, not copied, until it packs them), where handing
+            # it the arrays would have it copy them all and then pack them
+            self._tmp = tempfile.TemporaryDirectory(prefix="requant_ort_", ignore_cleanup_errors=True)
             path = Path(self._tmp.name) / "model.onnx"
-            save_onnx(model, path, external_data=True)
+            save_onnx(model, path, external_data=True, arrays=self.arrays)
             return str(path)
         return model.SerializeToString()
 
@@ -391,6 +399,16 @@ class OnnxRuntime:
             self._proto = self._proto_loader()
         return self._proto
 
+    def whole_proto(self) -> Any:
+        """The exported model with its weights in it: `proto`, or for one exported by
+        reference a copy with the arrays written in, when they fit in one protobuf (a
+        larger one stays by reference: `save` writes it whole)."""
+        from requant.backends.onnx.export import AUTO_EXTERNAL_DATA_BYTES, with_arrays_inline
+
+        if self.arrays and sum(int(a.nbytes) for a in self.arrays.values()) <= AUTO_EXTERNAL_DATA_BYTES:
+            return with_arrays_inline(self.proto, self.arrays)
+        return self.proto
+
     def __call__(self, feeds: Mapping[str, np.ndarray]) -> tuple[np.ndarray, ...]:
         return self.session.run_feeds(feeds)  # CompiledModel checked the feeds already
 
@@ -439,21 +457,6 @@ def saved_files(device: str = "cpu") -> Any:
     return SAVED_FILES
 
 
-def _contiguous_constants(graph: Any) -> None:
-    """Large strided constants (a folded Transpose is a view of its input) replaced by
-    the same values laid out contiguously, one at a time: ONNX Runtime needs contiguous
-    buffers, and a copy made only for it would hold the model a second time while the
-    view kept its base alive."""
-    from requant.backends.onnx.export import BY_REFERENCE_MIN_BYTES
-
-    for v in graph.constants:
-        a = v.const
-        if isinstance(a, np.ndarray) and a.nbytes >= BY_REFERENCE_MIN_BYTES and not a.flags.c_contiguous:
-            dense = np.ascontiguousarray(a)
-            dense.flags.writeable = False
-            v.const = dense  # equal values; the graph's payloads stay read-only
-
-
 def build_runtime(graph: Any, device: str = "cpu", *, threads: int | None = None, opset: int | None = None) -> OnnxRuntime:
     """`graph` exported to ONNX (`opset`: None = the newest the installed ONNX Runtime
     runs every op at) and loaded in a session with `threads` intra-op threads."""
@@ -463,7 +466,6 @@ def build_runtime(graph: Any, device: str = "cpu", *, threads: int | None = None
 
     del device  # ONNX Runtime's CPU provider
     if initializer_bytes(graph) > BY_REFERENCE_BYTES:
-        _contiguous_constants(graph)
         arrays: dict[str, np.ndarray] = {}
         proto = to_onnx(graph, opset=opset, by_reference=arrays)
         return OnnxRuntime(proto, OnnxRuntimeSession(proto, intra_op_threads=threads, arrays=arrays), arrays)
