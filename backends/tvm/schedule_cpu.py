@@ -1066,18 +1066,12 @@ class DenseTile(_Rule):
 
 def _register_tiled(sch: s_tir.Schedule, acc, keep: list):
     """DenseTile's schedule of a padded float accumulator `acc` and the epilogue after
-    it (the spatial blocks other than `keep` inlined): the output tiled by
-    `_tile_rows_of_output`, `acc` computed per register tile in a local buffer, reduction
-    outermost, rows unrolled and columns vectorised. Returns the output block, or None
-    when the epilogue is not one spatial block over the accumulator's axes."""
-    _inline_spatial(sch, keep=keep)
-    out = _blocks(sch)[-1]
-    if not _is_spatial(sch, out) or len(sch.get_loops(out)) != len(sch.get(acc).writes[0].source.shape):
+    it (`_accumulator_per_register_tile`), then reduction outermost, rows unrolled and
+    columns vectorised. Returns the output block, or None when the epilogue is not one
+    spatial block over the accumulator's axes."""
+    out = _accumulator_per_register_tile(sch, acc, keep)
+    if out is None:
         return None
-    *lead, i, j = sch.get_loops(out)
-    im = _tile_rows_of_output(sch, out, lead, i, j, dense_row_tile(_extent(sch, i)), NR)
-    sch.compute_at(acc, im, preserve_unit_loops=True)
-    sch.set_scope(acc, 0, "local")
     *_, t_row, t_col, k = sch.get_loops(acc)
     sch.reorder(k, t_row, t_col)
     sch.unroll(t_row)
@@ -1086,6 +1080,22 @@ def _register_tiled(sch: s_tir.Schedule, acc, keep: list):
     sch.vectorize(col_i)
     init = sch.decompose_reduction(acc, k)
     _vectorize_inner(sch, sch.get_loops(init)[-1])
+    return out
+
+
+def _accumulator_per_register_tile(sch: s_tir.Schedule, acc, keep: list):
+    """The dense kernels' common step: the spatial blocks other than `keep` inlined into
+    one epilogue, its output tiled by `_tile_rows_of_output`, and the accumulator `acc`
+    computed per register tile in a local buffer. Returns the output block, or None when
+    the epilogue is not one spatial block over the accumulator's axes."""
+    _inline_spatial(sch, keep=keep)
+    out = _blocks(sch)[-1]
+    if not _is_spatial(sch, out) or len(sch.get_loops(out)) != len(sch.get(acc).writes[0].source.shape):
+        return None
+    *lead, i, j = sch.get_loops(out)
+    im = _tile_rows_of_output(sch, out, lead, i, j, dense_row_tile(_extent(sch, i)), NR)
+    sch.compute_at(acc, im, preserve_unit_loops=True)
+    sch.set_scope(acc, 0, "local")
     return out
 
 
@@ -1159,14 +1169,8 @@ class MatmulVNNI(_Rule):
         if DENSE_INT8_BLOCK not in [sch.get(b).name_hint for b in _blocks(sch)]:
             return False
         acc = sch.get_sblock(DENSE_INT8_BLOCK)
-        _inline_spatial(sch, keep=[acc])
-        out = _blocks(sch)[-1]
-        if not _is_spatial(sch, out) or len(sch.get_loops(out)) != len(sch.get(acc).writes[0].source.shape):
+        if _accumulator_per_register_tile(sch, acc, keep=[acc]) is None:
             return False
-        *lead, i, j = sch.get_loops(out)
-        im = _tile_rows_of_output(sch, out, lead, i, j, dense_row_tile(_extent(sch, i)), NR)
-        sch.compute_at(acc, im, preserve_unit_loops=True)
-        sch.set_scope(acc, 0, "local")
         *_, t_row, t_col, k = sch.get_loops(acc)
         jb, jv = sch.split(t_col, [None, _VNNI_N])
         ko, kv = sch.split(k, [None, _VNNI_K])
