@@ -200,21 +200,19 @@ class OnnxRuntimeSession:
         )
         self.providers = list(providers or ["CPUExecutionProvider"])
         self.disabled_optimizers = tuple(SLOW_ORT_FUSIONS if disabled_optimizers is None else disabled_optimizers)
-        self._tmp: tempfile.TemporaryDirectory | None = None
         self.arrays: dict[str, np.ndarray] = dict(arrays or {})  # initializers exported by reference
-        source = self._source(model)
+        source, tmp = self._source(model)
         try:
             self.session = ort.InferenceSession(source, sess_options=self.options, providers=self.providers,
                                                 disabled_optimizers=list(self.disabled_optimizers))
         except Exception as exc:
             raise RequantError(f"ONNX Runtime cannot load the model: {exc}") from exc
         finally:
-            if self._tmp is not None:
+            if tmp is not None:
                 # the session has read or mapped what it keeps (a mapping outlives its
                 # file's name); where the temporary directory is memory (tmpfs) the
                 # packed weights' source pages are then freed now, not with the session
-                self._tmp.cleanup()
-                self._tmp = None
+                tmp.cleanup()
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._input_types = {i.name: i.type for i in self.session.get_inputs()}
@@ -227,7 +225,8 @@ class OnnxRuntimeSession:
             )
         self._byte_io = any(t in _BYTE_TYPES for t in io_types)
 
-    def _source(self, model: Any) -> str | bytes:
+    def _source(self, model: Any) -> tuple[str | bytes, tempfile.TemporaryDirectory | None]:
+        """What the session is made from, and the temporary directory holding it, if any."""
         from requant.backends.onnx.export import AUTO_EXTERNAL_DATA_BYTES, initializer_bytes, save_onnx, to_onnx
         from requant.ir.graph import Graph
 
@@ -237,18 +236,18 @@ class OnnxRuntimeSession:
             else:
                 model = to_onnx(model)
         if isinstance(model, (str, os.PathLike)):
-            return str(model)
+            return str(model), None
         if isinstance(model, (bytes, bytearray)):
-            return bytes(model)
+            return bytes(model), None
         if self.arrays or initializer_bytes(model) > AUTO_EXTERNAL_DATA_BYTES:
             # too large to serialize in one piece, or exported by reference: ORT reads the
             # weights from a file (mapped, not copied, until it packs them), where handing
             # it the arrays would have it copy them all and then pack them
-            self._tmp = tempfile.TemporaryDirectory(prefix="requant_ort_", ignore_cleanup_errors=True)
-            path = Path(self._tmp.name) / "model.onnx"
+            tmp = tempfile.TemporaryDirectory(prefix="requant_ort_", ignore_cleanup_errors=True)
+            path = Path(tmp.name) / "model.onnx"
             save_onnx(model, path, external_data=True, arrays=self.arrays)
-            return str(path)
-        return model.SerializeToString()
+            return str(path), tmp
+        return model.SerializeToString(), None
 
     def feeds(self, *args: Any, **kwargs: Any) -> dict[str, np.ndarray]:
         """The input dict for `args` (positional, or one mapping) and `kwargs` (by name)."""
