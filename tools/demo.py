@@ -128,7 +128,7 @@ def _session_row(name: str, path: Path) -> Row:
     them, as its users get them) on requant's thread settings."""
     from requant.backends.onnx import OnnxRuntimeSession
 
-    session = OnnxRuntimeSession(str(path), disabled_optimizers=())
+    session = OnnxRuntimeSession(str(path), disabled_optimizers=(), flush_denormals=False)
     return Row(name, lambda feeds: session(**feeds)[0], _onnx_bytes(path))
 
 

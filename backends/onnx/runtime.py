@@ -30,6 +30,20 @@ the other's workers busy-waiting on the cores they need: each run slowed by the 
 before it. `python -m requant.tools.bench.vision --sessions` measures alone vs
 interleaved under ORT's default, this setting and spinning off altogether.
 
+Subnormal floats (magnitudes below 2^-126, 1.2e-38) are flushed to zero in
+`OnnxRuntimeSession`s (`DENORMAL_CONFIG`, ORT's "set_denormal_as_zero": the x86
+FTZ/DAZ flags on its threads). ORT also sets them on the thread that makes the
+session, where they would change every later float computation of the caller (numpy
+included): the session saves the caller's floating-point environment and restores it
+once the session exists (C's fegetenv / fesetenv; where libm cannot be reached the
+flush is not asked for), and runs leave the caller's flags alone. x86 cores take a
+microcode assist for every subnormal operand, and masked attention makes them in
+bulk: a window mask of -100 gives softmax probabilities of e^-100 = 3.7e-44, and the
+product with V is then several times slower than the same product without them
+(README, "Vision models"). The values flushed are below float32's normal range, so an
+output changes by at most that much; the interpreter keeps subnormals.
+`flush_denormals=False` keeps ORT's default (the benchmarks' ONNX Runtime anchors).
+
 `SLOW_ORT_FUSIONS`: ORT fusions whose fused kernel is slower than the ops it replaces, so
 requant's sessions turn them off (`disabled_optimizers`): "SkipLayerNormFusion" rewrites
 Add + LayerNormalization into com.microsoft SkipLayerNormalization, whose CPU kernel in
@@ -41,10 +55,12 @@ keep ORT's defaults.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +76,8 @@ __all__ = [
     "load_runtime",
     "SLOW_ORT_FUSIONS",
     "SPINNING_CONFIG",
+    "DENORMAL_CONFIG",
+    "caller_float_environment_kept",
     "MODEL_FILE",
     "EXTERNAL_DATA_FILE",
     "make_session_options",
@@ -93,6 +111,7 @@ SAVED_FILES = _saved_files()
 """model.onnx, and model.onnx.data when the weights went to external data: data, no code."""
 
 SPINNING_CONFIG: dict[str, str] = {"session.force_spinning_stop": "1"}
+DENORMAL_CONFIG: dict[str, str] = {"session.set_denormal_as_zero": "1"}
 """Session config entries for thread spinning (module docstring): spin within a run only."""
 
 SLOW_ORT_FUSIONS: tuple[str, ...] = ("SkipLayerNormFusion",)
@@ -154,8 +173,11 @@ def make_session_options(
     intra_op_threads: int | None = None,
     inter_op_threads: int = 1,
     log_severity: int = 3,
+    flush_denormals: bool = False,
 ) -> Any:
-    """requant's `onnxruntime.SessionOptions` (see the module docstring)."""
+    """requant's `onnxruntime.SessionOptions` (see the module docstring).
+    `flush_denormals` asks ORT to flush subnormals, on the creating thread too: make the
+    session in `caller_float_environment_kept()` (OnnxRuntimeSession does)."""
     import onnxruntime as ort
 
     from requant.targets import threads_problem
@@ -169,9 +191,38 @@ def make_session_options(
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = int(log_severity)
-    for key, value in SPINNING_CONFIG.items():
+    for key, value in {**SPINNING_CONFIG, **(DENORMAL_CONFIG if flush_denormals else {})}.items():
         opts.add_session_config_entry(key, value)
     return opts
+
+
+@cache
+def _libm() -> Any | None:
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("m")
+    try:
+        libm = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libm if libm is not None and hasattr(libm, "fegetenv") and hasattr(libm, "fesetenv") else None
+
+
+@contextlib.contextmanager
+def caller_float_environment_kept() -> Iterator[None]:
+    """The calling thread's floating-point environment (rounding, exception masks, x86's
+    FTZ/DAZ) as it was before the block, whatever the block set."""
+    import ctypes
+
+    libm = _libm()
+    env = ctypes.create_string_buffer(256)  # larger than any platform's fenv_t
+    saved = libm is not None and libm.fegetenv(env) == 0
+    try:
+        yield
+    finally:
+        if saved:
+            libm.fesetenv(env)
 
 
 class OnnxRuntimeSession:
@@ -179,7 +230,8 @@ class OnnxRuntimeSession:
     requant `Graph` (exported with `to_onnx`). Call it with numpy arrays by position
     or by input name; it returns a tuple of numpy arrays, one per graph output.
     `disabled_optimizers`: ORT optimizers to turn off (default `SLOW_ORT_FUSIONS`; `()`
-    runs ORT exactly as its defaults do, as the benchmarks' ONNX Runtime anchors do)."""
+    runs ORT's graph optimisations as its defaults do, as the benchmarks' ONNX Runtime
+    anchors do, with `flush_denormals=False`)."""
 
     def __init__(
         self,
@@ -192,19 +244,21 @@ class OnnxRuntimeSession:
         session_options: Any | None = None,
         disabled_optimizers: Sequence[str] | None = None,
         arrays: Mapping[str, np.ndarray] | None = None,
+        flush_denormals: bool = True,
     ) -> None:
         import onnxruntime as ort
 
         self.options = session_options or make_session_options(
-            intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads, log_severity=log_severity
-        )
+            intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads, log_severity=log_severity,
+            flush_denormals=flush_denormals and _libm() is not None)
         self.providers = list(providers or ["CPUExecutionProvider"])
         self.disabled_optimizers = tuple(SLOW_ORT_FUSIONS if disabled_optimizers is None else disabled_optimizers)
         self.arrays: dict[str, np.ndarray] = dict(arrays or {})  # initializers exported by reference
         source, tmp = self._source(model)
         try:
-            self.session = ort.InferenceSession(source, sess_options=self.options, providers=self.providers,
-                                                disabled_optimizers=list(self.disabled_optimizers))
+            with caller_float_environment_kept():
+                self.session = ort.InferenceSession(source, sess_options=self.options, providers=self.providers,
+                                                    disabled_optimizers=list(self.disabled_optimizers))
         except Exception as exc:
             raise RequantError(f"ONNX Runtime cannot load the model: {exc}") from exc
         finally:

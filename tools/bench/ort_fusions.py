@@ -48,7 +48,7 @@ def _sessions(model: Any) -> dict[str, Any]:
     """{'ORT defaults': session, 'requant': session} on the same model."""
     from requant.backends.onnx import OnnxRuntimeSession
 
-    return {"ORT defaults": OnnxRuntimeSession(model, disabled_optimizers=()),
+    return {"ORT defaults": OnnxRuntimeSession(model, disabled_optimizers=(), flush_denormals=False),
             "requant": OnnxRuntimeSession(model)}
 
 

@@ -130,7 +130,8 @@ def _ort_static(case: Any, calibration: list[np.ndarray], tmp: Path, threads: in
     quant_pre_process(str(src), str(pre))
     quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    session = OnnxRuntimeSession(str(dst), disabled_optimizers=(), intra_op_threads=threads or None)
+    session = OnnxRuntimeSession(str(dst), disabled_optimizers=(), intra_op_threads=threads or None,
+                                 flush_denormals=False)
     return (lambda x: session(x)[0]), str(dst)
 
 
