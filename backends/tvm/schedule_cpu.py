@@ -136,6 +136,7 @@ __all__ = [
     "DENSE_INT8_BLOCK",
     "NR",
     "MR",
+    "ROW_STAGE",
 ]
 
 logger = logging.getLogger(__name__)
@@ -170,6 +171,9 @@ DW_PAD_BLOCK = "dw_pad"
 DW_UNPACK_BLOCK = "dw_unpack"
 #: output columns of the depthwise register tile (one 16-channel accumulator each)
 DW_COLUMNS = 16
+#: name prefix of a row kernel's stages that RowReduction computes once per row (per-row
+#: values, or a row that several later stages read) instead of inlining into readers
+ROW_STAGE = "row_stage"
 
 
 # --------------------------------------------------------------------------------------
@@ -673,20 +677,24 @@ class _WeightPacker(relax.PyExprMutator):
         return call
 
     def _batch_matmul(self, call):
-        """float32 `matmul(a[*B, M, K], b[*B, K, N])` of two computed tensors with the same
-        batch dims (attention's QK^T and PV) and a static K -> the padded batch matmul
-        kernel (`padded_batch_matmul_func`)."""
+        """float32 or int32 `matmul(a[*B, M, K], b[*B, K, N])` of two computed tensors
+        with the same batch dims (attention's QK^T and PV; int32 for the integer matmuls
+        of integer-only attention, which wrap as the int32 matmul does) and a static K ->
+        the padded batch matmul kernel (`padded_batch_matmul_func`)."""
         a, b = call.args
         infos = (a.ty, b.ty, call.ty)
-        if not all(isinstance(t, relax.TensorType) and t.dtype == "float32" and t.shape is not None for t in infos):
+        if not all(isinstance(t, relax.TensorType) and t.shape is not None for t in infos):
+            return call
+        dtype = call.ty.dtype
+        if dtype not in ("float32", "int32") or a.ty.dtype != dtype or b.ty.dtype != dtype:
             return call
         a_shape, b_shape = _shape_of(a.ty), _shape_of(b.ty)
         if (len(a_shape) != len(b_shape) or len(a_shape) < 3 or not isinstance(a_shape[-1], tirx.IntImm)
                 or not all(_same_dim(x, y) for x, y in zip(a_shape[:-2], b_shape[:-2]))):
             return call
         key = (f"padded_bmm_{_shape_name(a_shape)}_{_shape_name(b_shape[-1:])}", tuple(str(d) for d in a_shape),
-               tuple(str(d) for d in b_shape))
-        gv = self._kernel(key, lambda: padded_batch_matmul_func(a_shape, b_shape))
+               tuple(str(d) for d in b_shape), dtype)
+        gv = self._kernel(key, lambda: padded_batch_matmul_func(a_shape, b_shape, dtype))
         self.packed += 1
         return relax.call_tir(gv, [a, b], call.ty)
 
@@ -1437,10 +1445,12 @@ _VNNI_CPUS = {
 
 class RowReduction(_Rule):
     """Blocks that all start with the same spatial row axes, reductions over the rest,
-    an elementwise last block: parallel rows, everything computed at the row."""
+    an elementwise last block: parallel rows, everything computed at the row. Spatial
+    blocks are inlined into their readers except those named `ROW_STAGE...` (a row
+    kernel's per-row values: computed once per row)."""
 
     def schedule(self, sch: s_tir.Schedule, target: Target) -> bool:
-        _inline_spatial(sch)
+        _inline_spatial(sch, keep=[b for b in _blocks(sch) if sch.get(b).name_hint.startswith(ROW_STAGE)])
         blocks = _blocks(sch)
         if len(blocks) < 2 or not _is_spatial(sch, blocks[-1]):
             return False

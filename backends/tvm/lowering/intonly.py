@@ -1,13 +1,27 @@
 """TVM lowering of the integer-only ops (`requant.ir.ops.intonly`): Requantize,
-DyadicAdd, ILayerNorm, Shiftmax, ShiftGELU, PolySoftmax, PolyGELU, TanhGELU, as Relax integer ops
-(int64 arithmetic, TIR's arithmetic right shift for `>>`, floor division, row
-reductions along the last axis), bit-exact with the interpreter.
+DyadicAdd, ILayerNorm, Shiftmax, ShiftGELU, PolySoftmax, PolyGELU, TanhGELU, in int64
+arithmetic (TIR's arithmetic right shift for `>>`, floor division), bit-exact with the
+interpreter.
 
-They are high-level Relax calls on purpose: FoldConstant precomputes what depends only on
-constant parameters (2^(shift-1), the per-channel vectors), and FuseOps fuses each op's
-elementwise chain into one kernel and, for Requantize after an integer matmul, into the
-matmul's epilogue, so an integer-only layer is one int8 kernel with an integer epilogue
-(backends/tvm/schedule_cpu.py on the CPU, backends/tvm/cuda.py on NVIDIA GPUs).
+- Requantize and DyadicAdd are high-level Relax calls: FoldConstant precomputes what
+  depends only on constant parameters (2^(shift-1), the per-channel vectors), and
+  FuseOps fuses them into the producing matmul's epilogue, so an integer-only layer is
+  one int8 kernel with an integer epilogue.
+- The GELUs are elementwise TE kernels: PolyGELU's formula fuses into the matmul's
+  epilogue; ShiftGELU and TanhGELU, whose sigmoid divides per element, of an 8- or
+  16-bit input (what the intonly pass gives them) are a lookup in a table of every
+  code's output that the op's reference kernel computes at build time (`_lookup_table`).
+- The softmax family and ILayerNorm are one row kernel each (`_row_kernel`): the row
+  reductions, the per-row values (max, sum, factor, mean, the square root's Newton
+  steps) and the output in one PrimFunc, with the Requantize that follows fused in. Per-
+  row stages are named `ROW_STAGE...`, which the CPU schedule (RowReduction) computes
+  once per row instead of inlining them into every element: a per-element int64 division
+  (the softmax factor, the LayerNorm factor) costs tens of cycles and does not vectorise.
+  As separate Relax reductions these ops were five kernels each, every one a pass over
+  int64 tensors in memory.
+
+Schedules: backends/tvm/schedule_cpu.py on the CPU, backends/tvm/cuda.py (dlight) on
+NVIDIA GPUs.
 """
 
 from __future__ import annotations
@@ -15,7 +29,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from tvm import relax, tirx
+import numpy as np
+from tvm import relax, te, tirx
 
 from requant.backends.tvm.lowering._common import (
     LOWERINGS,
@@ -27,9 +42,14 @@ from requant.backends.tvm.lowering._common import (
     relax_dtype,
     requires,
     shaped_like,
+    with_shape_expr,
 )
+from requant.backends.tvm.schedule_cpu import ROW_STAGE
+from requant.ir import dtypes
 from requant.ir.dtypes import DType
 from requant.ir.graph import Node
+from requant.ir.registry import run_kernel
+from requant.ir.types import TensorType
 from requant.ir.ops.intonly import INT32_MAX, TANH_GELU_EXP
 
 __all__: list[str] = []
@@ -39,6 +59,7 @@ logger = logging.getLogger(__name__)
 R = relax.op
 _I64 = "int64"
 _I64_MIN = -(2**63)
+_OP_PATTERN_OUT_EWISE_FUSABLE = 4  # TVM's kOutEWiseFusable: elementwise consumers fuse into the kernel
 
 
 def _c(value: int) -> relax.Expr:
@@ -75,14 +96,6 @@ def _saturate(ctx: LowerContext, y: relax.Expr, dt: DType, like: relax.Expr) -> 
     return ctx.emit(R.astype(y, relax_dtype(dt)))
 
 
-def _row_max(ctx: LowerContext, x: relax.Expr) -> relax.Expr:
-    return ctx.emit(R.max(x, axis=[-1], keepdims=True))
-
-
-def _row_sum(ctx: LowerContext, x: relax.Expr) -> relax.Expr:
-    return ctx.emit(R.sum(x, axis=[-1], keepdims=True))
-
-
 @LOWERINGS.lowers("Requantize")
 def _requantize(ctx: LowerContext, node: Node, ins: list) -> Any:
     x = _i64(ctx, ins[0])
@@ -106,6 +119,42 @@ def _dyadic_add(ctx: LowerContext, node: Node, ins: list) -> Any:
     return _saturate(ctx, y, node.outputs[0].dtype, y)
 
 
+# ----------------------------------------------------------------------------- scalar TIR forms
+
+
+def _tir_i64(v: int) -> tirx.IntImm:
+    return tirx.const(v, _I64)
+
+
+def _tir_sat(y: tirx.PrimExpr, dt: DType) -> tirx.PrimExpr:
+    lo, hi = dt.int_range
+    return tirx.max(tirx.min(y, _tir_i64(hi)), _tir_i64(lo)).astype(relax_dtype(dt))
+
+
+def _tir_rshift_round(acc: tirx.PrimExpr, shift: int) -> tirx.PrimExpr:
+    """floor((acc + 2^(shift-1)) / 2^shift) for a constant shift (acc itself for 0)."""
+    return (acc + _tir_i64((1 << shift) >> 1)) >> shift
+
+
+def _tir_shift_exp(d: tirx.PrimExpr, x0: int, n: int) -> tirx.PrimExpr:
+    """I-ViT's ShiftExp of d <= 0 (requant.ir.ops.intonly.shift_exp) on int64 scalars."""
+    t = tirx.max(d + (d >> 1) - (d >> 4), _tir_i64(n * x0))
+    q = tirx.floordiv(t, _tir_i64(x0))
+    r = t - _tir_i64(x0) * q
+    return ((r - _tir_i64(2 * x0)) << (_tir_i64(n) - q)) >> 1
+
+
+def _tir_poly_exp(d: tirx.PrimExpr, x0: int, b: int, c: int, n: int) -> tirx.PrimExpr:
+    """I-BERT's i-exp of d <= 0 (requant.ir.ops.intonly.poly_exp) on int64 scalars."""
+    t = tirx.max(d, _tir_i64(n * x0))
+    q = tirx.floordiv(t, _tir_i64(x0))
+    r = t - _tir_i64(x0) * q
+    return (r * (r + _tir_i64(b)) + _tir_i64(c)) >> q
+
+
+# ----------------------------------------------------------------------------- row kernels
+
+
 def _static_rows(node: Node) -> str | None:
     shape = node.inputs[0].type.shape
     if shape is None or not shape or not isinstance(shape[-1], int):
@@ -113,128 +162,195 @@ def _static_rows(node: Node) -> str | None:
     return None
 
 
+def _row_kernel(ctx: LowerContext, build, xs: list[relax.Expr], name: str) -> relax.Expr:
+    """One PrimFunc for a whole row op: `build(*placeholders)` returns its output
+    tensor; stages named `ROW_STAGE...` are per-row values or rows the schedule keeps
+    (computed once at the row, not inlined into every reader). Marked out-elementwise
+    fusable, so the Requantize that follows fuses into it."""
+    out = ctx.te(build, *[with_shape_expr(ctx, x) for x in xs], name=name)
+    gv = ctx.bb.lookup_binding(out).args[0]
+    ctx.bb.update_func(gv, ctx.bb.get()[gv].with_attr("op_pattern", _OP_PATTERN_OUT_EWISE_FUSABLE))
+    return out
+
+
+def _mask_reader(x: te.Tensor, keep: te.Tensor):
+    """keep (bool) read at x's index, broadcast right-aligned (its dims of 1 read 0)."""
+    skip = len(x.shape) - len(keep.shape)
+
+    def read(*idx):
+        return keep[tuple(0 if isinstance(d, tirx.IntImm) and int(d) == 1 else i
+                          for d, i in zip(keep.shape, idx[skip:]))]
+    return read
+
+
 @LOWERINGS.lowers("ILayerNorm")
 @requires(_static_rows)
 def _ilayernorm(ctx: LowerContext, node: Node, ins: list) -> Any:
+    """One row kernel: the row sum, the mean, the sum of squares, `steps` Newton steps of
+    the integer square root (each a per-row stage: written as one expression, every step
+    would repeat the previous one twice), the factor, the output."""
     a = ctx.attrs(node)
-    n = int(node.inputs[0].type.shape[-1])
-    x = _i64(ctx, ins[0])
-    mean = ctx.emit(R.floor_divide(R.add(R.multiply(_row_sum(ctx, x), _c(2)), _c(n)), _c(2 * n)))
-    y = ctx.emit(R.subtract(x, mean))
-    var = _row_sum(ctx, ctx.emit(R.multiply(y, y)))
-    factor = ctx.emit(R.floor_divide(_c(INT32_MAX), _isqrt(ctx, var, int(a["k0"]), int(a["steps"]))))
-    return _saturate(ctx, ctx.emit(R.right_shift(R.multiply(y, factor), _c(1))), node.outputs[0].dtype, x)
+    k0, steps = int(a["k0"]), int(a["steps"])
+    out_dt = node.outputs[0].dtype
 
+    def build(x: te.Tensor) -> te.Tensor:
+        *rows, n = x.shape
+        n = int(n)
+        xi = lambda idx: x[idx].astype(_I64)  # noqa: E731
+        k = te.reduce_axis((0, n), name="k")
+        total = te.compute(rows, lambda *r: te.sum(xi((*r, k)), axis=k), name=f"{ROW_STAGE}_sum")
+        mean = te.compute(rows, lambda *r: tirx.floordiv(total[r] * 2 + n, _tir_i64(2 * n)), name=f"{ROW_STAGE}_mean")
+        k2 = te.reduce_axis((0, n), name="k2")
+        var = te.compute(rows, lambda *r: te.sum((xi((*r, k2)) - mean[r]) * (xi((*r, k2)) - mean[r]), axis=k2),
+                         name=f"{ROW_STAGE}_var")
+        def newton(prev: te.Tensor | None):
+            def step(*r):
+                k = _tir_i64(k0) if prev is None else prev[r]
+                return tirx.max((k + tirx.floordiv(var[r], k)) >> 1, _tir_i64(1))
+            return step
 
-_OP_PATTERN_OPAQUE = 8  # TVM's kOpaque: FuseOps leaves the kernel alone
+        root = None
+        for i in range(steps):
+            root = te.compute(rows, newton(root), name=f"{ROW_STAGE}_isqrt{i}")
+        factor = te.compute(rows, lambda *r: tirx.floordiv(_tir_i64(INT32_MAX), _tir_i64(k0) if root is None else root[r]),
+                            name=f"{ROW_STAGE}_factor")
+        return te.compute(x.shape, lambda *i: _tir_sat(((xi(i) - mean[i[:-1]]) * factor[i[:-1]]) >> 1, out_dt),
+                          name="ilayernorm")
 
-
-def _isqrt(ctx: LowerContext, var: relax.Expr, k0: int, steps: int) -> relax.Expr:
-    """`steps` Newton steps `k = max(1, (k + var // k) >> 1)` from `k0`, each step a kernel
-    of its own (one value per row). Fused into one kernel, every step repeats the previous
-    one twice (2^steps terms: 4.6 MB of CUDA source per LayerNorm kernel at 10 steps, and a
-    TIR Let per step hangs LLVM's code generation)."""
-    k = None
-    for _ in range(steps):
-        if k is None:
-            k = elementwise_te(ctx, lambda v: tirx.max((k0 + tirx.floordiv(v, k0)) >> 1, 1), [var], _I64,
-                               "isqrt_step")
-        else:
-            k = elementwise_te(ctx, lambda v, kk: tirx.max((kk + tirx.floordiv(v, kk)) >> 1, 1), [var, k], _I64,
-                               "isqrt_step")
-        gv = ctx.bb.lookup_binding(k).args[0]
-        ctx.bb.update_func(gv, ctx.bb.get()[gv].with_attr("op_pattern", _OP_PATTERN_OPAQUE))
-    return k if k is not None else _c(k0)
-
-
-# ----------------------------------------------------------------------------- exponentials
-
-
-def _shift_exp(ctx: LowerContext, d: relax.Expr, x0: int, n: int) -> relax.Expr:
-    """I-ViT's ShiftExp of d <= 0 (requant.ir.ops.intonly.shift_exp)."""
-    t = ctx.emit(R.subtract(R.add(d, R.right_shift(d, _c(1))), R.right_shift(d, _c(4))))
-    t = ctx.emit(R.maximum(t, _c(n * x0)))
-    q = ctx.emit(R.floor_divide(t, _c(x0)))
-    r = ctx.emit(R.subtract(t, R.multiply(_c(x0), q)))
-    grown = ctx.emit(R.left_shift(R.subtract(r, _c(2 * x0)), R.subtract(_c(n), q)))
-    return ctx.emit(R.right_shift(grown, _c(1)))
-
-
-def _poly_exp(ctx: LowerContext, d: relax.Expr, x0: int, b: int, c: int, n: int) -> relax.Expr:
-    """I-BERT's i-exp of d <= 0 (requant.ir.ops.intonly.poly_exp)."""
-    t = ctx.emit(R.maximum(d, _c(n * x0)))
-    q = ctx.emit(R.floor_divide(t, _c(x0)))
-    r = ctx.emit(R.subtract(t, R.multiply(_c(x0), q)))
-    z = ctx.emit(R.add(R.multiply(r, R.add(r, _c(b))), _c(c)))
-    return ctx.emit(R.right_shift(z, q))
+    return _row_kernel(ctx, build, [ins[0]], "ilayernorm")
 
 
 def _softmax(ctx: LowerContext, node: Node, ins: list, exp) -> Any:
-    x = _i64(ctx, ins[0])
-    keep = ins[1] if len(ins) > 1 else None
-    if keep is None:
-        d = ctx.emit(R.subtract(x, _row_max(ctx, x)))
-    else:
-        low = _c(_I64_MIN)
-        m = _row_max(ctx, shaped_like(ctx, ctx.emit(R.where(keep, x, low)), x))
-        m = ctx.emit(R.where(R.equal(m, low), _c(0), m))  # nothing kept: any value will do
-        d = ctx.emit(R.minimum(R.subtract(x, m), _c(0)))
-    e = exp(d)
-    if keep is not None:
-        e = shaped_like(ctx, ctx.emit(R.where(keep, e, _c(0))), x)
-    total = ctx.emit(R.minimum(_row_sum(ctx, e), _c(INT32_MAX)))
-    factor = ctx.emit(R.floor_divide(_c(INT32_MAX), R.maximum(total, _c(1))))
+    """One row kernel: the row max (over kept elements), the exponentials (kept: a row
+    stage), their sum, the factor, the output."""
     frac = int(ctx.attrs(node)["frac_bits"])
-    y = ctx.emit(R.right_shift(R.multiply(e, factor), _c(31 - frac)))
-    return _saturate(ctx, y, node.outputs[0].dtype, x)
+    out_dt = node.outputs[0].dtype
+    masked = len(ins) > 1 and ins[1] is not None
+    low = _tir_i64(_I64_MIN)
+
+    def build(x: te.Tensor, *mask: te.Tensor) -> te.Tensor:
+        *rows, n = x.shape
+        keep = _mask_reader(x, mask[0]) if mask else None
+        xi = lambda idx: x[idx].astype(_I64)  # noqa: E731
+        k = te.reduce_axis((0, n), name="k")
+        if keep is None:
+            top = te.compute(rows, lambda *r: te.max(xi((*r, k)), axis=k), name=f"{ROW_STAGE}_max")
+            shifted = lambda i: xi(i) - top[i[:-1]]  # noqa: E731
+        else:
+            raw = te.compute(rows, lambda *r: te.max(tirx.Select(keep(*r, k), xi((*r, k)), low), axis=k),
+                             name=f"{ROW_STAGE}_kept_max")
+            # nothing kept: any value will do
+            top = te.compute(rows, lambda *r: tirx.Select(raw[r] == low, _tir_i64(0), raw[r]), name=f"{ROW_STAGE}_max")
+            shifted = lambda i: tirx.min(xi(i) - top[i[:-1]], _tir_i64(0))  # noqa: E731
+        e = te.compute(x.shape, lambda *i: exp(shifted(i)) if keep is None
+                       else tirx.Select(keep(*i), exp(shifted(i)), _tir_i64(0)), name=f"{ROW_STAGE}_exp")
+        k2 = te.reduce_axis((0, n), name="k2")
+        total = te.compute(rows, lambda *r: te.sum(e[(*r, k2)], axis=k2), name=f"{ROW_STAGE}_total")
+        factor = te.compute(rows, lambda *r: tirx.floordiv(
+            _tir_i64(INT32_MAX), tirx.max(tirx.min(total[r], _tir_i64(INT32_MAX)), _tir_i64(1))), name=f"{ROW_STAGE}_factor")
+        return te.compute(x.shape, lambda *i: _tir_sat((e[i] * factor[i[:-1]]) >> (31 - frac), out_dt), name="softmax")
+
+    return _row_kernel(ctx, build, [ins[0], ins[1]] if masked else [ins[0]], "int_softmax")
 
 
 @LOWERINGS.lowers("Shiftmax")
 def _shiftmax(ctx: LowerContext, node: Node, ins: list) -> Any:
     a = ctx.attrs(node)
-    return _softmax(ctx, node, ins, lambda d: _shift_exp(ctx, d, int(a["x0"]), int(a["n"])))
+    return _softmax(ctx, node, ins, lambda d: _tir_shift_exp(d, int(a["x0"]), int(a["n"])))
 
 
 @LOWERINGS.lowers("PolySoftmax")
 def _poly_softmax(ctx: LowerContext, node: Node, ins: list) -> Any:
     a = ctx.attrs(node)
-    return _softmax(ctx, node, ins, lambda d: _poly_exp(ctx, d, int(a["x0"]), int(a["b"]), int(a["c"]), int(a["n"])))
+    return _softmax(ctx, node, ins, lambda d: _tir_poly_exp(d, int(a["x0"]), int(a["b"]), int(a["c"]), int(a["n"])))
+
+
+_TABLE_DTYPES = (dtypes.int8, dtypes.uint8, dtypes.int16, dtypes.uint16)
+# TVM's kInjective: the Requantize that follows fuses into the lookup (marked kElemWise, a
+# kernel with a whole-array constant argument fused with nothing at all in TVM 0.27)
+_OP_PATTERN_INJECTIVE = 2
+
+
+def _lookup_table(ctx: LowerContext, node: Node, ins: list) -> relax.Expr | None:
+    """An elementwise op of an 8- or 16-bit input as a table of its outputs for every
+    input code (256 or 65536 entries), computed by the op's reference kernel at build
+    time, so bit-exact by construction, and read with the code as index: one integer
+    load per element instead of an int64 division per element, which LLVM does not
+    vectorise (ShiftGELU's and TanhGELU's sigmoid). The lookup is a kernel of its own
+    with the Requantize that follows fused in; PolyGELU, a few multiplications, stays a
+    formula fused into the matmul's epilogue, which is cheaper than that extra pass.
+    None for wider inputs."""
+    in_dt, out_dt = node.inputs[0].dtype, node.outputs[0].dtype
+    if in_dt not in _TABLE_DTYPES:
+        return None
+    lo, hi = in_dt.int_range
+    codes = np.arange(lo, hi + 1).astype(in_dt.np)
+    table = run_kernel(node.op, [codes], node.attrs, [TensorType((len(codes),), out_dt)])[0]
+    name = f"{node.op.lower()}_table"
+
+    def lookup(x: te.Tensor, t: te.Tensor) -> te.Tensor:
+        return te.compute(x.shape, lambda *i: t[x(*i).astype("int32") - lo], name=name)
+
+    out = ctx.te(lookup, with_shape_expr(ctx, ins[0]), constant(table, relax_dtype(out_dt)), name=name)
+    gv = ctx.bb.lookup_binding(out).args[0]
+    ctx.bb.update_func(gv, ctx.bb.get()[gv].with_attr("op_pattern", _OP_PATTERN_INJECTIVE))
+    return out
 
 
 @LOWERINGS.lowers("ShiftGELU")
 def _shift_gelu(ctx: LowerContext, node: Node, ins: list) -> Any:
+    table = _lookup_table(ctx, node, ins)
+    if table is not None:
+        return table
     a = ctx.attrs(node)
     x0, n, frac = int(a["x0"]), int(a["n"]), int(a["frac_bits"])
-    x = _i64(ctx, ins[0])
-    m = ctx.emit(R.maximum(x, _c(0)))
-    e1 = _shift_exp(ctx, ctx.emit(R.subtract(x, m)), x0, n)
-    e2 = _shift_exp(ctx, ctx.emit(R.negative(m)), x0, n)
-    factor = ctx.emit(R.floor_divide(_c(INT32_MAX), R.minimum(R.add(e1, e2), _c(INT32_MAX))))
-    sig = ctx.emit(R.right_shift(R.multiply(e1, factor), _c(31 - frac)))
-    return _saturate(ctx, ctx.emit(R.multiply(x, sig)), node.outputs[0].dtype, x)
+    out_dt = node.outputs[0].dtype
+
+    def gelu(v: tirx.PrimExpr) -> tirx.PrimExpr:
+        x = v.astype(_I64)
+        m = tirx.max(x, _tir_i64(0))
+        e1, e2 = _tir_shift_exp(x - m, x0, n), _tir_shift_exp(-m, x0, n)
+        factor = tirx.floordiv(_tir_i64(INT32_MAX), tirx.min(e1 + e2, _tir_i64(INT32_MAX)))
+        return _tir_sat(x * ((e1 * factor) >> (31 - frac)), out_dt)
+
+    return elementwise_te(ctx, gelu, [ins[0]], relax_dtype(out_dt), "shift_gelu")
 
 
 @LOWERINGS.lowers("PolyGELU")
 def _poly_gelu(ctx: LowerContext, node: Node, ins: list) -> Any:
     a = ctx.attrs(node)
     b, c, shift, one = int(a["b"]), int(a["c"]), int(a["shift"]), int(a["one"])
-    x = _i64(ctx, ins[0])
-    clipped = ctx.emit(R.add(R.minimum(R.abs(x), _c(-b)), _c(b)))
-    erf = ctx.emit(R.multiply(R.sign(x), R.add(R.multiply(clipped, clipped), _c(c))))
-    y = ctx.emit(R.right_shift(erf, _c(shift)))
-    return _saturate(ctx, ctx.emit(R.multiply(x, R.add(y, _c(one)))), node.outputs[0].dtype, x)
+    out_dt = node.outputs[0].dtype
+
+    def gelu(v: tirx.PrimExpr) -> tirx.PrimExpr:
+        x = v.astype(_I64)
+        clipped = tirx.min(tirx.abs(x), _tir_i64(-b)) + _tir_i64(b)
+        sign = tirx.Select(x > 0, _tir_i64(1), tirx.Select(x < 0, _tir_i64(-1), _tir_i64(0)))
+        y = (sign * (clipped * clipped + _tir_i64(c))) >> shift
+        return _tir_sat(x * (y + _tir_i64(one)), out_dt)
+
+    return elementwise_te(ctx, gelu, [ins[0]], relax_dtype(out_dt), "poly_gelu")
 
 
 @LOWERINGS.lowers("TanhGELU")
 def _tanh_gelu(ctx: LowerContext, node: Node, ins: list) -> Any:
+    table = _lookup_table(ctx, node, ins)
+    if table is not None:
+        return table
     a = ctx.attrs(node)
     clip, frac = int(a["clip"]), int(a["frac_bits"])
-    x = _i64(ctx, ins[0])
-    xc = ctx.emit(R.minimum(R.maximum(x, _c(-clip)), _c(clip)))
-    cube = _rshift_round(ctx, ctx.emit(R.multiply(R.multiply(xc, xc), _c(int(a["cube_mult"])))), _c(int(a["cube_shift"])))
-    z = _rshift_round(ctx, ctx.emit(R.multiply(xc, R.add(_c(int(a["lin"])), cube))), _c(int(a["z_shift"])))
+    lin, cube_mult, cube_shift, z_shift = (int(a[k]) for k in ("lin", "cube_mult", "cube_shift", "z_shift"))
     x0, b, c, n = TANH_GELU_EXP
-    e = _poly_exp(ctx, ctx.emit(R.negative(R.abs(z))), x0, b, c, n)
-    sig = ctx.emit(R.floor_divide(_c(c << frac), R.add(_c(c), e)))
-    sig = ctx.emit(R.where(R.less(z, _c(0)), R.subtract(_c(1 << frac), sig), sig))
-    return _saturate(ctx, ctx.emit(R.multiply(x, sig)), node.outputs[0].dtype, x)
+    out_dt = node.outputs[0].dtype
+
+    def gelu(v: tirx.PrimExpr) -> tirx.PrimExpr:
+        x = v.astype(_I64)
+        xc = tirx.min(tirx.max(x, _tir_i64(-clip)), _tir_i64(clip))
+        cube = _tir_rshift_round(xc * xc * _tir_i64(cube_mult), cube_shift)
+        z = _tir_rshift_round(xc * (_tir_i64(lin) + cube), z_shift)
+        e = _tir_poly_exp(-tirx.abs(z), x0, b, c, n)
+        sig = tirx.floordiv(_tir_i64(c << frac), _tir_i64(c) + e)
+        sig = tirx.Select(z < 0, _tir_i64(1 << frac) - sig, sig)
+        return _tir_sat(x * sig, out_dt)
+
+    return elementwise_te(ctx, gelu, [ins[0]], relax_dtype(out_dt), "tanh_gelu")
