@@ -66,14 +66,14 @@ def _minilm_data(tmp: Path) -> dict[str, Any]:
 def _vit_data(tmp: Path) -> dict[str, Any]:
     import torch
 
-    import requant
+    from requant import backends, frontends
     from requant.tools.bench.vit_digits import load_vit_digits
 
     model, split = load_vit_digits()
     example = torch.from_numpy(split.test_x[:VIT_BATCH])
-    graph = requant.frontends.from_torch(model, (example,), dynamic_dims={"pixel_values": {0: "batch"}})
+    graph = frontends.from_torch(model, (example,), dynamic_dims={"pixel_values": {0: "batch"}})
     path = tmp / "vit_digits.onnx"
-    path.write_bytes(requant.backends.to_onnx(graph).SerializeToString())
+    path.write_bytes(backends.to_onnx(graph).SerializeToString())
     return {"float": str(path), "feeds": {"pixel_values": split.test_x}, "labels": split.test_y,
             "calibration": split.calibration(), "dims": {"batch": VIT_BATCH}}
 
