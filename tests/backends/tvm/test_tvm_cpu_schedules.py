@@ -209,6 +209,24 @@ def test_batch_matmul_symbolic_and_broadcast_batches_match_numpy() -> None:
     np.testing.assert_allclose(_run(pipeline.build_cpu(mod), a, b), a @ b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("tokens", [64, 17])
+def test_int32_batch_matmul_takes_the_padded_kernel_and_is_exact(tokens: int) -> None:
+    """Integer attention (uint8 - zero point) @ int8 in int32: the padded batch matmul's
+    tiled schedule, the same integers as numpy."""
+    rng = np.random.default_rng(RNG_SEED)
+    a = rng.integers(0, 256, (2, 3, tokens, 32)).astype(np.uint8)
+    b = rng.integers(-128, 128, (2, 3, 32, tokens)).astype(np.int8)
+
+    def body(bb, a_, b_):
+        a32 = R.subtract(R.astype(a_, "int32"), relax.const(7, "int32"))
+        return R.matmul(a32, R.astype(b_, "int32"), out_dtype="int32")
+
+    mod = _module([_var("a", a.shape, "uint8"), _var("b", b.shape, "int8")], body)
+    assert any("padded_bmm" in name for name in _scheduled_funcs(mod))
+    want = (a.astype(np.int64) - 7) @ b.astype(np.int64)
+    np.testing.assert_array_equal(_run(pipeline.build_cpu(mod), a, b), want.astype(np.int32))
+
+
 # ----------------------------------------------------------------------------- softmax, LayerNorm, GELU
 
 
@@ -669,3 +687,32 @@ def test_small_cnn_tvm_cpu_fp32_matches_torch() -> None:
         x = torch.randn(*case.example_inputs[0].shape, generator=torch.Generator().manual_seed(seed))
         ref = case.module(x).detach().numpy()
         np.testing.assert_allclose(cm(x.numpy())[0], ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+def _row_scaled(stage_name: str) -> tvm.IRModule:
+    """y = x * (100000 // (1 + row sum of |x|)): a reduction, a per-row value named
+    `stage_name`, an elementwise output, all in one TE PrimFunc."""
+    from tvm import te
+
+    def build(x):
+        rows, n = x.shape
+        k = te.reduce_axis((0, n), name="k")
+        total = te.compute((rows,), lambda r: te.sum(tirx.abs(x[r, k]), axis=k), name="row_total")
+        factor = te.compute((rows,), lambda r: tirx.floordiv(tirx.const(100000, "int64"), total[r] + 1), name=stage_name)
+        return te.compute(x.shape, lambda r, j: x[r, j] * factor[r], name="scaled")
+
+    return _module([_var("x", (8, 48), "int64")], lambda bb, x_: bb.emit_te(build, x_, primfunc_name_hint="scaled"))
+
+
+@pytest.mark.parametrize("kept", [True, False])
+def test_row_stage_blocks_are_computed_once_per_row(kept: bool) -> None:
+    """A spatial block named ROW_STAGE... (a row kernel's per-row value) stays a block of
+    its own at the row; one named otherwise is inlined into every element that reads it."""
+    name = f"{schedule_cpu.ROW_STAGE}_factor" if kept else "factor"
+    mod = _row_scaled(name)
+    (func,) = [f for n, f in _scheduled_funcs(mod).items() if "scaled" in n]
+    assert (f'T.sblock("{name}")' in func.script()) is kept
+    assert PARALLEL in _loop_kinds(func)
+    x = np.random.default_rng(RNG_SEED).integers(-1000, 1000, (8, 48)).astype(np.int64)
+    want = x * (100000 // (1 + np.abs(x).sum(axis=1, keepdims=True)))
+    np.testing.assert_array_equal(_run(pipeline.build_cpu(mod), x), want)
