@@ -157,6 +157,9 @@ DENSE_TRIM_BLOCK = "packed_dense_trim"
 BMM_BLOCK = "padded_bmm"
 BMM_B_PAD_BLOCK = "bmm_b_pad"
 DENSE_INT8_BLOCK = "packed_dense_u8s8"
+BMM_INT8_BLOCK = "padded_bmm_u8s8"
+BMM_INT8_PACK_BLOCK = "bmm_s8_pack"
+BMM_INT8_COMP_BLOCK = "bmm_s8_compensation"
 _VNNI_N, _VNNI_K = 16, 4
 _OP_PATTERN_OUT_EWISE_FUSABLE = 4
 CONV_BLOCK = "packed_conv2d"
@@ -355,6 +358,52 @@ def padded_batch_matmul_func(a_shape: Sequence, b_shape: Sequence, dtype: str = 
 
     acc = te.compute((*lead, _padded_rows(m, mr), _padded_rows(n, NR)), body, name=BMM_BLOCK)
     y = te.compute((*lead, m, n), lambda *idx: acc(*idx), name="padded_bmm_trim")
+    func = te.create_prim_func([a, b, y])
+    return func.with_attr("op_pattern", _OP_PATTERN_OUT_EWISE_FUSABLE)
+
+
+def padded_batch_matmul_int8_func(a_shape: Sequence, b_shape: Sequence, pad_code: int) -> tirx.PrimFunc:
+    """`y[*B, i, j] = sum_k (a[*B, i, k] - pad_code) * b[*B, k, j]` in int32 for computed
+    uint8 `a` and int8 `b` (integer attention's QK^T and PV): `b` is packed by each task
+    into the vpdpbusd layout of its panel (`bmm_s8_pack[*B, j/16, k/4, (j%16)*4 + k%4]`,
+    zero past K and N), the accumulator `padded_bmm_u8s8` covers rows padded to whole
+    register tiles (padded rows read the last real row; K is a multiple of 4), and
+    `pad_code * sum_k b[*B, k, j]` (`bmm_s8_compensation`) is subtracted on write-back.
+    Exact: the int32 sums of the int32 matmul it replaces, which wrap alike."""
+    a_shape, b_shape = _fresh_shape(a_shape), _fresh_shape(b_shape)
+    b_shape = [*a_shape[:-2], *b_shape[-2:]]  # the same batch dims (checked by the packer)
+    *lead, m, k_dim = a_shape
+    n = b_shape[-1]
+    k = int(k_dim)
+    groups = k // _VNNI_K
+    tiles = -(-int(n) // NR) * (NR // _VNNI_N) if isinstance(n, tirx.IntImm) else None
+    mr = dense_row_tile(int(m) if isinstance(m, tirx.IntImm) else None)
+    a = te.placeholder(a_shape, "uint8", name="a")
+    b = te.placeholder(b_shape, "int8", name="b")
+
+    def packed(*idx):
+        *rows, jt, kq, t = idx
+        jj = jt * _VNNI_N + t // _VNNI_K
+        return tirx.Select(jj < n, b[(*rows, kq * _VNNI_K + t % _VNNI_K, tirx.min(jj, n - 1))], tirx.const(0, "int8"))
+
+    pack = te.compute((*lead, _i64(tiles), _i64(groups), _i64(_VNNI_N * _VNNI_K)), packed, name=BMM_INT8_PACK_BLOCK)
+    r = te.reduce_axis((_i64(0), _i64(k)), name="k")
+
+    def dot(*idx):
+        *rows, i, j = idx
+        return te.sum(a[(*rows, _clamped_row(i, m), r)].astype("int32")
+                      * pack[(*rows, j // _VNNI_N, r // _VNNI_K, j % _VNNI_N * _VNNI_K + r % _VNNI_K)].astype("int32"),
+                      axis=r)
+
+    acc = te.compute((*lead, _padded_rows(m, mr), _i64(tiles * _VNNI_N)), dot, name=BMM_INT8_BLOCK)
+    if pad_code:
+        rk = te.reduce_axis((_i64(0), _i64(k)), name="rk")
+        colsum = te.compute((*lead, n), lambda *idx: te.sum(b[(*idx[:-1], rk, idx[-1])].astype("int32"), axis=rk),
+                            name=BMM_INT8_COMP_BLOCK)
+        y = te.compute((*lead, m, n), lambda *idx: acc(*idx) - colsum[(*idx[:-2], idx[-1])] * pad_code,
+                       name="bmm_compensate")
+    else:
+        y = te.compute((*lead, m, n), lambda *idx: acc(*idx), name="bmm_trim")
     func = te.create_prim_func([a, b, y])
     return func.with_attr("op_pattern", _OP_PATTERN_OUT_EWISE_FUSABLE)
 
@@ -688,6 +737,10 @@ class _WeightPacker(relax.PyExprMutator):
         dtype = call.ty.dtype
         if dtype not in ("float32", "int32") or a.ty.dtype != dtype or b.ty.dtype != dtype:
             return call
+        if dtype == "int32" and self.vnni:
+            packed = self._batch_matmul_int8(call)
+            if packed is not None:
+                return packed
         a_shape, b_shape = _shape_of(a.ty), _shape_of(b.ty)
         if (len(a_shape) != len(b_shape) or len(a_shape) < 3 or not isinstance(a_shape[-1], tirx.IntImm)
                 or not all(_same_dim(x, y) for x, y in zip(a_shape[:-2], b_shape[:-2]))):
@@ -697,6 +750,31 @@ class _WeightPacker(relax.PyExprMutator):
         gv = self._kernel(key, lambda: padded_batch_matmul_func(a_shape, b_shape, dtype))
         self.packed += 1
         return relax.call_tir(gv, [a, b], call.ty)
+
+    def _batch_matmul_int8(self, call):
+        """`matmul(astype(a8, i32) [- zp], astype(b_i8, i32))` of two computed tensors with
+        the same batch dims, K a multiple of 4 and a static N -> the int8 batch matmul
+        kernel (vpdpbusd); None when the operands are not of that form."""
+        a, b = call.args
+        b_inner = self._resolve(b)
+        if not (isinstance(b_inner, relax.Call) and isinstance(b_inner.op, tvm.ir.Op)
+                and b_inner.op.name == "relax.astype" and b_inner.args[0].ty.dtype == "int8"):
+            return None
+        b8 = b_inner.args[0]
+        found = self._int8_activation(a, call.ty.ndim)
+        if found is None:
+            return None
+        a8, zero_point, shift = found
+        a_shape, b_shape = _shape_of(a8.ty), _shape_of(b8.ty)
+        if (len(a_shape) != len(b_shape) or len(a_shape) < 3 or not isinstance(a_shape[-1], tirx.IntImm)
+                or int(a_shape[-1]) % _VNNI_K or not isinstance(b_shape[-1], tirx.IntImm)
+                or not all(_same_dim(x, y) for x, y in zip(a_shape[:-2], b_shape[:-2]))):
+            return None
+        key = (f"padded_bmm_u8s8_{_shape_name(a_shape)}_{_shape_name(b_shape[-1:])}", tuple(str(d) for d in a_shape),
+               tuple(str(d) for d in b_shape), shift + zero_point)
+        gv = self._kernel(key, lambda: padded_batch_matmul_int8_func(a_shape, b_shape, shift + zero_point))
+        self.packed += 1
+        return relax.call_tir(gv, [a8, b8], call.ty)
 
     def _conv2d(self, call):
         """float32 NCHW/OIHW conv2d with a constant weight and static C, H, W ->
@@ -1179,6 +1257,12 @@ class MatmulVNNI(_Rule):
         acc = sch.get_sblock(DENSE_INT8_BLOCK)
         if _accumulator_per_register_tile(sch, acc, keep=[acc]) is None:
             return False
+        self._tile_vnni(sch, acc, target)
+        return True
+
+    def _tile_vnni(self, sch: s_tir.Schedule, acc, target: Target) -> None:
+        """The register tile's k loop in groups of 4 under rows and 16-column vectors;
+        each 16 x 4 step blockized for `_emit_vnni` (on VNNI), else vectorised."""
         *_, t_row, t_col, k = sch.get_loops(acc)
         jb, jv = sch.split(t_col, [None, _VNNI_N])
         ko, kv = sch.split(k, [None, _VNNI_K])
@@ -1192,6 +1276,30 @@ class MatmulVNNI(_Rule):
         else:
             sch.unroll(kv)
             sch.vectorize(jv)
+
+
+class BatchMatmulVNNI(MatmulVNNI):
+    """The int8 batch matmul (`padded_batch_matmul_int8_func`) + its fused epilogue:
+    tiled as MatmulVNNI over the output's last two axes, parallel over (batch dims, row
+    block, column panel); each task packs its K x 32 panel of the right operand into the
+    vpdpbusd layout and sums its columns (the zero point's compensation) before its row
+    tiles read them."""
+
+    def schedule(self, sch: s_tir.Schedule, target: Target) -> bool:
+        names = [sch.get(b).name_hint for b in _blocks(sch)]
+        if BMM_INT8_BLOCK not in names or BMM_INT8_PACK_BLOCK not in names:
+            return False
+        acc, pack = sch.get_sblock(BMM_INT8_BLOCK), sch.get_sblock(BMM_INT8_PACK_BLOCK)
+        comp = sch.get_sblock(BMM_INT8_COMP_BLOCK) if BMM_INT8_COMP_BLOCK in names else None
+        out = _accumulator_per_register_tile(sch, acc, keep=[b for b in (acc, pack, comp) if b is not None])
+        if out is None:
+            return False
+        task = sch.get_loops(out)[0]  # the fused parallel loop
+        for block in (pack, comp):
+            if block is not None:
+                sch.compute_at(block, task, preserve_unit_loops=True)
+        _vectorize_inner(sch, sch.get_loops(pack)[-1])
+        self._tile_vnni(sch, acc, target)
         return True
 
 
@@ -1349,7 +1457,7 @@ class ConvVNNI(MatmulVNNI):
 
 
 VNNI_INTRINSIC = "llvm.x86.avx512.vpdpbusd.512"
-_VNNI_OUTER = re.compile(r'^(?P<ind> *)with T\.sblock\("(?:' + DENSE_INT8_BLOCK + "|" + CONV_INT8_BLOCK
+_VNNI_OUTER = re.compile(r'^(?P<ind> *)with T\.sblock\("(?:' + DENSE_INT8_BLOCK + "|" + CONV_INT8_BLOCK + "|" + BMM_INT8_BLOCK
                          + r')_update_o"\):\n', re.M)
 _VNNI_INNER_ITERS = re.compile(r'(?P<a>\w+), (?P<b>\w+) = T\.axis\.remap\("SR", \[\w+, \w+\]\)')
 _VNNI_STORE = re.compile(
@@ -1509,7 +1617,7 @@ class ParallelOuter(_Rule):
 def default_rules() -> list:
     from tvm.s_tir.dlight import cpu as dl_cpu
 
-    return [MatmulVNNI(), ConvVNNI(), ConvTile(), DepthwiseTile(), DenseTile(), BatchMatmulTile(), MatmulTile(), RowReduction(), Injective(), dl_cpu.GEMV(), dl_cpu.Reduction(),
+    return [MatmulVNNI(), BatchMatmulVNNI(), ConvVNNI(), ConvTile(), DepthwiseTile(), DenseTile(), BatchMatmulTile(), MatmulTile(), RowReduction(), Injective(), dl_cpu.GEMV(), dl_cpu.Reduction(),
             ParallelOuter()]
 
 
