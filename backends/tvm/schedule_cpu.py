@@ -160,6 +160,7 @@ DENSE_INT8_BLOCK = "packed_dense_u8s8"
 BMM_INT8_BLOCK = "padded_bmm_u8s8"
 BMM_INT8_PACK_BLOCK = "bmm_s8_pack"
 BMM_INT8_COMP_BLOCK = "bmm_s8_compensation"
+BMM_INT8_A_PAD_BLOCK = "bmm_u8_pad"
 _VNNI_N, _VNNI_K = 16, 4
 _OP_PATTERN_OUT_EWISE_FUSABLE = 4
 CONV_BLOCK = "packed_conv2d"
@@ -367,7 +368,8 @@ def padded_batch_matmul_int8_func(a_shape: Sequence, b_shape: Sequence, pad_code
     uint8 `a` and int8 `b` (integer attention's QK^T and PV): `b` is packed by each task
     into the vpdpbusd layout of its panel (`bmm_s8_pack[*B, j/16, k/4, (j%16)*4 + k%4]`,
     zero past K and N), the accumulator `padded_bmm_u8s8` covers rows padded to whole
-    register tiles (padded rows read the last real row; K is a multiple of 4), and
+    register tiles (padded rows read the last real row) and K padded to whole groups of 4
+    (`bmm_u8_pad`, only when K is not: the packed right operand is zero there), and
     `pad_code * sum_k b[*B, k, j]` (`bmm_s8_compensation`) is subtracted on write-back.
     Exact: the int32 sums of the int32 matmul it replaces, which wrap alike."""
     a_shape, b_shape = _fresh_shape(a_shape), _fresh_shape(b_shape)
@@ -375,19 +377,23 @@ def padded_batch_matmul_int8_func(a_shape: Sequence, b_shape: Sequence, pad_code
     *lead, m, k_dim = a_shape
     n = b_shape[-1]
     k = int(k_dim)
-    groups = k // _VNNI_K
+    groups = -(-k // _VNNI_K)
     tiles = -(-int(n) // NR) * (NR // _VNNI_N) if isinstance(n, tirx.IntImm) else None
     mr = dense_row_tile(int(m) if isinstance(m, tirx.IntImm) else None)
-    a = te.placeholder(a_shape, "uint8", name="a")
+    a_in = a = te.placeholder(a_shape, "uint8", name="a")
     b = te.placeholder(b_shape, "int8", name="b")
 
     def packed(*idx):
         *rows, jt, kq, t = idx
-        jj = jt * _VNNI_N + t // _VNNI_K
-        return tirx.Select(jj < n, b[(*rows, kq * _VNNI_K + t % _VNNI_K, tirx.min(jj, n - 1))], tirx.const(0, "int8"))
+        kk, jj = kq * _VNNI_K + t % _VNNI_K, jt * _VNNI_N + t // _VNNI_K
+        inside = tirx.all(kk < k, jj < n)
+        return tirx.Select(inside, b[(*rows, tirx.min(kk, k - 1), tirx.min(jj, n - 1))], tirx.const(0, "int8"))
 
     pack = te.compute((*lead, _i64(tiles), _i64(groups), _i64(_VNNI_N * _VNNI_K)), packed, name=BMM_INT8_PACK_BLOCK)
-    r = te.reduce_axis((_i64(0), _i64(k)), name="k")
+    if k % _VNNI_K:  # K padded to whole groups of 4 (times the packed zeros), so that every 4-byte read is in bounds
+        a = te.compute((*lead, m, _i64(groups * _VNNI_K)), lambda *idx: a[(*idx[:-1], tirx.min(idx[-1], k - 1))],
+                       name=BMM_INT8_A_PAD_BLOCK)
+    r = te.reduce_axis((_i64(0), _i64(groups * _VNNI_K)), name="k")
 
     def dot(*idx):
         *rows, i, j = idx
@@ -404,7 +410,7 @@ def padded_batch_matmul_int8_func(a_shape: Sequence, b_shape: Sequence, pad_code
                        name="bmm_compensate")
     else:
         y = te.compute((*lead, m, n), lambda *idx: acc(*idx), name="bmm_trim")
-    func = te.create_prim_func([a, b, y])
+    func = te.create_prim_func([a_in, b, y])
     return func.with_attr("op_pattern", _OP_PATTERN_OUT_EWISE_FUSABLE)
 
 
@@ -753,8 +759,8 @@ class _WeightPacker(relax.PyExprMutator):
 
     def _batch_matmul_int8(self, call):
         """`matmul(astype(a8, i32) [- zp], astype(b_i8, i32))` of two computed tensors with
-        the same batch dims, K a multiple of 4 and a static N -> the int8 batch matmul
-        kernel (vpdpbusd); None when the operands are not of that form."""
+        the same batch dims, a static K and N -> the int8 batch matmul kernel (vpdpbusd);
+        None when the operands are not of that form."""
         a, b = call.args
         b_inner = self._resolve(b)
         if not (isinstance(b_inner, relax.Call) and isinstance(b_inner.op, tvm.ir.Op)
@@ -767,7 +773,7 @@ class _WeightPacker(relax.PyExprMutator):
         a8, zero_point, shift = found
         a_shape, b_shape = _shape_of(a8.ty), _shape_of(b8.ty)
         if (len(a_shape) != len(b_shape) or len(a_shape) < 3 or not isinstance(a_shape[-1], tirx.IntImm)
-                or int(a_shape[-1]) % _VNNI_K or not isinstance(b_shape[-1], tirx.IntImm)
+                or not isinstance(b_shape[-1], tirx.IntImm)
                 or not all(_same_dim(x, y) for x, y in zip(a_shape[:-2], b_shape[:-2]))):
             return None
         key = (f"padded_bmm_u8s8_{_shape_name(a_shape)}_{_shape_name(b_shape[-1:])}", tuple(str(d) for d in a_shape),
@@ -1290,12 +1296,13 @@ class BatchMatmulVNNI(MatmulVNNI):
         if BMM_INT8_BLOCK not in names or BMM_INT8_PACK_BLOCK not in names:
             return False
         acc, pack = sch.get_sblock(BMM_INT8_BLOCK), sch.get_sblock(BMM_INT8_PACK_BLOCK)
-        comp = sch.get_sblock(BMM_INT8_COMP_BLOCK) if BMM_INT8_COMP_BLOCK in names else None
-        out = _accumulator_per_register_tile(sch, acc, keep=[b for b in (acc, pack, comp) if b is not None])
+        comp, a_pad = (sch.get_sblock(name) if name in names else None
+                       for name in (BMM_INT8_COMP_BLOCK, BMM_INT8_A_PAD_BLOCK))
+        out = _accumulator_per_register_tile(sch, acc, keep=[b for b in (acc, pack, comp, a_pad) if b is not None])
         if out is None:
             return False
         task = sch.get_loops(out)[0]  # the fused parallel loop
-        for block in (pack, comp):
+        for block in (pack, comp, a_pad):
             if block is not None:
                 sch.compute_at(block, task, preserve_unit_loops=True)
         _vectorize_inner(sch, sch.get_loops(pack)[-1])

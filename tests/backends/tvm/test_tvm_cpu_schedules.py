@@ -209,21 +209,45 @@ def test_batch_matmul_symbolic_and_broadcast_batches_match_numpy() -> None:
     np.testing.assert_allclose(_run(pipeline.build_cpu(mod), a, b), a @ b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("tokens", [64, 17])
-def test_int32_batch_matmul_takes_the_padded_kernel_and_is_exact(tokens: int) -> None:
-    """Integer attention (uint8 - zero point) @ int8 in int32: the padded batch matmul's
-    tiled schedule, the same integers as numpy."""
+@pytest.mark.parametrize("vnni", [True, False])
+@pytest.mark.parametrize("tokens,depth,zero_point", [(64, 32, 7), (17, 17, 0), (5, 6, 255)])
+def test_int8_batch_matmul_kernel_is_exact(tokens: int, depth: int, zero_point: int, vnni: bool,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Integer attention, (uint8 - zero point) @ int8 in int32 (QK^T: depth 32; PV over 17
+    tokens: a depth that is no multiple of 4): the int8 batch matmul kernel, on a VNNI
+    CPU each 16 x 4 step one vpdpbusd, else a vector loop; the same integers as numpy."""
+    if vnni and not _VNNI_HOST:
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    rules = [r for r in schedule_cpu.default_rules() if not isinstance(r, schedule_cpu.BatchMatmulVNNI)]
+    monkeypatch.setattr(schedule_cpu, "default_rules", lambda: [schedule_cpu.BatchMatmulVNNI(vnni=vnni), *rules])
     rng = np.random.default_rng(RNG_SEED)
-    a = rng.integers(0, 256, (2, 3, tokens, 32)).astype(np.uint8)
-    b = rng.integers(-128, 128, (2, 3, 32, tokens)).astype(np.int8)
+    a = rng.integers(0, 256, (2, 3, tokens, depth)).astype(np.uint8)
+    a[0, 0, 0, :] = 255
+    b = rng.integers(-128, 128, (2, 3, depth, tokens)).astype(np.int8)
+    b[0, 0, :, 0] = -128
 
     def body(bb, a_, b_):
-        a32 = R.subtract(R.astype(a_, "int32"), relax.const(7, "int32"))
+        a32 = R.subtract(R.astype(a_, "int32"), relax.const(zero_point, "int32"))
         return R.matmul(a32, R.astype(b_, "int32"), out_dtype="int32")
 
     mod = _module([_var("a", a.shape, "uint8"), _var("b", b.shape, "int8")], body)
-    assert any("padded_bmm" in name for name in _scheduled_funcs(mod))
-    want = (a.astype(np.int64) - 7) @ b.astype(np.int64)
+    (func,) = [f for name, f in _scheduled_funcs(mod).items() if "padded_bmm_u8s8" in name]
+    assert (schedule_cpu.VNNI_INTRINSIC in func.script()) == vnni
+    assert PARALLEL in _loop_kinds(func)
+    want = (a.astype(np.int64) - zero_point) @ b.astype(np.int64)
+    np.testing.assert_array_equal(_run(pipeline.build_cpu(mod, vnni=True), a, b), want.astype(np.int32))
+
+
+def test_int32_batch_matmul_of_wider_operands_takes_the_padded_kernel_and_is_exact() -> None:
+    """int16 operands (no vpdpbusd form): the int32 padded batch matmul, exact."""
+    rng = np.random.default_rng(RNG_SEED)
+    a = rng.integers(-3000, 3000, (2, 3, 17, 9)).astype(np.int16)
+    b = rng.integers(-3000, 3000, (2, 3, 9, 17)).astype(np.int16)
+    mod = _module([_var("a", a.shape, "int16"), _var("b", b.shape, "int16")],
+                  lambda bb, a_, b_: R.matmul(R.astype(a_, "int32"), R.astype(b_, "int32"), out_dtype="int32"))
+    names = list(_scheduled_funcs(mod))
+    assert any("padded_bmm" in name for name in names) and not any("u8s8" in name for name in names)
+    want = a.astype(np.int64) @ b.astype(np.int64)
     np.testing.assert_array_equal(_run(pipeline.build_cpu(mod), a, b), want.astype(np.int32))
 
 
@@ -335,6 +359,8 @@ _VNNI_HOST = schedule_cpu._has_vnni(pipeline.host_llvm_target())
 def test_int8_matmul_is_one_vpdpbusd_per_16x4_step() -> None:
     """The scheduled kernel calls the VNNI intrinsic (no 4 x 16 scalar loop left) and
     LLVM emits the instruction."""
+    if not _VNNI_HOST:
+        pytest.skip("this CPU has no AVX-512 VNNI")
     w = np.ones((64, 32), np.int8)
     mod = _int8_module("uint8", 16, 64, w, None)
     (func,) = [f for name, f in _scheduled_funcs(mod).items() if "u8s8" in name]
