@@ -132,10 +132,19 @@ def _tir_sat(y: tirx.PrimExpr, dt: DType) -> tirx.PrimExpr:
     return tirx.max(tirx.min(y, _tir_i64(hi)), _tir_i64(lo)).astype(relax_dtype(dt))
 
 
+def _tir_floordiv_clamped(t: tirx.PrimExpr, x0: int, n: int) -> tirx.PrimExpr:
+    """t // x0 for an int64 t in [n * x0, 0] (the exponentials clamp it there): in int32
+    when that range fits, which is exact and which LLVM vectorises (a 64-bit division by
+    a constant it does not: x86 has no 64-bit multiply-high vector instruction)."""
+    if -(2**31) <= n * x0:
+        return tirx.floordiv(t.astype("int32"), tirx.const(x0, "int32")).astype(_I64)
+    return tirx.floordiv(t, _tir_i64(x0))
+
+
 def _tir_shift_exp(d: tirx.PrimExpr, x0: int, n: int) -> tirx.PrimExpr:
     """I-ViT's ShiftExp of d <= 0 (requant.ir.ops.intonly.shift_exp) on int64 scalars."""
     t = tirx.max(d + (d >> 1) - (d >> 4), _tir_i64(n * x0))
-    q = tirx.floordiv(t, _tir_i64(x0))
+    q = _tir_floordiv_clamped(t, x0, n)
     r = t - _tir_i64(x0) * q
     return ((r - _tir_i64(2 * x0)) << (_tir_i64(n) - q)) >> 1
 
@@ -143,7 +152,7 @@ def _tir_shift_exp(d: tirx.PrimExpr, x0: int, n: int) -> tirx.PrimExpr:
 def _tir_poly_exp(d: tirx.PrimExpr, x0: int, b: int, c: int, n: int) -> tirx.PrimExpr:
     """I-BERT's i-exp of d <= 0 (requant.ir.ops.intonly.poly_exp) on int64 scalars."""
     t = tirx.max(d, _tir_i64(n * x0))
-    q = tirx.floordiv(t, _tir_i64(x0))
+    q = _tir_floordiv_clamped(t, x0, n)
     r = t - _tir_i64(x0) * q
     return (r * (r + _tir_i64(b)) + _tir_i64(c)) >> q
 
