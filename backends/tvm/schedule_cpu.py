@@ -41,6 +41,10 @@ This module owns two things:
    `vpdpbusd` operand), the uint8 codes copied once into 4-channel blocks padded with
    the zero point's code, int32 accumulation, a per-channel compensation for the zero
    point (and for the +128 shift of int8 codes) applied on write-back.
+   A batch matmul of two computed tensors becomes the padded batch matmul kernel
+   (`padded_batch_matmul_func`, float32 or int32); one of the form
+   `matmul(astype(a8, i32) [- zp], astype(b_i8, i32))` (integer attention's QK^T and
+   PV) the int8 one (`padded_batch_matmul_int8_func`) when the CPU has VNNI.
 
 2. Schedule rules applied to every PrimFunc after FuseTIR (`schedule_cpu_module`):
    - `DenseTile`: the packed dense kernel + its fused epilogue: the output is tiled
@@ -72,9 +76,13 @@ This module owns two things:
      as DenseTile; on a VNNI CPU every 16-column x 4-deep step is one `vpdpbusd`
      (`llvm.x86.avx512.vpdpbusd.512`, written into the TIR by `_emit_vnni`, since TVM
      0.27's Tensorize segfaults on this kernel), else a 16-lane vector loop.
+   - `BatchMatmulVNNI`: the int8 batch matmul the same way, each task packing its panel
+     of the right operand into the vpdpbusd layout (and summing its columns for the
+     zero point) before its register tiles read it.
    - `RowReduction`: softmax, LayerNorm and similar (reductions along the last axis
      followed by elementwise blocks): parallel over rows, every block computed at the
-     row, elementwise blocks vectorised.
+     row, elementwise blocks vectorised; blocks named `ROW_STAGE...` (a row kernel's
+     per-row values) are kept, not inlined into every element.
    - `Injective`: elementwise/broadcast/transpose kernels: producers inlined, parallel
      outer loops, vectorised last axis when it divides by the vector width.
    - then tvm's dlight CPU rules, then `ParallelOuter` (parallelise the outermost
