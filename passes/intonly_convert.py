@@ -29,9 +29,12 @@ Rewrites (scales: S_x of x; per-channel vectors along the last axis):
 - `LayerNormalization` (last axis) -> `ILayerNorm` on int8/int16 codes, then gamma and
   beta as the scale and bias of its int32 output (folded into the next requantization);
 - `Softmax` (last axis) and `ScaledDotProductAttention` -> the family's integer softmax
-  on the int32 scores of `MatMulInteger(Q_u8, K^T_i8, 128)` (mask as its bool input,
-  causal masks as a constant), probabilities in uint8 with scale 2^-8, then
-  `MatMulInteger(P_u8, V_i8)`;
+  on the int32 scores of `MatMulInteger(Q_u8, K^T_i8, 128)` (a bool mask as its bool
+  input, causal masks as a constant, a constant float mask such as Swin's relative
+  position bias and shifted-window -100s as int32 codes at the scores' scale added to
+  them), probabilities in uint8 with scale 2^-8, then `MatMulInteger(P_u8, V_i8)`;
+- `ReduceMean` over static axes (global average pooling) -> an int32 `ReduceSum` of the
+  codes with the scale divided by the count;
 - `Gelu` -> the family's integer GELU on int8 (or int16) codes;
 - `Relu` -> `Relu` on the codes;
 - QuantizeLinear / DequantizeLinear pairs of the quantize pass: the activation scale
@@ -562,8 +565,11 @@ class IntegerConverter:
         qs, ks = q.type.shape, k.type.shape
         if qs is None or ks is None or len(qs) != 4 or len(ks) != 4 or qs[1] != ks[1]:
             return None  # grouped-query attention and other ranks stay float
+        additive = None  # a constant float mask (relative position bias, shifted windows' -100s) is added to the scores
         if mask is not None and mask.dtype != dtypes.bool_:
-            return None
+            if mask.const is None or not mask.dtype.is_float or not isinstance(qs[-1], int):
+                return None
+            additive, mask = np.asarray(mask.const, np.float64), None
         scale = float(node.attrs.get("scale", 0.0))
         if not scale:
             if not isinstance(qs[-1], int):
@@ -583,11 +589,54 @@ class IntegerConverter:
         scores = b.MatMulInteger(qc, b.Transpose(kc, perm=[0, 1, 3, 2]), b.const(np.uint8(128)))
         s_scale = af.scale * self.scale_for(k, dtypes.int8) * scale
         annotate(scores, s_scale)
+        if additive is not None:
+            scores = self._add_score_bias(scores, additive, s_scale, qs[-1])
+            if scores is None:
+                return None
         probs = self._softmax(IntRep.make(scores, s_scale), mask)
         out = b.MatMulInteger(probs.codes, vc)
         out_scale = float(probs.scale) * self.scale_for(val, dtypes.int8)
         annotate(out, out_scale)
         return IntRep.make(out, out_scale)
+
+
+    def _add_score_bias(self, scores: Value, bias: np.ndarray, s_scale: float, depth: int) -> Value | None:
+        """scores + bias / s_scale in int32: the constant's codes at the scores' scale,
+        clipped to +-2^30 (a bias that low sends the exponential to its floor anyway),
+        added exactly: |scores| <= depth * 128 * 128 (u8 - 128 times i8) must stay below
+        2^30 so that the sum cannot wrap; None (float fallback) when it need not."""
+        if depth * 128 * 128 >= 2**30:
+            return None
+        codes = np.clip(np.round(bias / s_scale), -(2**30), 2**30).astype(np.int32)
+        out = self.b.Add(scores, self.b.const(codes))
+        annotate(out, s_scale)
+        return out
+
+    def _convert_ReduceMean(self, node: Node, v: Value) -> IntRep | None:
+        """The mean over static axes as an int32 ReduceSum of per-tensor 8/16-bit codes
+        (requantized to int16 first when x has others, e.g. an ILayerNorm's int32 output
+        with gamma and beta), scale S / N (a global average pool): exact, and no wrap
+        while N * 2^15 < 2^31."""
+        x = node.inputs[0]
+        shape = x.type.shape
+        axes = node.inputs[1].const if len(node.inputs) > 1 and node.inputs[1] is not None else node.attrs.get("axes")
+        if shape is None or axes is None or int(node.attrs.get("noop_with_empty_axes", 0)):
+            return None
+        axes = sorted({int(a) % len(shape) for a in np.asarray(axes).reshape(-1)})
+        if not axes or not all(isinstance(shape[a], int) for a in axes):
+            return None
+        count = math.prod(shape[a] for a in axes)
+        rep = self.primary(x)
+        if not (rep.per_tensor and rep.codes.dtype in (dtypes.int8, dtypes.uint8, dtypes.int16)):
+            form = Form(dtypes.int16, self.scale_for(x, dtypes.int16))  # e.g. an ILayerNorm's int32 with gamma, beta
+            rep = IntRep.make(self.codes(x, form), form.scale)
+        if count * 2**15 >= 2**31:
+            return None
+        b = self.b
+        total = b.ReduceSum(b.Cast(rep.codes, to="int32"), b.const(np.asarray(axes, np.int64)),
+                            keepdims=int(node.attrs.get("keepdims", 1)))
+        annotate(total, float(rep.scale) / count)
+        return IntRep.make(total, float(rep.scale) / count, rep.bias)
 
 
 def _quantize_pair(v: Value) -> tuple[Value, float, Any, int] | None:

@@ -1,6 +1,7 @@
 """The integer-only targets on real models (slow): a random-weight ViT (transformers,
-through torch.export) on cpu-intonly and tvm-cpu-intonly, a random-weight BERT on
-cpu-intonly, trained all-MiniLM-L6-v2 on cpu-intonly, and the cuda-intonly build.
+through torch.export) on cpu-intonly and tvm-cpu-intonly, a Swin-style model
+(tests/models/vision.py) on both, a random-weight BERT on cpu-intonly, trained
+all-MiniLM-L6-v2 on cpu-intonly, and the cuda-intonly build.
 
 - The compiled graph passes the check: no float op between the input quantizers and the
   output dequantizers.
@@ -64,6 +65,21 @@ def test_vit_cpu_intonly(vit) -> None:
 def test_vit_tvm_cpu_intonly(vit) -> None:
     pytest.importorskip("tvm")
     _check(_compile(vit, "tvm-cpu-intonly", approx="fine"), vit)
+
+
+@pytest.mark.parametrize("target", ["cpu-intonly", "tvm-cpu-intonly"])
+def test_swin_intonly(target: str) -> None:
+    """Shifted-window attention (relative position bias, -100 masks: constant float masks
+    on the scores) and the global average pool become integer ops too."""
+    if target.startswith("tvm"):
+        pytest.importorskip("tvm")
+    from models import vision
+
+    case = vision.swin("tiny", batch=2)
+    batches = [(vision.images(case.image_shape, seed),) for seed in (1, 2, 3, 4)]
+    cm = requant.compile(case.module, target=target, example_inputs=case.example_inputs, calibration=batches,
+                         holdout=0, approx="poly")
+    _check(cm, zoo.ModelCase(case.name, case.module, case.example_inputs))
 
 
 def test_bert_cpu_intonly() -> None:

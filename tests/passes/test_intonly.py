@@ -319,6 +319,83 @@ def test_causal_attention_masks_with_a_constant():
     np.testing.assert_allclose(out[:, :, 0], want[:, :, 0], atol=2 * np.abs(feed["v"]).max() / 127)
 
 
+def _biased_attention(bias: np.ndarray | None) -> Graph:
+    """Swin-style window attention: a constant float mask (a relative position bias and a
+    shifted window's -100s) added to the scores; None: the mask is a graph input."""
+    g = Graph("biased")
+    b = Builder(g)
+    q, k, v = (b.input(n, tensor_type("float32", [2, 2, 6, 4])) for n in "qkv")
+    mask = b.input("mask", tensor_type("float32", [1, 2, 6, 6])) if bias is None else b.const(bias)
+    g.outputs = [b.ScaledDotProductAttention(q, k, v, mask)]
+    return g
+
+
+def _window_bias(seed: int = 9) -> np.ndarray:
+    bias = np.random.default_rng(seed).normal(0, 0.5, (1, 2, 6, 6))
+    bias[:, 1, :3, 3:] = bias[:, 1, 3:, :3] = -100.0  # head 1: two regions that must not attend to each other
+    return bias.astype(np.float32)
+
+
+def test_attention_with_a_constant_float_mask_adds_it_to_the_integer_scores():
+    bias = _window_bias()
+    g = _biased_attention(bias)
+    reference = g.clone()
+    batches = _batches(g)
+    result = run_pass("intonly", g, batches=batches, approx="poly", strict=True)
+    assert result.changed and result.stats["float_ops"] == 0 and result.stats["fallbacks"] == 0
+    (add,) = [n for n in g if n.op == "Add"]
+    scores = add.inputs[0]
+    assert scores.producer.op == "MatMulInteger" and add.inputs[1].dtype == dtypes.int32
+    assert [n.op for n in add.outputs[0].users] == ["Requantize"]
+    codes = add.inputs[1].const  # the bias in units of the scores' scale: the -100s the most negative
+    unit = 100.0 / -float(codes.min())
+    assert np.abs(codes - np.round(bias.astype(np.float64) / unit)).max() <= 1
+    for feed in batches:
+        out, want = run(g, feed)[0], run(reference, feed)[0]
+        assert _cosine(out, want) >= _MIN_COSINE
+        # head 1: the first region's queries read only the first region's values, as in float
+        assert np.abs(out[:, 1, :3] - want[:, 1, :3]).max() <= 4 * np.abs(feed["v"]).max() / 127
+
+
+def test_attention_with_a_computed_float_mask_stays_float():
+    g = _biased_attention(None)
+    result = run_pass("intonly", g, batches=_batches(g))
+    assert result.stats["fallbacks"] == 1 and "(ScaledDotProductAttention)" in result.stats["float_op_names"]
+
+
+POOL = """
+graph main(%x: f32[2,3,4,8]) -> (%y) {
+  const %axes: i64[2] = [1, 2]
+  %y = ReduceMean(%x, %axes) {keepdims=0}
+}
+"""
+
+
+def test_global_average_pool_becomes_an_int32_sum_with_the_scale_over_the_count():
+    from requant.ir import parse
+
+    g = parse(POOL)
+    reference = g.clone()
+    batches = _batches(g)
+    result = run_pass("intonly", g, batches=batches, strict=True)
+    assert result.changed and result.stats["float_ops"] == 0
+    (total,) = [n for n in g if n.op == "ReduceSum"]
+    assert total.outputs[0].dtype == dtypes.int32 and total.inputs[0].producer.op == "Cast"
+    assert not any(n.op == "ReduceMean" for n in g)
+    for feed in batches:
+        out, want = run(g, feed)[0], run(reference, feed)[0]
+        # int8 input codes (the input quantizer's scale: amax / 127), the mean of 12 exact
+        np.testing.assert_allclose(out, want, atol=np.abs(feed["x"]).max() / 127)
+
+
+def test_mean_over_a_symbolic_axis_stays_float():
+    from requant.ir import parse
+
+    g = parse(POOL.replace("f32[2,3,4,8]", "f32[2,n,4,8]"))
+    result = run_pass("intonly", g, batches=[{"x": np.ones((2, 3, 4, 8), np.float32)}])
+    assert result.stats["fallbacks"] == 1 and "(ReduceMean)" in result.stats["float_op_names"]
+
+
 def test_grouped_query_attention_stays_float():
     g = Graph("gqa")
     b = Builder(g)
