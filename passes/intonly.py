@@ -13,7 +13,11 @@ What it rewrites into what (passes/intonly_convert.py has the rules per op):
 - Softmax and the softmax inside ScaledDotProductAttention -> `Shiftmax` (I-ViT: exp by
   shifts, x log2 e ~ x + x/2 - x/16 and 2^f ~ 1 + f/2, one integer division per row) or
   `PolySoftmax` (I-BERT: exp(p) ~ 0.3585 (p + 1.353)^2 + 0.344 on p in (-ln2, 0]);
-  attention probabilities in uint8 with scale 2^-8, then a u8 x s8 matmul with V;
+  attention probabilities in uint8 with scale 2^-8, then a u8 x s8 matmul with V; a
+  constant float attention mask (Swin's relative position bias and shifted-window -100s)
+  is added to the int32 scores as codes at their scale;
+- ReduceMean over static axes (global average pooling) -> an int32 ReduceSum of the
+  codes, the scale divided by the count;
 - Gelu -> `ShiftGELU` (x sigmoid(1.702 x), the sigmoid from two ShiftExps), `PolyGELU`
   (I-BERT's second-order erf) or `TanhGELU` (x sigmoid(1.5958 x + 0.0713548 x^3) with
   I-BERT's exp);
