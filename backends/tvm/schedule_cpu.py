@@ -142,6 +142,9 @@ __all__ = [
     "ParallelOuter",
     "DENSE_BLOCK",
     "DENSE_INT8_BLOCK",
+    "padded_batch_matmul_func",
+    "padded_batch_matmul_int8_func",
+    "BatchMatmulVNNI",
     "NR",
     "MR",
     "ROW_STAGE",
@@ -332,6 +335,13 @@ def packed_dense_int8_func(x_shape: Sequence, n: int, x_dtype: str = "uint8") ->
     return func.with_attr("op_pattern", _OP_PATTERN_OUT_EWISE_FUSABLE)
 
 
+def _batch_shapes(a_shape: Sequence, b_shape: Sequence) -> bool:
+    """Whether [*B, M, K] @ [*B, K, N] fits the padded batch matmul kernels: equal ranks
+    >= 3, the same batch dims (no broadcasting), a static K."""
+    return (len(a_shape) == len(b_shape) >= 3 and isinstance(a_shape[-1], tirx.IntImm)
+            and all(_same_dim(x, y) for x, y in zip(a_shape[:-2], b_shape[:-2])))
+
+
 def _same_dim(x, y) -> bool:
     if isinstance(x, tirx.IntImm) and isinstance(y, tirx.IntImm):
         return int(x) == int(y)
@@ -386,7 +396,7 @@ def padded_batch_matmul_int8_func(a_shape: Sequence, b_shape: Sequence, pad_code
     n = b_shape[-1]
     k = int(k_dim)
     groups = -(-k // _VNNI_K)
-    tiles = -(-int(n) // NR) * (NR // _VNNI_N) if isinstance(n, tirx.IntImm) else None
+    tiles = -(-int(n) // NR) * (NR // _VNNI_N)  # N is static (checked by the packer)
     mr = dense_row_tile(int(m) if isinstance(m, tirx.IntImm) else None)
     a_in = a = te.placeholder(a_shape, "uint8", name="a")
     b = te.placeholder(b_shape, "int8", name="b")
@@ -756,8 +766,7 @@ class _WeightPacker(relax.PyExprMutator):
             if packed is not None:
                 return packed
         a_shape, b_shape = _shape_of(a.ty), _shape_of(b.ty)
-        if (len(a_shape) != len(b_shape) or len(a_shape) < 3 or not isinstance(a_shape[-1], tirx.IntImm)
-                or not all(_same_dim(x, y) for x, y in zip(a_shape[:-2], b_shape[:-2]))):
+        if not _batch_shapes(a_shape, b_shape):
             return call
         key = (f"padded_bmm_{_shape_name(a_shape)}_{_shape_name(b_shape[-1:])}", tuple(str(d) for d in a_shape),
                tuple(str(d) for d in b_shape), dtype)
@@ -780,9 +789,7 @@ class _WeightPacker(relax.PyExprMutator):
             return None
         a8, zero_point, shift = found
         a_shape, b_shape = _shape_of(a8.ty), _shape_of(b8.ty)
-        if (len(a_shape) != len(b_shape) or len(a_shape) < 3 or not isinstance(a_shape[-1], tirx.IntImm)
-                or not isinstance(b_shape[-1], tirx.IntImm)
-                or not all(_same_dim(x, y) for x, y in zip(a_shape[:-2], b_shape[:-2]))):
+        if not _batch_shapes(a_shape, b_shape) or not isinstance(b_shape[-1], tirx.IntImm):
             return None
         key = (f"padded_bmm_u8s8_{_shape_name(a_shape)}_{_shape_name(b_shape[-1:])}", tuple(str(d) for d in a_shape),
                tuple(str(d) for d in b_shape), shift + zero_point)
