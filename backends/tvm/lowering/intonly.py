@@ -273,8 +273,8 @@ def _poly_softmax(ctx: LowerContext, node: Node, ins: list) -> Any:
 _TABLE_DTYPES = (dtypes.int8, dtypes.uint8, dtypes.int16, dtypes.uint16)
 # TVM's kInjective: the Requantize that follows fuses into the lookup. (kElemWise is reset
 # to opaque by AnnotateTIROpPattern, the table read being indirect; forced back after it, the
-# lookup fused into the matmul's epilogue and measured slower there: 7.4 against 7.0 ms a
-# MiniLM layer, the gather inside the register tile's write-back)
+# lookup fused into the matmul's epilogue and measured slower there, the gather inside the
+# register tile's write-back: README, "Integer-only inference")
 _OP_PATTERN_INJECTIVE = 2
 
 
@@ -283,10 +283,10 @@ def _lookup_table(ctx: LowerContext, node: Node, ins: list) -> relax.Expr:
     table of its outputs for every input code (256 or 65536 entries), computed by the
     op's reference kernel at build time, so bit-exact by construction, and read with the
     code as index: one integer load per element instead of an int64 division per element,
-    which LLVM does not vectorise (ShiftGELU's and TanhGELU's sigmoid: 17-25 ms a layer
-    of MiniLM as formulas). The lookup is a kernel of its own with the Requantize that
-    follows fused in; PolyGELU, a few multiplications, stays a formula fused into the
-    matmul's epilogue, which is cheaper than that extra pass."""
+    which LLVM does not vectorise (ShiftGELU's and TanhGELU's sigmoid; the README's
+    "Integer-only inference" has the measurements). The lookup is a kernel of its own
+    with the Requantize that follows fused in; PolyGELU, a few multiplications, stays a
+    formula fused into the matmul's epilogue, which is cheaper than that extra pass."""
     in_dt, out_dt = node.inputs[0].dtype, node.outputs[0].dtype
     if in_dt not in _TABLE_DTYPES:
         raise UnsupportedOpError(f"{node.label}: a {in_dt} input has no lookup table in the TVM backend "
