@@ -599,12 +599,11 @@ class IntegerConverter:
         annotate(out, out_scale)
         return IntRep.make(out, out_scale)
 
-
     def _add_score_bias(self, scores: Value, bias: np.ndarray, s_scale: float, depth: int) -> Value | None:
         """scores + bias / s_scale in int32: the constant's codes at the scores' scale,
         clipped to +-2^30 (a bias that low sends the exponential to its floor anyway),
         added exactly: |scores| <= depth * 128 * 128 (u8 - 128 times i8) must stay below
-        2^30 so that the sum cannot wrap; None (float fallback) when it need not."""
+        2^30 so that the sum cannot wrap; None (float fallback) when the depth allows more."""
         if depth * 128 * 128 >= 2**30:
             return None
         codes = np.clip(np.round(bias / s_scale), -(2**30), 2**30).astype(np.int32)
@@ -626,12 +625,12 @@ class IntegerConverter:
         if not axes or not all(isinstance(shape[a], int) for a in axes):
             return None
         count = math.prod(shape[a] for a in axes)
+        if count * 2**15 >= 2**31:
+            return None
         rep = self.primary(x)
         if not (rep.per_tensor and rep.codes.dtype in (dtypes.int8, dtypes.uint8, dtypes.int16)):
             form = Form(dtypes.int16, self.scale_for(x, dtypes.int16))  # e.g. an ILayerNorm's int32 with gamma, beta
             rep = IntRep.make(self.codes(x, form), form.scale)
-        if count * 2**15 >= 2**31:
-            return None
         b = self.b
         total = b.ReduceSum(b.Cast(rep.codes, to="int32"), b.const(np.asarray(axes, np.int64)),
                             keepdims=int(node.attrs.get("keepdims", 1)))

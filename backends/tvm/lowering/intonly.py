@@ -208,6 +208,7 @@ def _ilayernorm(ctx: LowerContext, node: Node, ins: list) -> Any:
         k2 = te.reduce_axis((0, n), name="k2")
         var = te.compute(rows, lambda *r: te.sum((xi((*r, k2)) - mean[r]) * (xi((*r, k2)) - mean[r]), axis=k2),
                          name=f"{ROW_STAGE}_var")
+
         def newton(prev: te.Tensor | None):
             def step(*r):
                 k = _tir_i64(k0) if prev is None else prev[r]
