@@ -936,27 +936,38 @@ class PackConstantWeights:
 
 
 @relax.expr_functor.mutator
-class _GeluDecomposer(relax.PyExprMutator):
+class _TranscendentalDecomposer(relax.PyExprMutator):
+    """GELU and float32 sigmoid in terms of erf / exp, which FastMathTransform then
+    replaces by their polynomial forms."""
+
     def visit_call_(self, call: relax.Call):  # noqa: N802
         call = super().visit_call_(call)
-        if not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.nn.gelu":
+        if not isinstance(call.op, tvm.ir.Op):
             return call
-        x = call.args[0]
-        dtype = x.ty.dtype
-        half = relax.const(0.5, dtype)
-        erf = relax.op.erf(relax.op.multiply(x, relax.const(float(1 / np.sqrt(2.0)), dtype)))
-        return relax.op.multiply(relax.op.multiply(half, x), relax.op.add(relax.const(1.0, dtype), erf))
+        if call.op.name == "relax.nn.gelu":
+            x = call.args[0]
+            dtype = x.ty.dtype
+            half = relax.const(0.5, dtype)
+            erf = relax.op.erf(relax.op.multiply(x, relax.const(float(1 / np.sqrt(2.0)), dtype)))
+            return relax.op.multiply(relax.op.multiply(half, x), relax.op.add(relax.const(1.0, dtype), erf))
+        if call.op.name == "relax.sigmoid" and call.args[0].ty.dtype == "float32":
+            # 1 / (1 + exp(-x)): exp(-x) overflows to fast_exp's clamp (~2.4e38) for
+            # x < -88, giving ~4e-39 where the true value is smaller still
+            one = relax.const(1.0, "float32")
+            return relax.op.divide(one, relax.op.add(one, relax.op.exp(relax.op.negative(call.args[0]))))
+        return call
 
 
 @tvm.transform.module_pass(opt_level=0, name="FastMath")
 class FastMath:
-    """Relax pass: GELU -> 0.5 x (1 + erf(x / sqrt 2)), then TVM's FastMathTransform
-    (erf, exp, tanh, softmax -> the vectorisable polynomial forms of topi.fast_*, float32
-    error ~1e-7 relative). libm's scalar erf made a fused GELU epilogue cost twice its
-    matmul."""
+    """Relax pass: GELU -> 0.5 x (1 + erf(x / sqrt 2)), float32 sigmoid -> 1 / (1 +
+    exp(-x)), then TVM's FastMathTransform (erf, exp, tanh, softmax -> the vectorisable
+    polynomial forms of topi.fast_*, float32 error ~1e-7 relative). libm's scalar erf
+    made a fused GELU epilogue cost twice its matmul; its scalar exp did the same to the
+    SiLU epilogues of EfficientNet-style convs."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        return relax.transform.FastMathTransform()(_mutate_relax_functions(_GeluDecomposer(mod), mod))
+        return relax.transform.FastMathTransform()(_mutate_relax_functions(_TranscendentalDecomposer(mod), mod))
 
 
 # --------------------------------------------------------------------------------------

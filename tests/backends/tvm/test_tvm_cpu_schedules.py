@@ -271,6 +271,27 @@ def test_softmax_layernorm_gelu_match_default_build() -> None:
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)  # fast exp/erf: ~1e-7 relative
 
 
+def test_sigmoid_takes_the_polynomial_exp_and_matches_float64() -> None:
+    """float32 sigmoid (SiLU's gate) -> 1 / (1 + fast_exp(-x)): vectorised, within a few
+    float32 ulps of the float64 value, saturating cleanly at both ends."""
+    x = np.concatenate([np.random.default_rng(RNG_SEED).standard_normal(4000) * 8,
+                        [-200.0, -89.0, -88.0, -30.0, -1e-3, 0.0, 1e-3, 30.0, 88.0, 89.0, 200.0]]).astype(np.float32)
+    x = x.reshape(1, -1)
+    mod = _module([_var("x", x.shape)], lambda bb, x_: R.multiply(x_, R.sigmoid(x_)))
+    names = "".join(_scheduled_funcs(mod))
+    assert "fast_exp" in names and "tir_sigmoid" not in names
+    got = _run(pipeline.build_cpu(mod), x)
+    ref = x.astype(np.float64) / (1.0 + np.exp(-x.astype(np.float64)))
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-30)
+
+
+def test_sigmoid_of_float64_keeps_the_exact_form() -> None:
+    x = np.linspace(-40, 40, 64).reshape(1, -1)
+    mod = _module([_var("x", x.shape, "float64")], lambda bb, x_: R.sigmoid(x_))
+    assert "fast_exp" not in "".join(_scheduled_funcs(mod))
+    np.testing.assert_allclose(_run(pipeline.build_cpu(mod), x), 1 / (1 + np.exp(-x)), rtol=1e-14)
+
+
 def test_row_reductions_and_elementwise_are_parallel_and_vectorised() -> None:
     def body(bb, x_):
         s = bb.emit(R.nn.softmax(x_, axis=-1))
