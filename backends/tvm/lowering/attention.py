@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 import numpy as np
-from tvm import relax, te
+from tvm import relax, te, tirx
 
 from requant.backends.tvm.lowering._common import (
     LOWERINGS,
@@ -27,6 +27,8 @@ from requant.backends.tvm.lowering._common import (
     static_int,
     to_compute,
 )
+from requant.backends.tvm.lowering._row import exp_f32, row_kernel
+from requant.backends.tvm.schedule_cpu import LANES, ROW_STAGE
 from requant.ir import dtypes
 from requant.ir.graph import Node
 
@@ -88,14 +90,7 @@ def _sdpa(ctx: LowerContext, node: Node, ins: list) -> Any:
             scores = ctx.emit(R.where(mask, scores, neg_inf))
         else:
             scores = ctx.emit(R.add(scores, to_compute(ctx, mask, dt)))
-    row_max = ctx.emit(R.max(scores, [-1], True))
-    # scalar fill values: a zeros_like of a static [B, H, S, T] folds into a constant of
-    # that size (12.6 MB per layer for MiniLM at batch 64) in the library
-    row_max = ctx.emit(R.where(R.isinf(row_max), constant(0, ct), row_max))
-    e = ctx.emit(R.exp(R.subtract(scores, row_max)))
-    total = ctx.emit(R.sum(e, [-1], True))
-    pos = ctx.emit(R.greater(total, constant(0, ct)))
-    probs = ctx.emit(R.where(pos, R.divide(e, R.where(pos, total, constant(1, ct))), constant(0, ct)))
+    probs = _row_softmax(ctx, scores) if ct == "float32" else _softmax_ops(ctx, scores, ct)
     if group > 1:
         pg = ctx.emit(R.reshape(probs, [b, hkv, group, s, t]))
         out = ctx.emit(R.matmul(pg, R.expand_dims(v, [2])))
@@ -103,3 +98,62 @@ def _sdpa(ctx: LowerContext, node: Node, ins: list) -> Any:
     else:
         out = ctx.emit(R.matmul(probs, v))
     return from_compute(ctx, out, dt)
+
+
+def _softmax_ops(ctx: LowerContext, scores: relax.Expr, ct: str) -> relax.Expr:
+    """The masked softmax as Relax ops (any float dtype): a fully masked row gives 0."""
+    row_max = ctx.emit(R.max(scores, [-1], True))
+    # scalar fill values: a zeros_like of a static [B, H, S, T] folds into a constant of
+    # that size (12.6 MB per layer for MiniLM at batch 64) in the library
+    row_max = ctx.emit(R.where(R.isinf(row_max), constant(0, ct), row_max))
+    e = ctx.emit(R.exp(R.subtract(scores, row_max)))
+    total = ctx.emit(R.sum(e, [-1], True))
+    pos = ctx.emit(R.greater(total, constant(0, ct)))
+    return ctx.emit(R.where(pos, R.divide(e, R.where(pos, total, constant(1, ct))), constant(0, ct)))
+
+
+def _row_softmax(ctx: LowerContext, scores: relax.Expr) -> relax.Expr:
+    """The float32 masked softmax as one row kernel (as four Relax kernels it made four
+    passes over the scores, each row's max and sum one serial chain): the row's top
+    (16 per-lane partial maxima, then their max), NaN and +inf
+    counting as +inf; the exponentials (a kept row, padded to whole vectors, the
+    polynomial exp `exp_f32`); their sum (per lane, then across); the output e / sum, or 0 for a row whose top
+    is +inf or whose sum is 0. That is the reference's result: a row of -inf (fully
+    masked) and a row holding NaN or +inf (whose sum is NaN there) both give 0."""
+
+    def build(x: te.Tensor) -> te.Tensor:
+        *rows, n = x.shape
+        f32 = "float32"
+        inf, zero = tirx.const(float("inf"), f32), tirx.const(0.0, f32)
+        # rows padded to whole vectors: the tail re-reads the last score (a max that
+        # changes nothing) and its exponentials are 0
+        static = isinstance(n, tirx.IntImm)
+        chunks = -(-int(n) // LANES) if static else tirx.floordiv(n + LANES - 1, LANES)
+        last = n - 1
+
+        def score(r, j):
+            v = x[(*r, tirx.min(j, last))]
+            return tirx.Select(tirx.isnan(v), inf, v)
+
+        # partial reductions per lane of the row's vectors: 16 independent dependency
+        # chains the core overlaps, where one chain per row waits on every add
+        c = te.reduce_axis((0, chunks), name="c")
+        top_lanes = te.compute((*rows, LANES), lambda *i: te.max(score(i[:-1], c * LANES + i[-1]), axis=c),
+                               name=f"{ROW_STAGE}_lanes_top")
+        lane = te.reduce_axis((0, LANES), name="lane")
+        top = te.compute(rows, lambda *r: te.max(top_lanes[(*r, lane)], axis=lane), name=f"{ROW_STAGE}_top")
+        e = te.compute((*rows, chunks * LANES), lambda *i: tirx.Select(
+            i[-1] < n, exp_f32(x[(*i[:-1], tirx.min(i[-1], last))] - top[i[:-1]]), zero), name=f"{ROW_STAGE}_exp")
+        c2 = te.reduce_axis((0, chunks), name="c2")
+        total_lanes = te.compute((*rows, LANES), lambda *i: te.sum(e[(*i[:-1], c2 * LANES + i[-1])], axis=c2),
+                                 name=f"{ROW_STAGE}_lanes_total")
+        lane2 = te.reduce_axis((0, LANES), name="lane2")
+        total = te.compute(rows, lambda *r: te.sum(total_lanes[(*r, lane2)], axis=lane2), name=f"{ROW_STAGE}_total")
+        # 0 for a row whose top is +inf (NaN or +inf in it) or whose sum is 0 (every score
+        # -inf: the max's identity is the lowest finite float, not -inf)
+        scale = te.compute(rows, lambda *r: tirx.Select(tirx.any(tirx.isinf(top[r]), tirx.Not(total[r] > zero)), zero,
+                                                        tirx.const(1.0, f32) / total[r]), name=f"{ROW_STAGE}_scale")
+        return te.compute(x.shape, lambda *i: tirx.Select(scale[i[:-1]] > zero, e[i] * scale[i[:-1]], zero),
+                          name="attention_softmax")
+
+    return row_kernel(ctx, build, [scores], "attention_softmax")

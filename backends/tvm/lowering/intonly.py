@@ -11,7 +11,7 @@ interpreter.
   epilogue; ShiftGELU and TanhGELU, whose sigmoid divides per element, are a lookup in
   a table of every input code's output that the op's reference kernel computes at build
   time (`_lookup_table`; their inputs are 8- or 16-bit).
-- The softmax family and ILayerNorm are one row kernel each (`_row_kernel`): the row
+- The softmax family and ILayerNorm are one row kernel each (`_row.row_kernel`): the row
   reductions, the per-row values (max, sum, factor, mean, the square root's Newton
   steps) and the output in one PrimFunc, with the Requantize that follows fused in. Per-
   row stages are named `ROW_STAGE...`, which the CPU schedule (RowReduction) computes
@@ -44,6 +44,7 @@ from requant.backends.tvm.lowering._common import (
     shaped_like,
     with_shape_expr,
 )
+from requant.backends.tvm.lowering._row import row_kernel
 from requant.backends.tvm.schedule_cpu import ROW_STAGE
 from requant.errors import UnsupportedOpError
 from requant.ir import dtypes
@@ -60,7 +61,6 @@ logger = logging.getLogger(__name__)
 R = relax.op
 _I64 = "int64"
 _I64_MIN = -(2**63)
-_OP_PATTERN_OUT_EWISE_FUSABLE = 4  # TVM's kOutEWiseFusable: elementwise consumers fuse into the kernel
 
 
 def _c(value: int) -> relax.Expr:
@@ -167,17 +167,6 @@ def _static_rows(node: Node) -> str | None:
     return None
 
 
-def _row_kernel(ctx: LowerContext, build, xs: list[relax.Expr], name: str) -> relax.Expr:
-    """One PrimFunc for a whole row op: `build(*placeholders)` returns its output
-    tensor; stages named `ROW_STAGE...` are per-row values or rows the schedule keeps
-    (computed once at the row, not inlined into every reader). Marked out-elementwise
-    fusable, so the Requantize that follows fuses into it."""
-    out = ctx.te(build, *[with_shape_expr(ctx, x) for x in xs], name=name)
-    gv = ctx.bb.lookup_binding(out).args[0]
-    ctx.bb.update_func(gv, ctx.bb.get()[gv].with_attr("op_pattern", _OP_PATTERN_OUT_EWISE_FUSABLE))
-    return out
-
-
 def _mask_reader(x: te.Tensor, keep: te.Tensor):
     """keep (bool) read at x's index, broadcast right-aligned (its dims of 1 read 0)."""
     skip = len(x.shape) - len(keep.shape)
@@ -223,7 +212,7 @@ def _ilayernorm(ctx: LowerContext, node: Node, ins: list) -> Any:
         return te.compute(x.shape, lambda *i: _tir_sat(((xi(i) - mean[i[:-1]]) * factor[i[:-1]]) >> 1, out_dt),
                           name="ilayernorm")
 
-    return _row_kernel(ctx, build, [ins[0]], "ilayernorm")
+    return row_kernel(ctx, build, [ins[0]], "ilayernorm")
 
 
 def _softmax(ctx: LowerContext, node: Node, ins: list, exp) -> Any:
@@ -256,7 +245,7 @@ def _softmax(ctx: LowerContext, node: Node, ins: list, exp) -> Any:
             _tir_i64(INT32_MAX), tirx.max(tirx.min(total[r], _tir_i64(INT32_MAX)), _tir_i64(1))), name=f"{ROW_STAGE}_factor")
         return te.compute(x.shape, lambda *i: _tir_sat((e[i] * factor[i[:-1]]) >> (31 - frac), out_dt), name="softmax")
 
-    return _row_kernel(ctx, build, [ins[0], ins[1]] if masked else [ins[0]], "int_softmax")
+    return row_kernel(ctx, build, [ins[0], ins[1]] if masked else [ins[0]], "int_softmax")
 
 
 @LOWERINGS.lowers("Shiftmax")

@@ -1,0 +1,111 @@
+"""Float row kernels of the TVM backend (backends/tvm/lowering/_row.py and the
+attention lowering's softmax): the polynomial exp against float64, and the float32
+SDPA softmax as one scheduled row kernel, against the interpreter's reference on rows
+that are ordinary, fully masked, or hold NaN / +inf, at lengths that are and are not
+whole vectors. No timing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+from tvm import relax, te, tirx  # noqa: E402
+
+from requant.backends.tvm import pipeline, schedule_cpu, to_relax  # noqa: E402
+from requant.backends.tvm.lowering._row import exp_f32  # noqa: E402
+from requant.ir import Builder, Graph, run, tensor_type  # noqa: E402
+
+RNG_SEED = 0
+#: float32 SDPA on the CPU schedule vs the interpreter: the exp within 2 ulp, sums
+#: reassociated over 16 lanes, e * (1 / sum) for e / sum
+FP32_TOL = dict(rtol=2e-5, atol=2e-6)
+EXP_ULPS = 2.0
+F32_TINY = float(np.finfo(np.float32).tiny)
+
+
+def _exp_kernel(n: int):
+    x = te.placeholder((n,), "float32")
+    y = te.compute((n,), lambda i: exp_f32(x[i]))
+    return tvm.compile(te.create_prim_func([x, y]), target="llvm")
+
+
+def test_exp_f32_within_two_ulp_of_float64_and_zero_below_the_normal_range() -> None:
+    x = np.concatenate([np.linspace(-87.3, 88.37, 200_001),
+                        np.random.default_rng(RNG_SEED).uniform(-2, 2, 10_000),
+                        [0.0, -0.0, 1e-30, -1e-30, -87.4, -100.0, -np.inf]]).astype(np.float32)
+    out = tvm.runtime.tensor(np.empty_like(x))
+    _exp_kernel(x.size)(tvm.runtime.tensor(x), out)
+    got, ref = out.numpy(), np.exp(x.astype(np.float64))
+    normal = ref >= F32_TINY
+    ulps = np.abs(got[normal] - ref[normal]) / np.spacing(ref[normal].astype(np.float32)).astype(np.float64)
+    assert ulps.max() <= EXP_ULPS
+    assert got[x == 0].tolist() == [1.0, 1.0]
+    np.testing.assert_array_equal(got[~normal], 0.0)
+
+
+def _sdpa_graph(shape: tuple, mask_shape: tuple | None, dtype: str = "f32") -> Graph:
+    g = Graph("sdpa")
+    b = Builder(g)
+    q, k, v = (b.input(name, tensor_type(dtype, shape)) for name in "qkv")
+    mask = b.input("mask", tensor_type(dtype, mask_shape)) if mask_shape else None
+    g.outputs = [b.ScaledDotProductAttention(q, k, v, mask) if mask is not None
+                 else b.ScaledDotProductAttention(q, k, v)]
+    return g
+
+
+def _run_cpu(graph: Graph, feed: dict) -> np.ndarray:
+    vm = relax.VirtualMachine(pipeline.build_cpu(to_relax(graph)), tvm.cpu())
+    out = vm["main"](*(tvm.runtime.tensor(a) for a in feed.values()))
+    return (out[0] if isinstance(out, tvm.ir.Array) or not hasattr(out, "numpy") else out).numpy()
+
+
+@pytest.mark.parametrize("tokens", [5, 16, 64, 197])
+def test_sdpa_softmax_row_kernel_matches_interpreter_on_hostile_rows(tokens: int) -> None:
+    rng = np.random.default_rng(RNG_SEED + tokens)
+    shape = (2, 3, tokens, 8)
+    feed = {n: rng.standard_normal(shape).astype(np.float32) for n in "qkv"}
+    mask = rng.standard_normal((2, 3, tokens, tokens)).astype(np.float32)
+    mask[0, 0, 1, :] = -np.inf          # fully masked: 0
+    mask[0, 1, 2, tokens // 2] = np.nan  # NaN in the row: 0 (the sum is NaN there)
+    mask[1, 2, 0, -1] = np.inf          # +inf in the row: 0
+    mask[1, 0, 3, ::2] = -np.inf        # partly masked: an ordinary row
+    feed["mask"] = mask
+    graph = _sdpa_graph(shape, mask.shape)
+    got, want = _run_cpu(graph, feed), run(graph, feed)[0]
+    assert not np.isnan(want).any()
+    np.testing.assert_array_equal(got[0, 0, 1], 0.0)
+    np.testing.assert_array_equal(got[0, 1, 2], 0.0)
+    np.testing.assert_array_equal(got[1, 2, 0], 0.0)
+    np.testing.assert_allclose(got, want, **FP32_TOL)
+
+
+def _scheduled_softmax(graph: Graph) -> list[tirx.PrimFunc]:
+    target = pipeline.host_llvm_target()
+    seq = tvm.transform.Sequential([
+        relax.transform.FoldConstant(), schedule_cpu.FastMath(), relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(), relax.transform.FuseOps(), relax.transform.FuseTIR(),
+        schedule_cpu.schedule_cpu_module(target)])
+    with target:
+        out = seq(to_relax(graph))
+    return {gv.name_hint: f for gv, f in out.functions_items() if isinstance(f, tirx.PrimFunc)}
+
+
+def test_sdpa_softmax_is_one_parallel_row_kernel_with_vector_exponentials() -> None:
+    funcs = _scheduled_softmax(_sdpa_graph((2, 3, 197, 8), None))
+    softmax = [f for name, f in funcs.items() if "attention_softmax" in name]
+    assert len(softmax) == 1
+    assert not [name for name in funcs if name.startswith(("max", "sum")) or "exp" in name]
+    text = softmax[0].script()
+    assert "T.parallel(" in text
+    # the exponentials (padded to whole vectors) run 16 lanes wide
+    assert f"T.vectorized(T.int64({schedule_cpu.LANES}))" in text
+
+
+def test_float64_sdpa_keeps_the_relax_softmax() -> None:
+    funcs = _scheduled_softmax(_sdpa_graph((1, 2, 7, 4), None, "f64"))
+    assert not [name for name in funcs if "attention_softmax" in name]
+    rng = np.random.default_rng(RNG_SEED)
+    graph = _sdpa_graph((1, 2, 7, 4), None, "f64")
+    feed = {n: rng.standard_normal((1, 2, 7, 4)) for n in "qkv"}
+    np.testing.assert_allclose(_run_cpu(graph, feed), run(graph, feed)[0], rtol=1e-12)
