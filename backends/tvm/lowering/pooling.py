@@ -2,6 +2,11 @@
 GlobalMaxPool; f16/bf16 pool in float32 and round once. MaxPool's Indices output has no
 lowering (a node-level check refuses it). Where Relax's pooled extent differs from the
 output shape the IR infers, the result is cropped to the IR's.
+
+A float MaxPool of static shape is one kernel, a reduction over the window's taps with
+a max that propagates NaN (the interpreter's semantics);
+Relax's pool skips NaN, so the general path adds a second pool over the input's NaN
+flags and a select: three passes over the input where the window form makes one.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from tvm import relax
+from tvm import relax, te, tirx
 
 from requant.backends.tvm.lowering import _nan as nan_aware
 from requant.backends.tvm.lowering._common import (
@@ -18,6 +23,7 @@ from requant.backends.tvm.lowering._common import (
     Emitter,
     LowerContext,
     dims_of,
+    dtype_of,
     from_compute,
     in_dtype,
     out_shape,
@@ -59,6 +65,9 @@ def _pool(table: dict, is_avg: bool) -> Emitter:
                   dilation=list(a["dilations"] or [1] * n), ceil_mode=bool(a["ceil_mode"]), layout=_POOL_LAYOUT[n])
         if is_avg:
             kw["count_include_pad"] = bool(a["count_include_pad"])
+        taps_out = None if is_avg else _tap_max_pool(ctx, node, x, kernel, pads, kw)
+        if taps_out is not None:
+            return from_compute(ctx, taps_out, dt)
         y = ctx.emit(table[n](x, **kw))
         if not is_avg:  # TVM's max pool skips NaN: the interpreter's windows give NaN
             y = ctx.emit(nan_aware.pooled_max(table[n], x, y, **kw))
@@ -69,6 +78,38 @@ def _pool(table: dict, is_avg: bool) -> Emitter:
         return from_compute(ctx, y, dt)
 
     return requires(_maxpool_check if not is_avg else static_spatial)(emit)
+
+
+def _tap_max_pool(ctx: LowerContext, node: Node, x: relax.Expr, kernel: list[int], pads: list[int],
+                  window: dict[str, Any]) -> relax.Expr | None:
+    """A float max pool as one reduction over the window's taps with a NaN-propagating
+    max; padding and taps past the input (ceil_mode) are -inf. None where it does not
+    apply (integer tensors, a symbolic dim): the Relax pool and its NaN pass then."""
+    shape = out_shape(ctx, node)
+    in_dims = [static_int(d) for d in dims_of(x)]
+    if (not dtype_of(x).startswith("float") or shape is None
+            or any(not isinstance(d, int) for d in shape) or any(d is None for d in in_dims)):
+        return None
+    n = len(kernel)
+    strides, dilations = window["strides"], window["dilation"]
+    spatial = in_dims[2:]
+
+    def build(t: te.Tensor) -> te.Tensor:
+        low = tirx.const(float("-inf"), t.dtype)
+        # NaN wins from either side: acc > v is false for a NaN v, so v is taken
+        nan_max = te.comm_reducer(lambda acc, v: tirx.Select(tirx.any(tirx.isnan(acc), acc > v), acc, v),
+                                  lambda dtype: tirx.const(float("-inf"), dtype), name="nan_max")
+        taps = [te.reduce_axis((0, k), name=f"tap{a}") for a, k in enumerate(kernel)]
+
+        def out(*idx):
+            pos = [idx[2 + a] * strides[a] - pads[a] + taps[a] * dilations[a] for a in range(n)]
+            inside = tirx.all(*[tirx.all(p >= 0, p < spatial[a]) for a, p in enumerate(pos)])
+            clamped = [tirx.max(tirx.min(p, spatial[a] - 1), 0) for a, p in enumerate(pos)]
+            return nan_max(tirx.Select(inside, t[(idx[0], idx[1], *clamped)], low), axis=taps)
+
+        return te.compute([int(d) for d in shape], out, name="tap_max_pool")
+
+    return ctx.te(build, x, name="tap_max_pool")
 
 
 LOWERINGS.add("MaxPool", _pool(_MAXPOOL, False))

@@ -1,8 +1,8 @@
-"""Float row kernels of the TVM backend (backends/tvm/lowering/_row.py and the
-attention lowering's softmax): the polynomial exp against float64, and the float32
-SDPA softmax as one scheduled row kernel, against the interpreter's reference on rows
-that are ordinary, fully masked, or hold NaN / +inf, at lengths that are and are not
-whole vectors. No timing."""
+"""Float kernels of the TVM backend written as one PrimFunc each: the polynomial exp
+(backends/tvm/lowering/_row.py) against float64; the float32 SDPA softmax as one
+scheduled row kernel, against the interpreter's reference on rows that are ordinary,
+fully masked, or hold NaN / +inf, at lengths that are and are not whole vectors; the
+float max pool as one NaN-propagating reduction over its taps. No timing."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def test_sdpa_softmax_row_kernel_matches_interpreter_on_hostile_rows(tokens: int
     np.testing.assert_allclose(got, want, **FP32_TOL)
 
 
-def _scheduled_softmax(graph: Graph) -> list[tirx.PrimFunc]:
+def _scheduled(graph: Graph) -> list[tirx.PrimFunc]:
     target = pipeline.host_llvm_target()
     seq = tvm.transform.Sequential([
         relax.transform.FoldConstant(), schedule_cpu.FastMath(), relax.transform.LegalizeOps(),
@@ -92,7 +92,7 @@ def _scheduled_softmax(graph: Graph) -> list[tirx.PrimFunc]:
 
 
 def test_sdpa_softmax_is_one_parallel_row_kernel_with_vector_exponentials() -> None:
-    funcs = _scheduled_softmax(_sdpa_graph((2, 3, 197, 8), None))
+    funcs = _scheduled(_sdpa_graph((2, 3, 197, 8), None))
     softmax = [f for name, f in funcs.items() if "attention_softmax" in name]
     assert len(softmax) == 1
     assert not [name for name in funcs if name.startswith(("max", "sum")) or "exp" in name]
@@ -103,9 +103,43 @@ def test_sdpa_softmax_is_one_parallel_row_kernel_with_vector_exponentials() -> N
 
 
 def test_float64_sdpa_keeps_the_relax_softmax() -> None:
-    funcs = _scheduled_softmax(_sdpa_graph((1, 2, 7, 4), None, "f64"))
+    funcs = _scheduled(_sdpa_graph((1, 2, 7, 4), None, "f64"))
     assert not [name for name in funcs if "attention_softmax" in name]
     rng = np.random.default_rng(RNG_SEED)
     graph = _sdpa_graph((1, 2, 7, 4), None, "f64")
     feed = {n: rng.standard_normal((1, 2, 7, 4)) for n in "qkv"}
     np.testing.assert_allclose(_run_cpu(graph, feed), run(graph, feed)[0], rtol=1e-12)
+
+
+def _pool_graph(dtype: str, shape: tuple, **attrs) -> Graph:
+    g = Graph("pool")
+    b = Builder(g)
+    g.outputs = [b.MaxPool(b.input("x", tensor_type(dtype, shape)), **attrs)]
+    return g
+
+
+@pytest.mark.parametrize("attrs", [
+    dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),            # ResNet's stem pool
+    dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),                  # windows past the input
+    dict(kernel_shape=[2, 3], strides=[1, 2], dilations=[2, 1], pads=[1, 0, 0, 2]),
+])
+def test_max_pool_is_one_kernel_that_propagates_nan(attrs: dict) -> None:
+    rng = np.random.default_rng(RNG_SEED)
+    x = rng.standard_normal((2, 3, 9, 10)).astype(np.float32)
+    x[0, 0, 4, 4] = np.nan
+    x[1, 2, 0, 0] = np.nan   # in the corner windows, next to the padding
+    x[1, 1, 5, :] = np.inf
+    x[0, 2] = -np.inf        # a plane of -inf: its max is -inf, not the padding's
+    graph = _pool_graph("f32", x.shape, **attrs)
+    funcs = _scheduled(graph)
+    assert [name for name in funcs if "tap_max_pool" in name] and not [name for name in funcs if "isnan" in name]
+    got, want = _run_cpu(graph, {"x": x}), run(graph, {"x": x})[0]
+    assert np.isnan(want).any()
+    np.testing.assert_array_equal(got, want)  # a max selects one of its inputs: exact
+
+
+def test_integer_max_pool_keeps_the_relax_pool() -> None:
+    x = np.random.default_rng(RNG_SEED).integers(-128, 128, (1, 2, 6, 6)).astype(np.int8)
+    graph = _pool_graph("i8", x.shape, kernel_shape=[2, 2], strides=[2, 2])
+    assert not [name for name in _scheduled(graph) if "tap_max_pool" in name]
+    np.testing.assert_array_equal(_run_cpu(graph, {"x": x}), run(graph, {"x": x})[0])
