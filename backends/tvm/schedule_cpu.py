@@ -63,7 +63,8 @@ This module owns two things:
      channels (`conv_tile`: ob/16 zmm per column, <= 24 accumulators; owt divides
      ResNet widths 56/28/14/7 exactly), accumulated over input channels x kernel rows x
      kernel columns in a local buffer (one broadcast input value x one 16-lane weight
-     vector per FMA), parallel over batch x channel blocks x output rows; the epilogue
+     vector per FMA), parallel over batch x channel blocks x output rows (channel
+     blocks first where the weights are large: `_weight_major`); the epilogue
      reads the tile back channel-major with columns vectorised.
    - `ConvVNNI`: the int8 packed conv kernel + epilogue (dequantize, bias, activation,
      the next quantize), tiled like ConvTile with int32 accumulators, each 16 x 4 step
@@ -177,6 +178,10 @@ _OP_PATTERN_OUT_EWISE_FUSABLE = 4
 CONV_BLOCK = "packed_conv2d"
 CONV_PAD_BLOCK = "conv_pad"
 CONV_UNPACK_BLOCK = "conv_unpack"
+#: packed conv weights above this size (and above the input's) are read channel block
+#: first (`_weight_major`): ResNet-style 256/512-channel 3x3 convs, whose weights do
+#: not stay in cache between calls; below it image-first measured the same or faster
+CONV_WEIGHT_MAJOR_BYTES = 2 << 20
 #: accumulator vectors of the conv register tile (of 32 zmm registers)
 CONV_ACCUMULATORS = 24
 CONV_INT8_BLOCK = "packed_conv2d_u8s8"
@@ -975,6 +980,26 @@ class FastMath:
 # --------------------------------------------------------------------------------------
 
 
+def _weight_major(sch: s_tir.Schedule, conv) -> bool:
+    """Whether a conv's parallel tasks go channel block first (each weight panel read
+    by consecutive tasks, the input once per panel) rather than image first: where the
+    weights are larger than the padded input and than CONV_WEIGHT_MAJOR_BYTES. Image
+    first, two threads on two images each stream all the weights; channel block first,
+    each streams half of them."""
+    reads = sch.get(conv).reads
+    if len(reads) < 2:
+        return False
+    weights, inputs = _buffer_bytes(reads[1].source), _buffer_bytes(reads[0].source)
+    return weights > max(inputs, CONV_WEIGHT_MAJOR_BYTES)
+
+
+def _buffer_bytes(buf) -> int:
+    size = 1
+    for d in buf.shape:
+        size *= int(d) if isinstance(d, tirx.IntImm) else 1
+    return size * tvm.DataType(buf.dtype).bits // 8
+
+
 def _extent(sch: s_tir.Schedule, loop) -> int | None:
     ext = sch.get(loop).extent
     return int(ext) if isinstance(ext, tirx.IntImm) else None
@@ -1361,7 +1386,8 @@ def _conv_kernel_blocks(sch: s_tir.Schedule, conv_name: str, pad_name: str, pad_
 class ConvTile(_Rule):
     """The packed conv2d kernel (`packed_conv2d_func`) + its fused epilogue (bias,
     ReLU, residual add): the NCHW output is tiled into (batch, channel block of `ob`,
-    row, `owt` columns) tiles, parallel over batch x channel blocks x rows; per tile the
+    row, `owt` columns) tiles, parallel over batch x channel blocks x rows (channel
+    blocks x batch x rows where `_weight_major`); per tile the
     `owt` x `ob` accumulators live in a local buffer (registers: `owt` x ob/16 zmm),
     the reduction over input channels x kernel rows x kernel columns runs outside them,
     each step one broadcast input value x one 16-lane weight vector per accumulator;
@@ -1381,8 +1407,12 @@ class ConvTile(_Rule):
         owt = conv_owt(ob, width)
         oo, oi = sch.split(o, [None, ob])
         zo, zi = sch.split(z, [None, owt])
-        sch.reorder(n, oo, y, zo, oi, zi)
-        sch.parallel(sch.fuse(n, oo, y))
+        if _weight_major(sch, conv):
+            sch.reorder(oo, n, y, zo, oi, zi)
+            sch.parallel(sch.fuse(oo, n, y))
+        else:
+            sch.reorder(n, oo, y, zo, oi, zi)
+            sch.parallel(sch.fuse(n, oo, y))
         sch.compute_at(conv, zo, preserve_unit_loops=True)
         sch.set_scope(conv, 0, "local")
         *_, t_col, t_chan, rc, ry, rx = sch.get_loops(conv)

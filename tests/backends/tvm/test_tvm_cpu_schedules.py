@@ -763,3 +763,23 @@ def test_row_stage_blocks_are_computed_once_per_row(kept: bool) -> None:
     x = np.random.default_rng(RNG_SEED).integers(-1000, 1000, (8, 48)).astype(np.int64)
     want = x * (100000 // (1 + np.abs(x).sum(axis=1, keepdims=True)))
     np.testing.assert_array_equal(_run(pipeline.build_cpu(mod), x), want)
+
+
+@pytest.mark.parametrize("channels,side,weight_major", [(512, 7, True), (64, 56, False), (256, 14, True)])
+def test_conv_with_large_weights_runs_channel_blocks_first_and_matches_default_build(
+        channels: int, side: int, weight_major: bool) -> None:
+    """Weights above CONV_WEIGHT_MAJOR_BYTES and the input: the parallel loop starts
+    with the channel blocks; the result is the same either way."""
+    rng = np.random.default_rng(RNG_SEED)
+    w = (rng.standard_normal((channels, channels, 3, 3)) * 0.05).astype(np.float32)
+    x = rng.standard_normal((2, channels, side, side)).astype(np.float32)
+    assert (w.nbytes > schedule_cpu.CONV_WEIGHT_MAJOR_BYTES) == weight_major
+    mod = _module([_var("x", x.shape)], lambda bb, x_: R.nn.conv2d(x_, relax.const(w), padding=[1, 1, 1, 1]))
+    conv = [f for name, f in _scheduled_funcs(mod).items() if "packed_conv2d" in name]
+    assert len(conv) == 1
+    # the tiled output's parallel loop: "o_0_i_y_fused" (channel blocks first) or "i_o_0_y_fused"
+    tile_loops = [line.split()[1] for line in conv[0].script().splitlines()
+                  if "T.parallel(" in line and "_y_fused" in line]
+    assert tile_loops == ["o_0_i_y_fused" if weight_major else "i_o_0_y_fused"]
+    np.testing.assert_allclose(_run(pipeline.build_cpu(mod), x), _run(pipeline.build_cpu(mod, schedule=False), x),
+                               rtol=1e-4, atol=1e-3)
