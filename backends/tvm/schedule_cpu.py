@@ -149,6 +149,8 @@ __all__ = [
     "NR",
     "MR",
     "ROW_STAGE",
+    "WINDOW_BLOCK",
+    "WindowReduction",
 ]
 
 logger = logging.getLogger(__name__)
@@ -187,6 +189,8 @@ CONV_ACCUMULATORS = 24
 CONV_INT8_BLOCK = "packed_conv2d_u8s8"
 CONV_INT8_PAD_BLOCK = "conv_u8_pad"
 DW_BLOCK = "packed_dw_conv2d"
+#: a pool written as one reduction over its window's taps (the float MaxPool lowering)
+WINDOW_BLOCK = "window_pool"
 DW_PAD_BLOCK = "dw_pad"
 DW_UNPACK_BLOCK = "dw_unpack"
 #: output columns of the depthwise register tile (one 16-channel accumulator each)
@@ -1648,6 +1652,25 @@ class RowReduction(_Rule):
         return True
 
 
+class WindowReduction(_Rule):
+    """A `WINDOW_BLOCK...` pool: one block, output axes then the window's tap axes.
+    Parallel over batch x channels (every plane a task, whatever the batch), rows,
+    columns and taps in order below. Tasks per output row, or taps unrolled, or taps
+    outside the columns, measured slower on ResNet's stem pool."""
+
+    def schedule(self, sch: s_tir.Schedule, target: Target) -> bool:
+        blocks = _blocks(sch)
+        if len(blocks) != 1 or not sch.get(blocks[0]).name_hint.startswith(WINDOW_BLOCK):
+            return False
+        kinds = _iter_kinds(sch, blocks[0])
+        spatial = len(kinds) - len(kinds.lstrip("S"))
+        loops = sch.get_loops(blocks[0])
+        if spatial < 2 or len(loops) != len(kinds) or set(kinds[spatial:]) != {"R"}:
+            return False
+        sch.parallel(sch.fuse(*loops[:2]))
+        return True
+
+
 class Injective(_Rule):
     """Only spatial blocks: inline producers, parallel + vectorise the last block."""
 
@@ -1681,7 +1704,7 @@ class ParallelOuter(_Rule):
 def default_rules() -> list:
     from tvm.s_tir.dlight import cpu as dl_cpu
 
-    return [MatmulVNNI(), BatchMatmulVNNI(), ConvVNNI(), ConvTile(), DepthwiseTile(), DenseTile(), BatchMatmulTile(), MatmulTile(), RowReduction(), Injective(), dl_cpu.GEMV(), dl_cpu.Reduction(),
+    return [MatmulVNNI(), BatchMatmulVNNI(), ConvVNNI(), ConvTile(), DepthwiseTile(), DenseTile(), BatchMatmulTile(), MatmulTile(), RowReduction(), WindowReduction(), Injective(), dl_cpu.GEMV(), dl_cpu.Reduction(),
             ParallelOuter()]
 
 

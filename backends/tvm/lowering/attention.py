@@ -142,8 +142,11 @@ def _row_softmax(ctx: LowerContext, scores: relax.Expr) -> relax.Expr:
                                name=f"{ROW_STAGE}_lanes_top")
         lane = te.reduce_axis((0, LANES), name="lane")
         top = te.compute(rows, lambda *r: te.max(top_lanes[(*r, lane)], axis=lane), name=f"{ROW_STAGE}_top")
-        e = te.compute((*rows, chunks * LANES), lambda *i: tirx.Select(
-            i[-1] < n, exp_f32(x[(*i[:-1], tirx.min(i[-1], last))] - top[i[:-1]]), zero), name=f"{ROW_STAGE}_exp")
+        # the tail is zeroed by a factor, not a Select: TVM's simplifier drops the clamp
+        # from a read inside a Select branch whose condition bounds it, and both branches
+        # of a Select are evaluated (a read past the buffer)
+        e = te.compute((*rows, chunks * LANES), lambda *i: exp_f32(x[(*i[:-1], tirx.min(i[-1], last))] - top[i[:-1]])
+                       * tirx.Select(i[-1] < n, tirx.const(1.0, f32), zero), name=f"{ROW_STAGE}_exp")
         c2 = te.reduce_axis((0, chunks), name="c2")
         total_lanes = te.compute((*rows, LANES), lambda *i: te.sum(e[(*i[:-1], c2 * LANES + i[-1])], axis=c2),
                                  name=f"{ROW_STAGE}_lanes_total")

@@ -33,6 +33,7 @@ from requant.backends.tvm.lowering._common import (
     to_compute,
 )
 from requant.backends.tvm.lowering._window import static_spatial, window_pads
+from requant.backends.tvm.schedule_cpu import WINDOW_BLOCK
 from requant.ir.graph import Node
 
 __all__: list[str] = []
@@ -105,11 +106,13 @@ def _tap_max_pool(ctx: LowerContext, node: Node, x: relax.Expr, kernel: list[int
             pos = [idx[2 + a] * strides[a] - pads[a] + taps[a] * dilations[a] for a in range(n)]
             inside = tirx.all(*[tirx.all(p >= 0, p < spatial[a]) for a, p in enumerate(pos)])
             clamped = [tirx.max(tirx.min(p, spatial[a] - 1), 0) for a, p in enumerate(pos)]
-            return nan_max(tirx.Select(inside, t[(idx[0], idx[1], *clamped)], low), axis=taps)
+            # if_then_else reads only when inside (a Select evaluates both branches, and the
+            # simplifier drops the clamp from the branch its condition bounds)
+            return nan_max(tirx.if_then_else(inside, t[(idx[0], idx[1], *clamped)], low), axis=taps)
 
-        return te.compute([int(d) for d in shape], out, name="tap_max_pool")
+        return te.compute([int(d) for d in shape], out, name=f"{WINDOW_BLOCK}_max")
 
-    return ctx.te(build, x, name="tap_max_pool")
+    return ctx.te(build, x, name=f"{WINDOW_BLOCK}_max")
 
 
 LOWERINGS.add("MaxPool", _pool(_MAXPOOL, False))

@@ -132,7 +132,9 @@ def test_max_pool_is_one_kernel_that_propagates_nan(attrs: dict) -> None:
     x[0, 2] = -np.inf        # a plane of -inf: its max is -inf, not the padding's
     graph = _pool_graph("f32", x.shape, **attrs)
     funcs = _scheduled(graph)
-    assert [name for name in funcs if "tap_max_pool" in name] and not [name for name in funcs if "isnan" in name]
+    pools = [f for name, f in funcs.items() if schedule_cpu.WINDOW_BLOCK in name]
+    assert len(pools) == 1 and not [name for name in funcs if "isnan" in name]
+    assert f"T.parallel(T.int64({x.shape[0] * x.shape[1]}))" in pools[0].script()  # every plane a task
     got, want = _run_cpu(graph, {"x": x}), run(graph, {"x": x})[0]
     assert np.isnan(want).any()
     np.testing.assert_array_equal(got, want)  # a max selects one of its inputs: exact
@@ -141,5 +143,5 @@ def test_max_pool_is_one_kernel_that_propagates_nan(attrs: dict) -> None:
 def test_integer_max_pool_keeps_the_relax_pool() -> None:
     x = np.random.default_rng(RNG_SEED).integers(-128, 128, (1, 2, 6, 6)).astype(np.int8)
     graph = _pool_graph("i8", x.shape, kernel_shape=[2, 2], strides=[2, 2])
-    assert not [name for name in _scheduled(graph) if "tap_max_pool" in name]
+    assert not [name for name in _scheduled(graph) if schedule_cpu.WINDOW_BLOCK in name]
     np.testing.assert_array_equal(_run_cpu(graph, {"x": x}), run(graph, {"x": x})[0])
