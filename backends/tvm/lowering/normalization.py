@@ -2,7 +2,9 @@
 RMSNormalization, BatchNormalization (inference), InstanceNormalization and
 GroupNormalization.
 
-Layer, RMS and Group norm compute their statistics in stash_type (float32 or float64),
+A float32 LayerNormalization over the last axis (Y only) is one row kernel
+(`_row_layer_norm`); the others are Relax ops. Layer, RMS and Group norm compute their
+statistics in stash_type (float32 or float64),
 round the normalized values to X's dtype, then apply scale and bias in X's dtype
 (f16/bf16: each op in float32, rounded once), as the reference kernels do; Batch and
 Instance norm compute in X's compute dtype and round once.
@@ -14,7 +16,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from tvm import relax
+from tvm import relax, te, tirx
 
 from requant.backends.tvm.lowering._common import (
     HALF_FLOATS,
@@ -31,6 +33,8 @@ from requant.backends.tvm.lowering._common import (
     relax_dtype,
     to_compute,
 )
+from requant.backends.tvm.lowering._row import row_kernel
+from requant.backends.tvm.schedule_cpu import ROW_STAGE
 from requant.ir.dtypes import DType
 from requant.ir.graph import Node
 
@@ -54,10 +58,60 @@ def _normalized(ctx: LowerContext, node: Node, x: relax.Expr) -> tuple[dict, str
     return a, st, list(range(normalize_axis(int(a["axis"]), rank), rank)), as_dtype(ctx, x, st)
 
 
+def _row_layer_norm_applies(node: Node, dt: DType, st: str, axes: list[int]) -> bool:
+    """A float32 LayerNormalization over a static last axis, Y only, with a scale (and
+    bias) of that axis's length: `_row_layer_norm`."""
+    x = node.inputs[0].type
+    n = x.shape[-1] if x.shape else None
+    affine = [v.type.shape for v in node.inputs[1:3] if v is not None]
+    return (dt.name == "float32" and st == "float32" and len(node.outputs) == 1 and isinstance(n, int)
+            and axes == [x.rank - 1] and all(shape is not None and list(shape) in ([n], [1, n]) for shape in affine))
+
+
+def _row_layer_norm(ctx: LowerContext, node: Node, ins: list, eps: float) -> relax.Expr:
+    """LayerNormalization over the last axis as one row kernel (as Relax ops it was
+    three kernels, each a pass over the rows): the mean and the variance about it (two
+    passes over the row, as the reference computes them; each sum split over the widest
+    of 16 / 8 / 4 lanes dividing the row, independent chains the core overlaps), the
+    inverse standard deviation, then (x - mean) * inv * scale + bias."""
+    has_bias = len(ins) > 2 and ins[2] is not None
+
+    def build(x: te.Tensor, scale: te.Tensor, *bias: te.Tensor) -> te.Tensor:
+        *rows, n = x.shape
+        n = int(n)
+        lanes = next(w for w in (16, 8, 4, 1) if n % w == 0)
+        chunks = n // lanes
+        f32 = "float32"
+        affine = lambda t, j: t[(0, j) if len(t.shape) == 2 else (j,)]  # noqa: E731
+
+        def lane_sum(value, name):
+            c = te.reduce_axis((0, chunks), name=f"c_{name}")
+            part = te.compute((*rows, lanes), lambda *i: te.sum(value(i[:-1], c * lanes + i[-1]), axis=c),
+                              name=f"{ROW_STAGE}_lanes_{name}")
+            lane = te.reduce_axis((0, lanes), name=f"lane_{name}")
+            return te.compute(rows, lambda *r: te.sum(part[(*r, lane)], axis=lane), name=f"{ROW_STAGE}_{name}")
+
+        total = lane_sum(lambda r, j: x[(*r, j)], "sum")
+        mean = te.compute(rows, lambda *r: total[r] / tirx.const(n, f32), name=f"{ROW_STAGE}_mean")
+        squares = lane_sum(lambda r, j: (x[(*r, j)] - mean[r]) * (x[(*r, j)] - mean[r]), "squares")
+        inv = te.compute(rows, lambda *r: tirx.const(1.0, f32) / tirx.sqrt(
+            squares[r] / tirx.const(n, f32) + tirx.const(eps, f32)), name=f"{ROW_STAGE}_inv")
+
+        def out(*i):
+            y = (x[i] - mean[i[:-1]]) * inv[i[:-1]] * affine(scale, i[-1])
+            return y + affine(bias[0], i[-1]) if bias else y
+
+        return te.compute(x.shape, out, name="layer_norm")
+
+    return row_kernel(ctx, build, list(ins[:3] if has_bias else ins[:2]), "layer_norm")
+
+
 @LOWERINGS.lowers("LayerNormalization")
 def _layer_norm(ctx: LowerContext, node: Node, ins: list) -> Any:
     dt = in_dtype(node)
     a, st, axes, xs = _normalized(ctx, node, ins[0])
+    if _row_layer_norm_applies(node, dt, st, axes):
+        return [_row_layer_norm(ctx, node, ins, float(a["epsilon"]))]
     mean = ctx.emit(R.mean(xs, axes, True))
     d = ctx.emit(R.subtract(xs, mean))
     var = ctx.emit(R.mean(R.multiply(d, d), axes, True))

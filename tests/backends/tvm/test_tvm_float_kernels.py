@@ -145,3 +145,46 @@ def test_integer_max_pool_keeps_the_relax_pool() -> None:
     graph = _pool_graph("i8", x.shape, kernel_shape=[2, 2], strides=[2, 2])
     assert not [name for name in _scheduled(graph) if schedule_cpu.WINDOW_BLOCK in name]
     np.testing.assert_array_equal(_run_cpu(graph, {"x": x}), run(graph, {"x": x})[0])
+
+
+def _layer_norm_graph(shape: tuple, axis: int = -1, bias: bool = True, outputs: int = 1) -> Graph:
+    rng = np.random.default_rng(RNG_SEED)
+    g = Graph("ln")
+    b = Builder(g)
+    affine = shape[axis:]
+    scale = b.const((1 + 0.1 * rng.standard_normal(affine)).astype(np.float32))
+    shift = b.const((0.1 * rng.standard_normal(affine)).astype(np.float32)) if bias else None
+    x = b.input("x", tensor_type("f32", shape))
+    ln = b.LayerNormalization(x, scale, shift, axis=axis, epsilon=1e-5, _outputs=outputs) if bias else \
+        b.LayerNormalization(x, scale, axis=axis, epsilon=1e-5, _outputs=outputs)
+    g.outputs = list(ln) if outputs > 1 else [ln]
+    return g
+
+
+@pytest.mark.parametrize("width,bias", [(384, True), (80, True), (100, False), (7, True)])
+def test_layer_norm_row_kernel_matches_interpreter(width: int, bias: bool) -> None:
+    """16, 16, 4 and 1 lanes; a row holding inf or NaN is NaN, as in the reference."""
+    rng = np.random.default_rng(RNG_SEED + width)
+    x = (rng.standard_normal((3, 5, width)) * 3 + 1).astype(np.float32)
+    x[0, 1, 0] = np.inf
+    x[2, 4, width // 2] = np.nan
+    graph = _layer_norm_graph(x.shape, bias=bias)
+    funcs = _scheduled(graph)
+    kernels = [f for name, f in funcs.items() if "layer_norm" in name]
+    assert len(kernels) == 1 and not [name for name in funcs if name.startswith("mean")]
+    assert "T.parallel(" in kernels[0].script()
+    with np.errstate(invalid="ignore"):  # the reference's inf - inf
+        want = run(graph, {"x": x})[0]
+    got = _run_cpu(graph, {"x": x})
+    assert np.isnan(want[0, 1]).all() and np.isnan(want[2, 4]).all()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got, want, **FP32_TOL)
+
+
+@pytest.mark.parametrize("case", ["two_axes", "mean_output"])
+def test_layer_norm_over_several_axes_or_with_statistics_keeps_the_relax_ops(case: str) -> None:
+    x = np.random.default_rng(RNG_SEED).standard_normal((2, 4, 6)).astype(np.float32)
+    graph = _layer_norm_graph(x.shape, axis=1) if case == "two_axes" else _layer_norm_graph(x.shape, outputs=2)
+    assert not [name for name in _scheduled(graph) if name.startswith("layer_norm")]
+    got = _run_cpu(graph, {"x": x})
+    np.testing.assert_allclose(got, run(graph, {"x": x})[0], **FP32_TOL)
