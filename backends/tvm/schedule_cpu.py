@@ -82,8 +82,11 @@ This module owns two things:
      zero point) before its register tiles read it.
    - `RowReduction`: softmax, LayerNorm and similar (reductions along the last axis
      followed by elementwise blocks): parallel over rows, every block computed at the
-     row, elementwise blocks vectorised; blocks named `ROW_STAGE...` (a row kernel's
-     per-row values) are kept, not inlined into every element.
+     row, elementwise blocks vectorised (16, 8 or 4 lanes); blocks named `ROW_STAGE...`
+     (a row kernel's per-row values or kept rows) are kept, not inlined into every
+     element.
+   - `WindowReduction`: a float max pool (`WINDOW_BLOCK...`, one reduction over its
+     window's taps): parallel over batch x channels.
    - `Injective`: elementwise/broadcast/transpose kernels: producers inlined, parallel
      outer loops, vectorised last axis when it divides by the vector width.
    - then tvm's dlight CPU rules, then `ParallelOuter` (parallelise the outermost
@@ -189,10 +192,10 @@ CONV_ACCUMULATORS = 24
 CONV_INT8_BLOCK = "packed_conv2d_u8s8"
 CONV_INT8_PAD_BLOCK = "conv_u8_pad"
 DW_BLOCK = "packed_dw_conv2d"
-#: a pool written as one reduction over its window's taps (the float MaxPool lowering)
-WINDOW_BLOCK = "window_pool"
 DW_PAD_BLOCK = "dw_pad"
 DW_UNPACK_BLOCK = "dw_unpack"
+#: a pool written as one reduction over its window's taps (the float MaxPool lowering)
+WINDOW_BLOCK = "window_pool"
 #: output columns of the depthwise register tile (one 16-channel accumulator each)
 DW_COLUMNS = 16
 #: name prefix of a row kernel's stages that RowReduction computes once per row (per-row
@@ -946,8 +949,12 @@ class PackConstantWeights:
 
 @relax.expr_functor.mutator
 class _TranscendentalDecomposer(relax.PyExprMutator):
-    """GELU and float32 sigmoid in terms of erf / exp, which FastMathTransform then
-    replaces by their polynomial forms."""
+    """GELU and (when `sigmoid`) float32 sigmoid in terms of erf / exp, which
+    FastMathTransform then replaces by their polynomial forms."""
+
+    def __init__(self, mod: tvm.IRModule, sigmoid: bool) -> None:
+        super().__init__(mod)
+        self.sigmoid = sigmoid
 
     def visit_call_(self, call: relax.Call):  # noqa: N802
         call = super().visit_call_(call)
@@ -959,7 +966,7 @@ class _TranscendentalDecomposer(relax.PyExprMutator):
             half = relax.const(0.5, dtype)
             erf = relax.op.erf(relax.op.multiply(x, relax.const(float(1 / np.sqrt(2.0)), dtype)))
             return relax.op.multiply(relax.op.multiply(half, x), relax.op.add(relax.const(1.0, dtype), erf))
-        if call.op.name == "relax.sigmoid" and call.args[0].ty.dtype == "float32":
+        if call.op.name == "relax.sigmoid" and call.args[0].ty.dtype == "float32" and self.sigmoid:
             # 1 / (1 + exp(-x)): exp(-x) overflows to fast_exp's clamp (~2.4e38) for
             # x < -88, giving ~4e-39 where the true value is smaller still
             one = relax.const(1.0, "float32")
@@ -970,13 +977,33 @@ class _TranscendentalDecomposer(relax.PyExprMutator):
 @tvm.transform.module_pass(opt_level=0, name="FastMath")
 class FastMath:
     """Relax pass: GELU -> 0.5 x (1 + erf(x / sqrt 2)), float32 sigmoid -> 1 / (1 +
-    exp(-x)), then TVM's FastMathTransform (erf, exp, tanh, softmax -> the vectorisable
+    exp(-x)) in float models (`_has_8bit_tensors`), then TVM's FastMathTransform (erf, exp, tanh, softmax -> the vectorisable
     polynomial forms of topi.fast_*, float32 error ~1e-7 relative). libm's scalar erf
     made a fused GELU epilogue cost twice its matmul; its scalar exp did the same to the
     SiLU epilogues of EfficientNet-style convs."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        return relax.transform.FastMathTransform()(_mutate_relax_functions(_TranscendentalDecomposer(mod), mod))
+        decomposer = _TranscendentalDecomposer(mod, sigmoid=not _has_8bit_tensors(mod))
+        return relax.transform.FastMathTransform()(_mutate_relax_functions(decomposer, mod))
+
+
+def _has_8bit_tensors(mod: tvm.IRModule) -> bool:
+    """Whether a Relax function of `mod` computes an int8 / uint8 tensor (a quantized
+    model). There the sigmoid keeps libm's form: inlined with the dequantize before it
+    and the NaN-aware quantize after it, the polynomial exp grew expressions that TVM's
+    simplifier took over ten minutes on (an EfficientNet-style tvm-cpu-int8 build at
+    test size: 67 s before)."""
+    found = []
+
+    def visit(expr) -> None:
+        ty = getattr(expr, "ty", None)
+        if isinstance(ty, relax.TensorType) and ty.dtype in ("int8", "uint8"):
+            found.append(expr)
+
+    for _gv, func in mod.functions_items():
+        if isinstance(func, relax.Function) and not found:
+            relax.analysis.post_order_visit(func.body, visit)
+    return bool(found)
 
 
 # --------------------------------------------------------------------------------------

@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from requant.backends.tvm.lowering._common import LowerContext, with_shape_expr
 from tvm import relax, te, tirx
+
+from requant.backends.tvm.lowering._common import LowerContext, with_shape_expr
 
 __all__ = ["OP_PATTERN_OUT_EWISE_FUSABLE", "exp_f32", "row_kernel"]
 
@@ -29,25 +30,23 @@ _EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
 _EXP_LO = -87.33654  # below, 2^n leaves float32's normal range: the result is 0
 
 
-def row_kernel(ctx: LowerContext, build: Callable[..., te.Tensor], xs: list[relax.Expr], name: str,
-               out_ewise_fusable: bool = True) -> relax.Expr:
+def row_kernel(ctx: LowerContext, build: Callable[..., te.Tensor], xs: list[relax.Expr], name: str) -> relax.Expr:
     """One PrimFunc for a whole row op: `build(*placeholders)` returns its output tensor.
-    Marked out-elementwise fusable (unless told not to), so an elementwise consumer (a
-    Requantize) fuses into it."""
+    Marked out-elementwise fusable, so an elementwise consumer (a Requantize, a
+    Quantize) fuses into it."""
     out = ctx.te(build, *[with_shape_expr(ctx, x) for x in xs], name=name)
-    if out_ewise_fusable:
-        gv = ctx.bb.lookup_binding(out).args[0]
-        ctx.bb.update_func(gv, ctx.bb.get()[gv].with_attr("op_pattern", OP_PATTERN_OUT_EWISE_FUSABLE))
+    gv = ctx.bb.lookup_binding(out).args[0]
+    ctx.bb.update_func(gv, ctx.bb.get()[gv].with_attr("op_pattern", OP_PATTERN_OUT_EWISE_FUSABLE))
     return out
 
 
 def exp_f32(x: tirx.PrimExpr) -> tirx.PrimExpr:
     """exp(x) for float32 x in [-87.34, 88.37] within 2 ulp of the true value; 0 below
     (where the true value is subnormal or smaller), exp(88.37) above (where 2^n would
-    leave the exponent field; the softmax calls it with x <= 0). x = n ln2 + r, |r| <= ln2/2 (n
-    rounded, ln 2 in two parts so that r is exact), exp(r) by the polynomial, 2^n put
-    into the exponent field. NaN in gives an unspecified value: callers that can see
-    NaN select it out."""
+    leave the exponent field; the softmax calls it with x <= 0). x = n ln2 + r with
+    |r| <= ln2/2 (n rounded, ln 2 in two parts so that r is exact), exp(r) by the
+    polynomial, 2^n put into the exponent field. NaN in gives an unspecified value:
+    callers that can see NaN select it out."""
     f32 = "float32"
     # clamped below too: -inf would reach the float -> int conversion
     xc = tirx.max(tirx.min(x, tirx.const(88.37626, f32)), tirx.const(-88.0, f32))

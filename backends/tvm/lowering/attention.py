@@ -114,12 +114,12 @@ def _softmax_ops(ctx: LowerContext, scores: relax.Expr, ct: str) -> relax.Expr:
 
 def _row_softmax(ctx: LowerContext, scores: relax.Expr) -> relax.Expr:
     """The float32 masked softmax as one row kernel (as four Relax kernels it made four
-    passes over the scores, each row's max and sum one serial chain): the row's top
-    (16 per-lane partial maxima, then their max), NaN and +inf
-    counting as +inf; the exponentials (a kept row, padded to whole vectors, the
-    polynomial exp `exp_f32`); their sum (per lane, then across); the output e / sum, or 0 for a row whose top
-    is +inf or whose sum is 0. That is the reference's result: a row of -inf (fully
-    masked) and a row holding NaN or +inf (whose sum is NaN there) both give 0."""
+    passes over the scores, each row's max and sum one serial chain): the row's top, NaN
+    and +inf counting as +inf (16 per-lane partial maxima, then their max); the
+    exponentials (a kept row, padded to whole vectors, the polynomial exp `exp_f32`);
+    their sum (per lane, then across); the output e / sum, or 0 for a row whose top is
+    +inf or whose sum is 0. That is the reference's result: a row of -inf (fully masked)
+    and a row holding NaN or +inf (whose sum is NaN there) both give 0."""
 
     def build(x: te.Tensor) -> te.Tensor:
         *rows, n = x.shape

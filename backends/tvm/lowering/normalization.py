@@ -4,10 +4,10 @@ GroupNormalization.
 
 A float32 LayerNormalization over the last axis (Y only) is one row kernel
 (`_row_layer_norm`); the others are Relax ops. Layer, RMS and Group norm compute their
-statistics in stash_type (float32 or float64),
-round the normalized values to X's dtype, then apply scale and bias in X's dtype
-(f16/bf16: each op in float32, rounded once), as the reference kernels do; Batch and
-Instance norm compute in X's compute dtype and round once.
+statistics in stash_type (float32 or float64), round the normalized values to X's
+dtype, then apply scale and bias in X's dtype (f16/bf16: each op in float32, rounded
+once), as the reference kernels do; Batch and Instance norm compute in X's compute
+dtype and round once.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ lowering (a node-level check refuses it). Where Relax's pooled extent differs fr
 output shape the IR infers, the result is cropped to the IR's.
 
 A float MaxPool of static shape is one kernel, a reduction over the window's taps with
-a max that propagates NaN (the interpreter's semantics);
-Relax's pool skips NaN, so the general path adds a second pool over the input's NaN
-flags and a select: three passes over the input where the window form makes one.
+a max that propagates NaN (the interpreter's semantics). Relax's pool skips NaN, so the
+general path adds a second pool over the input's NaN flags and a select: three passes
+over the input where the window form makes one.
 """
 
 from __future__ import annotations

@@ -285,6 +285,18 @@ def test_sigmoid_takes_the_polynomial_exp_and_matches_float64() -> None:
     np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-30)
 
 
+def test_sigmoid_in_a_quantized_module_keeps_the_exact_form() -> None:
+    """A module with 8-bit tensors keeps libm's sigmoid (the polynomial form blew up
+    the simplifier on quantized epilogues)."""
+    codes = np.arange(256, dtype=np.uint8).reshape(1, -1)
+    mod = _module([_var("x", codes.shape, "uint8")],
+                  lambda bb, x_: R.sigmoid(R.multiply(R.astype(x_, "float32"), relax.const(0.25, "float32"))))
+    assert schedule_cpu._has_8bit_tensors(mod)
+    assert "fast_exp" not in "".join(_scheduled_funcs(mod))
+    x = codes.astype(np.float64) * 0.25
+    np.testing.assert_allclose(_run(pipeline.build_cpu(mod), codes), 1 / (1 + np.exp(-x)), rtol=1e-6)
+
+
 def test_sigmoid_of_float64_keeps_the_exact_form() -> None:
     x = np.linspace(-40, 40, 64).reshape(1, -1)
     mod = _module([_var("x", x.shape, "float64")], lambda bb, x_: R.sigmoid(x_))
