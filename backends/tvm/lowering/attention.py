@@ -27,7 +27,7 @@ from requant.backends.tvm.lowering._common import (
     static_int,
     to_compute,
 )
-from requant.backends.tvm.lowering._row import exp_f32, row_kernel
+from requant.backends.tvm.lowering._row import exp_f32, lane_reduce, row_kernel
 from requant.backends.tvm.schedule_cpu import LANES, ROW_STAGE
 from requant.ir import dtypes
 from requant.ir.graph import Node
@@ -135,23 +135,13 @@ def _row_softmax(ctx: LowerContext, scores: relax.Expr) -> relax.Expr:
             v = x[(*r, tirx.min(j, last))]
             return tirx.Select(tirx.isnan(v), inf, v)
 
-        # partial reductions per lane of the row's vectors: 16 independent dependency
-        # chains the core overlaps, where one chain per row waits on every add
-        c = te.reduce_axis((0, chunks), name="c")
-        top_lanes = te.compute((*rows, LANES), lambda *i: te.max(score(i[:-1], c * LANES + i[-1]), axis=c),
-                               name=f"{ROW_STAGE}_lanes_top")
-        lane = te.reduce_axis((0, LANES), name="lane")
-        top = te.compute(rows, lambda *r: te.max(top_lanes[(*r, lane)], axis=lane), name=f"{ROW_STAGE}_top")
+        top = lane_reduce(rows, chunks, LANES, score, te.max, "top")
         # the tail is zeroed by a factor, not a Select: TVM's simplifier drops the clamp
         # from a read inside a Select branch whose condition bounds it, and both branches
         # of a Select are evaluated (a read past the buffer)
         e = te.compute((*rows, chunks * LANES), lambda *i: exp_f32(x[(*i[:-1], tirx.min(i[-1], last))] - top[i[:-1]])
                        * tirx.Select(i[-1] < n, tirx.const(1.0, f32), zero), name=f"{ROW_STAGE}_exp")
-        c2 = te.reduce_axis((0, chunks), name="c2")
-        total_lanes = te.compute((*rows, LANES), lambda *i: te.sum(e[(*i[:-1], c2 * LANES + i[-1])], axis=c2),
-                                 name=f"{ROW_STAGE}_lanes_total")
-        lane2 = te.reduce_axis((0, LANES), name="lane2")
-        total = te.compute(rows, lambda *r: te.sum(total_lanes[(*r, lane2)], axis=lane2), name=f"{ROW_STAGE}_total")
+        total = lane_reduce(rows, chunks, LANES, lambda r, j: e[(*r, j)], te.sum, "total")
         # 0 for a row whose top is +inf (NaN or +inf in it) or whose sum is 0 (every score
         # -inf: the max's identity is the lowest finite float, not -inf)
         scale = te.compute(rows, lambda *r: tirx.Select(tirx.any(tirx.isinf(top[r]), tirx.Not(total[r] > zero)), zero,

@@ -33,7 +33,7 @@ from requant.backends.tvm.lowering._common import (
     relax_dtype,
     to_compute,
 )
-from requant.backends.tvm.lowering._row import row_kernel
+from requant.backends.tvm.lowering._row import lane_reduce, row_kernel
 from requant.backends.tvm.schedule_cpu import ROW_STAGE
 from requant.ir.dtypes import DType
 from requant.ir.graph import Node
@@ -84,16 +84,10 @@ def _row_layer_norm(ctx: LowerContext, node: Node, ins: list, eps: float) -> rel
         f32 = "float32"
         affine = lambda t, j: t[(0, j) if len(t.shape) == 2 else (j,)]  # noqa: E731
 
-        def lane_sum(value, name):
-            c = te.reduce_axis((0, chunks), name=f"c_{name}")
-            part = te.compute((*rows, lanes), lambda *i: te.sum(value(i[:-1], c * lanes + i[-1]), axis=c),
-                              name=f"{ROW_STAGE}_lanes_{name}")
-            lane = te.reduce_axis((0, lanes), name=f"lane_{name}")
-            return te.compute(rows, lambda *r: te.sum(part[(*r, lane)], axis=lane), name=f"{ROW_STAGE}_{name}")
-
-        total = lane_sum(lambda r, j: x[(*r, j)], "sum")
+        total = lane_reduce(rows, chunks, lanes, lambda r, j: x[(*r, j)], te.sum, "sum")
         mean = te.compute(rows, lambda *r: total[r] / tirx.const(n, f32), name=f"{ROW_STAGE}_mean")
-        squares = lane_sum(lambda r, j: (x[(*r, j)] - mean[r]) * (x[(*r, j)] - mean[r]), "squares")
+        squares = lane_reduce(rows, chunks, lanes, lambda r, j: (x[(*r, j)] - mean[r]) * (x[(*r, j)] - mean[r]),
+                              te.sum, "squares")
         inv = te.compute(rows, lambda *r: tirx.const(1.0, f32) / tirx.sqrt(
             squares[r] / tirx.const(n, f32) + tirx.const(eps, f32)), name=f"{ROW_STAGE}_inv")
 
