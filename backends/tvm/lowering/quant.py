@@ -106,7 +106,12 @@ def quantize_values(ctx: LowerContext, v: relax.Expr, zp: relax.Expr | None, dst
     z = as_dtype(ctx, zp, "float32") if zp is not None else constant(0.0, "float32")
     lo_z = ctx.emit(R.subtract(constant(float(lo), "float32"), z))
     hi_z = ctx.emit(R.subtract(constant(float(hi), "float32"), z))
-    r = shaped_like(ctx, ctx.emit(R.where(R.isnan(r), lo_z, R.minimum(R.maximum(r, lo_z), hi_z))), v)
+    # NaN -> lo_z without an isnan test: TVM's float max is select(a > b, a, b) on LLVM
+    # and fmaxf on CUDA, both lo_z for max(NaN, lo_z) (operand order matters on LLVM).
+    # An explicit where(isnan(r), ...) reads r twice, and once TVM inlines a chain of
+    # quantize -> dequantize -> ... into one conv epilogue each quantize doubles the
+    # expression: a quantized HardSwish after an int8 conv took 10x the conv.
+    r = shaped_like(ctx, ctx.emit(R.minimum(R.maximum(r, lo_z), hi_z)), v)
     r = shaped_like(ctx, ctx.emit(R.add(r, z)), v)
     return ctx.emit(R.astype(r, relax_dtype(dst)))
 

@@ -88,3 +88,74 @@ def test_which_convs_run_as_integer_convs(case: str) -> None:
     got = run_tvm(relax.VirtualMachine(build_cpu(to_relax(g)), tvm.cpu()), g, {"x": x})[0]
     want = run(g, {"x": x})[0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+# ----------------------------------------------------------------------------- quantize epilogues
+# Operands on power-of-two grids make both convs exact in float32 (every product a multiple of
+# 2^-12, every partial sum far below 2^24 of them), so everything after them is the same float32
+# operations in the same order: the build must give the interpreter's codes exactly.
+
+
+def _exact_conv_weights(out_channels: int = 16, channels: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(SEED + 4)
+    codes = rng.integers(-127, 128, (out_channels, channels, 3, 3)).astype(np.int8)
+    return codes, (2.0 ** -rng.integers(6, 9, out_channels)).astype(np.float32)
+
+
+def _quantized_hardswish_conv():
+    """int8 Conv -> Q/DQ -> the quantized HardSwish requant's quantize pass writes (x + 3
+    quantized on [0, 6] to saturate, dequantized as / 6, times x) -> Q: three quantizes in
+    one conv epilogue."""
+    codes, scale = _exact_conv_weights()
+    bias = np.random.default_rng(SEED + 5).integers(-64, 64, codes.shape[0]).astype(np.float32) / 4096
+
+    def body(b, x):
+        s = lambda v: b.const(np.array(v, np.float32))  # noqa: E731
+        z = lambda v: b.const(np.array(v, np.uint8))  # noqa: E731
+        xf = b.DequantizeLinear(x, s(2.0 ** -4), z(7))
+        wf = b.DequantizeLinear(b.const(codes), b.const(scale), axis=0)
+        y = b.Conv(xf, wf, b.const(bias), pads=[1, 1, 1, 1])
+        yd = b.DequantizeLinear(b.QuantizeLinear(y, s(0.06), z(120)), s(0.06), z(120))
+        gate = b.DequantizeLinear(b.QuantizeLinear(b.Add(yd, s(3.0)), s(6 / 255), z(0)), s(1 / 255), z(0))
+        return b.QuantizeLinear(b.Mul(yd, gate), s(0.03), z(10))
+
+    return build_graph({"x": (U8, [2, 8, 9, 9])}, body)
+
+
+def test_a_quantized_hardswish_in_an_int8_conv_epilogue_gives_the_interpreters_codes() -> None:
+    g = _quantized_hardswish_conv()
+    assert _int32_convs(g) == 1
+    x = np.random.default_rng(SEED + 6).integers(0, 256, (2, 8, 9, 9)).astype(np.uint8)
+    got = run_tvm(relax.VirtualMachine(build_cpu(to_relax(g)), tvm.cpu()), g, {"x": x})[0]
+    want = run(g, {"x": x})[0]
+    assert len(np.unique(want)) > 20  # the codes span the range, not one saturated value
+    np.testing.assert_array_equal(got, want)
+
+
+def _isnan_calls(mod) -> int:
+    return sum(1 for block in mod["main"].body.blocks for b in block.bindings
+               if isinstance(b.value, relax.Call) and getattr(b.value.op, "name", "") == "relax.isnan")
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
+def test_quantize_after_a_float_conv_sends_nan_to_the_lowest_code(dtype: str) -> None:
+    """NaN -> the lowest code and +-inf -> the end codes in a fused conv epilogue, without an
+    isnan test (the saturating max gives it: the quantize reads its input once)."""
+    codes, scale = _exact_conv_weights()
+    w = codes.astype(np.float32) * scale[:, None, None, None]
+
+    def body(b, x):
+        zp = np.array(7 if dtype == "uint8" else -3, dtype)
+        return b.QuantizeLinear(b.Conv(x, b.const(w), pads=[1, 1, 1, 1]), b.const(np.array(0.05, np.float32)),
+                                b.const(zp))
+
+    g = build_graph({"x": (F32, [2, 8, 9, 9])}, body)
+    assert _isnan_calls(to_relax(g)) == 0
+    x = np.random.default_rng(SEED + 7).integers(-128, 128, (2, 8, 9, 9)).astype(np.float32) / 16
+    x[0, 0, 1, 1], x[0, 3, 7, 2], x[1, 5, 4, 4] = np.nan, np.inf, -np.inf
+    got = run_tvm(relax.VirtualMachine(build_cpu(to_relax(g)), tvm.cpu()), g, {"x": x})[0]
+    want = run(g, {"x": x})[0]
+    lowest = np.iinfo(dtype).min
+    assert (want[0, :, 0:3, 0:3] == lowest).all()  # the NaN's 3 x 3 neighbourhood
+    assert (want == np.iinfo(dtype).max).any() and (want == lowest).sum() > 9 * 16
+    np.testing.assert_array_equal(got, want)
