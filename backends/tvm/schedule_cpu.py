@@ -1063,7 +1063,9 @@ def _vectorize_inner(sch: s_tir.Schedule, loop, lanes: int = LANES) -> None:
 
 
 def _vectorize_any(sch: s_tir.Schedule, loop) -> None:
-    """Vectorise `loop` by the widest of 16 / 8 / 4 lanes that divides its extent."""
+    """Vectorise `loop` by the widest of 16 / 8 / 4 lanes that divides its extent, else
+    whole when it fits one vector (a conv tile's 7 or 14 columns: LLVM pads the odd
+    vector, and the fused epilogue, e.g. a SiLU, runs in vector registers, not scalar)."""
     ext = _extent(sch, loop)
     if ext is None:
         return
@@ -1071,6 +1073,8 @@ def _vectorize_any(sch: s_tir.Schedule, loop) -> None:
         if ext % lanes == 0:
             _vectorize_inner(sch, loop, lanes)
             return
+    if 1 < ext <= LANES:
+        sch.vectorize(loop)
 
 
 def _inline_spatial(sch: s_tir.Schedule, keep: Sequence = ()) -> None:
@@ -1407,11 +1411,39 @@ def _conv_kernel_blocks(sch: s_tir.Schedule, conv_name: str, pad_name: str, pad_
         return None
     conv = sch.get_sblock(conv_name)
     pad = sch.get_sblock(pad_name) if pad_name in names else None
-    _inline_spatial(sch, keep=[b for b in (conv, pad) if b is not None])
+    keep = [b for b in (conv, pad, _broadcast_boundary(sch, conv)) if b is not None]
+    _inline_spatial(sch, keep=keep)
     consumers = list(sch.get_consumers(conv))
     if len(consumers) != 1 or len(sch.get_loops(consumers[0])) != 4:
         return None
     return conv, pad, consumers[0]
+
+
+def _write_shape(sch: s_tir.Schedule, block) -> tuple:
+    return tuple(str(d) for d in sch.get(block).writes[0].source.shape)
+
+
+def _broadcast_boundary(sch: s_tir.Schedule, conv):
+    """The last block of the conv-shaped chain after `conv` when the function ends in a
+    broadcast to a larger tensor (a squeeze-excitation gate, a 1 x 1 conv + sigmoid,
+    times its feature map); None when it does not. Kept as the conv's epilogue, the
+    conv and its activation run once per output instead of once per pixel of the map
+    (inlined into the broadcast, the tile loops were the map's)."""
+    consumers = list(sch.get_consumers(conv))
+    if len(consumers) != 1:
+        return None
+    blocks = _blocks(sch)
+    names = [sch.get(b).name_hint for b in blocks]
+    start = names.index(sch.get(consumers[0]).name_hint)
+    shape = _write_shape(sch, blocks[start])
+    if _write_shape(sch, blocks[-1]) == shape:
+        return None
+    last = None
+    for block in blocks[start:]:
+        if _write_shape(sch, block) != shape:
+            break
+        last = block
+    return last
 
 
 class ConvTile(_Rule):

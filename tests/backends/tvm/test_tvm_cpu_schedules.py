@@ -795,3 +795,58 @@ def test_conv_with_large_weights_runs_channel_blocks_first_and_matches_default_b
     assert tile_loops == ["o_0_i_y_fused" if weight_major else "i_o_0_y_fused"]
     np.testing.assert_allclose(_run(pipeline.build_cpu(mod), x), _run(pipeline.build_cpu(mod, schedule=False), x),
                                rtol=1e-4, atol=1e-3)
+
+
+# ----------------------------------------------------------------------------- conv epilogues
+
+
+def _se_module(n: int, c: int, hw: int, r: int) -> tvm.IRModule:
+    """Squeeze-excitation: mean over the map -> 1 x 1 conv -> ReLU -> 1 x 1 conv -> sigmoid,
+    times the map (FuseOps fuses the second conv, its sigmoid and the broadcast product)."""
+    rng = np.random.default_rng(RNG_SEED + 2)
+    w1 = rng.standard_normal((r, c, 1, 1)).astype(np.float32) * 0.1
+    w2 = rng.standard_normal((c, r, 1, 1)).astype(np.float32) * 0.1
+
+    def body(bb, x_):
+        pooled = bb.emit(R.mean(x_, axis=[2, 3], keepdims=True))
+        squeezed = bb.emit(R.nn.relu(R.nn.conv2d(pooled, relax.const(w1))))
+        return R.multiply(x_, R.sigmoid(R.nn.conv2d(squeezed, relax.const(w2))))
+
+    return _module([_var("x", (n, c, hw, hw))], body)
+
+
+def _fused_conv_text(mod: tvm.IRModule, out_channels: int) -> str:
+    (func,) = [f for name, f in _scheduled_funcs(mod).items()
+               if name.startswith("fused_packed_conv2d") and f"_{out_channels}_" in name]
+    return func.script()
+
+
+def test_squeeze_excitation_gate_is_computed_once_per_channel_then_broadcast() -> None:
+    mod = _se_module(2, 64, 28, 8)
+    text = _fused_conv_text(mod, 64)
+    # the gate (conv + sigmoid) lands in a 2 x 64 x 1 x 1 buffer of its own; the product
+    # with the 28 x 28 map is a loop nest after it, not the conv's tile loops
+    assert "T.sblock_alloc_buffer((T.int64(2), T.int64(64), T.int64(1), T.int64(1))" in text
+    x = np.random.default_rng(RNG_SEED).standard_normal((2, 64, 28, 28)).astype(np.float32)
+    got = _run(pipeline.build_cpu(mod), x)
+    ref = _run(pipeline.build_cpu(mod, schedule=False), x)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=CONV_REL_TOL * np.abs(ref).max())
+
+
+def test_conv_epilogue_of_the_convs_own_shape_stays_in_the_tile() -> None:
+    """No broadcast after the conv: the epilogue is applied to the register tile (no
+    conv-shaped buffer of its own), the tile's 7 columns one vector."""
+    rng = np.random.default_rng(RNG_SEED)
+    wt = rng.standard_normal((64, 32, 1, 1)).astype(np.float32)
+
+    def body(bb, x_):
+        y = bb.emit(R.nn.conv2d(x_, relax.const(wt)))
+        return R.multiply(y, R.sigmoid(y))
+
+    mod = _module([_var("x", (2, 32, 14, 14))], body)
+    assert schedule_cpu.conv_tile(64, 14) == (32, 7)
+    text = _fused_conv_text(mod, 64)
+    assert "T.sblock_alloc_buffer((T.int64(2), T.int64(64)" not in text
+    assert "T.vectorized(T.int64(7))" in text
+    x = rng.standard_normal((2, 32, 14, 14)).astype(np.float32)
+    _assert_close_to_default(mod, x)
