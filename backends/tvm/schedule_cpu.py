@@ -949,12 +949,8 @@ class PackConstantWeights:
 
 @relax.expr_functor.mutator
 class _TranscendentalDecomposer(relax.PyExprMutator):
-    """GELU and (when `sigmoid`) float32 sigmoid in terms of erf / exp, which
-    FastMathTransform then replaces by their polynomial forms."""
-
-    def __init__(self, mod: tvm.IRModule, sigmoid: bool) -> None:
-        super().__init__(mod)
-        self.sigmoid = sigmoid
+    """GELU and float32 sigmoid in terms of erf / exp, which FastMathTransform then
+    replaces by their polynomial forms."""
 
     def visit_call_(self, call: relax.Call):  # noqa: N802
         call = super().visit_call_(call)
@@ -966,7 +962,7 @@ class _TranscendentalDecomposer(relax.PyExprMutator):
             half = relax.const(0.5, dtype)
             erf = relax.op.erf(relax.op.multiply(x, relax.const(float(1 / np.sqrt(2.0)), dtype)))
             return relax.op.multiply(relax.op.multiply(half, x), relax.op.add(relax.const(1.0, dtype), erf))
-        if call.op.name == "relax.sigmoid" and call.args[0].ty.dtype == "float32" and self.sigmoid:
+        if call.op.name == "relax.sigmoid" and call.args[0].ty.dtype == "float32":
             # 1 / (1 + exp(-x)): exp(-x) overflows to fast_exp's clamp (~2.4e38) for
             # x < -88, giving ~4e-39 where the true value is smaller still
             one = relax.const(1.0, "float32")
@@ -977,33 +973,14 @@ class _TranscendentalDecomposer(relax.PyExprMutator):
 @tvm.transform.module_pass(opt_level=0, name="FastMath")
 class FastMath:
     """Relax pass: GELU -> 0.5 x (1 + erf(x / sqrt 2)), float32 sigmoid -> 1 / (1 +
-    exp(-x)) in float models (`_has_8bit_tensors`), then TVM's FastMathTransform (erf, exp, tanh, softmax -> the vectorisable
+    exp(-x)), then TVM's FastMathTransform (erf, exp, tanh, softmax -> the vectorisable
     polynomial forms of topi.fast_*, float32 error ~1e-7 relative). libm's scalar erf
     made a fused GELU epilogue cost twice its matmul; its scalar exp did the same to the
     SiLU epilogues of EfficientNet-style convs."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        decomposer = _TranscendentalDecomposer(mod, sigmoid=not _has_8bit_tensors(mod))
+        decomposer = _TranscendentalDecomposer(mod)
         return relax.transform.FastMathTransform()(_mutate_relax_functions(decomposer, mod))
-
-
-def _has_8bit_tensors(mod: tvm.IRModule) -> bool:
-    """Whether a Relax function of `mod` computes an int8 / uint8 tensor (a quantized
-    model). There the sigmoid keeps libm's form: inlined with the dequantize before it
-    and the NaN-aware quantize after it, the polynomial exp grew expressions that TVM's
-    simplifier took over ten minutes on (an EfficientNet-style tvm-cpu-int8 build at
-    test size: 67 s before)."""
-    found = []
-
-    def visit(expr) -> None:
-        ty = getattr(expr, "ty", None)
-        if isinstance(ty, relax.TensorType) and ty.dtype in ("int8", "uint8"):
-            found.append(expr)
-
-    for _gv, func in mod.functions_items():
-        if isinstance(func, relax.Function) and not found:
-            relax.analysis.post_order_visit(func.body, visit)
-    return bool(found)
 
 
 # --------------------------------------------------------------------------------------
