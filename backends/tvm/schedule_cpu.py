@@ -106,6 +106,7 @@ CPU").
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -979,8 +980,7 @@ class FastMath:
     SiLU epilogues of EfficientNet-style convs."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        decomposer = _TranscendentalDecomposer(mod)
-        return relax.transform.FastMathTransform()(_mutate_relax_functions(decomposer, mod))
+        return relax.transform.FastMathTransform()(_mutate_relax_functions(_TranscendentalDecomposer(mod), mod))
 
 
 # --------------------------------------------------------------------------------------
@@ -1409,18 +1409,13 @@ def _broadcast_boundary(sch: s_tir.Schedule, conv):
     consumers = list(sch.get_consumers(conv))
     if len(consumers) != 1:
         return None
+    first = sch.get(consumers[0]).name_hint
     blocks = _blocks(sch)
-    names = [sch.get(b).name_hint for b in blocks]
-    start = names.index(sch.get(consumers[0]).name_hint)
-    shape = _write_shape(sch, blocks[start])
+    chain = blocks[next(i for i, b in enumerate(blocks) if sch.get(b).name_hint == first):]
+    shape = _write_shape(sch, chain[0])
     if _write_shape(sch, blocks[-1]) == shape:
         return None
-    last = None
-    for block in blocks[start:]:
-        if _write_shape(sch, block) != shape:
-            break
-        last = block
-    return last
+    return list(itertools.takewhile(lambda b: _write_shape(sch, b) == shape, chain))[-1]
 
 
 class ConvTile(_Rule):
