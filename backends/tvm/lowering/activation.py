@@ -20,6 +20,7 @@ from requant.backends.tvm.lowering._common import (
     Emitter,
     LowerContext,
     constant,
+    constant_value,
     dtype_of,
     from_compute,
     in_dtype,
@@ -168,10 +169,19 @@ def _mish(ctx: LowerContext, x: relax.Expr, a: dict) -> relax.Expr:
 def _clip(ctx: LowerContext, node: Node, ins: list) -> Any:
     y = ins[0]
     if len(ins) > 1 and ins[1] is not None:
-        y = ctx.emit(nan_aware.maximum(y, R.reshape(ins[1], ())))
+        y = ctx.emit(nan_aware.maximum(y, _scalar(ins[1])))
     if len(ins) > 2 and ins[2] is not None:
-        y = ctx.emit(nan_aware.minimum(y, R.reshape(ins[2], ())))
+        y = ctx.emit(nan_aware.minimum(y, _scalar(ins[2])))
     return y
+
+
+def _scalar(bound: relax.Expr) -> relax.Expr:
+    """Clip's 0-d / 1-element bound as a 0-d expression, a constant kept a constant (so
+    the NaN-aware max / min can read x once against it)."""
+    value = constant_value(bound)
+    if value is not None:
+        return constant(value.reshape(()), dtype_of(bound))
+    return R.reshape(bound, ())
 
 
 def _softmax(log: bool) -> Emitter:

@@ -140,6 +140,49 @@ def test_max_pool_is_one_kernel_that_propagates_nan(attrs: dict) -> None:
     np.testing.assert_array_equal(got, want)  # a max selects one of its inputs: exact
 
 
+def _conv_activation_graph(activation: str, shape: tuple) -> Graph:
+    """x -> Conv 1x1 -> `activation` against constants (Relu; Clip to [0, 6]; Max with a
+    constant 0; Max with the conv's input, which is no constant)."""
+    rng = np.random.default_rng(RNG_SEED)
+    g = Graph("conv_act")
+    b = Builder(g)
+    x = b.input("x", tensor_type("f32", shape))
+    y = b.Conv(x, b.const(rng.standard_normal((shape[1], shape[1], 1, 1)).astype(np.float32) * 0.3),
+               kernel_shape=[1, 1])
+    if activation == "Relu":
+        y = b.Relu(y)
+    elif activation == "Clip":
+        y = b.Clip(y, b.const(np.array(0.0, np.float32)), b.const(np.array(6.0, np.float32)))
+    elif activation == "MaxConst":
+        y = b.Max(y, b.const(np.zeros((1, shape[1], 1, 1), np.float32)))
+    else:
+        y = b.Max(y, x)
+    g.outputs = [y]
+    return g
+
+
+@pytest.mark.parametrize("activation, reads_once", [("Relu", True), ("Clip", True), ("MaxConst", True),
+                                                    ("MaxInput", False)])
+def test_max_against_a_constant_reads_its_operand_once_and_propagates_nan(activation: str,
+                                                                           reads_once: bool) -> None:
+    """Against a NaN-free constant, max / min are one compare-and-select (NaN compares
+    false, so it passes through); against a computed operand the isnan tests stay."""
+    x = np.random.default_rng(RNG_SEED).standard_normal((2, 8, 6, 6)).astype(np.float32) * 4
+    x[0, 3, 2, 2] = np.nan   # NaN in every output channel at that pixel
+    x[1, 0, 5, 1] = np.inf
+    x[1, 1, 0, 0] = -np.inf
+    graph = _conv_activation_graph(activation, x.shape)
+    text = "".join(f.script() for f in _scheduled(graph).values())
+    assert ("T.isnan(" not in text) == reads_once
+    with np.errstate(invalid="ignore"):  # inf * 0-weight sums in the reference
+        want = run(graph, {"x": x})[0]
+    got = _run_cpu(graph, {"x": x})
+    assert np.isnan(want[0, :, 2, 2]).all()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    keep = ~np.isnan(want)
+    np.testing.assert_allclose(got[keep], want[keep], rtol=1e-5, atol=1e-5)
+
+
 def test_integer_max_pool_keeps_the_relax_pool() -> None:
     x = np.random.default_rng(RNG_SEED).integers(-128, 128, (1, 2, 6, 6)).astype(np.int8)
     graph = _pool_graph("i8", x.shape, kernel_shape=[2, 2], strides=[2, 2])
