@@ -60,6 +60,42 @@ def test_cpu_targets_run_match_float_and_reload(target: str, min_cosine: float, 
         cm.onnx_model  # noqa: B018
 
 
+def _copy_at(x: np.ndarray, offset: int) -> np.ndarray:
+    """A copy of `x` whose data starts `offset` bytes past a 64-byte boundary."""
+    buf = np.empty(x.size + 32, x.dtype)
+    start = (-buf.ctypes.data // x.itemsize) % (64 // x.itemsize) + offset // x.itemsize
+    out = buf[start:start + x.size].reshape(x.shape)
+    out[...] = x
+    assert out.ctypes.data % 64 == offset
+    return out
+
+
+def test_cpu_build_reads_any_numpy_input_and_leaves_it_unchanged(monkeypatch) -> None:
+    """Aligned arrays go to TVM without a copy; misaligned and read-only ones are copied
+    (TVM refuses them), strided ones made contiguous: the same outputs either way, and
+    the input is not written."""
+    import tvm
+
+    model = Mlp().eval()
+    x = _batches(1)[0][0].numpy()
+    cm = requant.compile(model, "tvm-cpu-fp32", example_inputs=(torch.from_numpy(x),))
+    copies = []
+    copy = tvm.runtime.tensor
+    monkeypatch.setattr(tvm.runtime, "tensor", lambda *a, **k: copies.append(1) or copy(*a, **k))
+    aligned = _copy_at(x, 0)
+    want = cm(aligned)[0]
+    assert copies == []
+    np.testing.assert_array_equal(aligned, x)
+    read_only = x.copy()
+    read_only.flags.writeable = False
+    strided = np.repeat(x, 2, axis=1)[:, ::2]
+    for variant in (_copy_at(x, 4), read_only, strided):
+        np.testing.assert_array_equal(variant, x)
+        np.testing.assert_array_equal(cm(variant)[0], want)
+    assert len(copies) == 2  # the strided one: numpy's contiguous copy is taken as it is
+    assert np.abs(want - model(torch.from_numpy(x)).detach().numpy()).max() <= 1e-5
+
+
 def test_builds_are_specialised_to_the_example_inputs_unless_asked_otherwise() -> None:
     model = Mlp().eval()
     x4, x3 = torch.randn(4, 64), torch.randn(3, 64)
