@@ -202,6 +202,8 @@ DW_COLUMNS = 16
 #: name prefix of a row kernel's stages that RowReduction computes once per row (per-row
 #: values, or a row that several later stages read) instead of inlining into readers
 ROW_STAGE = "row_stage"
+#: name prefix of the Hadamard row kernel's stages (one small dense factor each)
+HADAMARD_STAGE = "hadamard_stage"
 
 
 # --------------------------------------------------------------------------------------
@@ -1683,6 +1685,59 @@ class RowReduction(_Rule):
         return True
 
 
+class HadamardRows(_Rule):
+    """The Hadamard row kernel (backends/tvm/lowering/rotation.py): stages
+    `HADAMARD_STAGE<t>`, each the product of the row, viewed as [A, f_t, B], with one
+    f_t x f_t factor along its middle axis, then the fused epilogue (e.g. the next
+    linear's activation quantizer). Parallel over rows; every stage computed at the row
+    (the row stays in L1); a stage with B >= 16 runs (a, j, B/16, k, 16 lanes): the 16
+    outputs one vector accumulated over k in a register, each step one contiguous load
+    of the previous stage times a broadcast factor entry; the last stage (B = 1) runs
+    (a, k, f lanes); the epilogue is vectorised along the row."""
+
+    def schedule(self, sch: s_tir.Schedule, target: Target) -> bool:
+        names = [sch.get(b).name_hint for b in _blocks(sch)]
+        stages = sorted((n for n in names if n.startswith(HADAMARD_STAGE)), key=lambda n: int(n[len(HADAMARD_STAGE):]))
+        if not stages:
+            return False
+        blocks = [sch.get_sblock(n) for n in stages]
+        _inline_spatial(sch, keep=blocks)
+        last = _blocks(sch)[-1]
+        epilogue = sch.get(last).name_hint not in stages
+        if epilogue and not _is_spatial(sch, last):
+            return False
+        loops = sch.get_loops(last)
+        lead = loops[:-1] if epilogue else loops[:-2]
+        if not lead:
+            return False
+        rows = sch.fuse(*lead) if len(lead) > 1 else lead[0]
+        sch.parallel(rows)
+        factors = [int(sch.get(b).iter_vars[-1].dom.extent) for b in blocks]
+        for block in reversed(blocks[:-1] if not epilogue else blocks):
+            sch.compute_at(block, rows, preserve_unit_loops=True)
+        for block in blocks[:-1] if not epilogue else blocks:
+            sch.set_scope(block, 0, "local")  # a row on the task's stack, not a workspace per row
+        for t, block in enumerate(blocks):
+            after = int(np.prod(factors[t + 1:], dtype=np.int64))
+            *_, i, k = sch.get_loops(block)
+            if after >= LANES and after % LANES == 0:
+                a, j, c_o, c_i = sch.split(i, [None, factors[t], after // LANES, LANES])
+                sch.reorder(a, j, c_o, k, c_i)
+                sch.vectorize(c_i)
+            elif after == 1:
+                a, j = sch.split(i, [None, factors[t]])
+                sch.reorder(a, k, j)
+                _vectorize_any(sch, j)
+            else:
+                a, j, c = sch.split(i, [None, factors[t], after])
+                sch.reorder(a, j, k, c)
+                _vectorize_any(sch, c)
+            sch.decompose_reduction(block, k)
+        if epilogue:
+            _vectorize_any(sch, sch.get_loops(last)[-1])
+        return True
+
+
 class WindowReduction(_Rule):
     """A `WINDOW_BLOCK...` pool: one block, output axes then the window's tap axes.
     Parallel over batch x channels (every plane a task, whatever the batch), rows,
@@ -1735,7 +1790,7 @@ class ParallelOuter(_Rule):
 def default_rules() -> list:
     from tvm.s_tir.dlight import cpu as dl_cpu
 
-    return [MatmulVNNI(), BatchMatmulVNNI(), ConvVNNI(), ConvTile(), DepthwiseTile(), DenseTile(), BatchMatmulTile(), MatmulTile(), RowReduction(), WindowReduction(), Injective(), dl_cpu.GEMV(), dl_cpu.Reduction(),
+    return [MatmulVNNI(), BatchMatmulVNNI(), ConvVNNI(), ConvTile(), DepthwiseTile(), HadamardRows(), DenseTile(), BatchMatmulTile(), MatmulTile(), RowReduction(), WindowReduction(), Injective(), dl_cpu.GEMV(), dl_cpu.Reduction(),
             ParallelOuter()]
 
 

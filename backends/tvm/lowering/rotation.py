@@ -11,6 +11,16 @@ only elementwise ops into a matmul's epilogue, so the next linear's activation q
 fuses with that Reshape (one pass over the rotated tensor), not into the dense kernel.
 Symbolic dims stay symbolic (the views are products of the input's dims). f16/bf16
 compute in float32 and round once.
+
+Along the last axis (every online rotation the rotate passes insert) the op is instead
+one row kernel (`_row_kernel`): the row viewed as [f_1, ..., f_r] with factors of at most
+16 (`row_factors`: the base order K, then Sylvester powers of two, smallest first, whose
+order does not matter since H_(2^a) (x) H_(2^b) = H_(2^(a+b)) either way), one stage per
+factor, f_t multiply-adds per element each (28 for MiniLM's 384 = 12 x 2 x 16 instead of
+44, 36 for its FFN's 1536 = 12 x 8 x 16 instead of 140), the whole row in L1 between
+stages, and TVM fuses the next linear's activation quantizer into its epilogue (one pass
+over the rotated tensor). The CPU schedule is `schedule_cpu.HadamardRows`; the Relax
+matmuls stayed memory-bound per factor and ran their constant left products unscheduled.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ import logging
 import math
 from typing import Any
 
-from tvm import relax
+from tvm import relax, te
 
 from requant.backends.tvm.lowering._common import (
     LOWERINGS,
@@ -27,13 +37,14 @@ from requant.backends.tvm.lowering._common import (
     const_array,
     dims_of,
     from_compute,
+    with_shape_expr,
     in_dtype,
     requires,
     to_compute,
 )
 from requant.ir import dtypes
 from requant.ir.graph import Node
-from requant.ir.hadamard import factor_matrix, kronecker_factors
+from requant.ir.hadamard import factor_matrix, hadamard_factors, kronecker_factors
 from requant.ir.shapes import normalize_axis
 
 __all__: list[str] = []
@@ -60,6 +71,49 @@ def _product(dims: list[Any]) -> Any:
     return out
 
 
+#: the largest factor of the row kernel: one 16-lane vector of outputs per step
+ROW_FACTOR_MAX = 16
+
+
+def row_factors(n: int) -> list[int]:
+    """f_1, ..., f_r with H_n / sqrt(n) = (x)_t H_(f_t) / sqrt(f_t), every f_t <= 16 except
+    a base order K > 16 (20, 28, ...): K first, then powers of two, smallest first."""
+    k, p = hadamard_factors(n)
+    twos = []
+    while p > 1:
+        twos.append(min(p, ROW_FACTOR_MAX))
+        p //= twos[-1]
+    return ([k] if k > 1 else []) + sorted(twos)
+
+
+def _row_kernel(ctx: LowerContext, x: relax.Expr, n: int, ct: str) -> relax.Expr:
+    """x @ H_n / sqrt(n) along x's last axis as one TE function of `len(row_factors(n))`
+    stages (module docstring)."""
+    from requant.backends.tvm.schedule_cpu import HADAMARD_STAGE
+
+    factors = row_factors(n)
+    mats = [const_array(factor_matrix(f), ct) for f in factors]
+
+    def stage(cur: te.Tensor, h: te.Tensor, t: int) -> te.Tensor:
+        f, after = factors[t], math.prod(factors[t + 1:])
+        k = te.reduce_axis((0, f), name=f"k{t}")
+
+        def product(*idx: Any) -> Any:
+            *lead, i = idx
+            j = i // after % f
+            return te.sum(cur[(*lead, i + (k - j) * after)] * h[k, j], axis=k)
+
+        return te.compute(cur.shape, product, name=f"{HADAMARD_STAGE}{t}")
+
+    def compute(x_t: te.Tensor, *hs: te.Tensor) -> te.Tensor:
+        cur = x_t
+        for t, h in enumerate(hs):
+            cur = stage(cur, h, t)
+        return cur
+
+    return ctx.te(compute, with_shape_expr(ctx, x), *mats, name="hadamard_rows")
+
+
 @LOWERINGS.lowers("Hadamard")
 @requires(_check)
 def _hadamard(ctx: LowerContext, node: Node, ins: list) -> Any:
@@ -69,6 +123,8 @@ def _hadamard(ctx: LowerContext, node: Node, ins: list) -> Any:
     dims = dims_of(x)
     axis = normalize_axis(int(ctx.attrs(node)["axis"]), len(dims), "Hadamard")
     n = int(node.inputs[0].type.shape[axis])
+    if axis == len(dims) - 1 and n > 1:
+        return from_compute(ctx, _row_kernel(ctx, x, n, ct), dt)
     pre, post = _product(dims[:axis]), _product(dims[axis + 1:])
     factors = kronecker_factors(n)
     last_is_right = isinstance(post, int) and post == 1
