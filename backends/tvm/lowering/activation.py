@@ -122,7 +122,7 @@ def _sigmoid(ctx: LowerContext, x: relax.Expr, a: dict) -> relax.Expr:
 
 
 def _clip01(x: relax.Expr, dt: str) -> relax.Expr:
-    return nan_aware.minimum(nan_aware.maximum(x, constant(0, dt)), constant(1, dt))
+    return nan_aware.clip(x, constant(0, dt), constant(1, dt))
 
 
 @_activation("HardSigmoid")
@@ -167,12 +167,8 @@ def _mish(ctx: LowerContext, x: relax.Expr, a: dict) -> relax.Expr:
 
 @LOWERINGS.lowers("Clip")
 def _clip(ctx: LowerContext, node: Node, ins: list) -> Any:
-    y = ins[0]
-    if len(ins) > 1 and ins[1] is not None:
-        y = ctx.emit(nan_aware.maximum(y, _scalar(ins[1])))
-    if len(ins) > 2 and ins[2] is not None:
-        y = ctx.emit(nan_aware.minimum(y, _scalar(ins[2])))
-    return y
+    lo, hi = (_scalar(ins[i]) if len(ins) > i and ins[i] is not None else None for i in (1, 2))
+    return ctx.emit(nan_aware.clip(ins[0], lo, hi, ctx.emit)) if lo is not None or hi is not None else ins[0]
 
 
 def _scalar(bound: relax.Expr) -> relax.Expr:
