@@ -20,7 +20,8 @@ factor, f_t multiply-adds per element each (28 for MiniLM's 384 = 12 x 2 x 16 in
 44, 36 for its FFN's 1536 = 12 x 8 x 16 instead of 140), the whole row in L1 between
 stages, and TVM fuses the next linear's activation quantizer into its epilogue (one pass
 over the rotated tensor). The CPU schedule is `schedule_cpu.HadamardRows`; the Relax
-matmuls stayed memory-bound per factor and ran their constant left products unscheduled.
+matmuls made a pass over memory per factor, the last one a dense product of up to 128
+multiply-adds per element.
 """
 
 from __future__ import annotations
@@ -37,11 +38,12 @@ from requant.backends.tvm.lowering._common import (
     const_array,
     dims_of,
     from_compute,
-    with_shape_expr,
     in_dtype,
     requires,
     to_compute,
+    with_shape_expr,
 )
+from requant.backends.tvm.schedule_cpu import HADAMARD_STAGE
 from requant.ir import dtypes
 from requant.ir.graph import Node
 from requant.ir.hadamard import factor_matrix, hadamard_factors, kronecker_factors
