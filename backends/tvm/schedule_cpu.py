@@ -696,7 +696,8 @@ def packed_conv2d_int8_func(x_shape: Sequence, out_channels: int, kernel: Sequen
 # --------------------------------------------------------------------------------------
 
 
-def _const_array(expr) -> np.ndarray | None:
+def constant_array(expr) -> np.ndarray | None:
+    """The array of a Relax constant, None for any other expression."""
     if isinstance(expr, tvm.ir.expr.Constant) and hasattr(expr.value, "numpy"):
         return expr.value.numpy()
     return None
@@ -732,9 +733,9 @@ class _WeightPacker(relax.PyExprMutator):
         scalar zero point, e.g. astype(uint8 const, int32), in place)."""
         expr = self._resolve(expr)
         if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == "relax.astype":
-            inner = _const_array(self._resolve(expr.args[0]))
+            inner = constant_array(self._resolve(expr.args[0]))
             return None if inner is None else inner.astype(str(expr.ty.dtype))
-        return _const_array(expr)
+        return constant_array(expr)
 
     def _kernel(self, key: tuple, make: Callable[[], tirx.PrimFunc]) -> tvm.ir.GlobalVar:
         gv = self._funcs.get(key)
@@ -750,7 +751,7 @@ class _WeightPacker(relax.PyExprMutator):
         if not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.matmul":
             return call
         x, w_expr = call.args
-        w = _const_array(self._resolve(w_expr))
+        w = constant_array(self._resolve(w_expr))
         x_info, out_info = x.ty, call.ty
         if w is None:
             return self._batch_matmul(call)
@@ -816,7 +817,7 @@ class _WeightPacker(relax.PyExprMutator):
         """float32 NCHW/OIHW conv2d with a constant weight and static C, H, W ->
         packed conv `call_tir` (groups whose output channels fill whole 16-lane blocks)."""
         x, w_expr = call.args
-        w = _const_array(self._resolve(w_expr))
+        w = constant_array(self._resolve(w_expr))
         a = call.attrs
         x_info, out_info = x.ty, call.ty
         # an int8 conv is packed on any CPU (ConvVNNI falls back to a vector loop without

@@ -153,13 +153,6 @@ def constant(value: Any, dt: str) -> tvm.ir.expr.Constant:
     return relax.const(np.asarray(value, dtype=numpy_dtype(dt)), dt)
 
 
-def constant_value(expr: relax.Expr) -> np.ndarray | None:
-    """The array of a Relax constant, None for any other expression."""
-    if isinstance(expr, tvm.ir.expr.Constant) and hasattr(expr.value, "numpy"):
-        return expr.value.numpy()
-    return None
-
-
 def numpy_dtype(dt: str) -> Any:
     """The numpy dtype of Relax dtype `dt` (ml_dtypes' for bfloat16)."""
     if dt == "bfloat16":

@@ -26,7 +26,8 @@ import numpy as np
 from tvm import relax
 from tvm.script import relax as R
 
-from requant.backends.tvm.lowering._common import constant, constant_value, dtype_of
+from requant.backends.tvm.lowering._common import constant, dtype_of
+from requant.backends.tvm.schedule_cpu import constant_array
 
 __all__ = ["maximum", "minimum", "clip", "reduce_max", "reduce_min", "sign", "arg_reduce", "pooled_max"]
 
@@ -55,7 +56,7 @@ def _first_nan(a: relax.Expr, b: relax.Expr, result: relax.Expr) -> relax.Expr:
 
 
 def _nan_free_constant(x: relax.Expr) -> bool:
-    value = constant_value(x)
+    value = constant_array(x)
     return value is not None and not np.isnan(value.astype(np.float32)).any()
 
 

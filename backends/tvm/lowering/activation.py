@@ -20,12 +20,12 @@ from requant.backends.tvm.lowering._common import (
     Emitter,
     LowerContext,
     constant,
-    constant_value,
     dtype_of,
     from_compute,
     in_dtype,
     to_compute,
 )
+from requant.backends.tvm.schedule_cpu import constant_array
 from requant.ir.graph import Node
 
 __all__: list[str] = []
@@ -174,7 +174,7 @@ def _clip(ctx: LowerContext, node: Node, ins: list) -> Any:
 def _scalar(bound: relax.Expr) -> relax.Expr:
     """Clip's 0-d / 1-element bound as a 0-d expression, a constant kept a constant (so
     the NaN-aware max / min can read x once against it)."""
-    value = constant_value(bound)
+    value = constant_array(bound)
     if value is not None:
         return constant(value.reshape(()), dtype_of(bound))
     return R.reshape(bound, ())
