@@ -72,8 +72,8 @@ def _copy_at(x: np.ndarray, offset: int) -> np.ndarray:
 
 def test_cpu_build_reads_any_numpy_input_and_leaves_it_unchanged(monkeypatch) -> None:
     """Aligned arrays go to TVM without a copy; misaligned and read-only ones are copied
-    (TVM refuses them), strided ones made contiguous: the same outputs either way, and
-    the input is not written."""
+    once (TVM refuses them), strided ones made contiguous: the same outputs either way,
+    and the input is not written."""
     import tvm
 
     model = Mlp().eval()
@@ -88,11 +88,13 @@ def test_cpu_build_reads_any_numpy_input_and_leaves_it_unchanged(monkeypatch) ->
     np.testing.assert_array_equal(aligned, x)
     read_only = x.copy()
     read_only.flags.writeable = False
-    strided = np.repeat(x, 2, axis=1)[:, ::2]
-    for variant in (_copy_at(x, 4), read_only, strided):
-        np.testing.assert_array_equal(variant, x)
+    for variant in (_copy_at(x, 4), read_only):
+        copies.clear()
         np.testing.assert_array_equal(cm(variant)[0], want)
-    assert len(copies) == 2  # the strided one: numpy's contiguous copy is taken as it is
+        assert copies == [1]
+        np.testing.assert_array_equal(variant, x)
+    # strided: numpy's contiguous copy goes as it is when it happens to be 64-byte aligned
+    np.testing.assert_array_equal(cm(np.repeat(x, 2, axis=1)[:, ::2])[0], want)
     assert np.abs(want - model(torch.from_numpy(x)).detach().numpy()).max() <= 1e-5
 
 
