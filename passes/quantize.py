@@ -12,8 +12,10 @@ as its own pass, passes/smoothquant.py):
   + one `DequantizeLinear` per reader, one scale per tensor from calibration statistics
   (`stats`, from `requant.passes.calibration.collect_stats`) and a range `method`
   (default: uint8 asymmetric, min/max); with `dynamic=True`, `DynamicQuantizeLinear`
-  (scale computed per call, no statistics); with `weight_only=True`, activations stay
-  float;
+  (scale computed per call, no statistics); with a per-token activation scheme
+  ("int4-token": one scale per row from the data, simulated by `FakeQuantize`), no
+  statistics either, and with `method="mse"` each activation's clip ratio searched on
+  `batches` (passes/token_clip.py); with `weight_only=True`, activations stay float;
 - with `quantize_embeddings` (default on), a Gather from a constant float table (word
   embeddings: half of a BERT's bytes) -> `Gather(DequantizeLinear(table_q, scale,
   axis=0))`, int8 with one scale per row (`embedding_scheme`);
@@ -33,7 +35,9 @@ as its own pass, passes/smoothquant.py):
 Weight codes are rounded to nearest (`weight_method="rtn"`), or, with
 `weight_method="gptq"`, chosen by GPTQ (passes/gptq.py) for MatMul weights with integer
 schemes, from the Hessians of their inputs over the calibration `batches` (run on
-`runner`); `gptq_damp` / `gptq_act_order` are its damping and activation order. Other
+`runner`); `gptq_damp` / `gptq_act_order` / `gptq_clip` are its damping, activation
+order and scale search ("mse": each scale's range shrunk to the least input-weighted
+rounding error; "minmax": the weights' range). Other
 weights (Gemm, Conv, float formats) stay round-to-nearest.
 Every value holding codes or dequantized values gets `meta["quant"] =
 scheme.to_attrs()`; quantized activations also `meta["quant_range"]` (method, lo, hi).
@@ -94,6 +98,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_OPS: tuple[str, ...] = ("MatMul", "Gemm", "Conv")
 DEFAULT_METHOD = "minmax"
 WEIGHT_METHODS = ("rtn", "gptq")
+TOKEN_METHODS = ("minmax", "mse")
 _SUPPORTED_OPS = frozenset(DEFAULT_OPS)
 _DEFAULT_WEIGHT = QuantScheme(dtypes.int8, "channel", axis=1)
 _DEFAULT_ACTIVATION = QuantScheme(dtypes.uint8, "tensor", symmetric=False)
@@ -134,13 +139,19 @@ class QuantizeConfig:
     def make(weight_scheme, activation_scheme, embedding_scheme, ops, method, method_options, exclude,
              weight_only: bool, dynamic: bool, quantize_embeddings: bool, stats) -> QuantizeConfig:
         weight = resolve_scheme(weight_scheme, _DEFAULT_WEIGHT, "weight_scheme")
+        if weight.granularity == "token":
+            raise RequantError(f"quantize: weight_scheme {weight.describe()}: per-token scales are for activations")
         activation = None if weight_only else resolve_scheme(activation_scheme, _DEFAULT_ACTIVATION, "activation_scheme")
         if weight_only and dynamic:
             raise RequantError("quantize: weight_only and dynamic exclude each other (dynamic quantizes activations)")
         if activation is not None:
             if activation.granularity in ("channel", "group"):
                 raise RequantError(f"quantize: activation_scheme {activation.describe()}: activations take one scale "
-                                   f"per tensor (or a block format: mxfp4 / nvfp4)")
+                                   f"per tensor (or a block format: mxfp4 / nvfp4, or per token: int4-token)")
+            if activation.granularity == "token" and (dynamic or method not in TOKEN_METHODS):
+                raise RequantError(f"quantize: activation_scheme {activation.describe()} computes its scales at run "
+                                   f"time: method must be one of {', '.join(TOKEN_METHODS)} (the clip ratio: none, "
+                                   f"or searched on the batches), not {method!r}{' with dynamic=True' * dynamic}")
             if dynamic and (activation.dtype != dtypes.uint8 or activation.symmetric):
                 raise RequantError(f"quantize: dynamic quantization is uint8 asymmetric (DynamicQuantizeLinear), "
                                    f"not {activation.describe()}")
@@ -179,6 +190,7 @@ def quantize(
     runner: str = "auto",
     gptq_damp: float = 0.01,
     gptq_act_order: bool = True,
+    gptq_clip: str = "mse",
 ) -> PassResult:
     """See the module docstring."""
     cfg = QuantizeConfig.make(weight_scheme, activation_scheme, embedding_scheme, ops, method, method_options,
@@ -192,12 +204,13 @@ def quantize(
     if weight_method not in WEIGHT_METHODS:
         raise RequantError(f"quantize: weight_method must be one of {', '.join(WEIGHT_METHODS)}, got {weight_method!r}")
     if weight_method == "gptq":
-        counts.update(_gptq_codes(graph, plans, editor, batches, runner, gptq_damp, gptq_act_order))
+        counts.update(_gptq_codes(graph, plans, editor, batches, runner, gptq_damp, gptq_act_order, gptq_clip))
     points = _feature_map_plan(graph, plans, cfg, skipped) if feature_maps else []
     ranges = _point_ranges(points, cfg, stats or {}, skipped)
+    token_clips = _token_clips(graph, plans, cfg, batches, runner)
     for node in list(graph):
         if node.op in cfg.ops:
-            _quantize_op(node, plans[id(node)], cfg, stats or {}, editor, counts, skipped, ranges)
+            _quantize_op(node, plans[id(node)], cfg, stats or {}, editor, counts, skipped, ranges, token_clips)
         elif node.op == "Gather" and cfg.embedding is not None:
             _quantize_embedding(node, cfg, editor, counts, skipped)
     if feature_maps:
@@ -282,11 +295,11 @@ def _plan(node: Node, cfg: QuantizeConfig, stats: Mapping[str, Any] | None) -> l
     if cfg.activation is None:
         return plan
     act = cfg.activation
-    if act.is_block_format:
+    if act.is_block_format or act.granularity == "token":
         act = replace(act, axis=-1 if node.op != "Conv" else 1)
     if node.op == "Gemm" and node.attrs.get("transA", 0) and act.is_block_format:
         return "block formats on a transposed Gemm activation are not supported"
-    if not cfg.dynamic and act.granularity != "mx":
+    if not cfg.dynamic and act.granularity not in ("mx", "token"):
         if stats is None:
             raise RequantError(
                 f"quantize: {node.label}: static activation quantization needs calibration statistics: pass "
@@ -330,7 +343,7 @@ def _activation_range(stat: Any, cfg: QuantizeConfig, scheme: QuantScheme) -> tu
 
 
 def _gptq_codes(graph: Graph, plans: Mapping[int, list[_Input] | str], editor: QuantEditor, batches: Any,
-                runner: str, damp: float, act_order: bool) -> dict[str, int | float]:
+                runner: str, damp: float, act_order: bool, clip: str) -> dict[str, int | float]:
     """GPTQ's codes for every planned MatMul weight with an integer Q/DQ scheme, handed to
     the editor (passes/gptq.py); {weights_gptq, gptq_error_ratio}."""
     from requant.passes.gptq import gptq_weight_codes
@@ -341,14 +354,32 @@ def _gptq_codes(graph: Graph, plans: Mapping[int, list[_Input] | str], editor: Q
     weights = [(node, item.index, item.scheme) for node in graph if node.op == "MatMul"
                and not isinstance(plan := plans.get(id(node), "-"), str)
                for item in plan if item.role == "weight" and uses_qdq(item.scheme) and item.scheme.dtype.is_integer]
-    found, ratio = gptq_weight_codes(graph, weights, batches, runner=runner, damp=damp, act_order=act_order)
+    found, ratio = gptq_weight_codes(graph, weights, batches, runner=runner, damp=damp, act_order=act_order,
+                                     clip=clip)
     editor.precomputed.update(found)
     return {"weights_gptq": len(found), "gptq_error_ratio": ratio}
 
 
+def _token_clips(graph: Graph, plans: Mapping[int, list[_Input] | str], cfg: QuantizeConfig, batches: Any,
+                 runner: str) -> dict[str, float]:
+    """{activation: clip ratio} for per-token activations with method "mse"
+    (passes/token_clip.py); empty otherwise (every ratio 1)."""
+    if cfg.activation is None or cfg.activation.granularity != "token" or cfg.method != "mse":
+        return {}
+    if batches is None:
+        raise RequantError("quantize: per-token activations with method='mse' search their clip ratios on the "
+                           "calibration batches: pass batches=[...] (or method='minmax': no clipping)")
+    from requant.passes.token_clip import search_token_clips
+
+    names = [node.inputs[item.index].name for node in graph if not isinstance(plan := plans.get(id(node), "-"), str)
+             for item in plan if item.role == "activation"]
+    return search_token_clips(graph, batches, names, cfg.activation, runner=runner)
+
+
 def _quantize_op(node: Node, plan: list[_Input] | str, cfg: QuantizeConfig, stats: Mapping[str, Any],
                  editor: QuantEditor, counts: dict[str, int], skipped: list[dict[str, str]],
-                 ranges: Mapping[str, tuple[float, float]] | None = None) -> None:
+                 ranges: Mapping[str, tuple[float, float]] | None = None,
+                 token_clips: Mapping[str, float] | None = None) -> None:
     if isinstance(plan, str):
         skipped.append({"node": _label(node), "op": node.op, "reason": plan})
         return
@@ -363,6 +394,10 @@ def _quantize_op(node: Node, plan: list[_Input] | str, cfg: QuantizeConfig, stat
             editor.dynamic(node, item.index, item.scheme)
         elif item.scheme.granularity == "mx":
             editor.simulated(node, item.index, item.scheme, None, None)
+        elif item.scheme.granularity == "token":
+            clip = (token_clips or {}).get(x.name, 1.0)
+            dq = editor.simulated(node, item.index, item.scheme, None, None, clip=clip)
+            dq.meta["quant_range"] = {"method": cfg.method, "clip": clip}
         else:
             if ranges and x.name in ranges:  # a feature-map point: one range for all its readers
                 lo, hi = ranges[x.name]
