@@ -1,7 +1,8 @@
 """Quantization schemes and the exact codecs of requant's number formats.
 
 What it owns:
-- `QuantScheme`: a dtype plus a granularity ("tensor", "channel", "group", "mx", "nv"),
+- `QuantScheme`: a dtype plus a granularity ("tensor", "channel", "group", "mx", "nv",
+  "token"),
   the channel/group/block axis, the group size and the symmetry; `to_attrs`/`from_attrs`
   give the JSON-able form kept in `Value.meta["quant"]`, `op_attrs`/`from_op_attrs` the
   attributes of the `FakeQuantize` op. Named schemes: `INT8_PER_TENSOR`, `MXFP4`, ...,
@@ -26,6 +27,13 @@ What it owns:
     2^(floor(log2 amax) - 2), clamped below at 2^-127, stored as the uint8 biased
     exponent (code = exponent + 127); a block holding NaN or +-inf gets the NaN scale
     (code 255) and decodes to NaN throughout.
+  - per-token dynamic integers (`fake_quantize_tokens`; QuaRot's activation
+    quantizer): each row along the axis (a token's features for a linear's input) gets
+    its own symmetric scale from the data, s = amax_row * m with m = float32(clip / q)
+    (q = 2^(bits-1) - 1; `clip` in (0, 1] shrinks the range, values past it saturate),
+    amax_row ignoring NaN, s = 1 for an all-zero row; then codes = rint(x / s) in
+    float32, saturated to the dtype's range (NaN -> the lowest code, as QuantizeLinear),
+    and y = codes * s.
   - NVFP4: blocks of 16 E2M1 values share an fp8_e4m3 scale s_b = e4m3(amax_b / (6 s_t))
     (saturating), with one float32 tensor scale s_t = amax_tensor / (448 * 6) (1 when
     the tensor is all zero, or given, e.g. from calibration). With d = f32(s_b) * s_t:
@@ -80,11 +88,13 @@ __all__ = [
     "dequantize_blocks",
     "e8m0_decode",
     "NVFP4_TENSOR_DIVISOR",
+    "fake_quantize_tokens",
+    "token_multiplier",
 ]
 
 logger = logging.getLogger(__name__)
 
-GRANULARITIES = ("tensor", "channel", "group", "mx", "nv")
+GRANULARITIES = ("tensor", "channel", "group", "mx", "nv", "token")
 INTEGER_FORMATS = frozenset({dtypes.int8, dtypes.uint8, dtypes.int4, dtypes.uint4, dtypes.int16, dtypes.uint16})
 FLOAT_FORMATS = frozenset({dtypes.fp8_e4m3, dtypes.fp8_e5m2, dtypes.fp4_e2m1})
 
@@ -120,10 +130,12 @@ class QuantScheme:
     granularity: "tensor" (one scale), "channel" (one per index of `axis`), "group"
     (blocks of `group_size` consecutive elements along `axis`, ONNX's blocked layout),
     "mx" (MXFP4: E2M1 blocks of 32 with E8M0 scales) or "nv" (NVFP4: E2M1 blocks of 16
-    with E4M3 scales and a float32 tensor scale). For MatMul weights [K, N] the channel
-    axis is 1 (per output column) and the group axis 0 (groups along K). "channel" and
-    "group" need an axis; "mx"/"nv" default to the last axis and their block sizes.
-    Float formats are symmetric (no zero point)."""
+    with E4M3 scales and a float32 tensor scale) or "token" (signed integers, one
+    symmetric scale per row along `axis` computed from the data at run time: dynamic
+    per-token activations). For MatMul weights [K, N] the channel axis is 1 (per output
+    column) and the group axis 0 (groups along K). "channel" and "group" need an axis;
+    "mx"/"nv"/"token" default to the last axis ("mx"/"nv" to their block sizes). Float
+    formats are symmetric (no zero point)."""
 
     dtype: DType
     granularity: str = "tensor"
@@ -144,13 +156,19 @@ class QuantScheme:
                 raise ValueError(f"granularity {g!r} holds fp4_e2m1 elements, not {dt}")
             object.__setattr__(self, "axis", -1 if self.axis is None else int(self.axis))
             object.__setattr__(self, "group_size", self.group_size or _BLOCK_DEFAULTS[g])
+        elif g == "token":
+            if dt.kind != "int" or not dt.is_integer:
+                raise ValueError(f"granularity 'token' takes signed integer formats (int4, int8), not {dt}")
+            if not self.symmetric:
+                raise ValueError("granularity 'token' is symmetric (its scale comes from each row's amax)")
+            object.__setattr__(self, "axis", -1 if self.axis is None else int(self.axis))
         elif g in ("channel", "group"):
             if self.axis is None:
                 raise ValueError(f"granularity {g!r} needs an axis")
             object.__setattr__(self, "axis", int(self.axis))
         if g == "group" and (self.group_size is None or int(self.group_size) < 1):
             raise ValueError("granularity 'group' needs group_size >= 1")
-        if g in ("tensor", "channel") and self.group_size is not None:
+        if g in ("tensor", "channel", "token") and self.group_size is not None:
             raise ValueError(f"granularity {g!r} takes no group_size")
         if g == "tensor" and self.axis is not None:
             object.__setattr__(self, "axis", None)
@@ -179,6 +197,8 @@ class QuantScheme:
             where = "per-tensor"
         elif self.granularity == "channel":
             where = f"per-channel(axis={self.axis})"
+        elif self.granularity == "token":
+            return f"{name} per-token(axis={self.axis}) dynamic"
         else:
             where = f"per-group(axis={self.axis}, size={self.group_size})"
         sym = (" sym" if self.symmetric else " asym") if self.dtype.is_integer else ""
@@ -256,7 +276,7 @@ def fp8_per_channel(axis: int = 1, dtype: DType = dtypes.fp8_e4m3) -> QuantSchem
 
 
 def parse_scheme(text: str, *, channel_axis: int = 1, group_axis: int = 0) -> QuantScheme:
-    """A scheme from a short name: "<dtype>[-channel|-g<size>][-axis<n>][-sym|-asym]"
+    """A scheme from a short name: "<dtype>[-channel|-g<size>|-token][-axis<n>][-sym|-asym]"
     (dtype: int8, uint8, int4, uint4, fp8_e4m3, fp8_e5m2, fp4_e2m1, ff_e<E>m<M>_b<bias>),
     or "mxfp4" / "nvfp4" [-axis<n>]. Unsigned integers default to asymmetric."""
     parts = text.strip().lower().split("-")
@@ -273,8 +293,8 @@ def parse_scheme(text: str, *, channel_axis: int = 1, group_axis: int = 0) -> Qu
     for p in rest:
         if p == "tensor":
             gran = "tensor"
-        elif p == "channel":
-            gran = "channel"
+        elif p in ("channel", "token"):
+            gran = p
         elif p.startswith("g") and p[1:].isdigit():
             gran, group = "group", int(p[1:])
         elif p.startswith("axis") and p[4:].lstrip("-").isdigit():
@@ -535,8 +555,8 @@ def tensor_ranges(x: np.ndarray, scheme: QuantScheme) -> tuple[np.ndarray, np.nd
     g = scheme.granularity
     if g in ("tensor", "nv"):
         return np.asarray(x.min(), np.float32), np.asarray(x.max(), np.float32)
-    if g == "mx":
-        raise ValueError("mx scales come from each block's data: use quantize_blocks / fake_quantize")
+    if g in ("mx", "token"):
+        raise ValueError(f"{g} scales come from the data: use fake_quantize")
     axis, block = _axis_block(scheme, x.ndim)
     if g == "channel":
         others = tuple(i for i in range(x.ndim) if i != axis)
@@ -563,8 +583,8 @@ def choose_qparams(scheme: QuantScheme, lo: np.ndarray, hi: np.ndarray) -> tuple
         raise ValueError(f"{scheme.describe()}: quantization ranges must be finite")
     if np.any(lo32 > hi32):
         raise ValueError(f"{scheme.describe()}: a range has lo > hi")
-    if scheme.granularity == "mx":
-        raise ValueError("mx scales come from each block's data: use quantize_blocks / fake_quantize")
+    if scheme.granularity in ("mx", "token"):
+        raise ValueError(f"{scheme.granularity} scales come from the data: use fake_quantize")
     dt = scheme.dtype
     amax = np.maximum(np.abs(lo32), np.abs(hi32))
     zero = np.float32(0)
@@ -613,10 +633,18 @@ def dequantize(q: np.ndarray, scheme: QuantScheme, scale: np.ndarray, zero_point
 
 
 def fake_quantize(
-    x: np.ndarray, scheme: QuantScheme, scale: np.ndarray | None = None, zero_point: np.ndarray | None = None
+    x: np.ndarray, scheme: QuantScheme, scale: np.ndarray | None = None, zero_point: np.ndarray | None = None,
+    clip: float = 1.0,
 ) -> np.ndarray:
-    """dequantize(quantize(x)) in float32. "mx" takes no scale; for "nv" `scale` is the
-    optional float32 tensor scale (computed from `x` when None)."""
+    """dequantize(quantize(x)) in float32. "mx" and "token" take no scale ("token" takes
+    its `clip`); for "nv" `scale` is the optional float32 tensor scale (computed from `x`
+    when None)."""
+    if scheme.granularity == "token":
+        if scale is not None or zero_point is not None:
+            raise ValueError("token computes its scales from the data: pass no scale or zero point")
+        return fake_quantize_tokens(x, scheme, clip)
+    if clip != 1.0:
+        raise ValueError(f"clip applies to per-token quantization only, not {scheme.describe()}")
     if scheme.granularity == "mx":
         if scale is not None or zero_point is not None:
             raise ValueError("mx computes its scales from the data: pass no scale or zero point")
@@ -628,6 +656,34 @@ def fake_quantize(
     if scale is None:
         raise ValueError(f"{scheme.describe()}: fake_quantize needs a scale")
     return dequantize(quantize(x, scheme, scale, zero_point), scheme, scale, zero_point)
+
+
+def token_multiplier(scheme: QuantScheme, clip: float = 1.0) -> np.float32:
+    """m of a per-token scale s = amax_row * m: float32(clip / (2^(bits-1) - 1))."""
+    if not 0.0 < float(clip) <= 1.0:
+        raise ValueError(f"clip must be in (0, 1], got {clip}")
+    return np.float32(float(clip) / ((1 << (scheme.dtype.bits - 1)) - 1))
+
+
+def fake_quantize_tokens(x: np.ndarray, scheme: QuantScheme, clip: float = 1.0) -> np.ndarray:
+    """Per-token dynamic symmetric quantize-dequantize along `scheme.axis` (module
+    docstring), float32."""
+    if scheme.granularity != "token":
+        raise ValueError(f"{scheme.describe()} is not per-token")
+    x32 = np.asarray(x).astype(np.float32, copy=False)
+    if x32.ndim == 0:
+        raise ValueError("per-token quantization needs a tensor of rank >= 1")
+    axis, _ = _axis_block(scheme, x32.ndim)
+    if x32.shape[axis] == 0:
+        return x32.copy()
+    amax = np.max(np.where(np.isnan(x32), np.float32(0), np.abs(x32)), axis=axis, keepdims=True)
+    scale = amax * token_multiplier(scheme, clip)
+    scale = np.where(scale == 0, np.float32(1), scale).astype(np.float32)
+    qmin, qmax = scheme.dtype.int_range
+    with np.errstate(invalid="ignore"):
+        v = x32 / scale
+        codes = np.where(np.isnan(v), np.float32(qmin), np.clip(np.rint(v), qmin, qmax)).astype(np.float32)
+        return (codes * scale).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- MX / NV blocks

@@ -14,10 +14,10 @@ one input of one node, leaving every other reader of the value as it was.
 - `QuantEditor.dynamic(node, index)`: x -> `DynamicQuantizeLinear(x)` (uint8, scale and
   zero point computed per call, shared) and a `DequantizeLinear` per reader.
 - `QuantEditor.simulated(node, index, scheme, lo, hi)`: formats ONNX Runtime has no
-  Q/DQ for (fp4_e2m1, FloatFormat, MX, NV) -> requant's `FakeQuantize(x[, scale])`
-  with the scheme's op attributes; MX scales come from the data, NV takes the float32
-  tensor scale as its input (from the range), the others a scale per tensor / channel /
-  group.
+  Q/DQ for (fp4_e2m1, FloatFormat, MX, NV, per-token integers) -> requant's
+  `FakeQuantize(x[, scale])` with the scheme's op attributes; MX and per-token scales
+  come from the data (per-token with its `clip` ratio), NV takes the float32 tensor
+  scale as its input (from the range), the others a scale per tensor / channel / group.
 Every value that holds codes or quantized values gets `meta["quant"] =
 scheme.to_attrs()`; nodes get `meta["created_by"] = "quantize"`. Original constants
 left without readers are removed by `drop_unused`.
@@ -45,7 +45,7 @@ _CREATED_BY = {"created_by": "quantize"}
 def uses_qdq(scheme: QuantScheme) -> bool:
     """Whether a scheme is written as QuantizeLinear/DequantizeLinear (integers and
     fp8 at tensor/channel/group granularity) rather than FakeQuantize."""
-    if scheme.is_block_format:
+    if scheme.is_block_format or scheme.granularity == "token":
         return False
     return scheme.dtype.is_integer or scheme.dtype in (dtypes.fp8_e4m3, dtypes.fp8_e5m2)
 
@@ -137,7 +137,7 @@ class QuantEditor:
         q, s, z = self._quantized[key]
         return self._dequantize(node, index, q, s, z, scheme, dynamic=True)
 
-    def simulated(self, node: Node, index: int, scheme: QuantScheme, lo, hi) -> Value:
+    def simulated(self, node: Node, index: int, scheme: QuantScheme, lo, hi, clip: float = 1.0) -> Value:
         """FakeQuantize in front of one reader (module docstring)."""
         x = node.inputs[index]
         assert x is not None
@@ -148,12 +148,13 @@ class QuantEditor:
             scale, _ = choose_qparams(scheme, np.float32(-amax), np.float32(amax))
             inputs.append(g.add_constant(np.asarray(scale, np.float32).reshape(()),
                                          name=unused_name(g, f"{x.name}_scale")))
-        elif scheme.granularity != "mx":
+        elif scheme.granularity not in ("mx", "token"):
             scale, zp = choose_qparams(scheme, np.asarray(lo, np.float32), np.asarray(hi, np.float32))
             inputs.append(g.add_constant(np.asarray(scale, np.float32), name=unused_name(g, f"{x.name}_scale")))
             if zp is not None and not scheme.symmetric:
                 inputs.append(g.add_constant(zp, name=unused_name(g, f"{x.name}_zero_point"), dtype=scheme.dtype))
-        out = g.create_node("FakeQuantize", inputs, scheme.op_attrs(), meta=_CREATED_BY, before=node,
+        attrs = dict(scheme.op_attrs(), **({"clip": float(clip)} if scheme.granularity == "token" else {}))
+        out = g.create_node("FakeQuantize", inputs, attrs, meta=_CREATED_BY, before=node,
                             output_names=[unused_name(g, f"{x.name}_fq")]).output
         out.meta["quant"] = scheme.to_attrs()
         node.set_input(index, out)

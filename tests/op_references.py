@@ -200,8 +200,22 @@ def _nv(x: np.ndarray, tensor_scale, axis: int, block: int) -> np.ndarray:
         return (round_to_format(v, "fp4_e2m1").astype(np.float32) * d).astype(np.float32)
 
 
+def _token(x: np.ndarray, fmt: str, axis: int, clip: float) -> np.ndarray:
+    """Per-token: each row along `axis` has the scale amax_row * clip / qmax (amax over
+    the row's non-NaN |x|; 1 when that is 0), then linear quantization with it."""
+    x32 = np.asarray(x, np.float32)
+    lo, hi = _INT_RANGES[fmt]
+    amax = np.nanmax(np.abs(np.where(np.isnan(x32), 0, x32)), axis=axis, keepdims=True)
+    s = (amax * np.float32(clip / hi)).astype(np.float32)
+    s[s == 0] = 1
+    with np.errstate(invalid="ignore"):
+        v = x32 / s
+        q = np.where(np.isnan(v), lo, np.clip(np.round(v.astype(np.float64)), lo, hi))
+        return (q.astype(np.float32) * s).astype(np.float32)
+
+
 def fake_quantize(x, scale=None, zero_point=None, *, dtype: str, granularity: str = "tensor", axis: int = -1,
-                  group_size: int = 0) -> np.ndarray:
+                  group_size: int = 0, clip: float = 1.0) -> np.ndarray:
     """FakeQuantize(X, scale?, zero_point?): float32 quantize-dequantize in the format
     `dtype` ("tensor" / "channel" / "group" with the given scale; "mx" and "nv" blocks
     of group_size, default 32 and 16, with their scales computed from the data)."""
@@ -211,6 +225,8 @@ def fake_quantize(x, scale=None, zero_point=None, *, dtype: str, granularity: st
         return _mx(x, ax, group_size or 32)
     if granularity == "nv":
         return _nv(x, scale, ax, group_size or 16)
+    if granularity == "token":
+        return _token(x, dtype, ax, clip)
     block = group_size if granularity == "group" else 0
     return _linear(x, scale, zero_point, dtype, ax, block)
 

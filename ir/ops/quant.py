@@ -29,7 +29,9 @@ rounding open, and equal to ONNX's reference wherever that is exact):
   quantize-dequantize of `requant.ir.quant_formats` (`QuantScheme.op_attrs()` gives
   the attributes). "tensor"/"channel"/"group" need the scale (ONNX's layouts with
   axis / block_size = group_size); "mx" takes no scale (computed from the data); "nv"
-  takes an optional tensor scale (computed from the data when omitted).
+  takes an optional tensor scale (computed from the data when omitted); "token" (signed
+  integers, per-token dynamic) takes no scale or zero point and the attribute `clip` in
+  (0, 1] (its scales are amax_row * clip / (2^(bits-1) - 1); 1 elsewhere).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import numpy as np
 from requant.ir import dtypes
 from requant.ir import quant_formats as qf  # attributes read at run time only (import cycle via cast)
 from requant.ir.dtypes import DType
-from requant.ir.ops._common import attr_int, opt
+from requant.ir.ops._common import attr_float, attr_int, opt
 from requant.ir.ops.linalg import matmul_shape
 from requant.ir.registry import REQUIRED, InferContext, define_op
 from requant.ir.shapes import normalize_axis
@@ -442,9 +444,12 @@ def _infer_fake_quantize(ctx: InferContext) -> list[TensorType]:
             raise ctx.fail(f"{dt} takes no zero point")
         if zp.dtype != dt:
             raise ctx.fail(f"zero_point has dtype {zp.dtype}, the format is {dt}")
-    if gran == "mx":
+    clip = attr_float(ctx, "clip")
+    if not 0.0 < clip <= 1.0 or (clip != 1.0 and gran != "token"):
+        raise ctx.fail(f"clip must be in (0, 1] and applies to granularity 'token' only, got {clip} with {gran!r}")
+    if gran in ("mx", "token"):
         if s is not None:
-            raise ctx.fail("granularity 'mx' computes its scales from the data: give no scale input")
+            raise ctx.fail(f"granularity {gran!r} computes its scales from the data: give no scale input")
     elif gran == "nv":
         if s is not None and s.shape is not None and not all(d == 1 for d in s.shape):
             raise ctx.fail(f"the nv tensor scale must hold one value, got shape {s.shape}")
@@ -456,9 +461,9 @@ def _infer_fake_quantize(ctx: InferContext) -> list[TensorType]:
             raise ctx.fail(f"a per-tensor scale must hold one value, got shape {s.shape}")
         _check_qparam(ctx, x, s, axis, block, "scale")
         _same_shape(ctx, s, zp, "scale and zero_point")
-    if scheme.is_block_format and x.shape is not None and not x.shape:
-        raise ctx.fail("block formats need an input of rank >= 1")
-    if gran in ("channel", "group", "mx", "nv") and x.shape is not None and x.shape:
+    if (scheme.is_block_format or gran == "token") and x.shape is not None and not x.shape:
+        raise ctx.fail(f"granularity {gran!r} needs an input of rank >= 1")
+    if gran in ("channel", "group", "mx", "nv", "token") and x.shape is not None and x.shape:
         normalize_axis(axis, len(x.shape), ctx.schema.name)
     return [x]
 
@@ -466,13 +471,13 @@ def _infer_fake_quantize(ctx: InferContext) -> list[TensorType]:
 def _fake_quantize(ins: list, attrs: dict, outs: list) -> Any:
     zp = opt(ins, 2)
     scheme = fake_quantize_scheme(attrs, zp is not None)
-    return qf.fake_quantize(ins[0], scheme, opt(ins, 1), zp)
+    return qf.fake_quantize(ins[0], scheme, opt(ins, 1), zp, clip=float(attrs["clip"]))
 
 
 define_op(
     "FakeQuantize",
     inputs=("X", "scale?", "zero_point?"),
-    attrs={"dtype": REQUIRED, "granularity": "tensor", "axis": -1, "group_size": 0},
+    attrs={"dtype": REQUIRED, "granularity": "tensor", "axis": -1, "group_size": 0, "clip": 1.0},
     infer=_infer_fake_quantize,
     kernel=_fake_quantize,
     domain="requant",

@@ -223,6 +223,15 @@ ERRORS = [
     ("FakeQuantize", [I(f32(3, 4)), C(f32(3, 1))], {"dtype": "i4", "granularity": "group", "axis": 1}, None,
      "group_size"),
     ("FakeQuantize", [I(f32(3, 4).astype(np.float16)), C(np.float32(1))], {"dtype": "i8"}, None, "X has dtype f16"),
+    ("FakeQuantize", [I(f32(3, 4)), C(np.float32(1))], {"dtype": "i4", "granularity": "token"}, None,
+     "computes its scales from the data"),
+    ("FakeQuantize", [I(f32(3, 4)), None, C(np.int8(0), "i4")], {"dtype": "i4", "granularity": "token"}, None,
+     "symmetric"),
+    ("FakeQuantize", [I(f32(3, 4))], {"dtype": "u4", "granularity": "token"}, None, "signed integer formats"),
+    ("FakeQuantize", [I(f32(3, 4))], {"dtype": "i4", "granularity": "token", "clip": 0.0}, None, "clip must be in"),
+    ("FakeQuantize", [I(f32(3, 4)), C(np.float32(1))], {"dtype": "i8", "clip": 0.9}, None,
+     "applies to granularity 'token' only"),
+    ("FakeQuantize", [I(np.float32(1))], {"dtype": "i4", "granularity": "token"}, None, "rank >= 1"),
 ]
 
 

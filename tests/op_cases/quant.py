@@ -168,6 +168,8 @@ def _fq_export_opsets(scheme: qf.QuantScheme) -> tuple:
     dt, g = scheme.dtype, scheme.granularity
     if g == "nv":
         return (None, 19)
+    if g == "token":
+        return (None, 13)
     if dt in (dtypes.int4, dtypes.uint4) or g == "group" and dt.is_integer:
         return (QDQ_OPSET, 21)
     if dt.is_integer or dt in (dtypes.fp8_e4m3, dtypes.fp8_e5m2):
@@ -226,3 +228,16 @@ _fake_quantize(r(3, 40), qf.NVFP4, "nv_given_scale", shape=("n", 40), scale=np.f
 _fake_quantize(with_specials(r(40, 5)), qf.QuantScheme(dtypes.fp4_e2m1, "nv", axis=0), "nv_axis0_specials",
                needs_scale=False)
 _fake_quantize(np.zeros((2, 16), np.float32), qf.NVFP4, "nv_zeros", needs_scale=False)
+# per-token dynamic: rows of different magnitudes, an all-zero row, NaN / +-inf / -0 in
+# rows, a clip ratio (values past it saturate), int8, a token axis that is not the last
+_TOKENS = (r(4, 40, lo=-4, hi=4) * np.float32([[1e-3], [1.0], [0.0], [1e3]])).astype(np.float32)
+_TOKEN_SPECIALS = np.array(_TOKENS, copy=True)
+_TOKEN_SPECIALS[0, :2] = [np.nan, -0.0]  # NaN: the lowest code; the row's scale from the rest
+_TOKEN_SPECIALS[1, 3] = np.inf  # an infinite amax: the row is NaN
+_TOKEN_SPECIALS[2, 5] = -0.0
+_fake_quantize(_TOKEN_SPECIALS, qf.QuantScheme(dtypes.int4, "token"), "i4_token_specials", shape=("n", 40),
+               needs_scale=False)
+_fake_quantize(_TOKENS, qf.QuantScheme(dtypes.int4, "token"), "i4_token_clip", shape=("n", 40), needs_scale=False,
+               clip=0.8)
+_fake_quantize(r(2, 3, 16), qf.QuantScheme(dtypes.int8, "token"), "i8_token_3d", shape=("B", 3, 16), needs_scale=False)
+_fake_quantize(r(16, 5), qf.QuantScheme(dtypes.int4, "token", axis=0), "i4_token_axis0", needs_scale=False)

@@ -258,6 +258,34 @@ def _fq_nv(ctx: EmitContext, node: Node, scheme: Any, ins: list, outs: list) -> 
     undo(y, outs)
 
 
+def _fq_token(ctx: EmitContext, node: Node, scheme: Any, clip: float, ins: list, outs: list) -> None:
+    """Per-token dynamic integers (`requant.ir.quant_formats.fake_quantize_tokens`):
+    s = amax_row(|x|, NaN as 0) * m, 1 where 0; y = saturate(round(x / s)) * s, NaN -> the
+    lowest code, all in float32 (ONNX Round is half to even)."""
+    from requant.ir.quant_formats import token_multiplier
+
+    f32 = dtypes.float32
+    n = lambda p: ctx.sub_name(node, p)  # noqa: E731
+    x = ins[0]
+    (isnan,) = ctx.emit("IsNaN", [x], name=n("isnan"))
+    (a,) = ctx.emit("Abs", [x], name=n("abs"))
+    zero = scalar_const(ctx, 0.0, f32, "fq_zero32")
+    (a,) = ctx.emit("Where", [isnan, zero, a], name=n("abs_nan_zero"))
+    amax = _fq_reduce_max(ctx, a, [int(scheme.axis)], 1, n("amax"))
+    m = token_multiplier(scheme, clip)
+    (scale,) = ctx.emit("Mul", [amax, scalar_const(ctx, float(m), f32, "fq_token_m")], name=n("scale"))
+    (none,) = ctx.emit("Equal", [scale, zero], name=n("scale_zero"))
+    (scale,) = ctx.emit("Where", [none, scalar_const(ctx, 1.0, f32, "fq_one32"), scale], name=n("scale_guard"))
+    (v,) = ctx.emit("Div", [x, scale], name=n("scaled"))
+    (v,) = ctx.emit("Round", [v], name=n("rounded"))
+    qmin, qmax = scheme.dtype.int_range
+    lo = scalar_const(ctx, float(qmin), f32, f"fq_q{qmin}")
+    (v,) = ctx.emit("Clip", [v, lo, scalar_const(ctx, float(qmax), f32, f"fq_q{qmax}")], name=n("saturated"))
+    (vnan,) = ctx.emit("IsNaN", [v], name=n("code_isnan"))
+    (v,) = ctx.emit("Where", [vnan, lo, v], name=n("codes"))
+    ctx.emit("Mul", [v, scale], outs, name=node.name or None)
+
+
 @LOWERINGS.lowers("FakeQuantize")
 def _fake_quantize(ctx: EmitContext, node: Node, ins: list, outs: list) -> None:
     """FakeQuantize: Q/DQ for int and fp8 formats, an exact emulation for the others."""
@@ -271,6 +299,9 @@ def _fake_quantize(ctx: EmitContext, node: Node, ins: list, outs: list) -> None:
         return
     if scheme.granularity == "nv":
         _fq_nv(ctx, node, scheme, ins, outs)
+        return
+    if scheme.granularity == "token":
+        _fq_token(ctx, node, scheme, float(attrs["clip"]), ins, outs)
         return
     if scheme.dtype.is_integer or scheme.dtype in QDQ_FP8_DTYPES:
         _fq_qdq(ctx, node, scheme, ins, outs)

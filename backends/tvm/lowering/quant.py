@@ -238,6 +238,8 @@ def _fake_quantize(ctx: LowerContext, node: Node, ins: list) -> Any:
     if scheme.granularity in ("mx", "nv"):
         return _fake_quantize_blocks(ctx, node, x, scheme, ins[1] if len(ins) > 1 else None)
     rank = rank_of(x)
+    if scheme.granularity == "token":
+        return _fake_quantize_tokens(ctx, x, scheme, float(a["clip"]), normalize_axis(int(scheme.axis), rank))
     if scheme.granularity == "tensor":
         axis, block = 1, 0
     else:
@@ -247,6 +249,21 @@ def _fake_quantize(ctx: LowerContext, node: Node, ins: list) -> Any:
     v = shaped_like(ctx, ctx.emit(R.divide(x, s)), x)
     q = quantize_values(ctx, v, z, scheme.dtype, True)
     return shaped_like(ctx, _dequantize_values(ctx, q, scheme.dtype, z, s), x)
+
+
+def _fake_quantize_tokens(ctx: LowerContext, x: relax.Expr, scheme: Any, clip: float, axis: int) -> Any:
+    """Per-token dynamic integers (`requant.ir.quant_formats.fake_quantize_tokens`): the
+    row's amax with NaN as 0, s = amax * m (1 where 0), codes as QuantizeLinear's."""
+    from requant.ir.quant_formats import token_multiplier
+
+    f = "float32"
+    a = ctx.emit(R.where(R.isnan(x), constant(0.0, f), R.abs(x)))
+    amax = ctx.emit(R.max(a, [axis], True))
+    s = ctx.emit(R.multiply(amax, constant(float(token_multiplier(scheme, clip)), f)))
+    s = ctx.emit(R.where(R.equal(s, constant(0.0, f)), constant(1.0, f), s))
+    v = shaped_like(ctx, ctx.emit(R.divide(x, s)), x)
+    q = quantize_values(ctx, v, None, scheme.dtype, True)
+    return shaped_like(ctx, _dequantize_values(ctx, q, scheme.dtype, None, s), x)
 
 
 def _fake_quantize_blocks(ctx: LowerContext, node: Node, x: relax.Expr, scheme: Any, tensor_scale: Any) -> Any:
