@@ -472,6 +472,27 @@ _W4A8_STEPS = (
     *_QUANT_CLEANUP,
 )
 
+# -- W4A4 INT4 (simulated: no int4 x int4 kernel on CPU) ------------------------------------------
+_W4A4_OPTIONS = {
+    **_CALIBRATION_OPTIONS,
+    **_QUANT_OPTIONS,
+    "activations": OptionSpec(str, "token", "int4 activations per token (dynamic: each row's own scale, QuaRot's "
+                                            "form) or per tensor (static, from calibration)", ("token", "tensor")),
+    "method": OptionSpec(str, "mse", "per token: 'mse' searches each activation's clip ratio on the calibration "
+                                     "batches, 'minmax' clips nothing; per tensor: the range method", ("minmax", "mse")),
+    **_ROTATE_OPTIONS,
+    "rotate": OptionSpec(bool, True, _ROTATE_OPTIONS["rotate"].help),
+    "weight_method": OptionSpec(str, "gptq", _WEIGHT_METHOD.help, _WEIGHT_METHODS),
+}
+_W4A4_STEPS = (
+    *_CANONICAL,
+    *_ROTATE,
+    Step(CALIBRATE, {"runner": Opt("calibration_runner")}, when=("activations", "tensor")),
+    _quantize_step(Scheme("int4", "channel", axis=1), Scheme("int4", Opt("activations")),
+                   weight_method=Opt("weight_method")),
+    *_QUANT_CLEANUP,
+)
+
 # -- simulated low-bit floats ------------------------------------------------------------------
 _FP8_OPTIONS = {
     **_CALIBRATION_OPTIONS,
@@ -738,6 +759,9 @@ TARGETS: dict[str, Target] = _table(
     Target("cpu-w4a8", "int4 GPTQ weights (stored 4-bit) and int8 activations on ONNX Runtime (CPU), after "
            "Hadamard rotations: ORT's int8 kernels (or MatMulNBits accuracy_level 4)", _W4A8_STEPS,
            options=_W4A8_OPTIONS, backend_ops=_QDQ),
+    Target("cpu-w4a4", "W4A4 INT4 simulated by quantize-dequantize on ONNX Runtime (CPU; no int4 x int4 kernel): "
+           "Hadamard rotations, int4 GPTQ weights per channel, int4 activations per token",
+           _W4A4_STEPS, options=_W4A4_OPTIONS, simulated=True, backend_ops=("FakeQuantize",)),
     Target("cpu-fp8", "fp8 (e4m3) weights and activations, simulated by quantize-dequantize on ONNX Runtime (CPU)",
            _FP8_STEPS, options=_FP8_OPTIONS, simulated=True, backend_ops=_QDQ),
     Target("cpu-fp4", "fp4 (e2m1) NVFP4/MXFP4 blocks, simulated by quantize-dequantize on ONNX Runtime (CPU)",

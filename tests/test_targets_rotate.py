@@ -1,7 +1,8 @@
-"""The rotation and GPTQ options of the quantized targets and the cpu-w4a8 target
-(targets.py): which steps each option puts in the pipeline, in which order, and two
+"""The rotation and GPTQ options of the quantized targets and the cpu-w4a8 / cpu-w4a4
+targets (targets.py): which steps each option puts in the pipeline, in which order, and
 small models compiled end to end on ONNX Runtime: a random-weight Llama through cpu-w4a8
-(rotated, GPTQ, int4 codes stored 4-bit, int8 kernels) and BERT through cpu-int8 with
+(rotated, GPTQ, int4 codes stored 4-bit, int8 kernels) and cpu-w4a4 (per-token int4
+activations with searched clip ratios, simulated), and BERT through cpu-int8 with
 rotate=True (the stream rotation refused by name, the online and per-head ones applied).
 """
 
@@ -61,6 +62,19 @@ def test_w4a8_pipelines_for_both_kernels():
     assert nbits["lower_quant"].options["accuracy_level"] == 4
 
 
+def test_w4a4_pipelines_per_token_and_per_tensor():
+    names = _names("cpu-w4a4")
+    assert names == ["canonicalize", "fold_batchnorm", *ROTATIONS, "quantize", "cse", "dce"]  # nothing to calibrate
+    q = _steps("cpu-w4a4")["quantize"].options
+    assert (q["weight_scheme"].dtype, q["weight_scheme"].granularity) == ("int4", "channel")
+    assert (q["activation_scheme"].dtype, q["activation_scheme"].granularity) == ("int4", "token")
+    assert q["method"] == "mse" and q["weight_method"] == "gptq" and q["batches"] is BATCHES
+    tensor = _steps("cpu-w4a4", activations="tensor", rotate=False)
+    assert CALIBRATE in tensor and "rotate_online" not in tensor
+    assert tensor["quantize"].options["activation_scheme"].granularity == "tensor"
+    assert get_target("cpu-w4a4").simulated
+
+
 # -- end to end --------------------------------------------------------------------------------
 
 torch = pytest.importorskip("torch")
@@ -97,6 +111,26 @@ def test_llama_through_cpu_w4a8():
     got = cm(**feeds)[0]
     cos = float(np.sum(got * want) / np.linalg.norm(got) / np.linalg.norm(want))
     assert cos > 0.95, cos  # random weights, 6 calibration batches: a plumbing check, not accuracy
+
+
+@pytest.mark.slow
+def test_llama_through_cpu_w4a4_per_token():
+    case = perturbed(zoo.llama())
+    feeds = _ids(98)
+    want = case.module(torch.from_numpy(feeds["input_ids"])).detach().numpy()
+    cm = requant.compile(case.module, target="cpu-w4a4", example_inputs=case.example_inputs,
+                         calibration=[_ids(s) for s in range(6)], holdout=0)
+    ran = _records(cm)
+    assert ran["rotate_residual"]["streams_rotated"] == 1 and ran["quantize"]["weights_gptq"] >= 14
+    fq = [n for n in cm.graph if n.op == "FakeQuantize"]
+    assert fq and all(n.attrs["granularity"] == "token" and 0.5 <= n.attrs["clip"] <= 1.0 for n in fq)
+    weighted = [n for n in cm.graph if n.op == "MatMul" and n.inputs[1].producer is not None
+                and n.inputs[1].producer.op == "DequantizeLinear"]
+    assert len(weighted) == ran["quantize"]["weights_gptq"]  # every int4 linear reads per-token int4 activations
+    assert all(n.inputs[0].producer is not None and n.inputs[0].producer.op == "FakeQuantize" for n in weighted)
+    got = cm(**feeds)[0]
+    cos = float(np.sum(got * want) / np.linalg.norm(got) / np.linalg.norm(want))
+    assert cos > 0.9, cos  # random weights at 4 bits, 6 calibration batches: a plumbing check
 
 
 @pytest.mark.slow

@@ -36,6 +36,9 @@ def test_w4a4_pipelines_name_their_rotations_and_weight_method():
     assert quantize["weight_method"] == "gptq" and quantize["activation_scheme"].dtype.name == "int4"
     assert "W4A4 INT4 rotated + GPTQ (simulated)" in [row[0] for row in rotate.W4A4_ROWS]
     assert [item for item in rotate.w4a4_int4(True, "gptq", "mse") if isinstance(item, tuple)][-1][1]["method"] == "mse"
+    token = [item for item in rotate.w4a4_int4(True, "gptq", "mse", "token") if isinstance(item, tuple)][-1][1]
+    assert token["activation_scheme"].granularity == "token" and token["method"] == "mse"
+    assert {row[4] for row in rotate.W4A4_ROWS} == {"tensor", "token"}
 
 
 def test_hadamards_as_identity_for_timing_only():

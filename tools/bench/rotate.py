@@ -12,9 +12,10 @@ same batches). Rows, each beside its row without rotation and with RTN weights:
   rotated without SmoothQuant (all online rotations, and the norm outputs' only);
 - W4A8 (cpu-w4a8): rotated + GPTQ on ORT's int8 kernels (int4 codes cast to int8 at
   load) and on MatMulNBits accuracy_level 4; GPTQ without rotation; rotated with RTN;
-- W4A4 INT4 (simulated: FakeQuantize; int4 per-channel weights, per-tensor static int4
-  activations, minmax): RTN, rotated RTN, GPTQ, rotated GPTQ, and rotated GPTQ with MSE
-  activation ranges;
+- W4A4 INT4 (simulated: FakeQuantize; int4 per-channel weights; int4 activations per
+  tensor, static, minmax: RTN, rotated RTN, GPTQ, rotated GPTQ, and rotated GPTQ with MSE
+  activation ranges; and per token, dynamic: RTN, rotated RTN, GPTQ with MSE-searched
+  clip ratios, the same rotated);
 - W4A4 NVFP4 (simulated, cpu-fp4): RTN, rotated;
 - TVM (tvm-cpu-int8, built for batch 64): SmoothQuant on every input vs rotated;
 - the rotated W8A8 models again with every Hadamard replaced by Identity (outputs wrong,
@@ -62,6 +63,7 @@ MINILM_ROWS: tuple[tuple[str, str, dict, bool], ...] = (
     ("W4A8 rotated + GPTQ, MatMulNBits acc. 4 (cpu-w4a8 kernel=nbits)", "cpu-w4a8", {"kernel": "nbits"}, True),
     ("W4A8 GPTQ, no rotation", "cpu-w4a8", {"rotate": False}, True),
     ("W4A8 rotated, RTN", "cpu-w4a8", {"weight_method": "rtn"}, True),
+    ("W4A4 INT4 target (cpu-w4a4: rotated + GPTQ, per-token MSE clip; simulated)", "cpu-w4a4", {}, False),
     ("W4A4 NVFP4 RTN (cpu-fp4, simulated)", "cpu-fp4", {}, False),
     ("W4A4 NVFP4 rotated (cpu-fp4 rotate=True, simulated)", "cpu-fp4", _ROT, False),
     ("TVM tvm-cpu-int8 (SmoothQuant on every input)", "tvm-cpu-int8", {}, True),
@@ -72,32 +74,41 @@ _ROTATIONS = ["fold_norm_affine", "layernorm_to_rmsnorm", "rotate_residual", "ro
               ("rotate_online", {"scope": "all"})]
 
 
-def w4a4_int4(rotate: bool, weight_method: str, method: str = "minmax") -> list:
-    """W4A4 INT4 simulated: int4 weights per output channel (RTN or GPTQ), int4 per-tensor
-    static activations (ranges by `method`), FakeQuantize (no int4 x int4 kernel on CPU)."""
+def w4a4_int4(rotate: bool, weight_method: str, method: str = "minmax", activations: str = "tensor") -> list:
+    """W4A4 INT4 simulated: int4 weights per output channel (RTN or GPTQ), int4
+    activations, FakeQuantize (no int4 x int4 kernel on CPU): per tensor, static, ranges
+    by `method`; or (`activations="token"`) per token, dynamic, with `method` "mse" each
+    activation's clip ratio searched on the calibration batches."""
     from requant.ir import dtype as dt
     from requant.ir.quant_formats import QuantScheme
     from requant.targets import BATCHES, STATS
 
     quantize = {"weight_scheme": QuantScheme(dt("int4"), "channel", axis=1),
-                "activation_scheme": QuantScheme(dt("int4"), "tensor"), "method": method, "stats": STATS,
+                "activation_scheme": QuantScheme(dt("int4"), activations), "method": method, "stats": STATS,
                 "quantize_embeddings": False, "weight_method": weight_method, "batches": BATCHES}
     return ["canonicalize", *(_ROTATIONS if rotate else []), "calibrate", ("quantize", quantize), "cse", "dce"]
 
 
+# (row name, rotated, weight method, activation range method, activation granularity)
 W4A4_ROWS = (
-    ("W4A4 INT4 RTN (simulated)", False, "rtn", "minmax"),
-    ("W4A4 INT4 rotated, RTN (simulated)", True, "rtn", "minmax"),
-    ("W4A4 INT4 GPTQ, no rotation (simulated)", False, "gptq", "minmax"),
-    ("W4A4 INT4 rotated + GPTQ (simulated)", True, "gptq", "minmax"),
-    ("W4A4 INT4 rotated + GPTQ, MSE activation ranges (simulated)", True, "gptq", "mse"),
+    ("W4A4 INT4 RTN (simulated)", False, "rtn", "minmax", "tensor"),
+    ("W4A4 INT4 rotated, RTN (simulated)", True, "rtn", "minmax", "tensor"),
+    ("W4A4 INT4 GPTQ, no rotation (simulated)", False, "gptq", "minmax", "tensor"),
+    ("W4A4 INT4 rotated + GPTQ (simulated)", True, "gptq", "minmax", "tensor"),
+    ("W4A4 INT4 rotated + GPTQ, MSE activation ranges (simulated)", True, "gptq", "mse", "tensor"),
+    ("W4A4 INT4 per-token activations, RTN (simulated)", False, "rtn", "minmax", "token"),
+    ("W4A4 INT4 per-token, rotated, RTN (simulated)", True, "rtn", "minmax", "token"),
+    ("W4A4 INT4 per-token, GPTQ + MSE clip, no rotation (simulated)", False, "gptq", "mse", "token"),
+    ("W4A4 INT4 per-token, rotated + GPTQ + MSE clip (simulated)", True, "gptq", "mse", "token"),
 )
 LM_ROWS = (
     ("fp32", "cpu-fp32", {}),
     ("W8A8 (cpu-int8)", "cpu-int8", {}),
     ("W8A8 rotated, no SmoothQuant", "cpu-int8", {**_W8, **_ROT}),
     ("W4A8 rotated + GPTQ (cpu-w4a8)", "cpu-w4a8", {}),
-    *((name, "cpu-fp4", {"passes": w4a4_int4(rot, method, ranges)}) for name, rot, method, ranges in W4A4_ROWS),
+    ("W4A4 INT4 target (cpu-w4a4: rotated + GPTQ, per-token MSE clip; simulated)", "cpu-w4a4", {}),
+    *((name, "cpu-fp4", {"passes": w4a4_int4(rot, method, ranges, acts)})
+      for name, rot, method, ranges, acts in W4A4_ROWS),
 )
 
 
@@ -173,8 +184,8 @@ def _minilm(args: argparse.Namespace) -> None:
         rows = [demo._session_row("ONNX Runtime fp32", float_path)]
         timed, compile_s = [rows[0].name], {rows[0].name: 0.0}
         specs = [(n, t, o, tm) for n, t, o, tm in MINILM_ROWS]
-        specs += [(name, "cpu-fp4", {"passes": w4a4_int4(rot, method, ranges)}, False)
-                  for name, rot, method, ranges in W4A4_ROWS]
+        specs += [(name, "cpu-fp4", {"passes": w4a4_int4(rot, method, ranges, acts)}, False)
+                  for name, rot, method, ranges, acts in W4A4_ROWS]
         specs += [("W8A8 rotated, Hadamards as Identity (timing only)", "cpu-int8",
                    {"passes": _without_hadamards("cpu-int8", {**_W8, **_ROT})}, True),
                   ("TVM rotated, Hadamards as Identity (timing only)", "tvm-cpu-int8",
@@ -268,10 +279,17 @@ def _lm(args: argparse.Namespace) -> None:
     for name, ppl, seconds, error in results:
         print(f"| {name} | {ppl:.3f} | {seconds:.1f} |" if not error else f"| {name} | FAILED: {error} | |")
     by = {name: ppl for name, ppl, _, _ in results}
-    fp32, rtn, best = by.get("fp32"), by.get("W4A4 INT4 RTN (simulated)"), by.get("W4A4 INT4 rotated + GPTQ (simulated)")
-    if fp32 is not None and rtn is not None and best is not None and rtn > fp32:
-        print(f"\n- rotated GPTQ closes {(rtn - best) / (rtn - fp32):.1%} of W4A4 RTN's perplexity gap to fp32 "
-              f"({rtn:.3f} -> {best:.3f}, fp32 {fp32:.3f})")
+    fp32 = by.get("fp32")
+    print()
+    for rtn_row, best_row, what in (("W4A4 INT4 RTN (simulated)", "W4A4 INT4 rotated + GPTQ (simulated)",
+                                     "per-tensor activations"),
+                                    ("W4A4 INT4 per-token activations, RTN (simulated)",
+                                     "W4A4 INT4 per-token, rotated + GPTQ + MSE clip (simulated)",
+                                     "per-token activations")):
+        rtn, best = by.get(rtn_row), by.get(best_row)
+        if fp32 is not None and rtn is not None and best is not None and rtn > fp32:
+            print(f"- {what}: rotated GPTQ closes {(rtn - best) / (rtn - fp32):.1%} of W4A4 RTN's perplexity gap "
+                  f"to fp32 ({rtn:.3f} -> {best:.3f}, fp32 {fp32:.3f})")
 
 
 # -- the Hadamard op's forms ---------------------------------------------------------------------------
