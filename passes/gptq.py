@@ -31,7 +31,12 @@ hold whole groups when group scales come from the updated rows).
   `mse` option).
 The result is the codes, scales and zero points in the scheme's layout: quantize stores
 them as it stores round-to-nearest codes. Integer schemes (int8/uint8/int4/uint4, per
-tensor, channel or group) only.
+tensor, channel or group), and NVFP4 / MXFP4 weights (E2M1 in blocks of 16 / 32 along
+K): the block (and NVFP4's tensor) scales come from the original W as round to nearest's
+would, and stay fixed while rows are rounded to E2M1 on them (Egiazarian et al. 2025,
+"Bridging the Gap Between Promise and Performance for Microscaling FP4 Quantization", run
+GPTQ on these grids the same way); the FP4 formats are simulated, so the result there is
+the dequantized weight.
 
 `gptq_weight_codes` does it for a list of MatMul weights of one graph (a weight read by
 several MatMuls takes the sum of their inputs' Hessians). `collect_hessians` runs the float graph over calibration batches on a graph runner
@@ -42,7 +47,7 @@ activation, in float64, over every row of every batch.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +55,18 @@ import numpy as np
 
 from requant.errors import RequantError
 from requant.ir.graph import Graph, Node
-from requant.ir.quant_formats import QuantScheme, choose_qparams, dequantize_linear, quantize_linear, tensor_ranges
+from requant.ir import dtypes
+from requant.ir.ops.cast import cast_to
+from requant.ir.quant_formats import (
+    QuantScheme,
+    choose_qparams,
+    dequantize_blocks,
+    dequantize_linear,
+    e8m0_decode,
+    quantize_blocks,
+    quantize_linear,
+    tensor_ranges,
+)
 from requant.passes.calibration import ObservedGraph, ObservedRunner, validate_calibration
 
 __all__ = ["GptqResult", "gptq_quantize", "gptq_weight_codes", "collect_hessians", "DEFAULT_DAMP", "DEFAULT_BLOCK",
@@ -76,11 +92,17 @@ class GptqResult:
     zero_point: np.ndarray | None
     rtn_error: float
     error: float
+    values: np.ndarray | None = None  # NVFP4 / MXFP4: the dequantized float32 weights
 
 
 def _check_scheme(scheme: QuantScheme) -> None:
+    if scheme.is_block_format:
+        if scheme.axis not in (0, -2):
+            raise RequantError(f"gptq: {scheme.granularity.upper()}FP4 weight blocks run along K (axis 0 of W [K, N]), "
+                               f"got axis {scheme.axis}")
+        return
     if not scheme.dtype.is_integer or scheme.granularity not in ("tensor", "channel", "group"):
-        raise RequantError(f"gptq: weights take integer per-tensor / per-channel / per-group schemes, not "
+        raise RequantError(f"gptq: weights take integer per-tensor / per-channel / per-group schemes, NVFP4 or MXFP4, not "
                            f"{scheme.describe()}")
     if scheme.granularity == "channel" and scheme.axis not in (1, -1):
         raise RequantError(f"gptq: a per-channel weight scheme needs axis 1 (output columns of W [K, N]), got "
@@ -165,6 +187,9 @@ def gptq_quantize(weight: np.ndarray, hessian: np.ndarray, scheme: QuantScheme, 
     w[dead, :] = 0.0
     energy = np.diag(h).copy() if clip == "mse" else None
     h += damp * float(np.mean(np.diag(h))) * np.eye(k)
+    perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(k)
+    if scheme.is_block_format:
+        return _gptq_fp4_blocks(w0, w, h, perm, scheme, block_size)
     group = scheme.group_size if scheme.granularity == "group" else 0
     if scheme.granularity == "group":
         if k % group:
@@ -183,29 +208,19 @@ def gptq_quantize(weight: np.ndarray, hessian: np.ndarray, scheme: QuantScheme, 
         # whole groups per block: a group's scale then comes from rows that have every
         # earlier row's update, as in the unblocked algorithm
         block_size = max(1, block_size // group) * group
-    perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(k)
-    w, hp = w[perm], h[np.ix_(perm, perm)]
-    u = np.linalg.cholesky(np.linalg.inv(hp)).T  # upper: H^-1 = U^T U
-    codes = np.zeros((k, n), scheme.dtype.np)
-    deq = np.zeros((k, n), np.float64)
-    for i1 in range(0, k, block_size):
-        i2 = min(i1 + block_size, k)
-        errors = np.zeros((i2 - i1, n))
-        for i in range(i1, i2):
-            row = perm[i]
-            if group and not static and row % group == 0:
-                g = row // group
-                scale[g], zg = _group_params(w[i:i + group], scheme, None if energy is None else energy[row:row + group])
-                if zp is not None:
-                    zp[g] = zg
-            g = row // group if group else 0
-            s_row, z_row = _row_params(scale[g] if group else scale, None if zp is None else (zp[g] if group else zp), n)
-            c, q = _quantize_rows(w[i:i + 1], s_row, z_row, scheme)
-            codes[row], deq[row] = c[0], q[0]
-            err = (w[i] - q[0]) / u[i, i]
-            w[i + 1:i2] -= np.outer(u[i, i + 1:i2], err)
-            errors[i - i1] = err
-        w[i2:] -= u[i1:i2, i2:].T @ errors
+
+    def quantize_row(wp: np.ndarray, i: int, row: int) -> tuple[np.ndarray, np.ndarray]:
+        if group and not static and row % group == 0:
+            g = row // group
+            scale[g], zg = _group_params(wp[i:i + group], scheme, None if energy is None else energy[row:row + group])
+            if zp is not None:
+                zp[g] = zg
+        g = row // group if group else 0
+        s_row, z_row = _row_params(scale[g] if group else scale, None if zp is None else (zp[g] if group else zp), n)
+        c, q = _quantize_rows(wp[i:i + 1], s_row, z_row, scheme)
+        return c[0], q[0]
+
+    codes, deq = _error_feedback(w, h, perm, block_size, quantize_row, scheme.dtype.np)
     rtn = _rtn(w0, scheme, scale, zp, group)
     result = GptqResult(codes, scale if scheme.granularity != "tensor" else np.asarray(scale).reshape(()),
                         zp if zp is None or scheme.granularity != "tensor" else np.asarray(zp).reshape(()),
@@ -213,6 +228,60 @@ def gptq_quantize(weight: np.ndarray, hessian: np.ndarray, scheme: QuantScheme, 
     logger.debug("gptq: %s, Hessian-weighted error %.4g -> %.4g (RTN -> GPTQ)", scheme.describe(), result.rtn_error,
                  result.error)
     return result
+
+
+def _error_feedback(w: np.ndarray, h: np.ndarray, perm: np.ndarray, block_size: int,
+                    quantize_row: Callable[[np.ndarray, int, int], tuple[np.ndarray, np.ndarray]],
+                    storage: Any) -> tuple[np.ndarray, np.ndarray]:
+    """GPTQ's loop (module docstring): rows in `perm` order, each quantized by
+    `quantize_row(permuted W, position, original row)` -> (codes, dequantized), its error
+    spread over the rows after it; (codes, dequantized float64) in the original order."""
+    k, n = w.shape
+    w, hp = w[perm], h[np.ix_(perm, perm)]
+    u = np.linalg.cholesky(np.linalg.inv(hp)).T  # upper: H^-1 = U^T U
+    codes = np.zeros((k, n), storage)
+    deq = np.zeros((k, n), np.float64)
+    for i1 in range(0, k, block_size):
+        i2 = min(i1 + block_size, k)
+        errors = np.zeros((i2 - i1, n))
+        for i in range(i1, i2):
+            row = perm[i]
+            codes[row], deq[row] = quantize_row(w, i, row)
+            err = (w[i] - deq[row]) / u[i, i]
+            w[i + 1:i2] -= np.outer(u[i, i + 1:i2], err)
+            errors[i - i1] = err
+        w[i2:] -= u[i1:i2, i2:].T @ errors
+    return codes, deq
+
+
+def _gptq_fp4_blocks(w0: np.ndarray, w: np.ndarray, h: np.ndarray, perm: np.ndarray, scheme: QuantScheme,
+                     block_size: int) -> GptqResult:
+    """NVFP4 / MXFP4 weights (blocks of 16 / 32 along K): the scales round to nearest
+    would take (`requant.ir.quant_formats.quantize_blocks`: NVFP4's tensor scale and E4M3
+    block scales, MXFP4's E8M0 ones) from the original W, fixed while GPTQ rounds rows to
+    E2M1 on them. Result: E2M1 codes, the block scales [K/block, N] in their storage, no
+    zero point, and `values`: the dequantized float32 weights, which the simulated graph
+    reads."""
+    blocks = quantize_blocks(w0.astype(np.float32), scheme)
+    g = int(scheme.group_size)
+    if scheme.granularity == "mx":  # powers of two: the division is exact in float64, as quantize_blocks does it
+        divisor = e8m0_decode(blocks.scales).astype(np.float64)
+        work = np.float64
+    else:
+        divisor = (blocks.scales.astype(np.float32) * np.float32(blocks.tensor_scale)).astype(np.float32)
+        work = np.float32
+
+    def quantize_row(wp: np.ndarray, i: int, row: int) -> tuple[np.ndarray, np.ndarray]:
+        d = divisor[row // g]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            v = np.where(d == 0, work(0), wp[i].astype(work) / np.where(d == 0, work(1), d))
+        c = cast_to(v.astype(work), dtypes.fp4_e2m1)
+        return c, (c.astype(work) * d).astype(np.float32).astype(np.float64)
+
+    codes, deq = _error_feedback(w, h, perm, block_size, quantize_row, dtypes.fp4_e2m1.np)
+    rtn = dequantize_blocks(blocks, scheme).astype(np.float64)
+    return GptqResult(codes, blocks.scales, None, _weighted_error(w0 - rtn, h), _weighted_error(w0 - deq, h),
+                      values=deq.astype(np.float32))
 
 
 def _rtn(w: np.ndarray, scheme: QuantScheme, scale: np.ndarray, zp: np.ndarray | None, group: int) -> np.ndarray:
@@ -252,9 +321,10 @@ def collect_hessians(graph: Graph, batches: Iterable[Any], names: Sequence[str],
 def gptq_weight_codes(graph: Graph, weights: Sequence[tuple[Node, int, QuantScheme]], batches: Iterable[Any], *,
                       runner: str = "auto", damp: float = DEFAULT_DAMP, act_order: bool = True,
                       block_size: int = DEFAULT_BLOCK, clip: str = "mse") -> tuple[dict[tuple[int, QuantScheme], tuple], float]:
-    """({(id(weight value), scheme): (codes, scale, zero point)}, the mean ratio of GPTQ's
-    Hessian-weighted error to round-to-nearest's) for MatMul weights given as (node, input
-    index 1, scheme); the Hessians come from the MatMuls' first inputs over `batches`."""
+    """({(id(weight value), scheme): (codes, scale, zero point), or for NVFP4 the
+    dequantized float32 weight}, the mean ratio of GPTQ's Hessian-weighted error to
+    round-to-nearest's) for MatMul weights given as (node, input index 1, scheme); the
+    Hessians come from the MatMuls' first inputs over `batches`."""
     readers: dict[tuple[int, QuantScheme], list[Node]] = {}
     values = {}
     for node, index, scheme in weights:
@@ -273,7 +343,7 @@ def gptq_weight_codes(graph: Graph, weights: Sequence[tuple[Node, int, QuantSche
         w = np.asarray(values[key].const, np.float64)
         h = sum(hessians[n.inputs[0].name][0] for n in nodes)
         result = gptq_quantize(w, h, key[1], damp=damp, act_order=act_order, block_size=block_size, clip=clip)
-        found[key] = (result.codes, result.scale, result.zero_point)
+        found[key] = result.values if result.values is not None else (result.codes, result.scale, result.zero_point)
         ratios.append(result.error / result.rtn_error if result.rtn_error > 0 else 1.0)
         logger.debug("gptq: %%%s (%s): Hessian-weighted error x%.3f of round-to-nearest's", values[key].name,
                      key[1].describe(), ratios[-1])

@@ -34,7 +34,8 @@ as its own pass, passes/smoothquant.py):
   `FakeQuantize` (simulation); fp8 uses QuantizeLinear/DequantizeLinear to fp8.
 Weight codes are rounded to nearest (`weight_method="rtn"`), or, with
 `weight_method="gptq"`, chosen by GPTQ (passes/gptq.py) for MatMul weights with integer
-schemes, from the Hessians of their inputs over the calibration `batches` (run on
+or NVFP4 / MXFP4 schemes (those simulated formats: the weight becomes its dequantized
+GPTQ values, a constant), from the Hessians of their inputs over the calibration `batches` (run on
 `runner`); `gptq_damp` / `gptq_act_order` / `gptq_clip` are its damping, activation
 order and scale search ("mse": each scale's range shrunk to the least input-weighted
 rounding error; "minmax": the weights' range). Other
@@ -344,8 +345,9 @@ def _activation_range(stat: Any, cfg: QuantizeConfig, scheme: QuantScheme) -> tu
 
 def _gptq_codes(graph: Graph, plans: Mapping[int, list[_Input] | str], editor: QuantEditor, batches: Any,
                 runner: str, damp: float, act_order: bool, clip: str) -> dict[str, int | float]:
-    """GPTQ's codes for every planned MatMul weight with an integer Q/DQ scheme, handed to
-    the editor (passes/gptq.py); {weights_gptq, gptq_error_ratio}."""
+    """GPTQ's codes for every planned MatMul weight with an integer Q/DQ scheme (or the
+    dequantized values for an FP4 block scheme), handed to the editor (passes/gptq.py);
+    {weights_gptq, gptq_error_ratio}."""
     from requant.passes.gptq import gptq_weight_codes
 
     if batches is None:
@@ -353,10 +355,12 @@ def _gptq_codes(graph: Graph, plans: Mapping[int, list[_Input] | str], editor: Q
                            "Hessians of the linears' inputs")
     weights = [(node, item.index, item.scheme) for node in graph if node.op == "MatMul"
                and not isinstance(plan := plans.get(id(node), "-"), str)
-               for item in plan if item.role == "weight" and uses_qdq(item.scheme) and item.scheme.dtype.is_integer]
+               for item in plan if item.role == "weight"
+               and (uses_qdq(item.scheme) and item.scheme.dtype.is_integer or item.scheme.is_block_format)]
     found, ratio = gptq_weight_codes(graph, weights, batches, runner=runner, damp=damp, act_order=act_order,
                                      clip=clip)
-    editor.precomputed.update(found)
+    editor.precomputed.update({key: v for key, v in found.items() if isinstance(v, tuple)})
+    editor.precomputed_values.update({key: v for key, v in found.items() if not isinstance(v, tuple)})
     return {"weights_gptq": len(found), "gptq_error_ratio": ratio}
 
 

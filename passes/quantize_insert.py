@@ -5,7 +5,9 @@ one input of one node, leaving every other reader of the value as it was.
   holding its codes (int8 / int4 / fp8 storage; round to nearest, or what
   `precomputed[(id(W), scheme)]` holds: GPTQ's), scale (and zero point when asymmetric)
   constants, and `DequantizeLinear(codes, scale[, zero_point]) {axis, block_size}`
-  feeding the node. Codes are made once per (weight, scheme) and shared; each reader
+  feeding the node; a simulated format's weight whose values `precomputed_values` holds
+  (GPTQ on NVFP4 / MXFP4 grids) becomes that constant instead of a FakeQuantize. Codes
+  are made once per (weight, scheme) and shared; each reader
   gets its own DequantizeLinear (the Q/DQ convention ONNX Runtime and `lower_quant`
   match on: a DequantizeLinear has one reader).
 - `QuantEditor.activation(node, index, scheme, lo, hi)`: a float activation x ->
@@ -68,6 +70,9 @@ class QuantEditor:
         self.replaced_constants: dict[int, Value] = {}
         # (id(weight), scheme) -> (codes, scale, zero point) chosen elsewhere (GPTQ)
         self.precomputed: dict[tuple[int, QuantScheme], tuple] = {}
+        # (id(weight), scheme) -> the dequantized values of a simulated format chosen
+        # elsewhere (GPTQ on NVFP4 grids): the reader takes them as a constant
+        self.precomputed_values: dict[tuple[int, QuantScheme], np.ndarray] = {}
 
     # -- weights ----------------------------------------------------------------------------
     def weight(self, node: Node, index: int, scheme: QuantScheme) -> Value:
@@ -99,6 +104,17 @@ class QuantEditor:
     def _simulate_constant(self, node: Node, index: int, scheme: QuantScheme) -> Value:
         w = node.inputs[index]
         assert w is not None and w.const is not None
+        key = (id(w), scheme)
+        if key in self.precomputed_values:
+            if key not in self._codes:
+                g = self.graph
+                v = g.add_constant(np.asarray(self.precomputed_values[key], np.float32),
+                                   name=unused_name(g, f"{w.name}_{scheme.granularity}fp4"))
+                v.meta["quant"] = scheme.to_attrs()
+                self._codes[key] = (v, v, None)
+                self.replaced_constants[id(w)] = w
+            node.set_input(index, self._codes[key][0])
+            return self._codes[key][0]
         lo, hi = (None, None) if scheme.granularity == "mx" else tensor_ranges(w.const, scheme)
         self.replaced_constants.setdefault(id(w), w)
         return self.simulated(node, index, scheme, lo, hi)

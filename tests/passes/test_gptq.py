@@ -11,7 +11,11 @@
 - What it is for: on correlated inputs with outlier channels, the Hessian-weighted error
   of the quantized layer and its output error on the calibration rows are below
   round-to-nearest's with the same scales; codes stay in the format's range.
-- quantize(weight_method="gptq") on a small graph: stats, the codes in the graph are
+- NVFP4 / MXFP4 weights: the block scales are round to nearest's, every value is an E2M1
+  code times its block's scale, and the weighted and output errors are below RTN's; blocks
+  across the outputs are refused.
+- quantize(weight_method="gptq") on a small graph (also with NVFP4 weights, which become
+  constants holding GPTQ's grid values): stats, the codes in the graph are
   GPTQ's, the quantized graph's outputs on the calibration batches are closer to float
   than RTN's; the cases that must not run: no batches, an unknown method, a float format.
 """
@@ -24,7 +28,17 @@ import pytest
 from canonical_testing import build_graph, run_pass
 from requant import ir
 from requant.errors import RequantError
-from requant.ir.quant_formats import QuantScheme, choose_qparams, dequantize_linear, quantize_linear, tensor_ranges
+from requant.ir.quant_formats import (
+    BlockQuantized,
+    QuantScheme,
+    choose_qparams,
+    dequantize_blocks,
+    dequantize_linear,
+    quantize_blocks,
+    quantize_linear,
+    tensor_ranges,
+)
+from requant.ir.quant_formats import parse_scheme
 from requant.passes.gptq import collect_hessians, gptq_quantize
 
 RNG = np.random.default_rng(21)
@@ -128,6 +142,26 @@ def test_mse_scales_lower_the_error_on_heavy_tailed_weights():
     assert group_mse.error <= group_minmax.error
 
 
+FP4_BLOCKS = [QuantScheme("fp4_e2m1", "nv", axis=0), QuantScheme("fp4_e2m1", "mx", axis=0)]
+
+
+@pytest.mark.parametrize("scheme", FP4_BLOCKS, ids=["nvfp4", "mxfp4"])
+def test_fp4_blocks_keep_round_to_nearests_scales_and_lower_the_error(scheme):
+    r = gptq_quantize(W, H, scheme)
+    rtn = quantize_blocks(W.astype(np.float32), scheme)
+    np.testing.assert_array_equal(r.scale, rtn.scales)  # the block scales round to nearest takes
+    on_grid = dequantize_blocks(BlockQuantized(r.codes, rtn.scales, rtn.tensor_scale), scheme)
+    np.testing.assert_array_equal(r.values, on_grid)  # every value is E2M1 code x its block's scale
+    assert r.error < 0.8 * r.rtn_error, (r.error, r.rtn_error)
+    w_rtn = dequantize_blocks(rtn, scheme).astype(np.float64)
+    assert np.linalg.norm(X @ (W - r.values)) < 0.8 * np.linalg.norm(X @ (W - w_rtn))
+
+
+def test_gptq_refuses_fp4_blocks_across_outputs():
+    with pytest.raises(RequantError, match="blocks run along K"):
+        gptq_quantize(W, H, QuantScheme("fp4_e2m1", "nv", axis=1))
+
+
 def test_gptq_refuses_an_unknown_clip():
     with pytest.raises(RequantError, match="clip must be one of mse, minmax"):
         gptq_quantize(W, H, CHANNEL, clip="percentile")
@@ -175,6 +209,24 @@ def test_quantize_with_gptq_weights():
         errors = {}
         for name, g in (("rtn", g_rtn), ("gptq", g_gptq)):
             errors[name] = sum(float(np.sum((ir.run(g, b)[out] - ir.run(reference, b)[out]) ** 2)) for b in BATCHES)
+        assert errors["gptq"] < 0.8 * errors["rtn"], (out, errors)
+
+
+def test_quantize_with_gptq_on_nvfp4_weights():
+    g_rtn, g_gptq, reference = _graph(), _graph(), _graph()
+    options = {"weight_scheme": "nvfp4-axis0", "weight_only": True}
+    run_pass("quantize", g_rtn, **options)
+    gptq = run_pass("quantize", g_gptq, weight_method="gptq", batches=BATCHES, runner="interpreter", **options)
+    assert gptq.stats["weights_gptq"] == 2 and gptq.stats["weights_quantized"] == 2
+    # the simulated weights are constants holding GPTQ's grid values, not FakeQuantize nodes
+    assert g_gptq.op_histogram() == {"MatMul": 2} and g_rtn.op_histogram() == {"FakeQuantize": 2, "MatMul": 2}
+    h, _ = collect_hessians(reference, BATCHES, ["x"], runner="interpreter")["x"]
+    first = next(n for n in g_gptq if n.op == "MatMul" and n.inputs[1].type.shape == (K, N)).inputs[1]
+    np.testing.assert_array_equal(first.const, gptq_quantize(W.astype(np.float32), h, parse_scheme("nvfp4-axis0")).values)
+    assert first.meta["quant"]["granularity"] == "nv"
+    for out in (0, 1):
+        errors = {name: sum(float(np.sum((ir.run(g, b)[out] - ir.run(reference, b)[out]) ** 2)) for b in BATCHES)
+                  for name, g in (("rtn", g_rtn), ("gptq", g_gptq))}
         assert errors["gptq"] < 0.8 * errors["rtn"], (out, errors)
 
 
