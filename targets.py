@@ -515,7 +515,15 @@ _FP4_OPTIONS = {
     "block": OptionSpec(str, "nv", "block scaling: nv (16, E4M3 scales + f32) or mx (32, E8M0 scales)", ("nv", "mx")),
     "search": OptionSpec(bool, False, "LLM-FP4 instead of blocks: a searched FP4 format per tensor with "
                                       "per-channel exponent biases folded into the next weights (ignores block, "
-                                      "method, ops and exclude)"),
+                                      "method, ops, exclude, weight_method and SmoothQuant)"),
+    # measured by `python -m requant.tools.bench.rotate` on MiniLM (NVFP4): GPTQ on the
+    # blocks' grids and SmoothQuant on every linear input each lower the error
+    "weight_method": OptionSpec(str, "gptq", "weight codes: round to nearest ('rtn') or GPTQ on the FP4 blocks' "
+                                             "grids ('gptq', MatMul weights, Hessians from the calibration "
+                                             "batches)", _WEIGHT_METHODS),
+    "smooth_alpha": OptionSpec((float, type(None)), 0.5, "SmoothQuant migration strength before quantizing (None: "
+                                                         "no SmoothQuant)"),
+    "smooth_scope": OptionSpec(str, "all", _INT8_OPTIONS["smooth_scope"].help, ("norm", "all")),
     **_ROTATE_OPTIONS,
 }
 _FP4_BLOCK = Opt("block", {"nv": 16, "mx": 32})
@@ -525,9 +533,11 @@ _FP4_STEPS = (
     *_ROTATE,
     # block scales come from the data; NVFP4's float32 per-tensor scale of activations
     # comes from calibration (MXFP4 needs none, but calibrating keeps one pipeline)
+    replace(_SMOOTHQUANT, when=_FP4_BLOCKS),
     Step(CALIBRATE, {"runner": Opt("calibration_runner")}, when=_FP4_BLOCKS),
     replace(_quantize_step(Scheme("fp4_e2m1", Opt("block"), axis=0, group_size=_FP4_BLOCK),
-                           Scheme("fp4_e2m1", Opt("block"), axis=-1, group_size=_FP4_BLOCK)), when=_FP4_BLOCKS),
+                           Scheme("fp4_e2m1", Opt("block"), axis=-1, group_size=_FP4_BLOCK),
+                           weight_method=Opt("weight_method")), when=_FP4_BLOCKS),
     Step("llm_fp4", {"calibration": BATCHES, "runner": Opt("calibration_runner")},
          when=("search", True)),
     *_QUANT_CLEANUP,

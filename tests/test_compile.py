@@ -377,8 +377,8 @@ def test_cpu_fp4_search_swaps_the_block_quantizer_for_llm_fp4(tmp_path) -> None:
     target = TARGETS["cpu-fp4"]
     steps = [s.name for s in target.resolve_steps(target.resolve_options({"search": True}))]
     assert steps == ["canonicalize", "fold_batchnorm", "llm_fp4", "cse", "dce"]
-    assert [s.name for s in target.resolve_steps(target.resolve_options({}))][:4] == ["canonicalize", "fold_batchnorm",
-                                                                                       "calibrate", "quantize"]
+    assert [s.name for s in target.resolve_steps(target.resolve_options({}))][:5] == [
+        "canonicalize", "fold_batchnorm", "smoothquant", "calibrate", "quantize"]  # blocks: SmoothQuant, then GPTQ
     model = wide_mlp().eval()
     calib = batches(6, shape=(4, 64), seed=5)
     with pytest.raises(RequantError, match="cpu-fp4 is static"):

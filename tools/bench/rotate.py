@@ -16,7 +16,8 @@ same batches). Rows, each beside its row without rotation and with RTN weights:
   tensor, static, minmax: RTN, rotated RTN, GPTQ, rotated GPTQ, and rotated GPTQ with MSE
   activation ranges; and per token, dynamic: RTN, rotated RTN, GPTQ with MSE-searched
   clip ratios, the same rotated);
-- W4A4 NVFP4 (simulated, cpu-fp4): RTN, rotated;
+- W4A4 NVFP4 (simulated, cpu-fp4): RTN, rotated RTN, GPTQ, rotated GPTQ, SmoothQuant +
+  GPTQ (the target's default); MXFP4: RTN and the default;
 - TVM (tvm-cpu-int8, built for batch 64): SmoothQuant on every input vs rotated;
 - the rotated W8A8 models again with every Hadamard replaced by Identity (outputs wrong,
   timing only): the online rotations' share of latency on ONNX Runtime and TVM.
@@ -52,6 +53,7 @@ __all__ = ["main", "MINILM_ROWS", "LM_ROWS"]
 
 _W8 = {"smooth_alpha": None}
 _ROT = {"rotate": True}
+_FP4_RTN = {"weight_method": "rtn", "smooth_alpha": None}  # cpu-fp4 before GPTQ and SmoothQuant were its defaults
 # (row name, target, compile options, timed)
 MINILM_ROWS: tuple[tuple[str, str, dict, bool], ...] = (
     ("cpu-int8 (SmoothQuant: today's default)", "cpu-int8", {}, True),
@@ -64,8 +66,13 @@ MINILM_ROWS: tuple[tuple[str, str, dict, bool], ...] = (
     ("W4A8 GPTQ, no rotation", "cpu-w4a8", {"rotate": False}, True),
     ("W4A8 rotated, RTN", "cpu-w4a8", {"weight_method": "rtn"}, True),
     ("W4A4 INT4 target (cpu-w4a4: rotated + GPTQ, per-token MSE clip; simulated)", "cpu-w4a4", {}, False),
-    ("W4A4 NVFP4 RTN (cpu-fp4, simulated)", "cpu-fp4", {}, False),
-    ("W4A4 NVFP4 rotated (cpu-fp4 rotate=True, simulated)", "cpu-fp4", _ROT, False),
+    ("W4A4 NVFP4 RTN (simulated)", "cpu-fp4", _FP4_RTN, False),
+    ("W4A4 NVFP4 rotated, RTN (simulated)", "cpu-fp4", {**_FP4_RTN, **_ROT}, False),
+    ("W4A4 NVFP4 GPTQ, no SmoothQuant (simulated)", "cpu-fp4", {"smooth_alpha": None}, False),
+    ("W4A4 NVFP4 rotated + GPTQ (simulated)", "cpu-fp4", {"smooth_alpha": None, **_ROT}, False),
+    ("W4A4 NVFP4 SmoothQuant + GPTQ (cpu-fp4, simulated)", "cpu-fp4", {}, False),
+    ("W4A4 MXFP4 RTN (simulated)", "cpu-fp4", {**_FP4_RTN, "block": "mx"}, False),
+    ("W4A4 MXFP4 SmoothQuant + GPTQ (cpu-fp4 block=mx, simulated)", "cpu-fp4", {"block": "mx"}, False),
     ("TVM tvm-cpu-int8 (SmoothQuant on every input)", "tvm-cpu-int8", {}, True),
     ("TVM tvm-cpu-int8 rotated, no SmoothQuant", "tvm-cpu-int8", {**_W8, **_ROT}, True),
 )
