@@ -375,9 +375,9 @@ def _token_clips(graph: Graph, plans: Mapping[int, list[_Input] | str], cfg: Qua
                            "calibration batches: pass batches=[...] (or method='minmax': no clipping)")
     from requant.passes.token_clip import search_token_clips
 
-    names = [node.inputs[item.index].name for node in graph if not isinstance(plan := plans.get(id(node), "-"), str)
-             for item in plan if item.role == "activation"]
-    return search_token_clips(graph, batches, names, cfg.activation, runner=runner)
+    schemes = {node.inputs[item.index].name: item.scheme for node in graph
+               if not isinstance(plan := plans.get(id(node), "-"), str) for item in plan if item.role == "activation"}
+    return search_token_clips(graph, batches, schemes, runner=runner)
 
 
 def _quantize_op(node: Node, plan: list[_Input] | str, cfg: QuantizeConfig, stats: Mapping[str, Any],

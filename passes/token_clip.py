@@ -12,7 +12,7 @@ run on the float graph as the other range searches are.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -27,12 +27,12 @@ CLIP_GRID = tuple(float(c) for c in np.round(np.arange(1.0, 0.475, -0.05), 2))
 """The candidate ratios, 1 (no clipping) down to 0.5."""
 
 
-def search_token_clips(graph: Graph, batches: Iterable[Any], names: Sequence[str], scheme: QuantScheme, *,
+def search_token_clips(graph: Graph, batches: Iterable[Any], schemes: Mapping[str, QuantScheme], *,
                        runner: str = "auto") -> dict[str, float]:
     """{activation name: the ratio in CLIP_GRID with the least squared per-token
-    quantization error over the batches} (module docstring); ties keep the larger
-    ratio."""
-    names = list(dict.fromkeys(names))
+    quantization error over the batches, under that activation's scheme (its row axis)}
+    (module docstring); ties keep the larger ratio."""
+    names = list(schemes)
     if not names:
         return {}
     observed = ObservedGraph(graph, names)
@@ -44,6 +44,6 @@ def search_token_clips(graph: Graph, batches: Iterable[Any], names: Sequence[str
         for name in names:
             x = np.asarray(outs[name], np.float32)
             for i, clip in enumerate(CLIP_GRID):
-                d = fake_quantize_tokens(x, scheme, clip) - x
+                d = fake_quantize_tokens(x, schemes[name], clip) - x
                 errors[name][i] += float(np.sum(np.square(d, dtype=np.float64)))
     return {name: CLIP_GRID[int(np.argmin(errors[name]))] for name in names}

@@ -8,7 +8,8 @@ weight keeps its Q/DQ codes; (c) numerics: the interpreter's output equals
 FQ_token(x) @ DQ(W) computed with the codec (float32 tolerance), each row's error is
 bounded by its own scale, and a row 1000x larger than the others does not coarsen them
 (a per-tensor scale does); the clip search picks the grid ratio with the least error,
-found by brute force here, and a clip < 1 for Gaussian rows at 4 bits; (d) what must not
+found by brute force here, and a clip < 1 for Gaussian rows at 4 bits; a Conv's input
+takes its tokens (and its clip search) along the channels; (d) what must not
 run: per-token weights, a range method other than minmax / mse, dynamic=True, mse
 without batches; the scheme's own refusals (unsigned, asymmetric, a group size).
 The op itself (FakeQuantize "token" against an independent numpy reference, ONNX and
@@ -107,7 +108,7 @@ def test_search_token_clips_keeps_one_for_rows_without_extremes():
     # rows of +-1 only: any clip below 1 makes every value worse
     x = np.where(np.random.default_rng(1).random((3, K)) < 0.5, -1.0, 1.0).astype(np.float32)
     graph = ir.parse(BEFORE)
-    assert search_token_clips(graph, [{"x": x}], ["x"], TOKEN4, runner="interpreter") == {"x": 1.0}
+    assert search_token_clips(graph, [{"x": x}], {"x": TOKEN4}, runner="interpreter") == {"x": 1.0}
 
 
 @pytest.mark.parametrize("options, message", [
@@ -131,3 +132,24 @@ def test_the_scheme_refuses_what_has_no_per_token_meaning():
             QuantScheme(granularity="token", **kwargs)
     with pytest.raises(ValueError, match="clip must be in"):
         fake_quantize_tokens(np.ones((2, 4), np.float32), TOKEN4, 1.5)
+
+
+CONV = """
+graph main(%x: f32[2,4,5,5]) -> (%y) {
+  const %w: f32[3,4,3,3] = ...
+  %y: f32[2,3,3,3] = Conv(%x, %w)
+}"""
+
+
+def test_a_conv_input_takes_its_tokens_along_the_channels():
+    graph = ir.parse(CONV.replace("...", str(np.round(RNG.standard_normal((3, 4, 3, 3)), 3).tolist())))
+    batches = [{"x": (np.random.default_rng(s).standard_normal((2, 4, 5, 5)) * [[[[1.0]], [[3.0]], [[0.5]], [[2.0]]]])
+                .astype(np.float32)} for s in range(3)]
+    run_pass("quantize", graph, weight_scheme="int8-channel", activation_scheme="int4-token", method="mse",
+             batches=batches, runner="interpreter")
+    fq = next(n for n in graph if n.op == "FakeQuantize")
+    assert fq.attrs["axis"] == 1  # one scale per pixel, across its channels
+    along_channels = QuantScheme("int4", "token", axis=1)
+    errors = [sum(float(np.sum((fake_quantize_tokens(b["x"], along_channels, c) - b["x"]).astype(np.float64) ** 2))
+                  for b in batches) for c in CLIP_GRID]
+    assert fq.attrs["clip"] == CLIP_GRID[int(np.argmin(errors))]
