@@ -95,32 +95,32 @@ def _records(cm) -> dict[str, dict]:
     return {r["name"]: r.get("stats", {}) for r in cm.stats["passes"]}
 
 
+def _llama_through(target: str, seed: int) -> tuple:
+    """A random-weight Llama compiled for `target` on 6 calibration batches: (the compiled
+    model, its pass records, the cosine of its logits to torch's on another batch)."""
+    case = perturbed(zoo.llama())
+    feeds = _ids(seed)
+    want = case.module(torch.from_numpy(feeds["input_ids"])).detach().numpy()
+    cm = requant.compile(case.module, target=target, example_inputs=case.example_inputs,
+                         calibration=[_ids(s) for s in range(6)], holdout=0)
+    got = cm(**feeds)[0]
+    return cm, _records(cm), float(np.sum(got * want) / np.linalg.norm(got) / np.linalg.norm(want))
+
+
 @pytest.mark.slow
 def test_llama_through_cpu_w4a8():
-    case = perturbed(zoo.llama())
-    feeds = _ids(99)
-    want = case.module(torch.from_numpy(feeds["input_ids"])).detach().numpy()
-    cm = requant.compile(case.module, target="cpu-w4a8", example_inputs=case.example_inputs,
-                         calibration=[_ids(s) for s in range(6)], holdout=0)
-    ran = _records(cm)
+    cm, ran, cos = _llama_through("cpu-w4a8", 99)
     assert ran["rotate_residual"]["streams_rotated"] == 1 and ran["rotate_heads"]["attentions_rotated"] == 2
     assert ran["quantize"]["weights_gptq"] >= 14 and ran["rotate_online"]["activations_rotated"] == 4
     ops = cm.graph.op_histogram()
     assert ops.get("com.microsoft.MatMulIntegerToFloat", 0) + ops.get("com.microsoft.QAttention", 0) > 0
     assert any(v.dtype.name == "int4" for v in cm.graph.constants)  # 4-bit codes in the file
-    got = cm(**feeds)[0]
-    cos = float(np.sum(got * want) / np.linalg.norm(got) / np.linalg.norm(want))
     assert cos > 0.95, cos  # random weights, 6 calibration batches: a plumbing check, not accuracy
 
 
 @pytest.mark.slow
 def test_llama_through_cpu_w4a4_per_token():
-    case = perturbed(zoo.llama())
-    feeds = _ids(98)
-    want = case.module(torch.from_numpy(feeds["input_ids"])).detach().numpy()
-    cm = requant.compile(case.module, target="cpu-w4a4", example_inputs=case.example_inputs,
-                         calibration=[_ids(s) for s in range(6)], holdout=0)
-    ran = _records(cm)
+    cm, ran, cos = _llama_through("cpu-w4a4", 98)
     assert ran["rotate_residual"]["streams_rotated"] == 1 and ran["quantize"]["weights_gptq"] >= 14
     fq = [n for n in cm.graph if n.op == "FakeQuantize"]
     assert fq and all(n.attrs["granularity"] == "token" and 0.5 <= n.attrs["clip"] <= 1.0 for n in fq)
@@ -128,8 +128,6 @@ def test_llama_through_cpu_w4a4_per_token():
                 and n.inputs[1].producer.op == "DequantizeLinear"]
     assert len(weighted) == ran["quantize"]["weights_gptq"]  # every int4 linear reads per-token int4 activations
     assert all(n.inputs[0].producer is not None and n.inputs[0].producer.op == "FakeQuantize" for n in weighted)
-    got = cm(**feeds)[0]
-    cos = float(np.sum(got * want) / np.linalg.norm(got) / np.linalg.norm(want))
     assert cos > 0.9, cos  # random weights at 4 bits, 6 calibration batches: a plumbing check
 
 
