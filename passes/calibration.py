@@ -55,6 +55,7 @@ from requant.passes.quantize_feature_maps import feature_map_calibration_values
 __all__ = [
     "ObservedGraph",
     "ObservedRunner",
+    "observed_batches",
     "TensorStats",
     "RANGE_METHODS",
     "DEFAULT_CALIBRATION_OPS",
@@ -277,6 +278,18 @@ class ObservedRunner:
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outs = self._run(feeds)
         return {n: outs[i] for n, i in self.observed.positions.items()}
+
+
+def observed_batches(graph: Graph, batches: Iterable[Any], names: Sequence[str], runner: str = "auto"
+                     ) -> Iterator[dict[str, np.ndarray]]:
+    """{name: array} of the values `names` for each batch in turn (checked by
+    `validate_calibration`): graph inputs read from the batch, constants from their
+    payload, the rest from one run of an `ObservedGraph` on `runner`."""
+    observed = ObservedGraph(graph, names)
+    run = ObservedRunner(observed, runner) if observed.positions else None
+    for feeds in validate_calibration(graph, batches):
+        yield {**observed.constants, **{n: feeds[n] for n in observed.from_inputs},
+               **(run(feeds) if run is not None else {})}
 
 
 # ----------------------------------------------------------------------------- progress

@@ -20,7 +20,7 @@ import numpy as np
 
 from requant.errors import RequantError
 from requant.ir.graph import Graph
-from requant.passes.calibration import ObservedGraph, ObservedRunner, validate_calibration
+from requant.passes.calibration import observed_batches
 
 __all__ = ["ActivationRows", "collect_rows"]
 
@@ -47,14 +47,10 @@ def collect_rows(graph: Graph, batches: Iterable[Any], names: Sequence[str], *, 
     if not names:
         return {}
     rng = np.random.default_rng(seed)
-    observed = ObservedGraph(graph, names)
-    run = ObservedRunner(observed, runner) if observed.positions else None
     kept: dict[str, list[np.ndarray]] = {n: [] for n in names}
     absmax: dict[str, np.ndarray] = {}
     seen: dict[str, int] = dict.fromkeys(names, 0)
-    for feeds in validate_calibration(graph, batches):
-        outs = {**observed.constants, **{n: feeds[n] for n in observed.from_inputs},
-                **(run(feeds) if run is not None else {})}
+    for outs in observed_batches(graph, batches, names, runner):
         for n in names:
             arr = np.asarray(outs[n], dtype=np.float32)
             rows = arr.reshape(-1, arr.shape[-1]) if arr.ndim > 1 else arr.reshape(1, -1)

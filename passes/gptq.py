@@ -54,8 +54,8 @@ from typing import Any
 import numpy as np
 
 from requant.errors import RequantError
-from requant.ir.graph import Graph, Node
 from requant.ir import dtypes
+from requant.ir.graph import Graph, Node
 from requant.ir.ops.cast import cast_to
 from requant.ir.quant_formats import (
     QuantScheme,
@@ -67,7 +67,7 @@ from requant.ir.quant_formats import (
     quantize_linear,
     tensor_ranges,
 )
-from requant.passes.calibration import ObservedGraph, ObservedRunner, validate_calibration
+from requant.passes.calibration import observed_batches
 
 __all__ = ["GptqResult", "gptq_quantize", "gptq_weight_codes", "collect_hessians", "DEFAULT_DAMP", "DEFAULT_BLOCK",
            "CLIPS"]
@@ -303,13 +303,9 @@ def collect_hessians(graph: Graph, batches: Iterable[Any], names: Sequence[str],
     names = list(dict.fromkeys(names))
     if not names:
         return {}
-    observed = ObservedGraph(graph, names)
-    run = ObservedRunner(observed, runner) if observed.positions else None
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = dict.fromkeys(names, 0)
-    for feeds in validate_calibration(graph, batches):
-        outs = {**observed.constants, **{n: feeds[n] for n in observed.from_inputs},
-                **(run(feeds) if run is not None else {})}
+    for outs in observed_batches(graph, batches, names, runner):
         for name in names:
             x = np.asarray(outs[name], np.float64)
             x = x.reshape(-1, x.shape[-1])

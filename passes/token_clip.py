@@ -19,7 +19,7 @@ import numpy as np
 
 from requant.ir.graph import Graph
 from requant.ir.quant_formats import QuantScheme, fake_quantize_tokens
-from requant.passes.calibration import ObservedGraph, ObservedRunner, validate_calibration
+from requant.passes.calibration import observed_batches
 
 __all__ = ["CLIP_GRID", "search_token_clips"]
 
@@ -35,12 +35,8 @@ def search_token_clips(graph: Graph, batches: Iterable[Any], schemes: Mapping[st
     names = list(schemes)
     if not names:
         return {}
-    observed = ObservedGraph(graph, names)
-    run = ObservedRunner(observed, runner) if observed.positions else None
     errors = {name: np.zeros(len(CLIP_GRID)) for name in names}
-    for feeds in validate_calibration(graph, batches):
-        outs = {**observed.constants, **{n: feeds[n] for n in observed.from_inputs},
-                **(run(feeds) if run is not None else {})}
+    for outs in observed_batches(graph, batches, names, runner):
         for name in names:
             x = np.asarray(outs[name], np.float32)
             for i, clip in enumerate(CLIP_GRID):
