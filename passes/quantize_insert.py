@@ -105,16 +105,17 @@ class QuantEditor:
         w = node.inputs[index]
         assert w is not None and w.const is not None
         key = (id(w), scheme)
-        if key in self.precomputed_values:
-            if key not in self._codes:
-                g = self.graph
-                v = g.add_constant(np.asarray(self.precomputed_values[key], np.float32),
-                                   name=unused_name(g, f"{w.name}_{scheme.granularity}fp4"))
-                v.meta["quant"] = scheme.to_attrs()
-                self._codes[key] = (v, v, None)
-                self.replaced_constants[id(w)] = w
-            node.set_input(index, self._codes[key][0])
-            return self._codes[key][0]
+        values = self.precomputed_values.get(key)
+        if isinstance(values, np.ndarray):  # the first reader: make the constant, shared by the others
+            g = self.graph
+            values = g.add_constant(np.asarray(values, np.float32),
+                                    name=unused_name(g, f"{w.name}_{scheme.granularity}fp4"))
+            values.meta["quant"] = scheme.to_attrs()
+            self.precomputed_values[key] = values
+            self.replaced_constants[id(w)] = w
+        if values is not None:
+            node.set_input(index, values)
+            return values
         lo, hi = (None, None) if scheme.granularity == "mx" else tensor_ranges(w.const, scheme)
         self.replaced_constants.setdefault(id(w), w)
         return self.simulated(node, index, scheme, lo, hi)
