@@ -84,7 +84,9 @@ This module owns two things:
      followed by elementwise blocks): parallel over rows, every block computed at the
      row, elementwise blocks vectorised (16, 8 or 4 lanes); blocks named `ROW_STAGE...`
      (a row kernel's per-row values or kept rows) are kept, not inlined into every
-     element.
+     element. A reduction over the row's trailing contiguous axes (a global average
+     pool's H x W, a LayerNorm row) runs in vector lanes (`rfactor`: 16, 8 or 4
+     partial results, then their sum), also as a lone reduction block.
    - `WindowReduction`: a float max pool (`WINDOW_BLOCK...`, one reduction over its
      window's taps): parallel over batch x channels.
    - `Injective`: elementwise/broadcast/transpose kernels: producers inlined, parallel
@@ -107,6 +109,7 @@ CPU").
 from __future__ import annotations
 
 import itertools
+import math
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -1652,16 +1655,84 @@ _VNNI_CPUS = {
 # --------------------------------------------------------------------------------------
 
 
+def _lane_partial_reduction(sch: s_tir.Schedule, block):
+    """Split a reduction block (still in its own loop nest) whose trailing reduction axes
+    are the trailing axes of a buffer it reads (one contiguous run of memory per output
+    value) into lane-wise partial results (`rfactor`: lane l reduces the elements l,
+    l + lanes, ...) and a block that reduces the lanes into the output; returns the
+    partial block, or None where the run does not divide into 16, 8 or 4 lanes twice.
+    A plain loop reduces one scalar at a time, each step waiting for the previous add;
+    this changes only the order of a float sum, as any vectorised reduction does."""
+    if _is_spatial(sch, block):
+        return None
+    block_stmt = sch.get(block)
+    kinds = _iter_kinds(sch, block)
+    n_red = len(kinds) - len(kinds.rstrip("R"))
+    if n_red == 0 or "R" in kinds[:-n_red]:
+        return None
+    red_vars = [iv.var for iv in block_stmt.iter_vars[-n_red:]]
+    contiguous = any(
+        len(region.region) >= n_red
+        and all(r.min.same_as(v) and _is_one(r.extent)
+                for r, v in zip(region.region[-n_red:], red_vars))
+        for region in block_stmt.reads)
+    loops = sch.get_loops(block)[-n_red:]
+    extents = [_extent(sch, loop) for loop in loops]
+    if not contiguous or extents != [_static_int(iv.dom.extent) for iv in block_stmt.iter_vars[-n_red:]]:
+        return None
+    if any(e is None for e in extents):
+        return None
+    total = math.prod(extents)
+    lanes = next((n for n in (LANES, LANES // 2, LANES // 4) if total % n == 0 and total >= 2 * n), None)
+    if lanes is None:
+        return None
+    fused = sch.fuse(*loops) if n_red > 1 else loops[0]
+    _, lane = sch.split(fused, [None, lanes])
+    out_ndim = len(block_stmt.writes[0].region)
+    partial = sch.rfactor(lane, factor_axis=out_ndim)  # lanes contiguous: one vector
+    sch.set_scope(partial, 0, "local")
+    return partial
+
+
+def _static_int(expr) -> int | None:
+    return int(expr) if isinstance(expr, tirx.IntImm) else None
+
+
+def _is_one(expr) -> bool:
+    return _static_int(expr) == 1
+
+
+def _vectorize_lanes(sch: s_tir.Schedule, partial, rows) -> None:
+    """The partial block of `_lane_partial_reduction`, after compute_at under `rows`:
+    compute_at lays its loops out in its iter vars' order (lane, the unit spatial ones,
+    the reduction); the lane loop goes innermost, vectorised, the lanes' initial values
+    set before the reduction loop."""
+    loops = sch.get_loops(partial)
+    row_loop = sch.get(rows)
+    inner = loops[[i for i, loop in enumerate(loops) if sch.get(loop).same_as(row_loop)][0] + 1:]
+    lanes = int(sch.get(partial).iter_vars[0].dom.extent)
+    lane, outer = inner[0], inner[-1]
+    if _extent(sch, lane) != lanes or len(inner) < 2:
+        raise ValueError("unexpected loop nest of a lane-partial reduction")
+    sch.reorder(outer, lane)
+    sch.vectorize(lane)
+    sch.decompose_reduction(partial, outer)
+
+
 class RowReduction(_Rule):
     """Blocks that all start with the same spatial row axes, reductions over the rest,
     an elementwise last block: parallel rows, everything computed at the row, spatial
-    row loops vectorised by the widest of 16 / 8 / 4 lanes that divides them. Spatial
-    blocks are inlined into their readers except those named `ROW_STAGE...` (a row
-    kernel's per-row values: computed once per row)."""
+    row loops vectorised by the widest of 16 / 8 / 4 lanes that divides them, a
+    reduction over the row's trailing contiguous axes in vector lanes
+    (`_lane_partial_reduction`). Spatial blocks are inlined into their readers except
+    those named `ROW_STAGE...` (a row kernel's per-row values: computed once per row).
+    A lone reduction block is taken where it runs in lanes."""
 
     def schedule(self, sch: s_tir.Schedule, target: Target) -> bool:
         _inline_spatial(sch, keep=[b for b in _blocks(sch) if sch.get(b).name_hint.startswith(ROW_STAGE)])
         blocks = _blocks(sch)
+        if len(blocks) == 1 and not _is_spatial(sch, blocks[0]):
+            return self._lone_reduction(sch, blocks[0])
         if len(blocks) < 2 or not _is_spatial(sch, blocks[-1]):
             return False
         kinds = [_iter_kinds(sch, b) for b in blocks]
@@ -1677,12 +1748,32 @@ class RowReduction(_Rule):
         loops = sch.get_loops(last)
         rows = sch.fuse(*loops[:lead]) if lead > 1 else loops[0]
         sch.parallel(rows)
-        for b in reversed(blocks[:-1]):
+        partials = [p for p in (_lane_partial_reduction(sch, b) for b in blocks[:-1]) if p is not None]
+        for b in reversed(_blocks(sch)[:-1]):
             sch.compute_at(b, rows, preserve_unit_loops=True)
+        for partial in partials:
+            _vectorize_lanes(sch, partial, rows)
         for b in _blocks(sch):
             inner = sch.get_loops(b)[-1]
             if _is_spatial(sch, b):
                 _vectorize_any(sch, inner)
+        return True
+
+    @staticmethod
+    def _lone_reduction(sch: s_tir.Schedule, block) -> bool:
+        """A reduction with no elementwise block after it (a bare ReduceSum / ReduceMax),
+        taken only where it runs in lanes: parallel over its output values, each one's
+        lane partials then their reduction."""
+        partial = _lane_partial_reduction(sch, block)
+        if partial is None:
+            return False
+        loops = sch.get_loops(block)[:-1]  # the write-back's output loops, then its lanes
+        if not loops:
+            return False
+        rows = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+        sch.parallel(rows)
+        sch.compute_at(partial, rows, preserve_unit_loops=True)
+        _vectorize_lanes(sch, partial, rows)
         return True
 
 
