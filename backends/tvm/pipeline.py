@@ -7,7 +7,8 @@ This module owns:
   (its CPU name from LLVM, a plain x86_64 linux triple so that `mcpu` is accepted).
 - `build_cpu(mod, mcpu=None, threads=None)`: FoldConstant on the high-level module,
   `PackConstantWeights` (matmul with constant weights -> pre-packed dense kernels),
-  LegalizeOps, FuseOps, FuseTIR, the CPU schedule rules of `schedule_cpu`, then TVM's
+  LegalizeOps (with `CPU_LEGALIZATIONS`: round as LLVM's vector nearbyint), FuseOps,
+  FuseTIR, the CPU schedule rules of `schedule_cpu`, then TVM's
   usual lowering; returns a `tvm.runtime.Executable` that needs no tuning to load
   (`relax.VirtualMachine(ex, tvm.cpu())`). `build_cpu(..., schedule=False)` is the
   default TVM build of the same module, for comparison.
@@ -106,6 +107,21 @@ def set_threads(threads: int | None) -> None:
         config(0, int(threads or 0))
 
 
+def _legalize_round(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+    """relax.round as `tirx.round`, not the default legalization's `tirx.nearbyint`: on
+    LLVM both are `llvm.nearbyint` (half to even in the default rounding mode, the
+    ONNX Round / QuantizeLinear rounding), but a vectorised `tirx.nearbyint` reached
+    LLVM as 8-lane gathers and scatters, which made every quantize kernel (and the
+    Hadamard + quantize epilogue) several times slower than its memory traffic."""
+    from tvm import te, tirx
+
+    return bb.call_te(lambda x: te.compute(x.shape, lambda *i: tirx.round(x(*i)), name="round"), call.args[0])
+
+
+#: LegalizeOps overrides of the scheduled CPU build (`cpu_relax_pipeline`)
+CPU_LEGALIZATIONS = {"relax.round": _legalize_round}
+
+
 def cpu_relax_pipeline(target: tvm.target.Target, *, schedule: bool = True, vnni: bool = True,
                        fast_math: bool = True) -> tvm.transform.Pass:
     """The Relax pipeline of `build_cpu` (high level -> VM-ready), as one pass."""
@@ -117,7 +133,8 @@ def cpu_relax_pipeline(target: tvm.target.Target, *, schedule: bool = True, vnni
         prepare.append(schedule_cpu.PackConstantWeights(vnni=vnni))
     if schedule and fast_math:
         prepare.append(schedule_cpu.FastMath())
-    legalize = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
+    legalize = [relax.transform.LegalizeOps(customize_legalize_map=CPU_LEGALIZATIONS if schedule else None),
+                relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
                 relax.transform.FuseOps(), relax.transform.FuseTIR(), relax.transform.DeadCodeElimination()]
     scheduled = [schedule_cpu.schedule_cpu_module(target)] if schedule else []
 

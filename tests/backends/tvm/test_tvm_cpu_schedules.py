@@ -40,7 +40,8 @@ def _scheduled_funcs(mod: tvm.IRModule) -> dict[str, tirx.PrimFunc]:
     target = pipeline.host_llvm_target()
     seq = tvm.transform.Sequential([
         relax.transform.FoldConstant(), schedule_cpu.PackConstantWeights(), schedule_cpu.FastMath(),
-        relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
+        relax.transform.LegalizeOps(customize_legalize_map=pipeline.CPU_LEGALIZATIONS),
+        relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
         relax.transform.FuseOps(), relax.transform.FuseTIR(), schedule_cpu.schedule_cpu_module(target)])
     with target:
         out = seq(mod)
@@ -326,6 +327,55 @@ def test_row_reductions_and_elementwise_are_parallel_and_vectorised() -> None:
     for name, func in funcs.items():
         assert PARALLEL in _loop_kinds(func), name
         assert VECTORIZED in _loop_kinds(func), name
+
+
+@pytest.mark.parametrize("shape,axes,dtype", [((2, 8, 32, 32), [2, 3], "float32"), ((3, 5, 112), [2], "float32"),
+                                             ((2, 4, 14, 14), [2, 3], "float64"), ((4, 96), [1], "int32")])
+def test_long_row_reductions_sum_in_vector_lanes(shape, axes: list, dtype: str) -> None:
+    """A row reduced over its trailing contiguous axes runs as lane-wise partial sums
+    (`x_red_rf`: 16, 8 or 4 lanes, vectorised) then one sum of the lanes; float results
+    within rounding of the float64 sum, integers exact."""
+    rng = np.random.default_rng(RNG_SEED)
+    x = (rng.integers(-1000, 1000, shape) if dtype == "int32" else rng.standard_normal(shape) * 10 + 3).astype(dtype)
+    mod = _module([_var("x", shape, dtype)], lambda bb, x_: R.sum(x_, axis=axes, keepdims=True))
+    funcs = _scheduled_funcs(mod)
+    text = "".join(f.script() for f in funcs.values())
+    assert '_rf_update"' in text and VECTORIZED in _loop_kinds(next(iter(funcs.values())))
+    got = _run(pipeline.build_cpu(mod), x)
+    want = x.astype(np.float64 if dtype != "int32" else np.int64).sum(axis=tuple(axes), keepdims=True)
+    if dtype == "int32":
+        np.testing.assert_array_equal(got, want)
+    else:
+        tol = 1e-6 if dtype == "float32" else 1e-14
+        np.testing.assert_allclose(got, want, rtol=0, atol=tol * np.abs(x).sum(axis=tuple(axes), keepdims=True).max())
+
+
+@pytest.mark.parametrize("shape,axes", [((2, 16, 7, 7), [2, 3]), ((2, 64, 8, 8), [1])])
+def test_reductions_without_whole_lane_runs_stay_scalar_and_correct(shape, axes: list) -> None:
+    """49 elements per row (no 4-lane split twice over), or a reduction over a non-trailing
+    axis (not contiguous per output): no lane partials; the sum is still right."""
+    x = np.random.default_rng(RNG_SEED).standard_normal(shape).astype(np.float32)
+    mod = _module([_var("x", shape)], lambda bb, x_: R.sum(x_, axis=axes, keepdims=True))
+    assert "_rf" not in "".join(f.script() for f in _scheduled_funcs(mod).values())
+    np.testing.assert_allclose(_run(pipeline.build_cpu(mod), x),
+                               x.astype(np.float64).sum(axis=tuple(axes), keepdims=True), **FP32_TOL)
+
+
+def test_round_takes_the_vector_round_half_to_even() -> None:
+    """relax.round (every quantizer's rounding) legalizes to `tirx.round`, LLVM's vector
+    nearbyint, not `tirx.nearbyint` (which reached LLVM as gathers): values half to even,
+    -0, NaN and infinities kept, a tail past the last whole vector included. TVM's own
+    build (schedule=False) keeps its legalization."""
+    ties = [k + 0.5 for k in range(-20, 20)]
+    x = np.array(ties + [-0.0, 0.49999997, -0.49999997, 8388607.5, 1e30, np.inf, -np.inf, np.nan, 2.5000002],
+                 np.float32).reshape(1, -1)
+    mod = _module([_var("x", x.shape)], lambda bb, x_: R.round(x_))
+    text = "".join(f.script() for f in _scheduled_funcs(mod).values())
+    assert "T.round(" in text and "T.nearbyint(" not in text
+    for ex in (pipeline.build_cpu(mod), pipeline.build_cpu(mod, schedule=False)):
+        got = _run(ex, x)
+        np.testing.assert_array_equal(got, np.round(x))
+        np.testing.assert_array_equal(np.signbit(got), np.signbit(np.round(x)))
 
 
 def test_symbolic_elementwise_and_softmax_are_correct() -> None:
