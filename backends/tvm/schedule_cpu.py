@@ -109,8 +109,8 @@ CPU").
 from __future__ import annotations
 
 import itertools
-import math
 import logging
+import math
 import re
 from collections.abc import Callable, Sequence
 
@@ -1689,7 +1689,10 @@ def _lane_partial_reduction(sch: s_tir.Schedule, block):
     fused = sch.fuse(*loops) if n_red > 1 else loops[0]
     _, lane = sch.split(fused, [None, lanes])
     out_ndim = len(block_stmt.writes[0].region)
-    partial = sch.rfactor(lane, factor_axis=out_ndim)  # lanes contiguous: one vector
+    try:
+        partial = sch.rfactor(lane, factor_axis=out_ndim)  # lanes contiguous: one vector
+    except _SCHEDULE_ERRORS:  # a reducer rfactor does not know: the split loop stays serial
+        return None
     sch.set_scope(partial, 0, "local")
     return partial
 
