@@ -115,7 +115,10 @@ def _legalize_round(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     Hadamard + quantize epilogue) several times slower than its memory traffic."""
     from tvm import te, tirx
 
-    return bb.call_te(lambda x: te.compute(x.shape, lambda *i: tirx.round(x(*i)), name="round"), call.args[0])
+    x = call.args[0]
+    if not str(x.ty.dtype).startswith(("float", "bfloat")):
+        return x  # an integer is its own rounding
+    return bb.call_te(lambda t: te.compute(t.shape, lambda *i: tirx.round(t(*i)), name="round"), x)
 
 
 #: LegalizeOps overrides of the scheduled CPU build (`cpu_relax_pipeline`)

@@ -378,6 +378,15 @@ def test_round_takes_the_vector_round_half_to_even() -> None:
         np.testing.assert_array_equal(np.signbit(got), np.signbit(np.round(x)))
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float64", "int32"])
+def test_round_of_other_dtypes_is_half_to_even_or_identity(dtype: str) -> None:
+    """The same legalization on float16 / float64; an integer tensor is its own rounding."""
+    x = ((np.arange(111).reshape(3, 37) - 55) * (0.5 if dtype.startswith("float") else 1)).astype(dtype)
+    got = _run(pipeline.build_cpu(_module([_var("x", x.shape, dtype)], lambda bb, x_: R.round(x_))), x)
+    assert got.dtype == x.dtype
+    np.testing.assert_array_equal(got, np.round(x))
+
+
 def test_symbolic_elementwise_and_softmax_are_correct() -> None:
     n = tirx.Var("n", "int64")
     mod = _module([_var("x", (n, 40))], lambda bb, x_: R.nn.softmax(R.add(x_, relax.const(1.0, "float32")), axis=-1))
