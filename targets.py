@@ -523,7 +523,7 @@ _FP4_OPTIONS = {
                                              "batches)", _WEIGHT_METHODS),
     "smooth_alpha": OptionSpec((float, type(None)), 0.5, "SmoothQuant migration strength before quantizing (None: "
                                                          "no SmoothQuant)"),
-    "smooth_scope": OptionSpec(str, "all", _INT8_OPTIONS["smooth_scope"].help, ("norm", "all")),
+    "smooth_scope": replace(_INT8_OPTIONS["smooth_scope"], default="all", choices=("norm", "all")),
     **_ROTATE_OPTIONS,
 }
 _FP4_BLOCK = Opt("block", {"nv": 16, "mx": 32})

@@ -1014,9 +1014,12 @@ def _buffer_bytes(buf) -> int:
     return size * tvm.DataType(buf.dtype).bits // 8
 
 
+def _static_int(expr) -> int | None:
+    return int(expr) if isinstance(expr, tirx.IntImm) else None
+
+
 def _extent(sch: s_tir.Schedule, loop) -> int | None:
-    ext = sch.get(loop).extent
-    return int(ext) if isinstance(ext, tirx.IntImm) else None
+    return _static_int(sch.get(loop).extent)
 
 
 def _iter_kinds(sch: s_tir.Schedule, block) -> str:
@@ -1695,10 +1698,6 @@ def _lane_partial_reduction(sch: s_tir.Schedule, block):
         return None
     sch.set_scope(partial, 0, "local")
     return partial
-
-
-def _static_int(expr) -> int | None:
-    return int(expr) if isinstance(expr, tirx.IntImm) else None
 
 
 def _is_one(expr) -> bool:
