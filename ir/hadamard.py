@@ -25,6 +25,13 @@ another orthogonal transform (passes/channel_transforms.py names it).
 2^m factor by butterflies (the fast Walsh-Hadamard transform), the K factor as a small
 dense product. Row-vector convention: for x reshaped [..., K, P] (P = 2^m),
 x @ (H_K (x) H_P) = H_K^T X H_P.
+
+Block-diagonal form (`block=b`, b < n dividing n): I_(n/b) (x) H_b / sqrt(b), each run of
+b consecutive channels rotated on its own (`block_hadamard_problem` says when b is not
+valid for n). Still orthogonal, and b multiply-adds per element (log b with butterflies)
+instead of n; it spreads an outlier channel over b channels instead of n, which is what a
+per-tensor int8 quantizer needs while 4-bit formats want the whole width (the rotate
+benchmark measures both).
 """
 
 from __future__ import annotations
@@ -51,6 +58,8 @@ __all__ = [
     "fwht",
     "kronecker_factors",
     "factor_matrix",
+    "block_hadamard_problem",
+    "block_size",
 ]
 
 logger = logging.getLogger(__name__)
@@ -248,10 +257,34 @@ def hadamard_matrix(n: int) -> np.ndarray:
     return _hadamard_matrix(int(n))
 
 
-def normalized_hadamard(n: int, signs: np.ndarray | None = None) -> np.ndarray:
-    """diag(signs) H_n / sqrt(n) in float64 (orthogonal); `signs` a +-1 vector or None."""
-    h = hadamard_matrix(n).astype(np.float64) / np.sqrt(n)
+def normalized_hadamard(n: int, signs: np.ndarray | None = None, block: int = 0) -> np.ndarray:
+    """diag(signs) (I_(n/b) (x) H_b / sqrt(b)) in float64 (orthogonal), b = `block_size(n,
+    block)` (H_n / sqrt(n) for block 0); `signs` a +-1 vector or None."""
+    b = block_size(n, block)
+    h = hadamard_matrix(b).astype(np.float64) / np.sqrt(b)
+    if b != n:
+        h = np.kron(np.eye(n // b), h)
     return h if signs is None else np.asarray(signs, np.float64)[:, None] * h
+
+
+def block_hadamard_problem(n: int, block: int) -> str | None:
+    """Why I_(n/b) (x) H_b (b = `block`, 0 for the whole axis) is not a rotation of n
+    channels here, or None when it is (b = n is the plain H_n)."""
+    if not isinstance(block, (int, np.integer)) or block < 0:
+        return f"block {block!r} is not a non-negative integer"
+    b = int(block) or int(n)
+    if n % b:
+        return f"block {b} does not divide the axis's {n} channels"
+    return hadamard_unsupported(b)
+
+
+def block_size(n: int, block: int) -> int:
+    """The order of the diagonal blocks: `block`, or n for 0. Raises ValueError (the reason)
+    when `block_hadamard_problem` has one."""
+    reason = block_hadamard_problem(n, block)
+    if reason is not None:
+        raise ValueError(reason)
+    return int(block) or int(n)
 
 
 def random_signs(n: int, seed: int) -> np.ndarray:
@@ -279,14 +312,15 @@ def fwht(x: np.ndarray) -> np.ndarray:
     return y.reshape(*lead, p)
 
 
-def apply_hadamard(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """x @ H_n / sqrt(n) along `axis` (n its length), in x's dtype (module docstring)."""
+def apply_hadamard(x: np.ndarray, axis: int = -1, block: int = 0) -> np.ndarray:
+    """x @ H_n / sqrt(n) along `axis` (n its length), or with `block` b the block-diagonal
+    x @ (I_(n/b) (x) H_b / sqrt(b)), in x's dtype (module docstring)."""
     x = np.asarray(x)
     moved = np.moveaxis(x, axis, -1)
-    n = moved.shape[-1]
+    n = block_size(moved.shape[-1], block)
     k, p = hadamard_factors(n)
     dt = moved.dtype
-    y = moved.reshape(*moved.shape[:-1], k, p)
+    y = moved.reshape(*moved.shape[:-1], -1, k, p)
     y = fwht(y) if p > 1 else y
     if k > 1:
         hk = _base_matrix(k).astype(dt)

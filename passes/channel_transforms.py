@@ -17,10 +17,11 @@ The kinds, each with the cheapest exact way to apply it and its inverse (numpy, 
   rotations), each block inverted on its own;
 - `MatrixTransform(m)`: any invertible matrix, inverted by LU (refused when its
   condition number makes the inverse meaningless in float32);
-- `HadamardTransform(n, signs)`: the orthogonal diag(signs) H_n / sqrt(n) with H_n the
+- `HadamardTransform(n, signs, block)`: the orthogonal diag(signs) H_n / sqrt(n) with H_n the
   canonical Hadamard matrix of requant.ir.hadamard (QuaRot's rotation; random signs from a
-  seed make it a random Hadamard rotation); without signs it is what requant's `Hadamard`
-  op computes, so a migration can apply it online as that op.
+  seed make it a random Hadamard rotation), or with `block` b the block-diagonal
+  diag(signs) (I_(n/b) (x) H_b / sqrt(b)); without signs it is what requant's `Hadamard`
+  op computes (with the same `block`), so a migration can apply it online as that op.
 
 `rotation_transform(n, seed)` is the rotation the rotation passes use for n channels: a
 random Hadamard where requant.ir.hadamard has an order-n matrix, else (n = r x p with p the
@@ -39,8 +40,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from requant.errors import RequantError
-from requant.ir.hadamard import apply_hadamard, hadamard_factors, hadamard_unsupported, normalized_hadamard, \
-    random_signs
+from requant.ir.hadamard import apply_hadamard, block_hadamard_problem, hadamard_factors, hadamard_unsupported, \
+    normalized_hadamard, random_signs
 
 __all__ = [
     "ChannelTransform",
@@ -246,14 +247,16 @@ class MatrixTransform(ChannelTransform):
 
 @dataclass(frozen=True)
 class HadamardTransform(ChannelTransform):
-    """M = diag(signs) H_n / sqrt(n) (module docstring); `signs` None means all +1."""
+    """M = diag(signs) H_n / sqrt(n), or diag(signs) (I_(n/b) (x) H_b / sqrt(b)) with `block`
+    b > 0 (module docstring); `signs` None means all +1."""
 
     n: int
     signs: np.ndarray | None = None
+    block: int = 0
     kind = "hadamard"
 
     def __post_init__(self) -> None:
-        reason = hadamard_unsupported(self.n)
+        reason = block_hadamard_problem(self.n, self.block)
         if reason is not None:
             raise RequantError(f"hadamard transform: {reason}")
         if self.signs is not None:
@@ -272,26 +275,28 @@ class HadamardTransform(ChannelTransform):
         return self.signs is None
 
     def matrix(self) -> np.ndarray:
-        return normalized_hadamard(self.n, self.signs)
+        return normalized_hadamard(self.n, self.signs, self.block)
 
     def right(self, a: np.ndarray) -> np.ndarray:
         a = self._check(a, -1, "the operand")
-        return apply_hadamard(a if self.signs is None else a * self.signs, -1)
+        return apply_hadamard(a if self.signs is None else a * self.signs, -1, self.block)
 
     def inverse_left(self, w: np.ndarray) -> np.ndarray:
         # M^-1 w = M^T w = (w^T M)^T: the signs, then the fast transform along w's first axis
         w = self._check(w, 0, "the weight")
         if self.signs is not None:
             w = w * self.signs.reshape((-1,) + (1,) * (w.ndim - 1))
-        return np.moveaxis(apply_hadamard(np.moveaxis(w, 0, -1), -1), -1, 0)
+        return np.moveaxis(apply_hadamard(np.moveaxis(w, 0, -1), -1, self.block), -1, 0)
 
     def inverse(self) -> OrthogonalTransform:
         return OrthogonalTransform(self.matrix().T, f"inverse {self._what()}")
 
     def _what(self) -> str:
-        k, p = hadamard_factors(self.n)
+        b = self.block or self.n
+        k, p = hadamard_factors(b)
         shape = "Sylvester" if k == 1 else (f"Paley {k}" if p == 1 else f"Paley {k} x Sylvester {p}")
-        return f"hadamard ({shape}{', random signs' if self.signs is not None else ''})"
+        blocks = f", {self.n // b} diagonal blocks of {b}" if b != self.n else ""
+        return f"hadamard ({shape}{blocks}{', random signs' if self.signs is not None else ''})"
 
     def describe(self) -> str:
         return f"{self._what()} {self.n}x{self.n}"

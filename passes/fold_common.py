@@ -405,7 +405,8 @@ def migrate_transform(graph: Graph, x: Value, transform: ChannelTransform, *, cr
         return Migration("mul", splice_after(graph, x, uses, "Mul", [c], created_by=created_by, suffix="scaled"),
                          linears)
     if isinstance(transform, HadamardTransform) and transform.online:
-        return Migration("hadamard", splice_after(graph, x, uses, "Hadamard", [], {"axis": -1}, created_by=created_by,
+        attrs = {"axis": -1} | ({"block": transform.block} if transform.block else {})
+        return Migration("hadamard", splice_after(graph, x, uses, "Hadamard", [], attrs, created_by=created_by,
                                                   suffix="rotated"), linears)
     m = graph.add_constant(transform.matrix().astype(x.dtype.np), dtype=x.dtype, base=f"{x.name}_transform")
     return Migration("matmul", splice_after(graph, x, uses, "MatMul", [m], created_by=created_by,

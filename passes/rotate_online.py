@@ -30,12 +30,20 @@ ctx (I_H (x) R); the rest of a full rotation is a Hadamard across heads: the mer
 output viewed as [..., H, D], `Hadamard(., axis=-2)`, merged again (H multiply-adds per
 element instead of H x D), with (H_H (x) I_D)^T folded into the output projection.
 
+`block` b > 0: each activation of n channels gets the block-diagonal I_(n/b') (x) H_b' /
+sqrt(b') instead (b' the largest Hadamard order <= b dividing n; the whole width when
+n <= b): b' multiply-adds per element instead of n, each outlier channel spread over b'
+channels. That is enough for a per-tensor int8 quantizer, whose range the outliers set; a
+4-bit grid wants every channel mixed (the rotate benchmark measures both). The attention
+output needs no Hadamard across heads then when b <= the head size: rotate_heads' per-head
+rotation already mixes each run of head-size channels (`skipped:heads_within_block`).
+
 `qk` (R3, off by default): `Hadamard(., axis=-1)` on the queries and keys of every
 attention, after the position encoding: (Q H)(K H)^T = Q K^T, exact; it only pays for a
 quantized KV cache, which requant does not make yet.
 
 Stats: `activations_rotated`, `linears_updated`, `across_heads`, `qk_rotated`, `dense`,
-`absorbed:linear`, `skipped:rotated_offline`, `skipped:<why>`.
+`blocked` (of those rotated, how many block-diagonally), `absorbed:linear`, `skipped:rotated_offline`, `skipped:<why>`.
 """
 
 from __future__ import annotations
@@ -47,7 +55,8 @@ import numpy as np
 from requant.errors import RequantError
 from requant.ir.graph import Graph, Node, Value
 from requant.ir.hadamard import hadamard_unsupported, normalized_hadamard
-from requant.passes.channel_transforms import HadamardTransform, OrthogonalTransform, rotation_transform
+from requant.passes.channel_transforms import ChannelTransform, HadamardTransform, OrthogonalTransform, \
+    rotation_transform
 from requant.passes.conditions import CANONICAL_LINEARS
 from requant.passes.fold_common import (
     NORM_OPS,
@@ -60,7 +69,7 @@ from requant.passes.fold_common import (
 from requant.passes.manager import PassResult, graph_pass
 from requant.passes.residual_stream import find_residual_streams
 
-__all__ = ["rotate_online", "SCOPES", "online_candidates"]
+__all__ = ["rotate_online", "SCOPES", "online_candidates", "block_order"]
 
 logger = logging.getLogger(__name__)
 
@@ -151,10 +160,29 @@ def _rotate_queries_and_keys(graph: Graph, stats: dict) -> None:
         _bump(stats, "qk_rotated")
 
 
+def block_order(n: int, block: int) -> int:
+    """The order of the diagonal Hadamard blocks for n channels and the `block` option: n
+    for block 0 or n <= block, else the largest Hadamard order <= block dividing n."""
+    if block == 0 or n <= block:
+        return n
+    return max(d for d in range(1, block + 1) if n % d == 0 and hadamard_unsupported(d) is None)
+
+
+def _transform(n: int, block: int) -> ChannelTransform:
+    b = block_order(n, block)
+    if b < n:
+        return HadamardTransform(n, block=b)
+    return HadamardTransform(n) if hadamard_unsupported(n) is None else rotation_transform(n, None)
+
+
 @graph_pass(PASS, "online Hadamard on linear inputs (QuaRot R4, per-linear for any model), across heads after "
                   "rotate_heads, on Q/K (R3); H^T folded into the readers (exact)", requires=(CANONICAL_LINEARS,))
-def rotate_online(graph: Graph, scope: str = "all", heads: bool = True, qk: bool = False) -> PassResult:
+def rotate_online(graph: Graph, scope: str = "all", heads: bool = True, qk: bool = False, block: int = 0
+                  ) -> PassResult:
     """See the module docstring."""
+    if not isinstance(block, int) or isinstance(block, bool) or block < 0 or (block and hadamard_unsupported(block)):
+        raise RequantError(f"{PASS}: block must be 0 (the whole width) or a Hadamard order (2^m, or 12, 20, ... "
+                           f"times 2^m), got {block!r}")
     stats: dict[str, int | float | str] = {"activations_rotated": 0, "linears_updated": 0, "across_heads": 0,
                                            "qk_rotated": 0, "dense": 0}
     for v in online_candidates(graph, scope):
@@ -162,11 +190,15 @@ def rotate_online(graph: Graph, scope: str = "all", heads: bool = True, qk: bool
             _bump(stats, "skipped:rotated_offline")
             continue
         sdpa = _rotated_heads(v) if heads else None
+        if sdpa is not None and block and block <= sdpa.meta["head_rotation"]["size"]:
+            _bump(stats, "skipped:heads_within_block")
+            continue
         if sdpa is not None and hadamard_unsupported(sdpa.meta["head_rotation"]["heads"]) is None:
             _across_heads(graph, v, sdpa, stats)
             continue
-        n = int(v.type.shape[-1])
-        transform = HadamardTransform(n) if hadamard_unsupported(n) is None else rotation_transform(n, None)
+        transform = _transform(int(v.type.shape[-1]), block)
+        if isinstance(transform, HadamardTransform) and transform.block:
+            _bump(stats, "blocked")
         found = migrate_transform(graph, v, transform, created_by=PASS)
         for lin in found.linears:
             lin.matmul.meta["rotated_input"] = PASS

@@ -270,13 +270,14 @@ def _hadamard_matrix(n: int) -> np.ndarray:
     return np.kron(_paley(q), syl)
 
 
-def hadamard(x, *, axis: int = -1) -> np.ndarray:
+def hadamard(x, *, axis: int = -1, block: int = 0) -> np.ndarray:
     """Hadamard(X): X @ H_n / sqrt(n) along `axis` as one dense product in float64, rounded
-    once to X's dtype."""
+    once to X's dtype; with `block` b, X @ (I_(n/b) (x) H_b / sqrt(b)) built with np.kron."""
     x = np.asarray(x)
     moved = np.moveaxis(x.astype(np.float64), axis, -1)
     n = moved.shape[-1]
-    y = moved @ (_hadamard_matrix(n) / math.sqrt(n))
+    b = block or n
+    y = moved @ np.kron(np.eye(n // b), _hadamard_matrix(b) / math.sqrt(b))
     return np.moveaxis(y, -1, axis).astype(x.dtype)
 
 

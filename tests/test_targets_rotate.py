@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from requant.errors import RequantError
 from requant.targets import BATCHES, CALIBRATE, get_target
 
 ROTATIONS = ["fold_norm_affine", "layernorm_to_rmsnorm", "rotate_residual", "rotate_heads", "rotate_online"]
@@ -35,7 +36,12 @@ def test_rotate_puts_the_rotations_after_the_canonical_forms(target):
     names = _names(target, rotate=True)
     start = names.index("fold_norm_affine")
     assert names[start - 2:start] == ["canonicalize", "fold_batchnorm"] and names[start:start + 5] == ROTATIONS
-    assert _steps(target, rotate=True, rotate_online="norms")["rotate_online"].options == {"scope": "norms"}
+    block = 32 if target.endswith("int8") else 0  # int8 grids: blocks of 32 (targets.py)
+    assert _steps(target, rotate=True, rotate_online="norms")["rotate_online"].options == {"scope": "norms",
+                                                                                           "block": block}
+    assert _steps(target, rotate=True, rotate_block=12)["rotate_online"].options["block"] == 12
+    with pytest.raises(RequantError, match="rotate_block' must be 0 .* or a Hadamard order"):
+        _steps(target, rotate=True, rotate_block=156)
     assert "rotate_online" not in _names(target, rotate=True, rotate_online="none")
 
 

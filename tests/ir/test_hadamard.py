@@ -1,7 +1,8 @@
 """Tests of requant.ir.hadamard: every order the constructions reach is a Hadamard matrix
 (H H^T = n I, entries +-1), the canonical matrix of K x 2^m is H_K (x) H_(2^m), the
 orders they do not reach say why, the fast transform equals the dense product, and the
-factors the backends lower to multiply back to H_n / sqrt(n)."""
+factors the backends lower to multiply back to H_n / sqrt(n); the block-diagonal form is
+I (x) H_b, orthogonal, and refuses blocks that do not divide the axis or have no matrix."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from requant.ir import Builder, Graph, run, tensor_type
 from requant.ir.hadamard import (
     apply_hadamard,
     base_order_construction,
+    block_hadamard_problem,
     factor_matrix,
     fwht,
     hadamard_factors,
@@ -135,3 +137,35 @@ def test_op_checks_a_symbolic_order_when_it_runs():
     assert run(g, {"x": np.ones((2, 8), np.float32)})[0].shape == (2, 8)
     with pytest.raises(Exception, match="not a multiple of 4"):
         run(g, {"x": np.ones((2, 6), np.float32)})
+
+
+@pytest.mark.parametrize("n,block", [(96, 32), (1536, 32), (384, 12), (72, 12), (64, 64), (64, 0)])
+def test_block_diagonal_form_is_kron_of_the_block(n, block):
+    b = block or n
+    want = np.kron(np.eye(n // b), hadamard_matrix(b) / np.sqrt(b))
+    q = normalized_hadamard(n, block=block)
+    np.testing.assert_allclose(q, want, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(q @ q.T, np.eye(n), rtol=0, atol=1e-12)
+    x = np.random.default_rng(n).standard_normal((3, n))
+    np.testing.assert_allclose(apply_hadamard(x, block=block), x @ want, rtol=0, atol=1e-12)
+    inner = np.moveaxis(np.stack([x, -x]), -1, 1)  # along an inner axis
+    np.testing.assert_allclose(apply_hadamard(inner, axis=1, block=block), np.moveaxis(np.stack([x, -x]) @ want, -1, 1),
+                               rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("n,block,words", [(96, 64, "does not divide"), (312, 156, "order 156"),
+                                           (36, 6, "not a multiple of 4"), (32, -4, "non-negative")])
+def test_block_problems_are_named(n, block, words):
+    assert words in block_hadamard_problem(n, block)
+    with pytest.raises(ValueError, match=words):
+        apply_hadamard(np.ones((2, n)), block=block)
+
+
+def test_op_refuses_a_block_that_does_not_divide_the_axis():
+    g = Graph("h")
+    b = Builder(g)
+    x = b.input("x", tensor_type("float32", [2, 96]))
+    with pytest.raises(ShapeInferenceError, match="block 64 does not divide the axis's 96 channels"):
+        b.Hadamard(x, block=64)
+    with pytest.raises(ShapeInferenceError, match="block"):
+        b.Hadamard(x, block=-32)

@@ -9,7 +9,9 @@ rotate_online) the graph matches the canonical one within REL = 1e-5 of the larg
 pass did is held per model: the pre-norm models rotate their residual stream with no
 per-architecture table (ViT with one explicit product at each end: its patch convolution
 and its final LayerNorm, whose output is the graph's); BERT (post-norm) is refused by
-both stream passes, by name, and takes per-linear online rotations instead.
+both stream passes, by name, and takes per-linear online rotations instead. The
+block-diagonal online rotations (rotate_online block=16, the models' head size) are exact
+the same way, and need no Hadamard across heads.
 """
 
 from __future__ import annotations
@@ -55,10 +57,11 @@ def _graphs(name: str) -> dict[str, tuple[Graph, dict]]:
     return {"torch": (canonical, feeds), "onnx": (read_back, feeds)}
 
 
-def _steps(name: str) -> list:
+def _steps(name: str, block: int = 0) -> list:
     post = EXPECTED[name][-1] == "post_norm"
     return [get_pass("fold_norm_affine"), get_pass("layernorm_to_rmsnorm"), get_pass("rotate_residual", seed=3),
-            get_pass("rotate_heads", seed=4), get_pass("rotate_online", scope="all" if post else "writers")]
+            get_pass("rotate_heads", seed=4),
+            get_pass("rotate_online", scope="all" if post else "writers", block=block)]
 
 
 @pytest.mark.slow
@@ -93,6 +96,24 @@ def test_each_rotation_pass_is_exact_from_both_frontends(name):
         else:
             assert not any(n.op == "LayerNormalization" for n in g) or name == "vit", where
             assert sum(n.op == "Hadamard" for n in g) == online, where
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_block_diagonal_online_rotations_are_exact(name):
+    heads, online = EXPECTED[name][3], EXPECTED[name][4]
+    for frontend, (graph, feeds) in _graphs(name).items():
+        (want,) = ir.run(graph, feeds)
+        result = PassManager(_steps(name, block=16), verify=True).run(graph.clone())
+        (got,) = ir.run(result.graph, feeds)
+        err = float(np.max(np.abs(got.astype(np.float64) - want)))
+        where = f"{name} via {frontend}"
+        assert err <= REL * float(np.max(np.abs(want))), f"{where}: {err:.3g}"
+        stats = result.records[-1].stats
+        assert stats["skipped:heads_within_block"] == heads and stats["across_heads"] == 0, where
+        assert stats["blocked"] == stats["activations_rotated"] == online - heads, where
+        blocks = [n.attrs.get("block") for n in result.graph if n.op == "Hadamard"]
+        assert blocks == [16] * (online - heads), where
 
 
 @pytest.mark.slow

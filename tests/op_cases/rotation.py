@@ -2,7 +2,9 @@
 "requant"): powers of two (one dense factor, and butterflies split in two), Paley base
 orders (12, 20 by Paley I; 36 by Paley II) alone and times a power of two (384 = 12 x 32,
 MiniLM's width), a rotation along an inner axis (attention's heads), symbolic dims on
-either side of the axis, float16 and float64. The oracle is the dense numpy reference in
+either side of the axis, float16 and float64; block-diagonal forms (`block`: a Sylvester
+and a Paley block along the last axis, which TVM runs as its row kernel, and along an
+inner axis with symbolic dims around it, which it runs as matmuls). The oracle is the dense numpy reference in
 tests/op_references.py; an order without a construction is refused at type inference
 (tests/ir/test_hadamard.py)."""
 
@@ -34,3 +36,9 @@ add("Hadamard", [I(r(2, 4, 5, 8), shape=(2, 4, "seq", 8))], {"axis": 1}, label="
 add("Hadamard", [I(r(2, 4, 5, 8), shape=("batch", 4, "seq", 8))], {"axis": 1}, label="symbolic_both_sides")
 add("Hadamard", [I(r(3, 64, dt="f16"))], label="f16")
 add("Hadamard", [I(r(3, 20, dt="f64"))], label="f64")
+add("Hadamard", [I(r(3, 96))], {"block": 32}, label="block_32_of_96", export_opsets=OLD_OPSETS)
+add("Hadamard", [I(r(2, 5, 72), shape=("batch", 5, 72))], {"block": 12}, label="block_paley_12_of_72")
+add("Hadamard", [I(r(2, 48, 3))], {"axis": 1, "block": 16}, label="block_inner_axis")
+add("Hadamard", [I(r(2, 24, 5), shape=("batch", 24, "seq"))], {"axis": 1, "block": 8}, label="block_symbolic_both_sides")
+add("Hadamard", [I(r(2, 64))], {"block": 64}, label="block_whole_axis")
+add("Hadamard", [I(r(4, 32, dt="f16"))], {"block": 4}, label="block_f16")

@@ -5,8 +5,10 @@ structure (one Hadamard per rotated activation, shared by its linear readers, on
 branch to them only; the readers' weights take H^T, checked against H computed here),
 (c) the interpreter's outputs before vs after on seeded inputs within 1e-5 (float32),
 (d) the cases that must not match: no linear reader, readers that already read a rotated
-input, an unknown scope. A width without a Hadamard matrix takes a dense orthogonal
-product. Model-level exactness: tests/models/test_rotate_models.py.
+input, an unknown scope or block. A width without a Hadamard matrix takes a dense orthogonal
+product. With `block`, the Hadamard is block-diagonal (I (x) H_b, the weights take its
+transpose) and the attention output needs none across heads. Model-level exactness:
+tests/models/test_rotate_models.py.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from canonical_testing import run_pass, seeded_inputs
 from requant import ir
 from requant.errors import RequantError
 from requant.ir.hadamard import normalized_hadamard
+from requant.passes.rotate_online import block_order
 from rewrite_testing import assert_same_function, check_rewrite, check_unchanged
 from rotation_testing import attention
 
@@ -118,3 +121,57 @@ def test_nothing_to_rotate_and_a_bad_scope():
     }""", stats=NONE_ROTATED)
     with pytest.raises(RequantError, match="scope must be one of all, writers, norms"):
         run_pass(PASS, ir.parse(BEFORE), scope="every")
+
+
+# the same graph, 16 channels wide: block 4 rotates each run of 4 channels on its own
+W16 = np.round(RNG.standard_normal((16, 3)), 3).astype(np.float32)
+BLOCK_BEFORE = f"""
+graph main(%x: f32[2,16]) -> (%y, %s) {{
+  const %w: f32[16,3] = {W16.tolist()}
+  %r: f32[2,16] = Relu(%x)
+  %y: f32[2,3] = MatMul(%r, %w)
+  %s: f32[2,16] = Add(%r, %x)
+}}"""
+
+BLOCK_EXPECTED = """
+graph main(%x: f32[2,16]) -> (%y, %s) {
+  const %w_h: f32[16,3] = ...
+  %r: f32[2,16] = Relu(%x)
+  %rh: f32[2,16] = Hadamard(%r) {axis=-1, block=4}
+  %y: f32[2,3] = MatMul(%rh, %w_h)
+  %s: f32[2,16] = Add(%r, %x)
+}"""
+
+
+def test_block_diagonal_hadamard_and_its_transpose_in_the_weights():
+    result = check_rewrite(PASS, BLOCK_BEFORE, BLOCK_EXPECTED, options={"block": 4}, tolerances=TOLERANCES,
+                           stats={**NONE_ROTATED, "activations_rotated": 1, "linears_updated": 1, "blocked": 1})
+    q = np.kron(np.eye(4), normalized_hadamard(4))
+    w = next(n for n in result.graph if n.op == "MatMul").inputs[1].const
+    np.testing.assert_allclose(w, q.T @ W16.astype(np.float64), atol=1e-6)
+    # a block as wide as the activation (or wider) is the plain Hadamard: no block attribute
+    full = run_pass(PASS, ir.parse(BLOCK_BEFORE), block=16)
+    assert "blocked" not in full.stats
+    assert "block" not in next(n for n in full.graph if n.op == "Hadamard").attrs
+
+
+def test_block_order_is_the_largest_hadamard_order_dividing_the_width():
+    assert [block_order(n, 32) for n in (384, 1536, 96, 24, 156, 1000, 20)] == [32, 32, 32, 24, 12, 20, 20]
+    assert block_order(1536, 0) == 1536 and block_order(1536, 12) == 12
+
+
+def test_block_within_the_head_size_needs_no_hadamard_across_heads():
+    text = attention(heads=4, kv_heads=2, size=4)
+    g = ir.parse(text)
+    run_pass("rotate_heads", g)
+    result = run_pass(PASS, g, scope="all", block=4)
+    assert result.stats == {**NONE_ROTATED, "activations_rotated": 1, "linears_updated": 3,
+                            "skipped:heads_within_block": 1, "blocked": 1}
+    assert [dict(n.attrs) for n in g if n.op == "Hadamard"] == [{"axis": -1, "block": 4}]  # x only
+    assert_same_function(ir.parse(text), g, TOLERANCES, (0, 1, 2), seeded_inputs)
+
+
+@pytest.mark.parametrize("block", [-4, 6, 156, True, 4.0])
+def test_a_block_that_is_no_hadamard_order_is_refused(block):
+    with pytest.raises(RequantError, match="block must be 0 .* or a Hadamard order"):
+        run_pass(PASS, ir.parse(BLOCK_BEFORE), block=block)

@@ -10,8 +10,9 @@ products go first, so the last node is the plain right product a following quant
 reads. Why factors: the dense product costs n multiply-adds per element, the factored
 form sum(f_i) (44 instead of 384 for MiniLM's width, 140 instead of 1536 for its FFN);
 `python -m requant.tools.bench.rotate --only hadamard` times both forms on ONNX Runtime for
-MiniLM's shapes. f16/bf16 are computed in float32 and rounded once, as the reference
-kernel does.
+MiniLM's shapes. With `block` b the axis is viewed as [n/b, b] and the factors are b's,
+rotating each run of b elements on its own. f16/bf16 are computed in float32 and rounded
+once, as the reference kernel does.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from requant.backends.onnx.onnx_types import dtype_to_onnx
 from requant.errors import UnsupportedOpError
 from requant.ir import dtypes
 from requant.ir.graph import Node
-from requant.ir.hadamard import factor_matrix, kronecker_factors
+from requant.ir.hadamard import block_size, factor_matrix, kronecker_factors
 from requant.ir.shapes import normalize_axis
 
 __all__: list[str] = []
@@ -48,6 +49,11 @@ def _hadamard(ctx: EmitContext, node: Node, ins: list, outs: list) -> None:
     if not isinstance(n, int):
         raise UnsupportedOpError(f"{node.label}: the rotated axis has the symbolic size {n!r}; bind it to a "
                                  f"size first (the bind_dims pass) so the Hadamard factors can be built")
+    rank, x_axis = len(shape), axis
+    b = block_size(n, int(node.attrs.get("block", 0)))
+    # the blocks are one more static dim before the (now b-long) rotated axis
+    shape[axis:axis + 1] = [n // b, b]
+    axis, n = axis + 1, b
     sub = lambda part: ctx.sub_name(node, part)  # noqa: E731
     i64 = lambda v, tag: ctx.const(np.asarray(v, np.int64), dtypes.int64, tag)  # noqa: E731
     half = x_t.dtype in (dtypes.float16, dtypes.bfloat16)
@@ -59,7 +65,7 @@ def _hadamard(ctx: EmitContext, node: Node, ins: list, outs: list) -> None:
     perm = None
     if pre is None and post is None:
         # neither side of the axis is static: move the axis last (post = 1)
-        perm = [i for i in range(len(shape)) if i != axis] + [axis]
+        perm = [i for i in range(rank) if i != x_axis] + [x_axis]
         (x,) = ctx.emit("Transpose", [x], perm=perm, name=sub("axis_last"))
         post = 1
     (whole_shape,) = ctx.emit("Shape", [x], name=sub("shape"))

@@ -10,7 +10,9 @@ Reshape back to the input's shape that follows it is injective, and TVM's FuseOp
 only elementwise ops into a matmul's epilogue, so the next linear's activation quantizer
 fuses with that Reshape (one pass over the rotated tensor), not into the dense kernel.
 Symbolic dims stay symbolic (the views are products of the input's dims). f16/bf16
-compute in float32 and round once.
+compute in float32 and round once. With `block` b the factors are b's: the row kernel's
+stages then mix only inside each run of b elements, and the matmul form views the axis as
+[n/b, b].
 
 Along the last axis (every online rotation the rotate passes insert) the op is instead
 one row kernel (`_row_kernel`): the row viewed as [f_1, ..., f_r] with factors of at most
@@ -46,7 +48,7 @@ from requant.backends.tvm.lowering._common import (
 from requant.backends.tvm.schedule_cpu import HADAMARD_STAGE
 from requant.ir import dtypes
 from requant.ir.graph import Node
-from requant.ir.hadamard import factor_matrix, hadamard_factors, kronecker_factors
+from requant.ir.hadamard import block_size, factor_matrix, hadamard_factors, kronecker_factors
 from requant.ir.shapes import normalize_axis
 
 __all__: list[str] = []
@@ -90,7 +92,8 @@ def row_factors(n: int) -> list[int]:
 
 def _row_kernel(ctx: LowerContext, x: relax.Expr, n: int, ct: str) -> relax.Expr:
     """x @ H_n / sqrt(n) along x's last axis as one TE function of `len(row_factors(n))`
-    stages (module docstring)."""
+    stages (module docstring); for a last axis longer than n, the same product on each run
+    of n elements (I (x) H_n / sqrt(n)): a stage's index arithmetic never leaves the run."""
     from requant.backends.tvm.schedule_cpu import HADAMARD_STAGE
 
     factors = row_factors(n)
@@ -125,9 +128,11 @@ def _hadamard(ctx: LowerContext, node: Node, ins: list) -> Any:
     dims = dims_of(x)
     axis = normalize_axis(int(ctx.attrs(node)["axis"]), len(dims), "Hadamard")
     n = int(node.inputs[0].type.shape[axis])
-    if axis == len(dims) - 1 and n > 1:
-        return from_compute(ctx, _row_kernel(ctx, x, n, ct), dt)
-    pre, post = _product(dims[:axis]), _product(dims[axis + 1:])
+    b = block_size(n, int(ctx.attrs(node).get("block", 0)))
+    if axis == len(dims) - 1 and b > 1:
+        return from_compute(ctx, _row_kernel(ctx, x, b, ct), dt)
+    pre, post = _product(dims[:axis]) * (n // b), _product(dims[axis + 1:])
+    n = b
     factors = kronecker_factors(n)
     last_is_right = isinstance(post, int) and post == 1
     order = sorted(range(len(factors)), key=lambda i: last_is_right and i == len(factors) - 1)
