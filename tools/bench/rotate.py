@@ -9,16 +9,19 @@ round-robin runs in this process), with `--calibration` other sentences for cali
 (GPTQ's Hessians need more rows than ranges do; every row, anchors included, sees the
 same batches). Rows, each beside its row without rotation and with RTN weights:
 - W8A8 per-tensor static: cpu-int8 (SmoothQuant, today's default), without SmoothQuant,
-  rotated without SmoothQuant (all online rotations, and the norm outputs' only);
+  rotated without SmoothQuant (online Hadamards in blocks of 32, the int8 targets'
+  default, and across the whole width);
 - W4A8 (cpu-w4a8): rotated + GPTQ on ORT's int8 kernels (int4 codes cast to int8 at
-  load) and on MatMulNBits accuracy_level 4; GPTQ without rotation; rotated with RTN;
+  load; Hadamard blocks of 32 and the whole width) and on MatMulNBits accuracy_level 4;
+  GPTQ without rotation; rotated with RTN;
 - W4A4 INT4 (simulated: FakeQuantize; int4 per-channel weights; int4 activations per
   tensor, static, minmax: RTN, rotated RTN, GPTQ, rotated GPTQ, and rotated GPTQ with MSE
   activation ranges; and per token, dynamic: RTN, rotated RTN, GPTQ with MSE-searched
   clip ratios, the same rotated);
 - W4A4 NVFP4 (simulated, cpu-fp4): RTN, rotated RTN, GPTQ, rotated GPTQ, SmoothQuant +
   GPTQ (the target's default); MXFP4: RTN and the default;
-- TVM (tvm-cpu-int8, built for batch 64): SmoothQuant on every input vs rotated;
+- TVM (tvm-cpu-int8, built for batch 64): SmoothQuant on every input vs rotated (blocks
+  of 32, and the whole width);
 - the rotated W8A8 models again with every Hadamard replaced by Identity (outputs wrong,
   timing only): the online rotations' share of latency on ONNX Runtime and TVM.
 Simulated rows are not timed.
@@ -28,8 +31,9 @@ library text for fp32, W8A8 (cpu-int8), W4A4 RTN, W4A4 rotated RTN, W4A4 rotated
 (and GPTQ alone), and how much of RTN's perplexity gap to fp32 rotated GPTQ closes.
 
 Hadamard forms: the op's ONNX lowering (Kronecker factors, ir/hadamard.py
-`kronecker_factors`) against one dense constant MatMul, on MiniLM's shapes, each in its
-own ONNX Runtime session, timed round-robin.
+`kronecker_factors`) against one dense constant MatMul, and the block-diagonal form (blocks
+of 32) along the last axis, on MiniLM's shapes, each in its own ONNX Runtime session, timed
+round-robin.
 
     python -m requant.tools.bench.rotate [--seconds 60] [--calibration 256] [--only minilm,lm,hadamard]
 """
@@ -59,9 +63,10 @@ MINILM_ROWS: tuple[tuple[str, str, dict, bool], ...] = (
     ("cpu-int8 (SmoothQuant: today's default)", "cpu-int8", {}, True),
     ("W8A8, no SmoothQuant, no rotation", "cpu-int8", _W8, True),
     ("W8A8 rotated, no SmoothQuant", "cpu-int8", {**_W8, **_ROT}, True),
-    ("W8A8 rotated (online: norm outputs only), no SmoothQuant", "cpu-int8", {**_W8, **_ROT, "rotate_online": "norms"},
-     True),
+    ("W8A8 rotated, whole-width Hadamards (rotate_block=0), no SmoothQuant", "cpu-int8",
+     {**_W8, **_ROT, "rotate_block": 0}, True),
     ("W4A8 rotated + GPTQ (cpu-w4a8)", "cpu-w4a8", {}, True),
+    ("W4A8 rotated + GPTQ, whole-width Hadamards (rotate_block=0)", "cpu-w4a8", {"rotate_block": 0}, True),
     ("W4A8 rotated + GPTQ, MatMulNBits acc. 4 (cpu-w4a8 kernel=nbits)", "cpu-w4a8", {"kernel": "nbits"}, True),
     ("W4A8 GPTQ, no rotation", "cpu-w4a8", {"rotate": False}, True),
     ("W4A8 rotated, RTN", "cpu-w4a8", {"weight_method": "rtn"}, True),
@@ -75,6 +80,8 @@ MINILM_ROWS: tuple[tuple[str, str, dict, bool], ...] = (
     ("W4A4 MXFP4 SmoothQuant + GPTQ (cpu-fp4 block=mx, simulated)", "cpu-fp4", {"block": "mx"}, False),
     ("TVM tvm-cpu-int8 (SmoothQuant on every input)", "tvm-cpu-int8", {}, True),
     ("TVM tvm-cpu-int8 rotated, no SmoothQuant", "tvm-cpu-int8", {**_W8, **_ROT}, True),
+    ("TVM tvm-cpu-int8 rotated, whole-width Hadamards (rotate_block=0), no SmoothQuant", "tvm-cpu-int8",
+     {**_W8, **_ROT, "rotate_block": 0}, True),
 )
 
 _ROTATIONS = ["fold_norm_affine", "layernorm_to_rmsnorm", "rotate_residual", "rotate_heads",
@@ -313,19 +320,21 @@ def _hadamard_forms(args: argparse.Namespace) -> None:
     for shape, axis in cases:
         x = rng.standard_normal(shape).astype(np.float32)
         n = shape[axis]
-        for form in ("factored", "dense"):
+        for form in ("factored", "dense") + (("blocks of 32",) if axis == -1 else ()):
             g = Graph("h")
             b = Builder(g)
             v = b.input("x", tensor_type("float32", list(shape)))
             if form == "factored":
                 g.outputs = [b.Hadamard(v, axis=axis)]
+            elif form == "blocks of 32":
+                g.outputs = [b.Hadamard(v, axis=axis, block=32)]
             else:
                 moved = v if axis == -1 else b.Transpose(v, perm=[0, 2, 3, 1])
                 y = b.MatMul(moved, b.const(normalized_hadamard(n).astype(np.float32)))
                 g.outputs = [y if axis == -1 else b.Transpose(y, perm=[0, 3, 1, 2])]
             run = OnnxRuntimeSession(to_onnx(g))
             label = f"{'x'.join(map(str, shape))} axis {axis}: {form}" + (
-                f" {kronecker_factors(n)}" if form == "factored" else f" [{n}]")
+                f" {kronecker_factors(n)}" if form == "factored" else "" if form == "blocks of 32" else f" [{n}]")
             sessions.append((label, lambda run=run, x=x: run(x)))
     times: dict[str, list[float]] = {label: [] for label, _ in sessions}
     end = time.perf_counter() + max(args.seconds / 4, 5.0)
@@ -334,7 +343,8 @@ def _hadamard_forms(args: argparse.Namespace) -> None:
             t0 = time.perf_counter()
             fn()
             times[label].append(time.perf_counter() - t0)
-    print("\nThe Hadamard op on ONNX Runtime: its lowering (Kronecker factors) vs one dense constant MatMul "
+    print("\nThe Hadamard op on ONNX Runtime: its lowering (Kronecker factors) vs one dense constant MatMul and "
+          "the block-diagonal form with blocks of 32 "
           "(median of round-robin runs, one session each)\n")
     print("| shape, form (factors) | median ms |")
     print("|---|---:|")
