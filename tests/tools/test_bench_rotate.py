@@ -1,7 +1,8 @@
 """The rotation benchmark's pieces that need no trained model and no timing
 (tools/bench/rotate.py, tools/bench/tiny_lm.py): the perplexity formula, the corpus split,
-the W4A4 pipelines the tables name, and the timing-only pass that turns every Hadamard
-into an Identity (outputs change; the other nodes stay)."""
+the W4A4 pipelines the tables name, the timing-only pass that turns every Hadamard
+into an Identity (outputs change; the other nodes stay), and the worker processes that
+time each saved build alone (a requant save and a plain ONNX file)."""
 
 from __future__ import annotations
 
@@ -53,3 +54,19 @@ def test_hadamards_as_identity_for_timing_only():
     }""")
     result = PassManager([strip], verify=True).run(g)
     assert result.records[0].stats == {"hadamards_removed": 1} and g.op_histogram() == {"MatMul": 1}
+
+
+def test_each_saved_build_is_timed_in_its_own_process(tmp_path):
+    import requant
+    from requant.ir import Builder, Graph, tensor_type
+
+    g = Graph("tiny")
+    b = Builder(g)
+    x = b.input("x", tensor_type("float32", [2, 8]))
+    g.outputs = [b.Relu(b.MatMul(x, b.const(np.eye(8, dtype=np.float32))))]
+    saved = requant.compile(g, target="cpu-fp32").save(tmp_path / "tiny")
+    feeds = {"x": np.ones((2, 8), np.float32)}
+    ms = rotate._time_in_own_processes({"requant": ("requant", saved), "onnx": ("onnx", saved / "model.onnx"),
+                                        "missing": ("requant", tmp_path / "nothing")}, feeds, tmp_path, 0.05)
+    assert ms["requant"] > 0 and ms["onnx"] > 0  # medians of at least 5 runs each
+    assert np.isnan(ms["missing"])  # a build that does not load is a gap in the table, not a crash

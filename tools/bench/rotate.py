@@ -4,10 +4,9 @@ trained here (tools/bench/tiny_lm.py), and the online Hadamard op's own cost.
 
 MiniLM: the quantize benchmark's data and metrics (tools/bench/quantize_minilm.py: 64
 standard-library sentences x 64 tokens in one batch; mean and min cosine of mean-pooled
-embeddings to fp32, Spearman of all pairwise similarities, file size, median latency of
-round-robin runs in this process), with `--calibration` other sentences for calibration
-(GPTQ's Hessians need more rows than ranges do; every row, anchors included, sees the
-same batches). Rows, each beside its row without rotation and with RTN weights:
+embeddings to fp32, Spearman of all pairwise similarities, file size, median latency),
+with `--calibration` other sentences for calibration (GPTQ's Hessians need more rows than
+ranges do; every row, anchors included, sees the same batches). Rows, each beside its row without rotation and with RTN weights:
 - W8A8 per-tensor static: cpu-int8 (SmoothQuant, today's default), without SmoothQuant,
   rotated without SmoothQuant (online Hadamards in blocks of 32, the int8 targets'
   default, and across the whole width);
@@ -24,7 +23,9 @@ same batches). Rows, each beside its row without rotation and with RTN weights:
   of 32, and the whole width);
 - the rotated W8A8 models again with every Hadamard replaced by Identity (outputs wrong,
   timing only): the online rotations' share of latency on ONNX Runtime and TVM.
-Simulated rows are not timed.
+Each timed row (and the ORT fp32 anchor) is saved, then loaded and timed alone in its own
+process, one after another (`--seconds` shared among them): ONNX Runtime sessions that
+share a process slow each other down. Simulated rows are not timed.
 
 Tiny LM (byte-level Llama, RMSNorm, 4 layers): perplexity per byte on held-out standard
 library text for fp32, W8A8 (cpu-int8), W4A4 RTN, W4A4 rotated RTN, W4A4 rotated GPTQ
@@ -32,8 +33,7 @@ library text for fp32, W8A8 (cpu-int8), W4A4 RTN, W4A4 rotated RTN, W4A4 rotated
 
 Hadamard forms: the op's ONNX lowering (Kronecker factors, ir/hadamard.py
 `kronecker_factors`) against one dense constant MatMul, and the block-diagonal form (blocks
-of 32) along the last axis, on MiniLM's shapes, each in its own ONNX Runtime session, timed
-round-robin.
+of 32) along the last axis, on MiniLM's shapes, each timed alone in its own process.
 
     python -m requant.tools.bench.rotate [--seconds 60] [--calibration 256] [--only minilm,lm,hadamard]
 """
@@ -45,7 +45,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -169,7 +168,8 @@ def _calibration(n: int) -> list[dict[str, np.ndarray]]:
 
 
 def _compiled_row(name: str, source: str, target: str, options: dict, batches: list, tmp: Path,
-                  batch: int) -> tuple[demo.Row, float]:
+                  batch: int) -> tuple[demo.Row, float, Path | None]:
+    """(the row, its compile seconds, the directory it is saved in)."""
     import requant
 
     extra = {"dims": {"batch": batch}} if target.startswith("tvm") else {}
@@ -177,12 +177,62 @@ def _compiled_row(name: str, source: str, target: str, options: dict, batches: l
     try:
         cm = requant.compile(source, target=target, calibration=batches, holdout=0, **options, **extra)
     except Exception as exc:  # noqa: BLE001  (a failed build is a table row, not a crash)
-        return demo.Row(name, None, error=demo.error_line(exc)), float("nan")
+        return demo.Row(name, None, error=demo.error_line(exc)), float("nan"), None
     seconds = time.perf_counter() - start
     saved = cm.save(tmp / f"m{abs(hash(name))}")
     size = (saved / "model.so").stat().st_size if (saved / "model.so").exists() else demo._onnx_bytes(
         saved / "model.onnx")
-    return demo.Row(name, lambda feeds: cm(**feeds)[0], size), seconds
+    return demo.Row(name, lambda feeds: cm(**feeds)[0], size), seconds, saved
+
+
+def _time_saved(spec: dict) -> int:
+    """Worker: median ms of one saved build (a requant save directory, or an ONNX file run
+    as the ONNX Runtime anchors are) on the saved feeds, printed as JSON."""
+    import json
+
+    feeds = dict(np.load(spec["feeds"]))
+    if spec["kind"] == "onnx":
+        run = demo._session_row("anchor", Path(spec["path"])).run
+    else:
+        import requant
+
+        cm = requant.load(spec["path"], trust_code=True)  # built by this run, moments ago
+        run = lambda f: cm(**f)[0]  # noqa: E731
+    for _ in range(2):
+        run(feeds)
+    times: list[float] = []
+    end = time.perf_counter() + spec["seconds"]
+    while time.perf_counter() < end or len(times) < 5:
+        t0 = time.perf_counter()
+        run(feeds)
+        times.append(time.perf_counter() - t0)
+    print(json.dumps({"ms": statistics.median(times) * 1e3, "runs": len(times)}))
+    return 0
+
+
+def _time_in_own_processes(builds: dict[str, tuple[str, Path]], feeds: dict[str, np.ndarray], tmp: Path,
+                           seconds: float) -> dict[str, float]:
+    """Median ms of each build, each loaded and timed alone in a fresh process (ONNX Runtime
+    sessions sharing a process slow each other down), one after another."""
+    import json
+    import subprocess
+
+    feeds_path = tmp / "timing_feeds.npz"
+    np.savez(feeds_path, **feeds)
+    out: dict[str, float] = {}
+    for name, (kind, path) in builds.items():
+        spec = {"kind": kind, "path": str(path), "feeds": str(feeds_path), "seconds": seconds}
+        proc = subprocess.run([sys.executable, "-m", "requant.tools.bench.rotate", "--time-saved", json.dumps(spec)],
+                              capture_output=True, text=True)
+        lines = proc.stdout.strip().splitlines()
+        if proc.returncode == 0 and lines:
+            out[name] = float(json.loads(lines[-1])["ms"])
+        else:
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            print(f"  timing {name} failed: {tail}", file=sys.stderr, flush=True)
+            out[name] = float("nan")
+        print(f"  timed {name}: {out[name]:.1f} ms", file=sys.stderr, flush=True)
+    return out
 
 
 def _minilm(args: argparse.Namespace) -> None:
@@ -204,25 +254,30 @@ def _minilm(args: argparse.Namespace) -> None:
                    {"passes": _without_hadamards("cpu-int8", {**_W8, **_ROT})}, True),
                   ("TVM rotated, Hadamards as Identity (timing only)", "tvm-cpu-int8",
                    {"passes": _without_hadamards("tvm-cpu-int8", {**_W8, **_ROT, "dims": {"batch": batch}})}, True)]
+        builds = {rows[0].name: ("onnx", float_path)}
         for name, target, options, is_timed in specs:
-            row, seconds = _compiled_row(name, str(float_path), target, options, batches, tmp, batch)
+            row, seconds, saved = _compiled_row(name, str(float_path), target, options, batches, tmp, batch)
             print(f"  built {name} ({seconds:.1f} s){' FAILED: ' + row.error if row.run is None else ''}",
                   file=sys.stderr, flush=True)
             rows.append(row)
             compile_s[name] = seconds
-            if is_timed:
+            if is_timed and saved is not None:
                 timed.append(name)
+                builds[name] = ("requant", saved)
         outputs = demo._accuracy(rows, feeds)
         mask = feeds["attention_mask"]
         ref_pairs = _pairwise(mean_pool(outputs[rows[0].name], mask))
         rho = {n: spearman(ref_pairs, _pairwise(mean_pool(out, mask))) for n, out in outputs.items()}
-        rounds = demo._time([r for r in rows if r.name in timed], feeds, args.seconds)
-    _minilm_table(rows, rho, compile_s, timed, rounds, len(batches) * 16, batch)
+        per_build = max(args.seconds / len(builds), 3.0)
+        for name, ms in _time_in_own_processes(builds, feeds, tmp, per_build).items():
+            next(r for r in rows if r.name == name).ms = ms
+    _minilm_table(rows, rho, compile_s, timed, per_build, len(batches) * 16, batch)
 
 
-def _minilm_table(rows, rho, compile_s, timed, rounds, n_calib, n_eval) -> None:
+def _minilm_table(rows, rho, compile_s, timed, per_build, n_calib, n_eval) -> None:
     print(f"\nall-MiniLM-L6-v2 (trained), {n_eval} real sentences x {demo.SEQ} tokens in one batch; calibration: "
-          f"{n_calib} other sentences; latency: median of {rounds} round-robin runs (simulated rows untimed)\n")
+          f"{n_calib} other sentences; latency: median over {per_build:.1f} s of runs, each build loaded and timed "
+          f"alone in its own process (simulated rows untimed)\n")
     print("| model | cos mean | cos min | Spearman | size MB | latency ms | vs fp32 | vs cpu-int8 | compile s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     base = rows[0]
@@ -310,55 +365,60 @@ def _lm(args: argparse.Namespace) -> None:
 
 
 def _hadamard_forms(args: argparse.Namespace) -> None:
-    from requant.backends.onnx import OnnxRuntimeSession, to_onnx
+    import onnx
+
+    from requant.backends.onnx import to_onnx
     from requant.ir import Builder, Graph, tensor_type
     from requant.ir.hadamard import kronecker_factors, normalized_hadamard
 
     cases = (((4096, 384), -1), ((4096, 1536), -1), ((64, 12, 64, 32), 1))
-    sessions: list[tuple[str, Callable[[], Any]]] = []
     rng = np.random.default_rng(0)
-    for shape, axis in cases:
-        x = rng.standard_normal(shape).astype(np.float32)
-        n = shape[axis]
-        for form in ("factored", "dense") + (("blocks of 32",) if axis == -1 else ()):
-            g = Graph("h")
-            b = Builder(g)
-            v = b.input("x", tensor_type("float32", list(shape)))
-            if form == "factored":
-                g.outputs = [b.Hadamard(v, axis=axis)]
-            elif form == "blocks of 32":
-                g.outputs = [b.Hadamard(v, axis=axis, block=32)]
-            else:
-                moved = v if axis == -1 else b.Transpose(v, perm=[0, 2, 3, 1])
-                y = b.MatMul(moved, b.const(normalized_hadamard(n).astype(np.float32)))
-                g.outputs = [y if axis == -1 else b.Transpose(y, perm=[0, 3, 1, 2])]
-            run = OnnxRuntimeSession(to_onnx(g))
-            label = f"{'x'.join(map(str, shape))} axis {axis}: {form}" + (
-                f" {kronecker_factors(n)}" if form == "factored" else "" if form == "blocks of 32" else f" [{n}]")
-            sessions.append((label, lambda run=run, x=x: run(x)))
-    times: dict[str, list[float]] = {label: [] for label, _ in sessions}
-    end = time.perf_counter() + max(args.seconds / 4, 5.0)
-    while time.perf_counter() < end or min(len(t) for t in times.values()) < 5:
-        for label, fn in sessions:
-            t0 = time.perf_counter()
-            fn()
-            times[label].append(time.perf_counter() - t0)
+    medians: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="requant-hadamard-") as tmp_name:
+        tmp = Path(tmp_name)
+        for c, (shape, axis) in enumerate(cases):
+            x = rng.standard_normal(shape).astype(np.float32)
+            n = shape[axis]
+            builds: dict[str, tuple[str, Path]] = {}
+            for form in ("factored", "dense") + (("blocks of 32",) if axis == -1 else ()):
+                g = Graph("h")
+                b = Builder(g)
+                v = b.input("x", tensor_type("float32", list(shape)))
+                if form == "factored":
+                    g.outputs = [b.Hadamard(v, axis=axis)]
+                elif form == "blocks of 32":
+                    g.outputs = [b.Hadamard(v, axis=axis, block=32)]
+                else:
+                    moved = v if axis == -1 else b.Transpose(v, perm=[0, 2, 3, 1])
+                    y = b.MatMul(moved, b.const(normalized_hadamard(n).astype(np.float32)))
+                    g.outputs = [y if axis == -1 else b.Transpose(y, perm=[0, 3, 1, 2])]
+                label = f"{'x'.join(map(str, shape))} axis {axis}: {form}" + (
+                    f" {kronecker_factors(n)}" if form == "factored" else "" if form == "blocks of 32" else f" [{n}]")
+                path = tmp / f"case{c}_{len(builds)}.onnx"
+                onnx.save(to_onnx(g), str(path))
+                builds[label] = ("onnx", path)
+            medians |= _time_in_own_processes(builds, {"x": x}, tmp, max(args.seconds / 8, 3.0))
     print("\nThe Hadamard op on ONNX Runtime: its lowering (Kronecker factors) vs one dense constant MatMul and "
-          "the block-diagonal form with blocks of 32 "
-          "(median of round-robin runs, one session each)\n")
+          "the block-diagonal form with blocks of 32 (median per call, each form timed alone in its own process)\n")
     print("| shape, form (factors) | median ms |")
     print("|---|---:|")
-    for label, _ in sessions:
-        print(f"| {label} | {statistics.median(times[label]) * 1e3:.2f} |")
+    for label, ms in medians.items():
+        print(f"| {label} | {ms:.2f} |")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=60.0, help="timing budget of the MiniLM rows together")
+    ap.add_argument("--seconds", type=float, default=60.0, help="timing budget of the MiniLM rows together "
+                                                                   "(at least 3 s each)")
     ap.add_argument("--calibration", type=int, default=256, help="MiniLM calibration sentences (GPTQ's Hessians)")
     ap.add_argument("--lm-calibration", type=int, default=64, help="tiny LM calibration sequences")
     ap.add_argument("--only", default="minilm,lm,hadamard", help="sections, comma-separated: minilm, lm, hadamard")
+    ap.add_argument("--time-saved", help=argparse.SUPPRESS)  # worker: time one saved build
     args = ap.parse_args(argv)
+    if args.time_saved:
+        import json
+
+        return _time_saved(json.loads(args.time_saved))
     sections = {s.strip() for s in args.only.split(",") if s.strip()}
     unknown = sections - {"minilm", "lm", "hadamard"}
     if unknown:
