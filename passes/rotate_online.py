@@ -32,7 +32,7 @@ element instead of H x D), with (H_H (x) I_D)^T folded into the output projectio
 
 `block` b > 0: each activation of n channels gets the block-diagonal I_(n/b') (x) H_b' /
 sqrt(b') instead (b' the largest Hadamard order <= b dividing n; the whole width when
-n <= b): b' multiply-adds per element instead of n, each outlier channel spread over b'
+n <= b, or when b' < 4: an odd width's only order is 1, no rotation at all): b' multiply-adds per element instead of n, each outlier channel spread over b'
 channels. That is enough for a per-tensor int8 quantizer, whose range the outliers set; a
 4-bit grid wants every channel mixed (the rotate benchmark measures both). The attention
 output needs no Hadamard across heads then when b <= the head size: rotate_heads' per-head
@@ -43,7 +43,8 @@ attention, after the position encoding: (Q H)(K H)^T = Q K^T, exact; it only pay
 quantized KV cache, which requant does not make yet.
 
 Stats: `activations_rotated`, `linears_updated`, `across_heads`, `qk_rotated`, `dense`,
-`blocked` (of those rotated, how many block-diagonally), `absorbed:linear`, `skipped:rotated_offline`, `skipped:<why>`.
+`blocked` (of those rotated, how many block-diagonally), `absorbed:linear`,
+`skipped:rotated_offline`, `skipped:<why>`.
 """
 
 from __future__ import annotations
@@ -162,10 +163,12 @@ def _rotate_queries_and_keys(graph: Graph, stats: dict) -> None:
 
 def block_order(n: int, block: int) -> int:
     """The order of the diagonal Hadamard blocks for n channels and the `block` option: n
-    for block 0 or n <= block, else the largest Hadamard order <= block dividing n."""
+    for block 0 or n <= block, else the largest Hadamard order <= block dividing n, or n
+    again when that is below 4 (blocks of 1 or 2 would hardly mix anything)."""
     if block == 0 or n <= block:
         return n
-    return max(d for d in range(1, block + 1) if n % d == 0 and hadamard_unsupported(d) is None)
+    b = max(d for d in range(1, block + 1) if n % d == 0 and hadamard_unsupported(d) is None)
+    return b if b >= 4 else n
 
 
 def _transform(n: int, block: int) -> ChannelTransform:

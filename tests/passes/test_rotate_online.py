@@ -158,6 +158,18 @@ def test_block_diagonal_hadamard_and_its_transpose_in_the_weights():
 def test_block_order_is_the_largest_hadamard_order_dividing_the_width():
     assert [block_order(n, 32) for n in (384, 1536, 96, 24, 156, 1000, 20)] == [32, 32, 32, 24, 12, 20, 20]
     assert block_order(1536, 0) == 1536 and block_order(1536, 12) == 12
+    assert block_order(50, 32) == 50 and block_order(99, 32) == 99  # blocks of 2 or 1: the whole width instead
+
+
+def test_a_width_whose_blocks_would_be_tiny_takes_the_whole_width():
+    text = f"""
+    graph main(%x: f32[2,18]) -> (%y) {{
+      const %w: f32[18,3] = {np.round(np.random.default_rng(18).standard_normal((18, 3)), 3).tolist()}
+      %r: f32[2,18] = Relu(%x)
+      %y: f32[2,3] = MatMul(%r, %w)
+    }}"""
+    result = run_pass(PASS, ir.parse(text), block=4)  # 18 = 2 x 9: the largest order dividing it is 2
+    assert result.stats == {**NONE_ROTATED, "activations_rotated": 1, "linears_updated": 1, "dense": 1}
 
 
 def test_block_within_the_head_size_needs_no_hadamard_across_heads():
