@@ -2,8 +2,8 @@
 scheduled by schedule_cpu.HadamardRows): its factors multiply back to H_n / sqrt(n); it
 agrees with the interpreter for every base order of the rotation issue and their
 multiples by powers of two (and symbolic rows); it is one parallel, vectorised kernel
-with the next quantizer fused into it; a rotation along an inner axis keeps the matmul
-form. No timing."""
+with the next quantizer fused into it, block-diagonal rotations too (the block's factors
+only); a rotation along an inner axis keeps the matmul form. No timing."""
 
 from __future__ import annotations
 
@@ -26,10 +26,10 @@ BASE_ORDERS = (12, 20, 28, 36, 44, 52, 60, 108, 140, 148)
 ORDERS = sorted({2, 4, 8, 16, 32, 64, 128, 256, 2048} | {k * 2 ** m for k in BASE_ORDERS for m in (0, 1, 5)})
 
 
-def _graph(shape: tuple, axis: int = -1, quantize: bool = False) -> Graph:
+def _graph(shape: tuple, axis: int = -1, quantize: bool = False, block: int = 0) -> Graph:
     g = Graph("hadamard")
     b = Builder(g)
-    y = b.Hadamard(b.input("x", tensor_type("f32", shape)), axis=axis)
+    y = b.Hadamard(b.input("x", tensor_type("f32", shape)), axis=axis, **({"block": block} if block else {}))
     if quantize:
         y = b.QuantizeLinear(y, b.const(np.array(0.02, np.float32)), b.const(np.array(128, np.uint8)))
     g.outputs = [y]
@@ -90,6 +90,26 @@ def test_row_kernel_is_one_parallel_vectorised_kernel_with_the_quantizer_fused()
     got = _run_cpu(graph, x).astype(np.int64)
     # a code may move by one where the float32 product lands within rounding of a tie
     assert np.abs(got - want).max() <= 1 and (got == want).mean() > 0.999
+
+
+def test_block_diagonal_row_kernel_takes_the_block_factors_with_the_quantizer_fused() -> None:
+    graph = _graph((64, 1536), quantize=True, block=32)
+    funcs = _scheduled(graph)
+    assert len(funcs) == 1
+    (name, func), = funcs.items()
+    text = func.script()
+    assert "hadamard_rows" in name and "cast" in name
+    assert [f"{schedule_cpu.HADAMARD_STAGE}{t}" in text for t in range(3)] == [True, True, False]  # 2, 16
+    x = np.random.default_rng(RNG_SEED).standard_normal((64, 1536)).astype(np.float32)
+    want = run(graph, {"x": x})[0].astype(np.int64)
+    got = _run_cpu(graph, x).astype(np.int64)
+    assert np.abs(got - want).max() <= 1 and (got == want).mean() > 0.999  # ties may round either way
+    # the float rotation itself, every run of 32 on its own
+    plain = _graph((5, 96), block=32)
+    x = np.random.default_rng(RNG_SEED).standard_normal((5, 96)).astype(np.float32)
+    want = run(plain, {"x": x})[0]
+    np.testing.assert_allclose(_run_cpu(plain, x), want, rtol=0, atol=F32_REL_TOL * np.abs(want).max())
+    np.testing.assert_allclose(want, x @ np.kron(np.eye(3), normalized_hadamard(32)), rtol=0, atol=1e-5)
 
 
 def test_symbolic_rows_match_the_interpreter() -> None:
