@@ -6,7 +6,8 @@ MiniLM: the quantize benchmark's data and metrics (tools/bench/quantize_minilm.p
 standard-library sentences x 64 tokens in one batch; mean and min cosine of mean-pooled
 embeddings to fp32, Spearman of all pairwise similarities, file size, median latency),
 with `--calibration` other sentences for calibration (GPTQ's Hessians need more rows than
-ranges do; every row, anchors included, sees the same batches). Rows, each beside its row without rotation and with RTN weights:
+ranges do; every row, anchors included, sees the same batches). Rows, each beside its row
+without rotation and with RTN weights:
 - W8A8 per-tensor static: cpu-int8 (SmoothQuant, today's default), without SmoothQuant,
   rotated without SmoothQuant (online Hadamards in blocks of 32, the int8 targets'
   default, and across the whole width);
@@ -51,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from requant.tools import demo
+from requant.tools.bench.timing import timed_calls
 
 __all__ = ["main", "MINILM_ROWS", "LM_ROWS"]
 
@@ -198,14 +200,7 @@ def _time_saved(spec: dict) -> int:
 
         cm = requant.load(spec["path"], trust_code=True)  # built by this run, moments ago
         run = lambda f: cm(**f)[0]  # noqa: E731
-    for _ in range(2):
-        run(feeds)
-    times: list[float] = []
-    end = time.perf_counter() + spec["seconds"]
-    while time.perf_counter() < end or len(times) < 5:
-        t0 = time.perf_counter()
-        run(feeds)
-        times.append(time.perf_counter() - t0)
+    times = timed_calls(lambda: run(feeds), spec["seconds"], warmup=2)
     print(json.dumps({"ms": statistics.median(times) * 1e3, "runs": len(times)}))
     return 0
 

@@ -55,6 +55,8 @@ from typing import Any
 
 import numpy as np
 
+from requant.tools.bench.timing import timed_calls
+
 __all__ = ["main", "ROWS", "CONV_SHAPES", "run_build", "run_conv"]
 
 logger = logging.getLogger(__name__)
@@ -84,18 +86,6 @@ def _vision_zoo() -> Any:
 
 
 # -- one build, in a worker process -------------------------------------------------------------
-
-
-def _timed(call: Callable[[], Any], seconds: float) -> list[float]:
-    for _ in range(WARMUP):
-        call()
-    times: list[float] = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(times) < 5:
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def _conv_census(model: Any) -> dict[str, int]:
@@ -174,7 +164,7 @@ def run_build(model: str, row: str, scale: str, batch: int, seconds: float, thre
         result: dict[str, Any] = {"compile_s": compile_s, "image_shape": list(case.image_shape),
                                   **_accuracy([call(x.numpy()) for x in evaluation], refs)}
         x0 = evaluation[0].numpy()
-        times = _timed(lambda: call(x0), seconds)
+        times = timed_calls(lambda: call(x0), seconds, WARMUP)
         result.update(ms=1e3 * statistics.median(times), ms_min=1e3 * min(times), runs=len(times))
         if onnx_model is not None:
             result["convs"] = _conv_census(onnx_model)
@@ -269,7 +259,7 @@ def run_conv(index: int, form: str, seconds: float, threads: int, out_dir: str) 
     session = OnnxRuntimeSession(model, intra_op_threads=threads or None)
     y = session(x)[0]
     np.save(Path(out_dir) / f"conv{index}_{form}.npy", y)
-    times = _timed(lambda: session(x), seconds)
+    times = timed_calls(lambda: session(x), seconds, WARMUP)
     ops = optimized_ops(model)
     flops = 2.0 * shape.batch * shape.c_out * shape.out_side ** 2 * (shape.c_in // shape.group) * shape.kernel ** 2
     ms = 1e3 * statistics.median(times)
@@ -449,7 +439,7 @@ def _sessions(args: argparse.Namespace) -> int:
                 opts.add_session_config_entry(key, value)
             session = OnnxRuntimeSession(model, session_options=opts)
             calls[name] = (lambda s=session: s(x))
-        alone = {name: statistics.median(_timed(call, args.seconds / 2)) for name, call in calls.items()}
+        alone = {name: statistics.median(timed_calls(call, args.seconds / 2, WARMUP)) for name, call in calls.items()}
         mixed: dict[str, list[float]] = {name: [] for name in calls}
         end = time.perf_counter() + args.seconds
         while time.perf_counter() < end or min(len(v) for v in mixed.values()) < 5:
