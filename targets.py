@@ -300,11 +300,9 @@ _QUANT_CLEANUP = (Step("cse"), Step("dce"))
 # centred first; post-norm graphs (BERT, MiniLM) are refused by the two stream passes (named
 # in the report) and take the per-head and online rotations only.
 def _rotate_block_problem(block: int) -> str | None:
-    from requant.ir.hadamard import hadamard_unsupported
+    from requant.ir.hadamard import block_option_problem
 
-    if block < 0 or (block and hadamard_unsupported(block)):
-        return "must be 0 (the whole width) or a Hadamard order (2^m, or 12, 20, 28, ... times 2^m)"
-    return None
+    return block_option_problem(block)
 
 
 # A per-tensor int8 grid needs each outlier channel spread, not every channel mixed:

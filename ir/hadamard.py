@@ -59,6 +59,7 @@ __all__ = [
     "kronecker_factors",
     "factor_matrix",
     "block_hadamard_problem",
+    "block_option_problem",
     "block_size",
 ]
 
@@ -276,6 +277,15 @@ def block_hadamard_problem(n: int, block: int) -> str | None:
     if n % b:
         return f"block {b} does not divide the axis's {n} channels"
     return hadamard_unsupported(b)
+
+
+def block_option_problem(block: object) -> str | None:
+    """What is wrong with `block` as the block size a caller asks for before any width is
+    known (0: the whole width), or None: it must be 0 or itself a Hadamard order."""
+    if not isinstance(block, (int, np.integer)) or isinstance(block, bool) or block < 0 or (
+            block and hadamard_unsupported(int(block))):
+        return "must be 0 (the whole width) or a Hadamard order (2^m, or 12, 20, 28, ... times 2^m)"
+    return None
 
 
 def block_size(n: int, block: int) -> int:

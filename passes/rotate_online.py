@@ -32,8 +32,9 @@ element instead of H x D), with (H_H (x) I_D)^T folded into the output projectio
 
 `block` b > 0: each activation of n channels gets the block-diagonal I_(n/b') (x) H_b' /
 sqrt(b') instead (b' the largest Hadamard order <= b dividing n; the whole width when
-n <= b, or when b' < 4: an odd width's only order is 1, no rotation at all): b' multiply-adds per element instead of n, each outlier channel spread over b'
-channels. That is enough for a per-tensor int8 quantizer, whose range the outliers set; a
+n <= b, or when b' < 4: an odd width's only order is 1, no rotation at all): b'
+multiply-adds per element instead of n, each outlier channel spread over b' channels.
+That is enough for a per-tensor int8 quantizer, whose range the outliers set; a
 4-bit grid wants every channel mixed (the rotate benchmark measures both). The attention
 output needs no Hadamard across heads then when b <= the head size: rotate_heads' per-head
 rotation already mixes each run of head-size channels (`skipped:heads_within_block`).
@@ -55,7 +56,7 @@ import numpy as np
 
 from requant.errors import RequantError
 from requant.ir.graph import Graph, Node, Value
-from requant.ir.hadamard import hadamard_unsupported, normalized_hadamard
+from requant.ir.hadamard import block_option_problem, hadamard_unsupported, normalized_hadamard
 from requant.passes.channel_transforms import ChannelTransform, HadamardTransform, OrthogonalTransform, \
     rotation_transform
 from requant.passes.conditions import CANONICAL_LINEARS
@@ -183,9 +184,9 @@ def _transform(n: int, block: int) -> ChannelTransform:
 def rotate_online(graph: Graph, scope: str = "all", heads: bool = True, qk: bool = False, block: int = 0
                   ) -> PassResult:
     """See the module docstring."""
-    if not isinstance(block, int) or isinstance(block, bool) or block < 0 or (block and hadamard_unsupported(block)):
-        raise RequantError(f"{PASS}: block must be 0 (the whole width) or a Hadamard order (2^m, or 12, 20, ... "
-                           f"times 2^m), got {block!r}")
+    problem = block_option_problem(block)
+    if problem:
+        raise RequantError(f"{PASS}: block {problem}, got {block!r}")
     stats: dict[str, int | float | str] = {"activations_rotated": 0, "linears_updated": 0, "across_heads": 0,
                                            "qk_rotated": 0, "dense": 0}
     for v in online_candidates(graph, scope):
