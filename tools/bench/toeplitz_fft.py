@@ -12,11 +12,14 @@ Runtime and on TVM, in one run:
 4. TVM's FFT kernels alone against numpy.fft on the same batched columns (the complex
    FFT, and the fused Toeplitz product against numpy's rfft * S -> irfft);
 5. the crossovers: per backend and pattern, the n where the FFT form overtook the
-   quadratic one (interpolated in log n between the sizes measured), rho (time per
-   FFT-form flop over time per quadratic-form flop: the flop ratio at that crossover) and
-   the crossover the pass's cost model predicts from it for this shape (the measured one,
-   up to the flop model's rounding); `--write-crossovers` stores rho in
-   passes/toeplitz_fft_crossovers.py, which the pass reads;
+   quadratic one, interpolated in log n between the sizes measured, after two more sizes
+   measured inside the bracket that holds it (the FFT form pads to a power of two, so its
+   time is flat inside a bracket of powers of two while the quadratic one grows as n^2:
+   close sizes make the interpolation tight); the crossover the pass's cost model picks
+   for this shape from the rho it holds (passes/toeplitz_fft_crossovers.py, measured by
+   an earlier run: an out-of-sample check, within 20% or not); and this run's rho (time
+   per FFT-form flop over time per quadratic-form flop: the flop ratio at the measured
+   crossover), which `--write-crossovers` stores for the pass to read;
 6. end to end: a 2-layer pre-norm transformer of that attention (dim 512, 8 heads,
    m = 64) through `requant.compile` (cpu-fp32 and tvm-cpu-fp32, their default cost
    model deciding) against torch's eager run of the same naive model.
@@ -39,6 +42,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -97,12 +101,16 @@ def _case(pattern: str, n: int, causal: bool) -> tuple[Any, tuple]:
     raise ValueError(pattern)
 
 
-def _quadratic_bytes(pattern: str, n: int) -> float:
-    """What the quadratic form's n x n tensors take (float32, a few alive at once)."""
+def _quadratic_bytes(pattern: str, n: int, backend: str) -> float:
+    """What the quadratic form's n x n tensors take (float32), with a margin: ONNX Runtime
+    keeps several per head alive at once (the scores, the gathered and exponentiated bias,
+    their product); TVM fuses the gather and the product into the scores' kernel, so
+    about one per head is alive."""
+    per_head = 4.0 * HEADS * n * n
     if pattern in ("attention", "e2e"):
-        return 4.0 * HEADS * n * n * 3  # scores, the gathered bias, the masked product
+        return per_head * (4 if backend == "onnx" else 1.5)
     if pattern == "toeplitz":
-        return 4.0 * HEADS * n * n * 2
+        return per_head * (2 if backend == "onnx" else 1.5)
     return 4.0 * CHANNELS * n * 2  # a conv never makes an n x n tensor
 
 
@@ -210,6 +218,11 @@ def _run_row(spec: dict[str, Any]) -> dict[str, Any]:
         spec = {**spec, "output": str(Path(tmp) / "out.npy")}
         cmd = [sys.executable, "-m", "requant.tools.bench.toeplitz_fft", "--worker", json.dumps(spec)]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode < 0:
+            # a signal, not an exception: the last line of stderr is whatever warning came before
+            name = signal.Signals(-proc.returncode).name
+            why = " (the kernel's out-of-memory killer?)" if name == "SIGKILL" else ""
+            return {"error": f"the worker was killed by {name}{why}"}
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
             return {"error": tail[0][:160]}
@@ -263,13 +276,14 @@ def _fmt(v: float | None, spec: str) -> str:
 
 
 def _sweep(pattern: str, sizes: list[int], backends: list[str], seconds: float, causal: bool,
-           max_row_seconds: float) -> dict:
-    """Quadratic and FFT rows per backend and n; prints the table, returns the timings."""
+           max_row_seconds: float, note: str = "") -> dict:
+    """Quadratic and FFT rows per backend and n; prints the table (its title followed by
+    `note`), returns the timings."""
     title = {"attention": f"Kernelized attention with RPE (m = {FEATURES}, d = {HEAD_DIM}, {HEADS} heads, batch 1, "
                           f"{'causal' if causal else 'bidirectional'})",
              "toeplitz": f"Toeplitz product exp(b[h, j - i]) @ Y (d = {HEAD_DIM}, {HEADS} heads)",
              "conv": f"Causal depthwise convolution, filter length n ({CHANNELS} channels)"}[pattern]
-    print(f"\n### {title}\n")
+    print(f"\n### {title}{note}\n")
     print("| n | backend | quadratic ms | FFT ms | speed-up | quadratic peak MB | FFT peak MB | "
           "quadratic err | FFT err |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -280,7 +294,7 @@ def _sweep(pattern: str, sizes: list[int], backends: list[str], seconds: float, 
         for backend in backends:
             rows = {}
             for form, fft in (("quadratic", "off"), ("fft", "always")):
-                need = _quadratic_bytes(pattern, n) if form == "quadratic" else _fft_bytes(pattern, n, backend)
+                need = _quadratic_bytes(pattern, n, backend) if form == "quadratic" else _fft_bytes(pattern, n, backend)
                 if need > 0.8 * _available_bytes():
                     rows[form] = {"skipped": f"{form} skipped: needs ~{need / 2**30:.1f} GiB"}
                     continue
@@ -381,16 +395,32 @@ def _measured_crossover(points: list[tuple[int, float, float]]) -> float | None:
     return float(math.exp(math.log(n0) + frac * (math.log(n1) - math.log(n0))))
 
 
-def _predicted_crossover(pattern: str, rho: float) -> float | None:
-    """The n from which the cost model picks the FFT form for good (checked up to 4n: the
-    FFT size jumps at powers of two, so the flop ratio is not monotonic)."""
-    grid = [16.0 * 1.01**i for i in range(1100)]  # 16 .. ~900k
+def _bracket(points: list[tuple[int, float, float]]) -> tuple[int, int] | None:
+    """The two sizes measured on either side of the crossover, when it lies between two."""
+    crossing = _measured_crossover(points)
+    if not crossing:
+        return None
+    return max(n for n, _, _ in points if n <= crossing), min(n for n, _, _ in points if n > crossing)
+
+
+def _sizes_inside(lo: int, hi: int, count: int = 2) -> list[int]:
+    """`count` sizes spread geometrically strictly between lo and hi (multiples of 64)."""
+    inside = {int(round(lo * (hi / lo) ** (i / (count + 1)) / 64)) * 64 for i in range(1, count + 1)}
+    return sorted(n for n in inside if lo < n < hi)
+
+
+def _predicted_crossover(pattern: str, rho: float, lo: float, hi: float) -> float | None:
+    """The n in [lo, hi] from which the cost model picks the FFT form at every size up to
+    hi (the FFT size jumps at powers of two, so the flop ratio is not monotonic); lo when
+    it picks it everywhere, None when not at hi."""
+    grid = [lo * 1.002**i for i in range(int(math.log(hi / lo) / math.log(1.002)) + 1)] + [hi]
     wins = [_flops(pattern, int(n))[0] > rho * _flops(pattern, int(n))[1] for n in grid]
-    for i, n in enumerate(grid):
-        ahead = [w for m, w in zip(grid[i:], wins[i:]) if m <= 4 * n]
-        if all(ahead) and len(ahead) > 1:
-            return n
-    return None
+    if not wins[-1]:
+        return None
+    first = len(wins) - 1
+    while first > 0 and wins[first - 1]:
+        first -= 1
+    return grid[first]
 
 
 def _rho_at(points: list[tuple[int, float, float]], pattern: str, n_star: float | None) -> float:
@@ -407,28 +437,42 @@ def _rho_at(points: list[tuple[int, float, float]], pattern: str, n_star: float 
     return (t_f / f) / (t_q / q)
 
 
+
+def _stored_rho(backend: str, key: str) -> float | None:
+    from requant.passes.toeplitz_fft_crossovers import CROSSOVERS
+
+    entry = CROSSOVERS.get(backend, {}).get(key)
+    return float(entry["rho"]) if entry else None
+
+
 def _crossovers(results: dict[str, dict], causal: bool) -> dict[str, dict[str, dict]]:
     print("\n### Crossovers (the pass's cost model)\n")
-    print("| pattern | backend | measured crossover n | rho | cost model's crossover n | within 20% |")
-    print("|---|---|---:|---:|---:|---|")
+    print("| pattern | backend | measured crossover n | cost model's rho (stored) | cost model's crossover n | "
+          "within 20% | this run's rho |")
+    print("|---|---|---:|---:|---:|---|---:|")
     fitted: dict[str, dict[str, dict]] = {}
     for pattern, per_backend in results.items():
         for backend, points in per_backend.items():
             if not points:
                 continue
+            key = _PATTERN_KEYS[pattern] + ("_f64" if causal and pattern == "attention" else "")
             measured = _measured_crossover(points)
             rho = _rho_at(points, pattern, measured)
-            predicted = _predicted_crossover(pattern, rho)
+            stored = _stored_rho(backend, key)
+            sizes = [p[0] for p in points]
+            predicted = _predicted_crossover(pattern, stored, sizes[0], sizes[-1]) if stored else None
             close = "-" if not measured or predicted is None else (
                 "yes" if abs(predicted - measured) <= 0.2 * measured else "no")
-            key = _PATTERN_KEYS[pattern] + ("_f64" if causal and pattern == "attention" else "")
-            shown = (f"{measured:.0f}" if measured else f"below {points[0][0]}" if measured == 0
-                     else f"not reached (n <= {points[-1][0]})")
-            print(f"| {key} | {backend} | {shown} | {rho:.2f} | {_fmt(predicted, '.0f')} | {close} |")
+            shown = (f"{measured:.0f}" if measured else f"below {sizes[0]}" if measured == 0
+                     else f"not reached (n <= {sizes[-1]})")
+            shown_predicted = (_fmt(predicted, ".0f") if predicted is None or predicted > sizes[0]
+                               else f"below {sizes[0]}")
+            print(f"| {key} | {backend} | {shown} | {_fmt(stored, '.2f')} | {shown_predicted} | {close} | "
+                  f"{rho:.2f} |")
             fitted.setdefault(backend, {})[key] = {
                 "rho": round(rho, 3), "crossover_n": int(round(measured)) if measured else None,
                 "shape": {"heads": HEADS, "features": FEATURES, "head_dim": HEAD_DIM, "channels": CHANNELS,
-                          "sizes": [p[0] for p in points]}}
+                          "sizes": sizes}}
     return fitted
 
 
@@ -501,8 +545,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"requant toeplitz_fft benchmark: {os.cpu_count()} CPUs, sizes {sizes}, {args.seconds:g} s per row")
     results = {}
     for pattern in ("attention", "toeplitz", "conv"):
-        if pattern in patterns:
-            results[pattern] = _sweep(pattern, sizes, backends, args.seconds, args.causal, args.max_row_seconds)
+        if pattern not in patterns:
+            continue
+        timings = _sweep(pattern, sizes, backends, args.seconds, args.causal, args.max_row_seconds)
+        for backend, points in timings.items():
+            inside = _sizes_inside(*bracket) if (bracket := _bracket(points)) else []
+            if inside:
+                more = _sweep(pattern, inside, [backend], args.seconds, args.causal, args.max_row_seconds,
+                              note=f", near the {backend} crossover")
+                points[:] = sorted(points + more[backend])
+        results[pattern] = timings
     if "kernels" in patterns:
         _kernels(sizes, args.seconds)
     if results:
