@@ -437,7 +437,6 @@ def _rho_at(points: list[tuple[int, float, float]], pattern: str, n_star: float 
     return (t_f / f) / (t_q / q)
 
 
-
 def _stored_rho(backend: str, key: str) -> float | None:
     from requant.passes.toeplitz_fft_crossovers import CROSSOVERS
 
