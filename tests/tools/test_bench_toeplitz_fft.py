@@ -1,7 +1,7 @@
 """The toeplitz_fft benchmark's crossover arithmetic (tools/bench/toeplitz_fft.py), on
 made-up timings: where the measured crossover lies and which sizes pin it down, the
-cost model's crossover under the FFT form's power-of-two padding, and the rho a
-measured crossover gives back. No build and no timing."""
+cost model's crossover read off the same sizes (with the FFT form's power-of-two
+padding), and the rho a measured crossover gives back. No build and no timing."""
 
 from __future__ import annotations
 
@@ -9,11 +9,6 @@ import pytest
 
 from requant.ir.ops.fft import fft_length
 from requant.tools.bench import toeplitz_fft as bench
-
-
-def _points(pattern: str, rho: float, sizes: list[int]) -> list[tuple[int, float, float]]:
-    """Timings of a machine where the cost model is exact: time = flops x cost per flop."""
-    return [(n, q, rho * f) for n in sizes for q, f in [bench._flops(pattern, n)]]
 
 
 def test_measured_crossover_between_two_sizes_and_the_sizes_inside():
@@ -32,29 +27,33 @@ def test_measured_crossover_between_two_sizes_and_the_sizes_inside():
 
 @pytest.mark.parametrize("pattern", ["attention", "toeplitz"])
 def test_cost_model_crossover_matches_a_machine_it_describes(pattern):
-    # timings generated from the flop model with rho: the model's crossover for that rho
-    # is where the generated FFT form overtakes the quadratic one, measured finely
+    # timings of a machine where the flop model is exact with this rho, at powers of two
+    # and then (as the benchmark does) at two sizes inside the crossover's bracket
     rho = 40.0 if pattern == "toeplitz" else 6.0
-    sizes = list(range(256, 16385, 64))
-    measured = bench._measured_crossover(_points(pattern, rho, sizes))
-    predicted = bench._predicted_crossover(pattern, rho, sizes[0], sizes[-1])
-    assert measured and predicted
-    assert abs(predicted - measured) <= 64 + 0.01 * measured
-    # and the rho read back at the measured crossover is the one the timings came from
-    assert bench._rho_at(_points(pattern, rho, sizes), pattern, measured) == pytest.approx(rho, rel=0.05)
+    sizes = [256, 512, 1024, 2048, 4096, 8192, 16384]
+    coarse = bench._measured_crossover(bench._modelled(pattern, rho, sizes))
+    sizes = sorted(sizes + bench._sizes_inside(*bench._bracket(bench._modelled(pattern, rho, sizes))))
+    timings = [(n, 1e-6 * q, 1e-6 * f) for n, q, f in bench._modelled(pattern, rho, sizes)]
+    measured = bench._measured_crossover(timings)
+    # inside a bracket of powers of two the FFT form's time is flat: the sizes inside
+    # move the crossover up from the straight-line interpolation, and rho reads back
+    assert measured > coarse
+    assert bench._rho_at(timings, pattern, measured) == pytest.approx(rho, rel=0.01)
+    assert measured == pytest.approx(bench._measured_crossover(bench._modelled(pattern, rho, sizes)))
+    # a rho off by 2x moves the model's crossover past the 20% bar
+    doubled = bench._measured_crossover(bench._modelled(pattern, 2 * rho, sizes))
+    assert doubled is None or doubled > 1.2 * measured
 
 
-def test_cost_model_crossover_respects_the_padding_jump():
-    # just above a power of two the FFT length doubles, so with a rho whose first crossing
-    # lies below 8192 the FFT form loses again above it: over a range reaching past 8192
-    # the model's crossover is the later one, that holds up to the last size
+def test_cost_model_crossover_sees_the_padding_jump_at_the_sizes_measured():
+    # just above a power of two the FFT length doubles: with a rho whose crossing lies
+    # below 8192, a size measured just above it shows the FFT form behind again, so the
+    # crossover read off the sizes moves past 8192
     rho = 3.0
     assert fft_length(8192) * 2 == fft_length(8193)
-    q, f = bench._flops("attention", 8192)
-    q_above, f_above = bench._flops("attention", 8193)
-    assert q > rho * f and q_above < rho * f_above  # ahead at 8192, behind at 8193
-    first = bench._predicted_crossover("attention", rho, 4096, 8192)
-    held = bench._predicted_crossover("attention", rho, 4096, 16384)
-    assert 4096 < first < 8192 < held < 16384
-    # never ahead at the last size: no crossover
-    assert bench._predicted_crossover("attention", 1e9, 256, 8192) is None
+    powers = bench._measured_crossover(bench._modelled("attention", rho, [4096, 8192, 16384]))
+    with_jump = bench._measured_crossover(bench._modelled("attention", rho, [4096, 8192, 9216, 16384]))
+    assert 4096 < powers < 8192 < with_jump < 16384
+    # never ahead: no crossover; always ahead: below the first size
+    assert bench._measured_crossover(bench._modelled("attention", 1e9, [256, 8192])) is None
+    assert bench._measured_crossover(bench._modelled("conv", 1e-3, [256, 8192])) == 0.0

@@ -17,7 +17,8 @@ Runtime and on TVM, in one run:
    time is flat inside a bracket of powers of two while the quadratic one grows as n^2:
    close sizes make the interpolation tight); the crossover the pass's cost model picks
    for this shape from the rho it holds (passes/toeplitz_fft_crossovers.py, measured by
-   an earlier run: an out-of-sample check, within 20% or not); and this run's rho (time
+   an earlier run: an out-of-sample check, within 20% or not), read off the same sizes
+   the same way; and this run's rho (time
    per FFT-form flop over time per quadratic-form flop: the flop ratio at the measured
    crossover), which `--write-crossovers` stores for the pass to read;
 6. end to end: a 2-layer pre-norm transformer of that attention (dim 512, 8 heads,
@@ -409,18 +410,13 @@ def _sizes_inside(lo: int, hi: int, count: int = 2) -> list[int]:
     return sorted(n for n in inside if lo < n < hi)
 
 
-def _predicted_crossover(pattern: str, rho: float, lo: float, hi: float) -> float | None:
-    """The n in [lo, hi] from which the cost model picks the FFT form at every size up to
-    hi (the FFT size jumps at powers of two, so the flop ratio is not monotonic); lo when
-    it picks it everywhere, None when not at hi."""
-    grid = [lo * 1.002**i for i in range(int(math.log(hi / lo) / math.log(1.002)) + 1)] + [hi]
-    wins = [_flops(pattern, int(n))[0] > rho * _flops(pattern, int(n))[1] for n in grid]
-    if not wins[-1]:
-        return None
-    first = len(wins) - 1
-    while first > 0 and wins[first - 1]:
-        first -= 1
-    return grid[first]
+def _modelled(pattern: str, rho: float, sizes: list[int]) -> list[tuple[int, float, float]]:
+    """The cost model's view of the sizes measured: (n, quadratic flops, rho x FFT flops),
+    which `_measured_crossover` reads as it reads timings. The same sizes and the same
+    interpolation on both sides, so the two crossovers differ only by rho and the flop
+    model (the FFT form's padding to a power of two makes the flop ratio drop just above
+    each power of two: the sizes measured decide which of those drops either side sees)."""
+    return [(n, q, rho * f) for n in sizes for q, f in [_flops(pattern, n)]]
 
 
 def _rho_at(points: list[tuple[int, float, float]], pattern: str, n_star: float | None) -> float:
@@ -459,15 +455,16 @@ def _crossovers(results: dict[str, dict], causal: bool) -> dict[str, dict[str, d
             rho = _rho_at(points, pattern, measured)
             stored = _stored_rho(backend, key)
             sizes = [p[0] for p in points]
-            predicted = _predicted_crossover(pattern, stored, sizes[0], sizes[-1]) if stored else None
-            close = "-" if not measured or predicted is None else (
+            predicted = _measured_crossover(_modelled(pattern, stored, sizes)) if stored else None
+            close = "-" if not measured or not predicted else (
                 "yes" if abs(predicted - measured) <= 0.2 * measured else "no")
-            shown = (f"{measured:.0f}" if measured else f"below {sizes[0]}" if measured == 0
-                     else f"not reached (n <= {sizes[-1]})")
-            shown_predicted = (_fmt(predicted, ".0f") if predicted is None or predicted > sizes[0]
-                               else f"below {sizes[0]}")
-            print(f"| {key} | {backend} | {shown} | {_fmt(stored, '.2f')} | {shown_predicted} | {close} | "
-                  f"{rho:.2f} |")
+
+            def shown(crossing: float | None) -> str:
+                return (f"{crossing:.0f}" if crossing else f"below {sizes[0]}" if crossing == 0
+                        else f"not reached (n <= {sizes[-1]})")
+
+            print(f"| {key} | {backend} | {shown(measured)} | {_fmt(stored, '.2f')} | "
+                  f"{shown(predicted) if stored else '-'} | {close} | {rho:.2f} |")
             fitted.setdefault(backend, {})[key] = {
                 "rho": round(rho, 3), "crossover_n": int(round(measured)) if measured else None,
                 "shape": {"heads": HEADS, "features": FEATURES, "head_dim": HEAD_DIM, "channels": CHANNELS,
