@@ -6,6 +6,13 @@ returns a Relax `Tuple` of the graph outputs, always (one output gives a 1-tuple
 Constants become Relax constants (emitted where first read). Symbolic dims (strings in
 the inputs' `TensorType` shapes) become `tirx.Var`s shared by name, unless `bind_dims`
 fixes them to ints; an unknown dim (None) of an input gets its own variable.
+A node computable from constants alone whose result is larger than
+`FOLD_LIMIT_BYTES` reads its inputs through an opaque identity (the VM's `vm.builtin.copy`),
+so that Relax's FoldConstant, which folds every all-constant call whatever its size, leaves
+it to run time: requant's own fold_constants keeps such results (a position bias gathered
+into [heads, n, n], a mask expanded to the batch) as computations for the same reason, and
+a folded tensor of gigabytes costs several times its size while TVM compiles and exports
+the library, and that size again in the library file.
 Tensors of a dtype TVM cannot hold exactly travel in another (`relax_dtype`: fp8, fp4
 and `FloatFormat` as float32 grid values, int4/uint4 in int8/uint8); `to_relax_array`
 / `from_relax_array` convert numpy arrays at the boundary.
@@ -41,6 +48,9 @@ from requant.backends.tvm.lowering import (
 __all__ = ["to_relax", "check_lowerable", "to_relax_array", "from_relax_array"]
 
 logger = logging.getLogger(__name__)
+
+#: constant-only results larger than this are computed at run time (module docstring)
+FOLD_LIMIT_BYTES = 1 << 28
 
 
 def check_lowerable(graph: Graph) -> None:
@@ -109,13 +119,18 @@ def to_relax(graph: Graph, *, bind_dims: Mapping[str, int] | None = None) -> tvm
         return found
 
     ctx = LowerContext(bb, dims, read)
+    unfolded = _large_constant_nodes(graph)
     with bb.function("main", params):
         with bb.dataflow():
             for node in graph:
                 emitter = lowering_for(node.op)
                 ins = [read(v) for v in node.inputs]
                 try:
-                    result = emitter(ctx, node, ins)
+                    result = None
+                    if id(node) in unfolded:
+                        result = _emit_unfolded(bb, ctx, node, ins)
+                    if result is None:
+                        result = emitter(ctx, node, ins)
                 except RequantError:
                     raise
                 except Exception as exc:
@@ -129,6 +144,37 @@ def to_relax(graph: Graph, *, bind_dims: Mapping[str, int] | None = None) -> tvm
             result = bb.emit_output(relax.Tuple([read(v) for v in graph.outputs]))
         bb.emit_func_output(result)
     return bb.get()
+
+
+def _large_constant_nodes(graph: Graph) -> set[int]:
+    """ids of the nodes computable from constants alone (every input a constant or such a
+    node's output) whose outputs take more than FOLD_LIMIT_BYTES."""
+    from_constants: set[int] = set()
+    large: set[int] = set()
+    for node in graph:
+        inputs = [v for v in node.inputs if v is not None]
+        if not inputs or not all(v.const is not None or id(v) in from_constants for v in inputs):
+            continue
+        from_constants.update(id(o) for o in node.outputs)
+        sizes = [o.type.numel for o in node.outputs]
+        if all(n is not None for n in sizes) and sum(n * o.dtype.bits // 8 for n, o in zip(sizes, node.outputs)) \
+                > FOLD_LIMIT_BYTES:
+            large.add(id(node))
+    return large
+
+
+def _emit_unfolded(bb: relax.BlockBuilder, ctx: LowerContext, node: Any, ins: list) -> Any:
+    """`node` lowered with its tensor inputs read through an opaque identity, so that
+    FoldConstant cannot evaluate it at compile time; None when its lowering needs an
+    input as a constant (a shape, an index list): then it is left to fold."""
+    opaque = [bb.emit(relax.op.call_pure_packed("vm.builtin.copy", x, ty_args=x.ty))
+              if isinstance(getattr(x, "ty", None), relax.TensorType) else x
+              for x in ins]
+    try:
+        return lowering_for(node.op)(ctx, node, opaque)
+    except (RequantError, tvm.TVMError, TypeError, ValueError) as exc:
+        logger.debug("to_relax: %s folds at compile time, its lowering needs constant inputs: %s", node.label, exc)
+        return None
 
 
 def _check_dtype(label: str, value: Value, expr: relax.Expr) -> None:

@@ -2,7 +2,8 @@
 interpreter: one error naming every unsupported node, one compiled module run at two
 run-time shapes (symbolic batch, integer ReduceMean over a symbolic tensor), ConvTranspose
 output padding up to the dilation, bind_dims, a small quantized transformer block,
-constants and inputs passed through as outputs, and out-of-range Gather indices.
+constants and inputs passed through as outputs, out-of-range Gather indices, and large
+results of constants left to run time instead of Relax's constant folding.
 
 Built with `tvm.compile` for {"kind": "llvm"} and run on the CPU (tests/tvm_testing.py).
 Float outputs within `WHOLE_GRAPH_TOL` (|got - want| <= atol * max(1, max|want|) +
@@ -26,7 +27,7 @@ from op_cases import Tol  # noqa: E402
 from op_testing import compare  # noqa: E402
 from tvm_testing import compile_graph, run_tvm  # noqa: E402
 
-from requant.backends.tvm import to_relax  # noqa: E402
+from requant.backends.tvm import emit, to_relax  # noqa: E402
 from requant.errors import UnsupportedOpError  # noqa: E402
 from requant.ir import Builder, Graph, run, tensor_type  # noqa: E402
 
@@ -204,3 +205,47 @@ def test_out_of_range_gather_indices_are_clamped_not_read_out_of_bounds() -> Non
     np.testing.assert_array_equal(got, table[[0, 5, 5, 5]])
     got = run_tvm(compile_graph(g), g, {"ids": np.array([-1, -6, 2, 3], np.int64)})[0]
     np.testing.assert_array_equal(got, table[[5, 0, 2, 3]])  # negative indices count from the end
+def _relative_bias_graph(n: int) -> Graph:
+    """x * exp(bias[i - j + n - 1]) over [2, n, n]: the [n, n] bias is computable from
+    constants alone (the relative-position pattern)."""
+    g = Graph("relative_bias")
+    b = Builder(g)
+    x = b.input("x", tensor_type("f32", (2, n, n)))
+    offsets = b.Sub(b.const(np.arange(n, dtype=np.int64)[:, None]), b.const(np.arange(n, dtype=np.int64)[None, :]))
+    index = b.Add(offsets, b.const(np.int64(n - 1)))
+    table = np.linspace(-1.0, 1.0, 2 * n - 1, dtype=np.float32)
+    g.outputs = [b.Mul(x, b.Exp(b.Gather(b.const(table), index, axis=0)))]
+    return g
+
+
+def _folded_constant_sizes(mod: Any) -> list[int]:
+    """Element counts of the constants left in `mod` after Relax's FoldConstant."""
+    folded = tvm.relax.transform.FoldConstant()(mod)
+    sizes: list[int] = []
+
+    def visit(expr: Any) -> None:
+        if isinstance(expr, tvm.ir.expr.GenericConst):
+            sizes.append(int(np.prod(expr.value.shape)))
+
+    tvm.relax.analysis.post_order_visit(folded["main"], visit)
+    return sizes
+
+
+def test_large_results_of_constants_are_computed_at_run_time(monkeypatch) -> None:
+    """A constant-only subgraph whose result exceeds FOLD_LIMIT_BYTES reads its inputs
+    through an opaque identity: Relax's FoldConstant would otherwise fold the [n, n] bias
+    into the module (gigabytes for a long sequence); the numbers stay the interpreter's."""
+    n = 32
+    g = _relative_bias_graph(n)
+    feed = {"x": _f32(2, n, n)}
+    monkeypatch.setattr(emit, "FOLD_LIMIT_BYTES", 1024)  # the [32, 32] int64 offsets take 8 KiB
+    mod = to_relax(g)
+    assert "vm.builtin.copy" in mod.script()
+    assert max(_folded_constant_sizes(mod)) < n * n
+    check_against_interpreter(g, feed, "relative bias computed at run time")
+    # under the limit (the default's 256 MiB): folded at compile time as before
+    monkeypatch.setattr(emit, "FOLD_LIMIT_BYTES", 1 << 28)
+    mod = to_relax(g)
+    assert "vm.builtin.copy" not in mod.script()
+    assert max(_folded_constant_sizes(mod)) == n * n
+    check_against_interpreter(g, feed, "relative bias folded")
