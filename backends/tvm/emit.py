@@ -7,7 +7,7 @@ Constants become Relax constants (emitted where first read). Symbolic dims (stri
 the inputs' `TensorType` shapes) become `tirx.Var`s shared by name, unless `bind_dims`
 fixes them to ints; an unknown dim (None) of an input gets its own variable.
 A node computable from constants alone whose result is larger than
-`FOLD_LIMIT_BYTES` reads its inputs through an opaque identity (the VM's `vm.builtin.copy`),
+`FOLD_LIMIT_BYTES` reads its data inputs through an opaque identity (the VM's `vm.builtin.copy`),
 so that Relax's FoldConstant, which folds every all-constant call whatever its size, leaves
 it to run time: requant's own fold_constants keeps such results (a position bias gathered
 into [heads, n, n], a mask expanded to the batch) as computations for the same reason, and
@@ -163,13 +163,22 @@ def _large_constant_nodes(graph: Graph) -> set[int]:
     return large
 
 
+def _is_data(value: Value | None) -> bool:
+    """A float tensor, or an integer one of rank >= 2: not a shape, axes or pads input,
+    which lowerings may need as constants."""
+    if value is None or value.type.shape is None:
+        return False
+    return value.dtype.is_float or len(value.type.shape) >= 2
+
+
 def _emit_unfolded(bb: relax.BlockBuilder, ctx: LowerContext, node: Any, ins: list) -> Any:
-    """`node` lowered with its tensor inputs read through an opaque identity, so that
-    FoldConstant cannot evaluate it at compile time; None when its lowering needs an
-    input as a constant (a shape, an index list): then it is left to fold."""
-    opaque = [bb.emit(relax.op.call_pure_packed("vm.builtin.copy", x, ty_args=x.ty))
-              if isinstance(getattr(x, "ty", None), relax.TensorType) else x
-              for x in ins]
+    """`node` lowered with its data inputs (`_is_data`) read through an opaque identity,
+    so that FoldConstant cannot evaluate it at compile time; None when it has none or its
+    lowering needs one as a constant: then it is left to fold."""
+    if not any(_is_data(v) for v in node.inputs):
+        return None
+    opaque = [bb.emit(relax.op.call_pure_packed("vm.builtin.copy", x, ty_args=x.ty)) if _is_data(v) else x
+              for v, x in zip(node.inputs, ins)]
     try:
         return lowering_for(node.op)(ctx, node, opaque)
     except (RequantError, tvm.TVMError, TypeError, ValueError) as exc:

@@ -249,3 +249,20 @@ def test_large_results_of_constants_are_computed_at_run_time(monkeypatch) -> Non
     assert "vm.builtin.copy" not in mod.script()
     assert max(_folded_constant_sizes(mod)) == n * n
     check_against_interpreter(g, feed, "relative bias folded")
+
+
+def test_a_large_constant_expand_keeps_its_shape_input_constant(monkeypatch) -> None:
+    """Only data inputs go through the opaque identity: Expand's float row does, its
+    shape (a rank-1 integer input, which the lowering needs as a constant) does not, and
+    ConstantOfShape, which has no data input, folds as before."""
+    n = 32
+    g = Graph("expanded_row")
+    b = Builder(g)
+    x = b.input("x", tensor_type("f32", (n, n)))
+    row = b.const(np.linspace(0.0, 1.0, n, dtype=np.float32)[None, :])
+    filled = b.ConstantOfShape(b.const(np.array([n, n], np.int64)), value=np.array([0.5], np.float32))
+    g.outputs = [b.Add(b.Mul(x, b.Expand(row, b.const(np.array([n, n], np.int64)))), filled)]
+    monkeypatch.setattr(emit, "FOLD_LIMIT_BYTES", 1024)
+    mod = to_relax(g)
+    assert mod.script().count("vm.builtin.copy") == 1
+    check_against_interpreter(g, {"x": _f32(n, n)}, "expanded row computed at run time")
