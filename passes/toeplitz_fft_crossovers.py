@@ -29,7 +29,7 @@ CROSSOVERS: dict[str, dict[str, dict]] = {
     },
     'tvm': {
         'toeplitz_matmul': {'rho': 8.776, 'crossover_n': 474, 'shape': {'heads': 8, 'features': 64, 'head_dim': 64, 'channels': 64, 'sizes': [128, 256, 320, 384, 512, 1024, 2048]}},
-        'kernelized_attention': {'rho': 5.754, 'crossover_n': None, 'shape': {'heads': 8, 'features': 64, 'head_dim': 64, 'channels': 64, 'sizes': [2048, 4096, 8192]}},
+        'kernelized_attention': {'rho': 5.824, 'crossover_n': 15133, 'shape': {'heads': 8, 'features': 64, 'head_dim': 64, 'channels': 64, 'sizes': [4096, 8192, 10304, 12992, 16384]}},
         'kernelized_attention_f64': {'rho': 8.22, 'crossover_n': None, 'shape': {'estimated': "2 x kernelized_attention's rho (float64 vectors hold half the lanes); measure with --causal --write-crossovers"}},
         'long_conv': {'rho': 1.025, 'crossover_n': None, 'shape': {'heads': 8, 'features': 64, 'head_dim': 64, 'channels': 64, 'sizes': [128, 256, 512, 1024, 2048]}},
     },
