@@ -126,9 +126,7 @@ def to_relax(graph: Graph, *, bind_dims: Mapping[str, int] | None = None) -> tvm
                 emitter = lowering_for(node.op)
                 ins = [read(v) for v in node.inputs]
                 try:
-                    result = None
-                    if id(node) in unfolded:
-                        result = _emit_unfolded(bb, ctx, node, ins)
+                    result = _emit_unfolded(bb, ctx, emitter, node, ins) if id(node) in unfolded else None
                     if result is None:
                         result = emitter(ctx, node, ins)
                 except RequantError:
@@ -148,7 +146,8 @@ def to_relax(graph: Graph, *, bind_dims: Mapping[str, int] | None = None) -> tvm
 
 def _large_constant_nodes(graph: Graph) -> set[int]:
     """ids of the nodes computable from constants alone (every input a constant or such a
-    node's output) whose outputs take more than FOLD_LIMIT_BYTES."""
+    node's output) whose outputs take more than FOLD_LIMIT_BYTES and which have a data
+    input (`_is_data`) to read through the opaque identity."""
     from_constants: set[int] = set()
     large: set[int] = set()
     for node in graph:
@@ -157,8 +156,8 @@ def _large_constant_nodes(graph: Graph) -> set[int]:
             continue
         from_constants.update(id(o) for o in node.outputs)
         sizes = [o.type.numel for o in node.outputs]
-        if all(n is not None for n in sizes) and sum(n * o.dtype.bits // 8 for n, o in zip(sizes, node.outputs)) \
-                > FOLD_LIMIT_BYTES:
+        nbytes = sum(n * o.dtype.bits // 8 for n, o in zip(sizes, node.outputs)) if None not in sizes else 0
+        if nbytes > FOLD_LIMIT_BYTES and any(_is_data(v) for v in inputs):
             large.add(id(node))
     return large
 
@@ -171,16 +170,14 @@ def _is_data(value: Value | None) -> bool:
     return value.dtype.is_float or len(value.type.shape) >= 2
 
 
-def _emit_unfolded(bb: relax.BlockBuilder, ctx: LowerContext, node: Any, ins: list) -> Any:
-    """`node` lowered with its data inputs (`_is_data`) read through an opaque identity,
-    so that FoldConstant cannot evaluate it at compile time; None when it has none or its
+def _emit_unfolded(bb: relax.BlockBuilder, ctx: LowerContext, emitter: Any, node: Any, ins: list) -> Any:
+    """`node` lowered by `emitter` with its data inputs (`_is_data`) read through an opaque
+    identity, so that FoldConstant cannot evaluate it at compile time; None when its
     lowering needs one as a constant: then it is left to fold."""
-    if not any(_is_data(v) for v in node.inputs):
-        return None
     opaque = [bb.emit(relax.op.call_pure_packed("vm.builtin.copy", x, ty_args=x.ty)) if _is_data(v) else x
               for v, x in zip(node.inputs, ins)]
     try:
-        return lowering_for(node.op)(ctx, node, opaque)
+        return emitter(ctx, node, opaque)
     except (RequantError, tvm.TVMError, TypeError, ValueError) as exc:
         logger.debug("to_relax: %s folds at compile time, its lowering needs constant inputs: %s", node.label, exc)
         return None
