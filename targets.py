@@ -296,9 +296,6 @@ _CANONICAL = (Step("canonicalize"), Step("fold_batchnorm"))
 _QUANT_CLEANUP = (Step("cse"), Step("dce"))
 
 # -- rotations (QuaRot / SpinQuant; passes/rotate_*.py, each exact in float) -----------------
-# The stream rotation needs the norms' affine folded into the linears and LayerNorm streams
-# centred first; post-norm graphs (BERT, MiniLM) are refused by the two stream passes (named
-# in the report) and take the per-head and online rotations only.
 def _rotate_block_problem(block: int) -> str | None:
     from requant.ir.hadamard import block_option_problem
 
@@ -321,6 +318,9 @@ _ROTATE_OPTIONS = {
                                        "channels, cheaper than mixing the whole width (0: the whole width)",
                                rule=_rotate_block_problem),
 }
+# The stream rotation needs the norms' affine folded into the linears and LayerNorm streams
+# centred first; post-norm graphs (BERT, MiniLM) are refused by the two stream passes (named
+# in the report) and take the per-head and online rotations only.
 _ROTATE = (
     Step("fold_norm_affine", when=("rotate", True)),
     Step("layernorm_to_rmsnorm", when=("rotate", True)),
