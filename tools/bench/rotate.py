@@ -42,6 +42,7 @@ of 32) along the last axis, on MiniLM's shapes, each timed alone in its own proc
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -190,8 +191,6 @@ def _compiled_row(name: str, source: str, target: str, options: dict, batches: l
 def _time_saved(spec: dict) -> int:
     """Worker: median ms of one saved build (a requant save directory, or an ONNX file run
     as the ONNX Runtime anchors are) on the saved feeds, printed as JSON."""
-    import json
-
     feeds = dict(np.load(spec["feeds"]))
     if spec["kind"] == "onnx":
         run = demo._session_row("anchor", Path(spec["path"])).run
@@ -209,7 +208,6 @@ def _time_in_own_processes(builds: dict[str, tuple[str, Path]], feeds: dict[str,
                            seconds: float) -> dict[str, float]:
     """Median ms of each build, each loaded and timed alone in a fresh process (ONNX Runtime
     sessions sharing a process slow each other down), one after another."""
-    import json
     import subprocess
 
     feeds_path = tmp / "timing_feeds.npz"
@@ -241,7 +239,7 @@ def _minilm(args: argparse.Namespace) -> None:
         float_path = demo._export_float(model, batches[0], tmp)
         batch = feeds["input_ids"].shape[0]
         rows = [demo._session_row("ONNX Runtime fp32", float_path)]
-        timed, compile_s = [rows[0].name], {rows[0].name: 0.0}
+        compile_s = {rows[0].name: 0.0}
         specs = [(n, t, o, tm) for n, t, o, tm in MINILM_ROWS]
         specs += [(name, "cpu-fp4", {"passes": w4a4_int4(rot, method, ranges, acts)}, False)
                   for name, rot, method, ranges, acts in W4A4_ROWS]
@@ -257,7 +255,6 @@ def _minilm(args: argparse.Namespace) -> None:
             rows.append(row)
             compile_s[name] = seconds
             if is_timed and saved is not None:
-                timed.append(name)
                 builds[name] = ("requant", saved)
         outputs = demo._accuracy(rows, feeds)
         mask = feeds["attention_mask"]
@@ -266,7 +263,7 @@ def _minilm(args: argparse.Namespace) -> None:
         per_build = max(args.seconds / len(builds), 3.0)
         for name, ms in _time_in_own_processes(builds, feeds, tmp, per_build).items():
             next(r for r in rows if r.name == name).ms = ms
-    _minilm_table(rows, rho, compile_s, timed, per_build, len(batches) * 16, batch)
+    _minilm_table(rows, rho, compile_s, list(builds), per_build, len(batches) * 16, batch)
 
 
 def _minilm_table(rows, rho, compile_s, timed, per_build, n_calib, n_eval) -> None:
@@ -411,8 +408,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--time-saved", help=argparse.SUPPRESS)  # worker: time one saved build
     args = ap.parse_args(argv)
     if args.time_saved:
-        import json
-
         return _time_saved(json.loads(args.time_saved))
     sections = {s.strip() for s in args.only.split(",") if s.strip()}
     unknown = sections - {"minilm", "lm", "hadamard"}
