@@ -21,7 +21,11 @@ Runtime and on TVM, in one run:
    the same way; and this run's rho (time
    per FFT-form flop over time per quadratic-form flop: the flop ratio at the measured
    crossover), which `--write-crossovers` stores for the pass to read;
-6. end to end: a 2-layer pre-norm transformer of that attention (dim 512, 8 heads,
+6. `onnx-dft` (not in the default run): the FFT forms of the Toeplitz product and the
+   long convolution on ONNX Runtime under both of its FFT lowerings
+   (backends/onnx/lowering/fft.py): ONNX's `DFT` against the four-step MatMuls, latency,
+   peak memory and error;
+7. end to end: a 2-layer pre-norm transformer of that attention (dim 512, 8 heads,
    m = 64) through `requant.compile` (cpu-fp32 and tvm-cpu-fp32, their default cost
    model deciding) against torch's eager run of the same naive model.
 
@@ -33,7 +37,7 @@ once one run of it took longer than `--max-row-seconds` (ONNX Runtime's DFT form
 attention does).
 
     python -m requant.tools.bench.toeplitz_fft [--sizes 256,1024,4096] [--seconds 3]
-        [--patterns attention,toeplitz,conv,kernels,e2e] [--backends onnx,tvm] [--causal]
+        [--patterns attention,toeplitz,conv,kernels,e2e,onnx-dft] [--backends onnx,tvm] [--causal]
         [--write-crossovers]
 """
 
@@ -59,7 +63,7 @@ __all__ = ["main"]
 
 SIZES = (256, 512, 1024, 2048, 4096, 8192, 16384)
 HEADS, FEATURES, HEAD_DIM, CHANNELS = 8, 64, 64, 64
-PATTERNS = ("attention", "toeplitz", "conv", "kernels", "e2e")
+PATTERNS = ("attention", "toeplitz", "conv", "kernels", "e2e")  # the default run; also "onnx-dft"
 BACKENDS = {"onnx": "cpu-fp32", "tvm": "tvm-cpu-fp32"}
 _PATTERN_KEYS = {"attention": "kernelized_attention", "toeplitz": "toeplitz_matmul", "conv": "long_conv"}
 _REFERENCE_MAX_N = 8192  # float64 references above this take minutes
@@ -116,13 +120,15 @@ def _quadratic_bytes(pattern: str, n: int, backend: str) -> float:
 
 
 def _fft_bytes(pattern: str, n: int, backend: str) -> float:
-    """What the FFT form holds at once: ONNX Runtime's DFT decomposition materialises the
-    attention's m x (d + 1) spectra (a few complex [L, m, d + 1] tensors per head); TVM's
-    kernels work column block by column block."""
+    """What the FFT form holds at once: ONNX Runtime's decomposition materialises the
+    attention's m x (d + 1) columns and the four-step transforms' intermediates (the
+    factor 24, float [L, m, d + 1] tensors per head, covers the peak this benchmark's
+    ONNX Runtime attention rows report); TVM's kernels work column block by column
+    block."""
     from requant.ir.ops.fft import fft_length
 
     if backend == "onnx" and pattern == "attention":
-        return 8.0 * fft_length(n) * HEADS * FEATURES * (HEAD_DIM + 1) * 4
+        return 24.0 * fft_length(n) * HEADS * FEATURES * (HEAD_DIM + 1) * 4
     return 8.0 * fft_length(n) * HEADS * HEAD_DIM * 4
 
 
@@ -196,6 +202,10 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
         import requant
 
         options = {} if spec["fft"] is None else {"fft": spec["fft"]}
+        if spec.get("onnx_form") == "dft":
+            from requant.backends.onnx.lowering import fft as onnx_fft
+
+            onnx_fft.MATMUL_MAX_FACTOR = 0  # every transform takes ONNX's DFT
         cm = requant.compile(model, BACKENDS[spec["backend"]], example_inputs=inputs, **options)
         for record in cm.stats.get("passes", []):
             if record["name"] == "toeplitz_fft":
@@ -365,6 +375,33 @@ def _kernels(sizes: list[int], seconds: float) -> None:
         print(f"| Toeplitz product (rfft * S, irfft) | {length} | {tvm_ms:.2f} | {np_ms:.2f} | {np_ms / tvm_ms:.2f}x | "
               f"{diff:.1e} |")
         sys.stdout.flush()
+
+
+def _onnx_forms(sizes: list[int], seconds: float, max_row_seconds: float) -> None:
+    """The FFT forms of the Toeplitz product and the long convolution on ONNX Runtime
+    under its two FFT lowerings, each build in its own process."""
+    print("\n### ONNX Runtime's FFT lowerings: ONNX DFT vs four-step MatMuls (the FFT form of each pattern)\n")
+    print("| pattern | n | DFT ms | MatMul ms | MatMul vs DFT | DFT peak MB | MatMul peak MB | DFT err | MatMul err |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for pattern in ("toeplitz", "conv"):
+        slow = 0.0
+        for n in sizes:
+            if slow > 1e3 * max_row_seconds:
+                print(f"| {pattern} | {n} | skipped: the previous size took {slow / 1e3:.0f} s a run |")
+                continue
+            ref = _reference(pattern, n, False)
+            rows = {form: _run_row({"pattern": pattern, "n": n, "causal": False, "backend": "onnx", "build": "requant",
+                                    "fft": "always", "seconds": seconds, "onnx_form": form})
+                    for form in ("dft", "matmul")}
+            d, m = rows["dft"], rows["matmul"]
+            slow = max(d.get("ms", 0.0), m.get("ms", 0.0))
+            ratio = d["ms"] / m["ms"] if "ms" in d and "ms" in m else None
+            errors = "; ".join(x["error"] for x in (d, m) if "error" in x)
+            print(f"| {pattern} | {n} | {_fmt(d.get('ms'), '.2f')} | {_fmt(m.get('ms'), '.2f')} | "
+                  f"{_fmt(ratio, '.2f') + 'x' if ratio else '-'} | {_fmt(d.get('peak_mb'), '.0f')} | "
+                  f"{_fmt(m.get('peak_mb'), '.0f')} | {_fmt(_rel_error(d['out'], ref) if 'out' in d else None, '.1e')} | "
+                  f"{_fmt(_rel_error(m['out'], ref) if 'out' in m else None, '.1e')} |" + (f" {errors}" if errors else ""))
+            sys.stdout.flush()
 
 
 def _flops(pattern: str, n: int) -> tuple[float, float]:
@@ -553,6 +590,8 @@ def main(argv: list[str] | None = None) -> int:
         results[pattern] = timings
     if "kernels" in patterns:
         _kernels(sizes, args.seconds)
+    if "onnx-dft" in patterns:
+        _onnx_forms(sizes, args.seconds, args.max_row_seconds)
     if results:
         fitted = _crossovers(results, args.causal)
         if args.write_crossovers:
