@@ -22,15 +22,15 @@ MEASURED_WITH = "python -m requant.tools.bench.toeplitz_fft --write-crossovers"
 
 CROSSOVERS: dict[str, dict[str, dict]] = {
     'onnx': {
-        'toeplitz_matmul': {'rho': 138.386, 'crossover_n': None, 'shape': {'heads': 8, 'features': 64, 'head_dim': 64, 'channels': 64, 'sizes': [128, 256, 512, 1024, 2048]}},
-        'kernelized_attention': {'rho': 492.389, 'crossover_n': None, 'shape': {'heads': 8, 'features': 64, 'head_dim': 64, 'channels': 64, 'sizes': [4096]}},
-        'kernelized_attention_f64': {'rho': 234.906, 'crossover_n': None, 'shape': {'estimated': "2 x kernelized_attention's rho (float64 vectors hold half the lanes); measure with --causal --write-crossovers"}},
-        'long_conv': {'rho': 17.827, 'crossover_n': 1002, 'shape': {'heads': 8, 'features': 64, 'head_dim': 64, 'channels': 64, 'sizes': [128, 256, 512, 640, 832, 1024, 2048]}},
+        'toeplitz_matmul': {'rho': 50.507, 'crossover_n': 3667, 'shape': {'heads': 8, 'features': 64, 'head_dim': 64, 'channels': 64, 'sizes': [256, 512, 1024, 2048, 2560, 3264, 4096]}},
+        'kernelized_attention': {'rho': 212.026, 'crossover_n': None, 'shape': {'heads': 8, 'features': 64, 'head_dim': 64, 'channels': 64, 'sizes': [256, 512, 1024, 2048]}},
+        'kernelized_attention_f64': {'rho': 424.052, 'crossover_n': None, 'shape': {'estimated': "2 x kernelized_attention's rho (float64 vectors hold half the lanes); measure with --causal --write-crossovers"}},
+        'long_conv': {'rho': 8.453, 'crossover_n': 690, 'shape': {'heads': 8, 'features': 64, 'head_dim': 64, 'channels': 64, 'sizes': [256, 512, 640, 832, 1024, 2048, 4096]}},
     },
     'tvm': {
         'toeplitz_matmul': {'rho': 8.776, 'crossover_n': 474, 'shape': {'heads': 8, 'features': 64, 'head_dim': 64, 'channels': 64, 'sizes': [128, 256, 320, 384, 512, 1024, 2048]}},
         'kernelized_attention': {'rho': 5.824, 'crossover_n': 15133, 'shape': {'heads': 8, 'features': 64, 'head_dim': 64, 'channels': 64, 'sizes': [4096, 8192, 10304, 12992, 16384]}},
-        'kernelized_attention_f64': {'rho': 8.22, 'crossover_n': None, 'shape': {'estimated': "2 x kernelized_attention's rho (float64 vectors hold half the lanes); measure with --causal --write-crossovers"}},
+        'kernelized_attention_f64': {'rho': 11.648, 'crossover_n': None, 'shape': {'estimated': "2 x kernelized_attention's rho (float64 vectors hold half the lanes); measure with --causal --write-crossovers"}},
         'long_conv': {'rho': 1.025, 'crossover_n': None, 'shape': {'heads': 8, 'features': 64, 'head_dim': 64, 'channels': 64, 'sizes': [128, 256, 512, 1024, 2048]}},
     },
 }
