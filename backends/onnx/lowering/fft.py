@@ -216,10 +216,7 @@ class _Emit:
         # x[t1 + n1 t2] as [n2 (t2), n1 (t1) x columns]; step 1 transforms t2 -> k2
         a = self.complex_matmul(np.exp(-2j * np.pi * np.outer(np.arange(n2), np.arange(n2)) / n2),
                                 self.reshape(x, lead + [n2, n1 * columns], f"{part}_rows"), f"{part}_step1")
-        a = tuple(self.reshape(v, lead + [n2, n1, columns], f"{part}_split_{tag}") for v, tag in zip(a, "ri"))
-        twiddle = np.exp(-2j * np.pi * np.outer(np.arange(n2), np.arange(n1)) / length)[:, :, None]
-        b = self.complex_mul(a, (self.real_const(twiddle.real, "twiddle_re"), self.real_const(twiddle.imag, "twiddle_im")),
-                             f"{part}_twiddle")
+        b = self._twiddled(a, lead, n1, n2, columns, -1, part)
         half = n1 // 2 + 1  # k1 <= n1/2 covers the bins 0 .. length/2
         y = self.complex_matmul(np.exp(-2j * np.pi * np.outer(np.arange(half), np.arange(n1)) / n1), b, f"{part}_step3")
         perm = list(range(axis)) + [axis + 1, axis, axis + 2]  # [k2, k1] -> [k1, k2]: k = k2 + n2 k1
@@ -273,10 +270,7 @@ class _Emit:
         # Z[k1 + n1 k2] as [n2 (k2), n1 (k1) x columns]; step 1 transforms k2 -> t2
         rows = tuple(self.reshape(v, lead + [n2, n1 * columns], f"{part}_rows_{tag}") for v, tag in zip((zr, zi), "ri"))
         a = self.complex_matmul(np.exp(2j * np.pi * np.outer(np.arange(n2), np.arange(n2)) / n2), rows, f"{part}_step1")
-        a = tuple(self.reshape(v, lead + [n2, n1, columns], f"{part}_split_{tag}") for v, tag in zip(a, "ri"))
-        twiddle = np.exp(2j * np.pi * np.outer(np.arange(n2), np.arange(n1)) / length)[:, :, None]
-        b = self.complex_mul(a, (self.real_const(twiddle.real, "twiddle_re"), self.real_const(twiddle.imag, "twiddle_im")),
-                             f"{part}_twiddle")
+        b = self._twiddled(a, lead, n1, n2, columns, 1, part)
         y = self.complex_matmul(np.exp(2j * np.pi * np.outer(np.arange(n1), np.arange(n1)) / n1) / length, b,
                                 f"{part}_step3", real_only=True)
         perm = list(range(axis)) + [axis + 1, axis, axis + 2]  # [t2, t1] -> [t1, t2]: t = t2 + n2 t1
@@ -285,6 +279,14 @@ class _Emit:
         dc = self.op("Mul", [self.first(z[0], axis, 1, f"{part}_dc"), self.real_const(np.asarray(1.0 / length), "inv_n")],
                      f"{part}_dc_term")
         return self.op("Add", [y, dc], f"{part}_with_dc")
+
+    def _twiddled(self, a: Pair, lead: list[int], n1: int, n2: int, columns: int, sign: int, part: str) -> Pair:
+        """The four-step middle: step 1's [n2, n1 x columns] result viewed as [n2, n1,
+        columns] times the twiddles exp(sign 2 pi i j t / (n1 n2)) (j < n2, t < n1)."""
+        a = tuple(self.reshape(v, lead + [n2, n1, columns], f"{part}_split_{tag}") for v, tag in zip(a, "ri"))
+        twiddle = np.exp(sign * 2j * np.pi * np.outer(np.arange(n2), np.arange(n1)) / (n1 * n2))[:, :, None]
+        return self.complex_mul(a, (self.real_const(twiddle.real, "twiddle_re"), self.real_const(twiddle.imag, "twiddle_im")),
+                                f"{part}_twiddle")
 
     def _matmul_form(self, shape: tuple, axis: int, length: int) -> tuple[int, int] | None:
         if not all(isinstance(d, int) for d in shape[axis + 1:]):
