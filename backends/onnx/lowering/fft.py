@@ -200,15 +200,11 @@ class _Emit:
         dtype, `shape`) cut or zero-padded to `length` along `axis`."""
         x = self.fit(x, shape, axis, length, f"{part}_fit")
         shape = shape[:axis] + (length,) + shape[axis + 1:]
-        factors = self._matmul_form(shape, axis, length)
-        if factors is None:
+        form = self._matmul_form(shape, axis, length)
+        if form is None:
             spectrum = self._dft(self.unsqueeze(x, [len(shape)], f"{part}_real"), axis, length, part)
             return self.split_complex(spectrum, part)
-        n1, n2 = factors
-        post = [int(d) for d in shape[axis + 1:]]
-        columns = math.prod(post)
-        bins = length // 2 + 1
-        lead = [0] * axis
+        n1, n2, lead, post, columns, bins = form
         if n2 == 1:
             k = np.arange(bins)[:, None] * np.arange(length)[None, :]
             z = self.complex_matmul(np.exp(-2j * np.pi * k / length), self.reshape(x, lead + [length, columns], f"{part}_cols"), part)
@@ -230,15 +226,11 @@ class _Emit:
     def irfft(self, z: Pair, shape: tuple, axis: int, length: int, part: str) -> str:
         """`length` real samples (1/length normalised) from the one-sided spectrum z of
         exactly length//2 + 1 bins at `axis` (`shape`: its real part's)."""
-        factors = self._matmul_form(shape, axis, length)
-        if factors is None:
+        form = self._matmul_form(shape, axis, length)
+        if form is None:
             spectrum = self.join_complex(z, f"{part}_complex")
             return self.squeeze(self._dft(spectrum, axis, length, part, inverse=1), [len(shape)], f"{part}_real")
-        n1, n2 = factors
-        post = [int(d) for d in shape[axis + 1:]]
-        columns = math.prod(post)
-        bins = length // 2 + 1
-        lead = [0] * axis
+        n1, n2, lead, post, columns, bins = form
         if n2 == 1:
             # Hermitian: bins 1 .. (length - 1)/2 stand for their mirror images too
             k = np.arange(bins)
@@ -288,10 +280,15 @@ class _Emit:
         return self.complex_mul(a, (self.real_const(twiddle.real, "twiddle_re"), self.real_const(twiddle.imag, "twiddle_im")),
                                 f"{part}_twiddle")
 
-    def _matmul_form(self, shape: tuple, axis: int, length: int) -> tuple[int, int] | None:
-        if not all(isinstance(d, int) for d in shape[axis + 1:]):
+    def _matmul_form(self, shape: tuple, axis: int, length: int) -> tuple | None:
+        """(n1, n2, the Reshape dims copying those before `axis`, the dims after it,
+        their product, the one-sided bins) of a transform along `axis` in MatMul form;
+        None when it takes ONNX's DFT (a factor too large, dims after the axis not static)."""
+        factors = matmul_factors(length)
+        if factors is None or not all(isinstance(d, int) for d in shape[axis + 1:]):
             return None
-        return matmul_factors(length)
+        post = [int(d) for d in shape[axis + 1:]]
+        return (*factors, [0] * axis, post, math.prod(post), length // 2 + 1)
 
     def _dft(self, x: str, axis: int, length: int, part: str, *, inverse: int = 0) -> str:
         """ONNX DFT of the complex-convention tensor x along `axis` (>= 0, not counting
