@@ -114,15 +114,11 @@ def _pooled(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return (hidden * m).sum(1) / m.sum(1)
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
 def _int8_batch_one(float_path: Path, calibration: list[dict[str, np.ndarray]], feeds: dict) -> list[str]:
     """Calibrate in batches of 8, build for batch 1: the report's accuracy, and the
     mean-pooled embeddings of every sentence served one at a time against float."""
     import requant
+    from requant.tools.bench.minilm import cosine
 
     cm = requant.compile(str(float_path), target="tvm-cpu-int8", calibration=calibration, dims={"batch": 1})
     reference = requant.compile(str(float_path), target="cpu-fp32")
@@ -130,16 +126,19 @@ def _int8_batch_one(float_path: Path, calibration: list[dict[str, np.ndarray]], 
     got = np.concatenate([cm(**{k: v[i:i + 1] for k, v in feeds.items()})[0] for i in range(rows)])
     want = reference(**feeds)[0]
     mask = feeds["attention_mask"]
-    a, b = _pooled(got, mask), _pooled(want, mask)
-    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    cos = cosine(_pooled(got, mask), _pooled(want, mask))
     real = mask.astype(bool)
+
+    def whole(x: np.ndarray, y: np.ndarray) -> float:  # over all of their elements
+        return float(cosine(x.ravel().astype(np.float64), y.ravel().astype(np.float64)))
+
     accuracy = cm.stats["accuracy"] or {}
     lines = [f"tvm-cpu-int8, calibration = {len(calibration)} batches of {len(next(iter(calibration[0].values())))} "
              f"sentences, dims={{'batch': 1}}: input signature {[i['shape'] for i in cm.inputs]}",
              f"{rows} sentences served one at a time: mean-pooled embedding cosine vs float (cpu-fp32) "
              f"mean {cos.mean():.5f}, min {cos.min():.5f}",
-             f"raw hidden states vs float, cosine over all of them: at the real tokens {_cosine(got[real], want[real]):.5f}, "
-             f"at the padded positions ({(~real).mean():.0%} of them) {_cosine(got[~real], want[~real]):.5f}"]
+             f"raw hidden states vs float, cosine over all of them: at the real tokens {whole(got[real], want[real]):.5f}, "
+             f"at the padded positions ({(~real).mean():.0%} of them) {whole(got[~real], want[~real]):.5f}"]
     if "not_measured" in accuracy:
         lines.append(f"report: accuracy not measured: {accuracy['not_measured']}")
     else:
