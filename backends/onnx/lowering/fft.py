@@ -108,7 +108,6 @@ class _Emit:
         self.ctx = ctx
         self.node = node
         self.compute = dtypes.float32 if node.inputs[0].dtype in _HALF else node.inputs[0].dtype
-        self.np_compute = self.compute.np
 
     def name(self, part: str) -> str | None:
         return self.ctx.sub_name(self.node, part)
@@ -117,7 +116,7 @@ class _Emit:
         return self.ctx.const(np.asarray(value, np.int64), dtypes.int64, tag)
 
     def real_const(self, array: np.ndarray, tag: str) -> str:
-        return self.ctx.const(np.ascontiguousarray(array).astype(self.np_compute), self.compute, tag)
+        return self.ctx.const(np.ascontiguousarray(array).astype(self.compute.np), self.compute, tag)
 
     def op(self, op_type: str, inputs: list, part: str, **attrs) -> str:
         return self.ctx.emit(op_type, inputs, name=self.name(part), **attrs)[0]
