@@ -10,7 +10,8 @@ ranges do; every row, anchors included, sees the same batches). Rows, each besid
 without rotation and with RTN weights:
 - W8A8 per-tensor static: cpu-int8 (SmoothQuant, today's default), without SmoothQuant,
   rotated without SmoothQuant (online Hadamards in blocks of 32, the int8 targets'
-  default, and across the whole width);
+  default, and across the whole width), and rotated with GPTQ weights and MSE activation
+  ranges;
 - W4A8 (cpu-w4a8): rotated + GPTQ on ORT's int8 kernels (int4 codes cast to int8 at
   load; Hadamard blocks of 32 and the whole width) and on MatMulNBits accuracy_level 4;
   GPTQ without rotation; rotated with RTN;
@@ -21,11 +22,14 @@ without rotation and with RTN weights:
 - W4A4 NVFP4 (simulated, cpu-fp4): RTN, rotated RTN, GPTQ, rotated GPTQ, SmoothQuant +
   GPTQ (the target's default); MXFP4: RTN and the default;
 - TVM (tvm-cpu-int8, built for batch 64): SmoothQuant on every input vs rotated (blocks
-  of 32, and the whole width);
+  of 32, and the whole width; and with GPTQ weights and MSE activation ranges);
 - the rotated W8A8 models again with every Hadamard replaced by Identity (outputs wrong,
-  timing only): the online rotations' share of latency on ONNX Runtime and TVM.
+  timing only): the online rotations' share of latency on ONNX Runtime and TVM; and on
+  ONNX Runtime with every Hadamard replaced by a Neg, one elementwise pass over the same
+  tensor: what any kernel ORT cannot fuse with its neighbours costs there at least.
 Each timed row (and the ORT fp32 anchor) is saved, then loaded and timed alone in its own
-process, one after another (`--seconds` shared among them): ONNX Runtime sessions that
+process, one after another, in `--rounds` rounds (`--seconds` shared among them, at
+least 3 s a timing; each figure the median of its rounds): ONNX Runtime sessions that
 share a process slow each other down. Simulated rows are not timed.
 
 Tiny LM (byte-level Llama, RMSNorm, 4 layers): perplexity per byte on held-out standard
@@ -36,7 +40,7 @@ Hadamard forms: the op's ONNX lowering (Kronecker factors, ir/hadamard.py
 `kronecker_factors`) against one dense constant MatMul, and the block-diagonal form (blocks
 of 32) along the last axis, on MiniLM's shapes, each timed alone in its own process.
 
-    python -m requant.tools.bench.rotate [--seconds 60] [--calibration 256] [--only minilm,lm,hadamard]
+    python -m requant.tools.bench.rotate [--seconds 60] [--rounds 3] [--calibration 256] [--only minilm,lm,hadamard]
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ MINILM_ROWS: tuple[tuple[str, str, dict, bool], ...] = (
     ("cpu-int8 (SmoothQuant: today's default)", "cpu-int8", {}, True),
     ("W8A8, no SmoothQuant, no rotation", "cpu-int8", _W8, True),
     ("W8A8 rotated, no SmoothQuant", "cpu-int8", {**_W8, **_ROT}, True),
+    ("W8A8 rotated + GPTQ, MSE activation ranges, no SmoothQuant", "cpu-int8",
+     {**_W8, **_ROT, "weight_method": "gptq", "method": "mse"}, True),
     ("W8A8 rotated, whole-width Hadamards (rotate_block=0), no SmoothQuant", "cpu-int8",
      {**_W8, **_ROT, "rotate_block": 0}, True),
     ("W4A8 rotated + GPTQ (cpu-w4a8)", "cpu-w4a8", {}, True),
@@ -82,6 +88,8 @@ MINILM_ROWS: tuple[tuple[str, str, dict, bool], ...] = (
     ("W4A4 MXFP4 SmoothQuant + GPTQ (cpu-fp4 block=mx, simulated)", "cpu-fp4", {"block": "mx"}, False),
     ("TVM tvm-cpu-int8 (SmoothQuant on every input)", "tvm-cpu-int8", {}, True),
     ("TVM tvm-cpu-int8 rotated, no SmoothQuant", "tvm-cpu-int8", {**_W8, **_ROT}, True),
+    ("TVM tvm-cpu-int8 rotated + GPTQ, MSE activation ranges, no SmoothQuant", "tvm-cpu-int8",
+     {**_W8, **_ROT, "weight_method": "gptq", "method": "mse"}, True),
     ("TVM tvm-cpu-int8 rotated, whole-width Hadamards (rotate_block=0), no SmoothQuant", "tvm-cpu-int8",
      {**_W8, **_ROT, "rotate_block": 0}, True),
 )
@@ -128,35 +136,40 @@ LM_ROWS = (
 )
 
 
-class _HadamardAsIdentity:
-    """A pass for timing only: every Hadamard becomes Identity (the outputs are wrong)."""
-
-    @staticmethod
-    def make() -> Any:
-        from requant.passes.manager import Pass, PassResult
-
-        class HadamardAsIdentity(Pass):
-            name = "bench_hadamard_as_identity"
-            description = "timing only: Hadamard -> Identity"
-
-            def run(self, graph):
-                n = 0
-                for node in [x for x in graph if x.op == "Hadamard" and not graph.is_output(x.outputs[0])]:
-                    node.outputs[0].replace_all_uses_with(node.inputs[0])
-                    graph.remove_node(node)
-                    n += 1
-                return PassResult(graph, n > 0, {"hadamards_removed": n})
-
-        return HadamardAsIdentity()
+_AS_NEG = "W8A8 rotated, Hadamards as Neg: one elementwise pass (timing only)"
 
 
-def _without_hadamards(target: str, options: dict) -> list:
-    """`target`'s pipeline for `options`, then every Hadamard replaced by Identity."""
+def _hadamards_replaced(op: str) -> Any:
+    """A pass for timing only: every Hadamard removed (`op` "Identity") or made a Neg, one
+    elementwise pass over the same tensor, the least any separate kernel in its place
+    costs (the outputs are wrong)."""
+    from requant.passes.manager import Pass, PassResult
+
+    class HadamardReplaced(Pass):
+        name = f"bench_hadamard_as_{op.lower()}"
+        description = f"timing only: Hadamard -> {op}"
+
+        def run(self, graph):
+            n = 0
+            for node in [x for x in graph if x.op == "Hadamard" and not graph.is_output(x.outputs[0])]:
+                new = node.inputs[0]
+                if op != "Identity":
+                    new = graph.create_node(op, [new], after=node).outputs[0]
+                node.outputs[0].replace_all_uses_with(new)
+                graph.remove_node(node)
+                n += 1
+            return PassResult(graph, n > 0, {"hadamards_replaced": n})
+
+    return HadamardReplaced()
+
+
+def _with_hadamards_as(op: str, target: str, options: dict) -> list:
+    """`target`'s pipeline for `options`, then every Hadamard replaced (`_hadamards_replaced`)."""
     from requant.targets import get_target
 
     t = get_target(target)
     steps = t.resolve_steps(t.resolve_options(options))
-    return [(s.name, dict(s.options)) for s in steps] + [_HadamardAsIdentity.make()]
+    return [(s.name, dict(s.options)) for s in steps] + [_hadamards_replaced(op)]
 
 
 # -- MiniLM --------------------------------------------------------------------------------------
@@ -205,27 +218,31 @@ def _time_saved(spec: dict) -> int:
 
 
 def _time_in_own_processes(builds: dict[str, tuple[str, Path]], feeds: dict[str, np.ndarray], tmp: Path,
-                           seconds: float) -> dict[str, float]:
+                           seconds: float, rounds: int = 1) -> dict[str, float]:
     """Median ms of each build, each loaded and timed alone in a fresh process (ONNX Runtime
-    sessions sharing a process slow each other down), one after another."""
+    sessions sharing a process slow each other down), one after another; with `rounds` > 1
+    the whole sequence is repeated and each build's figure is the median of its rounds, so
+    that a slow spell of the machine lands on every build rather than on one."""
     import subprocess
 
     feeds_path = tmp / "timing_feeds.npz"
     np.savez(feeds_path, **feeds)
-    out: dict[str, float] = {}
-    for name, (kind, path) in builds.items():
-        spec = {"kind": kind, "path": str(path), "feeds": str(feeds_path), "seconds": seconds}
-        proc = subprocess.run([sys.executable, "-m", "requant.tools.bench.rotate", "--time-saved", json.dumps(spec)],
-                              capture_output=True, text=True)
-        lines = proc.stdout.strip().splitlines()
-        if proc.returncode == 0 and lines:
-            out[name] = float(json.loads(lines[-1])["ms"])
-        else:
-            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            print(f"  timing {name} failed: {tail}", file=sys.stderr, flush=True)
-            out[name] = float("nan")
-        print(f"  timed {name}: {out[name]:.1f} ms", file=sys.stderr, flush=True)
-    return out
+    per_round: dict[str, list[float]] = {name: [] for name in builds}
+    for r in range(rounds):
+        for name, (kind, path) in builds.items():
+            spec = {"kind": kind, "path": str(path), "feeds": str(feeds_path), "seconds": seconds}
+            proc = subprocess.run([sys.executable, "-m", "requant.tools.bench.rotate", "--time-saved",
+                                   json.dumps(spec)], capture_output=True, text=True)
+            lines = proc.stdout.strip().splitlines()
+            if proc.returncode == 0 and lines:
+                ms = float(json.loads(lines[-1])["ms"])
+            else:
+                tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                print(f"  timing {name} failed: {tail}", file=sys.stderr, flush=True)
+                ms = float("nan")
+            per_round[name].append(ms)
+            print(f"  timed {name} (round {r + 1} of {rounds}): {ms:.1f} ms", file=sys.stderr, flush=True)
+    return {name: statistics.median(times) for name, times in per_round.items()}
 
 
 def _minilm(args: argparse.Namespace) -> None:
@@ -244,9 +261,11 @@ def _minilm(args: argparse.Namespace) -> None:
         specs += [(name, "cpu-fp4", {"passes": w4a4_int4(rot, method, ranges, acts)}, False)
                   for name, rot, method, ranges, acts in W4A4_ROWS]
         specs += [("W8A8 rotated, Hadamards as Identity (timing only)", "cpu-int8",
-                   {"passes": _without_hadamards("cpu-int8", {**_W8, **_ROT})}, True),
+                   {"passes": _with_hadamards_as("Identity", "cpu-int8", {**_W8, **_ROT})}, True),
+                  (_AS_NEG, "cpu-int8", {"passes": _with_hadamards_as("Neg", "cpu-int8", {**_W8, **_ROT})}, True),
                   ("TVM rotated, Hadamards as Identity (timing only)", "tvm-cpu-int8",
-                   {"passes": _without_hadamards("tvm-cpu-int8", {**_W8, **_ROT, "dims": {"batch": batch}})}, True)]
+                   {"passes": _with_hadamards_as("Identity", "tvm-cpu-int8",
+                                                 {**_W8, **_ROT, "dims": {"batch": batch}})}, True)]
         builds = {rows[0].name: ("onnx", float_path)}
         for name, target, options, is_timed in specs:
             row, seconds, saved = _compiled_row(name, str(float_path), target, options, batches, tmp, batch)
@@ -260,15 +279,16 @@ def _minilm(args: argparse.Namespace) -> None:
         mask = feeds["attention_mask"]
         ref_pairs = _pairwise(mean_pool(outputs[rows[0].name], mask))
         rho = {n: spearman(ref_pairs, _pairwise(mean_pool(out, mask))) for n, out in outputs.items()}
-        per_build = max(args.seconds / len(builds), 3.0)
-        for name, ms in _time_in_own_processes(builds, feeds, tmp, per_build).items():
+        per_build = max(args.seconds / (len(builds) * args.rounds), 3.0)
+        for name, ms in _time_in_own_processes(builds, feeds, tmp, per_build, args.rounds).items():
             next(r for r in rows if r.name == name).ms = ms
-    _minilm_table(rows, rho, compile_s, list(builds), per_build, len(batches) * 16, batch)
+    _minilm_table(rows, rho, compile_s, list(builds), per_build, args.rounds, len(batches) * 16, batch)
 
 
-def _minilm_table(rows, rho, compile_s, timed, per_build, n_calib, n_eval) -> None:
+def _minilm_table(rows, rho, compile_s, timed, per_build, rounds, n_calib, n_eval) -> None:
     print(f"\nall-MiniLM-L6-v2 (trained), {n_eval} real sentences x {demo.SEQ} tokens in one batch; calibration: "
-          f"{n_calib} other sentences; latency: median over {per_build:.1f} s of runs, each build loaded and timed "
+          f"{n_calib} other sentences; latency: median of {rounds} rounds, each the median over {per_build:.1f} s of "
+          f"runs of each build loaded and timed "
           f"alone in its own process (simulated rows untimed)\n")
     print("| model | cos mean | cos min | Spearman | size MB | latency ms | vs fp32 | vs cpu-int8 | compile s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -295,6 +315,12 @@ def _minilm_table(rows, rho, compile_s, timed, per_build, n_calib, n_eval) -> No
         if a is not None and b is not None and a.run is not None and b.run is not None:
             print(f"- online Hadamards on {where}: {a.ms - b.ms:.1f} ms of {a.ms:.1f} ms "
                   f"({(a.ms - b.ms) / a.ms:.1%} of the rotated model's latency)")
+    neg, a, b = (by.get(n) for n in (_AS_NEG, "W8A8 rotated, no SmoothQuant",
+                                      "W8A8 rotated, Hadamards as Identity (timing only)"))
+    if all(r is not None and r.run is not None for r in (neg, a, b)):
+        print(f"- one elementwise pass (Neg) in each Hadamard's place on ONNX Runtime, the least a kernel ORT "
+              f"cannot fuse there costs: {neg.ms - b.ms:.1f} ms ({(neg.ms - b.ms) / a.ms:.1%} of the rotated "
+              f"model's latency)")
 
 
 # -- the tiny LM -----------------------------------------------------------------------------------
@@ -402,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=60.0, help="timing budget of the MiniLM rows together "
                                                                    "(at least 3 s each)")
+    ap.add_argument("--rounds", type=int, default=3, help="MiniLM timing rounds: every timed build in its own "
+                                                          "process once per round; the median of the rounds")
     ap.add_argument("--calibration", type=int, default=256, help="MiniLM calibration sentences (GPTQ's Hessians)")
     ap.add_argument("--lm-calibration", type=int, default=64, help="tiny LM calibration sequences")
     ap.add_argument("--only", default="minilm,lm,hadamard", help="sections, comma-separated: minilm, lm, hadamard")
