@@ -90,7 +90,9 @@ This module owns two things:
    - `WindowReduction`: a float max pool (`WINDOW_BLOCK...`, one reduction over its
      window's taps): parallel over batch x channels.
    - `Injective`: elementwise/broadcast/transpose kernels: producers inlined, parallel
-     outer loops, vectorised last axis when it divides by the vector width.
+     outer loops, the last axis vectorised by 16, 8 or 4 lanes where they divide it,
+     else as one vector when it is at most 16 long (a 14- or 7-wide feature map's
+     rows); the same for the blocks after a kernel's own (a conv's broadcast epilogue).
    - then tvm's dlight CPU rules, then `ParallelOuter` (parallelise the outermost
      spatial loop of each block) so that no kernel stays single-threaded. Symbolic
      shapes go through the same rules (splits carry predicates); anything a rule cannot
@@ -1076,14 +1078,17 @@ def _inline_spatial(sch: s_tir.Schedule, keep: Sequence = ()) -> None:
 
 
 def _schedule_spatial_block(sch: s_tir.Schedule, block) -> None:
-    """Parallel outer loops, vectorised last loop (an injective block on its own)."""
+    """Parallel outer loops, vectorised last loop (an injective block on its own): by
+    `_vectorize_any`, so that the rows of 56-, 28-, 14- and 7-wide feature maps run in
+    8-lane, 4-lane or one padded vector rather than a scalar loop (a squeeze-and-excite
+    gate multiplied into a 14 x 14 map was a scalar loop of 14 per task)."""
     loops = sch.get_loops(block)
     if not loops:
         return
     if len(loops) > 1:
         outer = sch.fuse(*loops[:-1])
         sch.parallel(outer)
-        _vectorize_inner(sch, loops[-1])
+        _vectorize_any(sch, loops[-1])
     else:
         ext = _extent(sch, loops[0])
         if ext is not None and ext % LANES == 0 and ext > LANES:

@@ -906,6 +906,26 @@ def test_squeeze_excitation_gate_is_computed_once_per_channel_then_broadcast() -
     np.testing.assert_allclose(got, ref, rtol=0, atol=CONV_REL_TOL * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("hw,lanes", [(14, 14), (7, 7), (28, 4), (56, 8)])
+def test_rows_of_small_feature_maps_are_vectorised(hw: int, lanes: int) -> None:
+    """The squeeze-excitation product over a 14-, 7-, 28- or 56-wide map, and an
+    elementwise kernel on its own over such a map, run their rows in vectors (one
+    padded vector of 14 or 7, else the widest lane count dividing the row), not as a
+    scalar loop of the row's width."""
+    mod = _se_module(2, 32, hw, 8)
+    product_loops = _fused_conv_text(mod, 32).split('T.sblock("T_multiply")')[0].rsplit("T.sblock(", 1)[1]
+    assert f"T.vectorized(T.int64({lanes}))" in product_loops
+    x = np.random.default_rng(RNG_SEED).standard_normal((2, 32, hw, hw)).astype(np.float32)
+    got = _run(pipeline.build_cpu(mod), x)
+    ref = _run(pipeline.build_cpu(mod, schedule=False), x)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=CONV_REL_TOL * np.abs(ref).max())
+
+    alone = _module([_var("x", (2, 32, hw, hw))], lambda bb, x_: R.multiply(R.nn.relu(x_), x_))
+    (func,) = _scheduled_funcs(alone).values()
+    assert f"T.vectorized(T.int64({lanes}))" in func.script() and PARALLEL in _loop_kinds(func)
+    np.testing.assert_array_equal(_run(pipeline.build_cpu(alone), x), np.maximum(x, 0) * x)
+
+
 def test_conv_epilogue_of_the_convs_own_shape_stays_in_the_tile() -> None:
     """No broadcast after the conv: the epilogue is applied to the register tile (no
     conv-shaped buffer of its own), the tile's 7 columns one vector."""
