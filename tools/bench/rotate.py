@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -242,7 +243,9 @@ def _time_in_own_processes(builds: dict[str, tuple[str, Path]], feeds: dict[str,
                 ms = float("nan")
             per_round[name].append(ms)
             print(f"  timed {name} (round {r + 1} of {rounds}): {ms:.1f} ms", file=sys.stderr, flush=True)
-    return {name: statistics.median(times) for name, times in per_round.items()}
+    # a build that failed in any round has no figure, rather than the median of the rounds it ran
+    return {name: float("nan") if any(math.isnan(t) for t in times) else statistics.median(times)
+            for name, times in per_round.items()}
 
 
 def _minilm(args: argparse.Namespace) -> None:
