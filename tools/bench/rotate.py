@@ -65,11 +65,17 @@ __all__ = ["main", "MINILM_ROWS", "LM_ROWS"]
 _W8 = {"smooth_alpha": None}
 _ROT = {"rotate": True}
 _FP4_RTN = {"weight_method": "rtn", "smooth_alpha": None}  # cpu-fp4 before GPTQ and SmoothQuant were its defaults
+# the rows the Hadamard-share lines of the MiniLM table subtract
+_ROTATED_W8 = "W8A8 rotated, no SmoothQuant"
+_ROTATED_TVM = "TVM tvm-cpu-int8 rotated, no SmoothQuant"
+_AS_IDENTITY = "W8A8 rotated, Hadamards as Identity (timing only)"
+_TVM_AS_IDENTITY = "TVM rotated, Hadamards as Identity (timing only)"
+_AS_NEG = "W8A8 rotated, Hadamards as Neg: one elementwise pass (timing only)"
 # (row name, target, compile options, timed)
 MINILM_ROWS: tuple[tuple[str, str, dict, bool], ...] = (
     ("cpu-int8 (SmoothQuant: today's default)", "cpu-int8", {}, True),
     ("W8A8, no SmoothQuant, no rotation", "cpu-int8", _W8, True),
-    ("W8A8 rotated, no SmoothQuant", "cpu-int8", {**_W8, **_ROT}, True),
+    (_ROTATED_W8, "cpu-int8", {**_W8, **_ROT}, True),
     ("W8A8 rotated + GPTQ, MSE activation ranges, no SmoothQuant", "cpu-int8",
      {**_W8, **_ROT, "weight_method": "gptq", "method": "mse"}, True),
     ("W8A8 rotated, whole-width Hadamards (rotate_block=0), no SmoothQuant", "cpu-int8",
@@ -88,7 +94,7 @@ MINILM_ROWS: tuple[tuple[str, str, dict, bool], ...] = (
     ("W4A4 MXFP4 RTN (simulated)", "cpu-fp4", {**_FP4_RTN, "block": "mx"}, False),
     ("W4A4 MXFP4 SmoothQuant + GPTQ (cpu-fp4 block=mx, simulated)", "cpu-fp4", {"block": "mx"}, False),
     ("TVM tvm-cpu-int8 (SmoothQuant on every input)", "tvm-cpu-int8", {}, True),
-    ("TVM tvm-cpu-int8 rotated, no SmoothQuant", "tvm-cpu-int8", {**_W8, **_ROT}, True),
+    (_ROTATED_TVM, "tvm-cpu-int8", {**_W8, **_ROT}, True),
     ("TVM tvm-cpu-int8 rotated + GPTQ, MSE activation ranges, no SmoothQuant", "tvm-cpu-int8",
      {**_W8, **_ROT, "weight_method": "gptq", "method": "mse"}, True),
     ("TVM tvm-cpu-int8 rotated, whole-width Hadamards (rotate_block=0), no SmoothQuant", "tvm-cpu-int8",
@@ -129,15 +135,12 @@ W4A4_ROWS = (
 LM_ROWS = (
     ("fp32", "cpu-fp32", {}),
     ("W8A8 (cpu-int8)", "cpu-int8", {}),
-    ("W8A8 rotated, no SmoothQuant", "cpu-int8", {**_W8, **_ROT}),
+    (_ROTATED_W8, "cpu-int8", {**_W8, **_ROT}),
     ("W4A8 rotated + GPTQ (cpu-w4a8)", "cpu-w4a8", {}),
     ("W4A4 INT4 target (cpu-w4a4: rotated + GPTQ, per-token MSE clip; simulated)", "cpu-w4a4", {}),
     *((name, "cpu-fp4", {"passes": w4a4_int4(rot, method, ranges, acts)})
       for name, rot, method, ranges, acts in W4A4_ROWS),
 )
-
-
-_AS_NEG = "W8A8 rotated, Hadamards as Neg: one elementwise pass (timing only)"
 
 
 def _hadamards_replaced(op: str) -> Any:
@@ -263,10 +266,10 @@ def _minilm(args: argparse.Namespace) -> None:
         specs = [(n, t, o, tm) for n, t, o, tm in MINILM_ROWS]
         specs += [(name, "cpu-fp4", {"passes": w4a4_int4(rot, method, ranges, acts)}, False)
                   for name, rot, method, ranges, acts in W4A4_ROWS]
-        specs += [("W8A8 rotated, Hadamards as Identity (timing only)", "cpu-int8",
+        specs += [(_AS_IDENTITY, "cpu-int8",
                    {"passes": _with_hadamards_as("Identity", "cpu-int8", {**_W8, **_ROT})}, True),
                   (_AS_NEG, "cpu-int8", {"passes": _with_hadamards_as("Neg", "cpu-int8", {**_W8, **_ROT})}, True),
-                  ("TVM rotated, Hadamards as Identity (timing only)", "tvm-cpu-int8",
+                  (_TVM_AS_IDENTITY, "tvm-cpu-int8",
                    {"passes": _with_hadamards_as("Identity", "tvm-cpu-int8",
                                                  {**_W8, **_ROT, "dims": {"batch": batch}})}, True)]
         builds = {rows[0].name: ("onnx", float_path)}
@@ -291,8 +294,7 @@ def _minilm(args: argparse.Namespace) -> None:
 def _minilm_table(rows, rho, compile_s, timed, per_build, rounds, n_calib, n_eval) -> None:
     print(f"\nall-MiniLM-L6-v2 (trained), {n_eval} real sentences x {demo.SEQ} tokens in one batch; calibration: "
           f"{n_calib} other sentences; latency: median of {rounds} rounds, each the median over {per_build:.1f} s of "
-          f"runs of each build loaded and timed "
-          f"alone in its own process (simulated rows untimed)\n")
+          f"runs of each build loaded and timed alone in its own process (simulated rows untimed)\n")
     print("| model | cos mean | cos min | Spearman | size MB | latency ms | vs fp32 | vs cpu-int8 | compile s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     base = rows[0]
@@ -310,16 +312,13 @@ def _minilm_table(rows, rho, compile_s, timed, per_build, rounds, n_calib, n_eva
               f"{compile_s[r.name]:.1f} |")
     by = {r.name: r for r in rows}
     print()
-    for rotated, identity, where in (("W8A8 rotated, no SmoothQuant", "W8A8 rotated, Hadamards as Identity (timing only)",
-                                      "ONNX Runtime"),
-                                     ("TVM tvm-cpu-int8 rotated, no SmoothQuant",
-                                      "TVM rotated, Hadamards as Identity (timing only)", "TVM")):
+    for rotated, identity, where in ((_ROTATED_W8, _AS_IDENTITY, "ONNX Runtime"),
+                                     (_ROTATED_TVM, _TVM_AS_IDENTITY, "TVM")):
         a, b = by.get(rotated), by.get(identity)
         if a is not None and b is not None and a.run is not None and b.run is not None:
             print(f"- online Hadamards on {where}: {a.ms - b.ms:.1f} ms of {a.ms:.1f} ms "
                   f"({(a.ms - b.ms) / a.ms:.1%} of the rotated model's latency)")
-    neg, a, b = (by.get(n) for n in (_AS_NEG, "W8A8 rotated, no SmoothQuant",
-                                      "W8A8 rotated, Hadamards as Identity (timing only)"))
+    neg, a, b = (by.get(n) for n in (_AS_NEG, _ROTATED_W8, _AS_IDENTITY))
     if all(r is not None and r.run is not None for r in (neg, a, b)):
         print(f"- one elementwise pass (Neg) in each Hadamard's place on ONNX Runtime, the least a kernel ORT "
               f"cannot fuse there costs: {neg.ms - b.ms:.1f} ms ({(neg.ms - b.ms) / a.ms:.1%} of the rotated "
