@@ -41,6 +41,13 @@ This module owns two things:
    `vpdpbusd` operand), the uint8 codes copied once into 4-channel blocks padded with
    the zero point's code, int32 accumulation, a per-channel compensation for the zero
    point (and for the +128 shift of int8 codes) applied on write-back.
+   Where a conv's output goes only through elementwise ops (its folded BatchNorm
+   bias, a SiLU / ReLU6 / hard swish) into a depthwise conv (`blocked_chains`: an
+   inverted-residual block's expansion), the two carry 16-channel blocks between them:
+   the conv writes `[N, C/16, H, W, 16]` from its register tile (`out_blocked`), the
+   elementwise ops run on that layout (per-channel constants re-laid out to match),
+   and the depthwise kernel reads the blocks as they are (`in_blocked`), instead of a
+   transposition to NCHW on one side and back into blocks on the other.
    A batch matmul of two computed tensors becomes the padded batch matmul kernel
    (`padded_batch_matmul_func`, float32 or int32); one of the form
    `matmul(astype(a8, i32) [- zp], astype(b_i8, i32))` (integer attention's QK^T and
@@ -65,14 +72,17 @@ This module owns two things:
      kernel columns in a local buffer (one broadcast input value x one 16-lane weight
      vector per FMA), parallel over batch x channel blocks x output rows (channel
      blocks first where the weights are large: `_weight_major`); the epilogue
-     reads the tile back channel-major with columns vectorised.
+     runs on the tile's 16-channel vectors, into a local tile copied out transposed
+     for an NCHW output, straight into a channel-blocked output (`out_blocked`).
    - `ConvVNNI`: the int8 packed conv kernel + epilogue (dequantize, bias, activation,
      the next quantize), tiled like ConvTile with int32 accumulators, each 16 x 4 step
      one `vpdpbusd` on a VNNI CPU (as MatmulVNNI), else a 16-lane vector loop.
    - `DepthwiseTile`: the packed depthwise kernel + epilogue: parallel over (batch,
      16-channel block), whose task makes its plane of the blocked input first (it then
      stays in L2), then tiles of up to 16 output columns x 16 channels in registers,
-     taps outermost; the epilogue writes the tile back channel-major.
+     taps outermost; the epilogue runs on the tile's 16-channel vectors and is
+     copied out transposed. A blocked input (`in_blocked`) is only padded, not
+     transposed, into the plane's copy.
    - `MatmulVNNI`: the int8 packed dense kernel (uint8 x int8 -> int32, exact), tiled
      as DenseTile; on a VNNI CPU every 16-column x 4-deep step is one `vpdpbusd`
      (`llvm.x86.avx512.vpdpbusd.512`, written into the TIR by `_emit_vnni`, since TVM
@@ -120,6 +130,8 @@ import numpy as np
 import tvm
 from tvm import relax, s_tir, te, tirx
 from tvm.target import Target
+
+from requant.backends.tvm.blocked_chains import BlockedChains, blocked_constant, find_blocked_chains
 
 __all__ = [
     "PackConstantWeights",
@@ -485,7 +497,8 @@ def conv_owt(ob: int, out_width: int) -> int:
 
 def packed_conv2d_func(x_shape: Sequence, out_channels: int, kernel: Sequence[int], strides: Sequence[int],
                        padding: Sequence[int], dilation: Sequence[int], groups: int = 1,
-                       dtype: str = "float32", padded_channels: int | None = None) -> tirx.PrimFunc:
+                       dtype: str = "float32", padded_channels: int | None = None,
+                       out_blocked: bool = False) -> tirx.PrimFunc:
     """NCHW conv2d with a packed weight (`pack_conv_weight`, `ob` from `conv_tile`):
 
         conv_pad[n, c, i, j]          = x[n, c, i - top, j - left] (0 outside; right-padded
@@ -500,7 +513,15 @@ def packed_conv2d_func(x_shape: Sequence, out_channels: int, kernel: Sequence[in
 
     `padded_channels` (narrow groups made 16 wide, `densify_narrow_groups`): the input
     is zero-padded to that many channels and the `groups` are 16 channels in and out,
-    the last output group possibly partial."""
+    the last output group possibly partial.
+
+    `out_blocked` (out_channels a multiple of 16): the output is NCHW16c instead,
+
+        conv_unpack[n, k, h, w, l]     = packed_conv2d[n, (16 k + l) / ob, h, w, (16 k + l) % ob]
+
+    which the tile writes as whole 16-channel vectors (see `blocked_chains`)."""
+    if out_blocked and out_channels % LANES:
+        raise ValueError(f"a channel-blocked output needs whole blocks of {LANES} channels, not {out_channels}")
     x_shape = _fresh_shape(x_shape)
     n, c, h, w = x_shape
     c, h, w = int(c), int(h), int(w)
@@ -537,8 +558,14 @@ def packed_conv2d_func(x_shape: Sequence, out_channels: int, kernel: Sequence[in
         return te.sum(xp[i, chan, y * sh + ry * dh, z * sw + rx * dw] * wt[b, rc, ry, rx, o], axis=[rc, ry, rx])
 
     acc = te.compute((n, _i64(blocks), _i64(oh), _i64(ow_pad), _i64(ob)), body, name=CONV_BLOCK)
-    out = te.compute((n, _i64(out_channels), _i64(oh), _i64(ow)),
-                     lambda i, o, y, z: acc[i, o // ob, y, z, o % ob], name=CONV_UNPACK_BLOCK)
+    if out_blocked:
+        split = ob // LANES
+        out = te.compute((n, _i64(out_channels // LANES), _i64(oh), _i64(ow), _i64(LANES)),
+                         lambda i, cb, y, z, c: acc[i, cb // split, y, z, cb % split * LANES + c],
+                         name=CONV_UNPACK_BLOCK)
+    else:
+        out = te.compute((n, _i64(out_channels), _i64(oh), _i64(ow)),
+                         lambda i, o, y, z: acc[i, o // ob, y, z, o % ob], name=CONV_UNPACK_BLOCK)
     func = te.create_prim_func([x, wt, out])
     return func.with_attr("op_pattern", _OP_PATTERN_OUT_EWISE_FUSABLE)
 
@@ -580,7 +607,7 @@ def depthwise_owt(out_width: int) -> int:
 
 def packed_depthwise_conv2d_func(x_shape: Sequence, kernel: Sequence[int], strides: Sequence[int],
                                  padding: Sequence[int], dilation: Sequence[int],
-                                 dtype: str = "float32") -> tirx.PrimFunc:
+                                 dtype: str = "float32", in_blocked: bool = False) -> tirx.PrimFunc:
     """Depthwise NCHW conv2d (groups = input = output channels) with a packed weight
     (`pack_depthwise_weight`), vectorised across 16 channels:
 
@@ -594,10 +621,17 @@ def packed_depthwise_conv2d_func(x_shape: Sequence, kernel: Sequence[int], strid
 
     Every tap is one contiguous 16-channel load times one weight vector, for any
     stride and any width (a width-vectorised kernel wastes most lanes on the 7- and
-    14-wide maps of late stages and needs gathers at stride 2)."""
+    14-wide maps of late stages and needs gathers at stride 2).
+
+    `in_blocked`: `x` is already NCHW16c, `x[n, b, i, j, c]` (`x_shape` 5-D): the copy
+    only pads it, `dw_pad[n, b, i, j, c] = x[n, b, i - top, j - left, c]`."""
     x_shape = _fresh_shape(x_shape)
-    n, c, h, w = x_shape
-    c, h, w = int(c), int(h), int(w)
+    if in_blocked:
+        n, cb, h, w, _ = x_shape
+        c, h, w = int(cb) * LANES, int(h), int(w)
+    else:
+        n, c, h, w = x_shape
+        c, h, w = int(c), int(h), int(w)
     kh, kw = kernel
     sh, sw = strides
     dh, dw = dilation
@@ -612,6 +646,9 @@ def packed_depthwise_conv2d_func(x_shape: Sequence, kernel: Sequence[int], strid
     wt = te.placeholder(tuple(_i64(v) for v in (blocks, kh, kw, LANES)), dtype, name="w_packed")
 
     def pad(i0, b, i2, i3, ci):
+        if in_blocked:
+            inside = tirx.all(i2 >= top, i2 < top + h, i3 >= left, i3 < left + w)
+            return tirx.if_then_else(inside, x[i0, b, i2 - top, i3 - left, ci], tirx.const(0, dtype))
         chan = b * LANES + ci
         inside = tirx.all(chan < c, i2 >= top, i2 < top + h, i3 >= left, i3 < left + w)
         return tirx.if_then_else(inside, x[i0, tirx.min(chan, c - 1), i2 - top, i3 - left], tirx.const(0, dtype))
@@ -708,10 +745,14 @@ def constant_array(expr) -> np.ndarray | None:
     return None
 
 
-def _mutate_relax_functions(mutator: relax.PyExprMutator, mod: tvm.IRModule) -> tvm.IRModule:
-    """`mod` with every Relax function rewritten by `mutator` (made on `mod`)."""
+def _mutate_relax_functions(mutator: relax.PyExprMutator, mod: tvm.IRModule,
+                            before: Callable[[relax.Function], None] | None = None) -> tvm.IRModule:
+    """`mod` with every Relax function rewritten by `mutator` (made on `mod`);
+    `before(func)` runs before each function is visited."""
     for gv, func in list(mod.functions_items()):
         if isinstance(func, relax.Function):
+            if before is not None:
+                before(func)
             mutator.builder_.update_func(gv, mutator.visit_expr(func))
     return mutator.builder_.get()
 
@@ -723,7 +764,34 @@ class _WeightPacker(relax.PyExprMutator):
         self.vnni = vnni
         self.conv = conv
         self.packed = 0
+        self.blocked = 0
         self._funcs: dict[tuple, tvm.ir.GlobalVar] = {}
+        self.chains = BlockedChains()
+        self._binding_var = None
+
+    def find_chains(self, func: relax.Function) -> None:
+        """Decide, before `func` is visited, which of its convs carry NCHW16c."""
+        self.chains = find_blocked_chains(func) if self.conv else BlockedChains()
+
+    def visit_var_binding_(self, binding) -> None:  # noqa: D102  (tvm's visitor naming)
+        self._binding_var = binding.var
+        try:
+            super().visit_var_binding_(binding)
+        finally:
+            self._binding_var = None
+
+    def _chain_member(self, call: relax.Call) -> relax.Call:
+        """An elementwise op of a blocked chain on its NCHW16c operands: per-channel
+        constants re-laid out as [1, C/16, 1, 1, 16]."""
+        channels = None
+        call = relax.Call(call.op, [self.visit_expr(arg) for arg in call.args], call.attrs, call.ty_args)
+        for arg in call.args:
+            shape = _shape_of(arg.ty) if isinstance(arg, relax.Var) else None
+            if shape is not None and len(shape) == 5:
+                channels = int(shape[1]) * int(shape[4])
+        args = [arg if constant_array(arg) is None else relax.const(blocked_constant(constant_array(arg), channels))
+                for arg in call.args]
+        return relax.Call(call.op, args, call.attrs, call.ty_args)
 
     def _resolve(self, expr):
         while isinstance(expr, relax.Var):
@@ -750,7 +818,15 @@ class _WeightPacker(relax.PyExprMutator):
         return gv
 
     def visit_call_(self, call: relax.Call):  # noqa: N802  (tvm's visitor naming)
+        # a chain's members and ends read NCHW16c operands, on which the original ops
+        # would not type-check: they are rewritten from their new operands directly
+        if self._binding_var in self.chains.members:
+            return self._chain_member(call)
+        if self._binding_var in self.chains.ends:
+            return self._depthwise_from_blocks(call)
         call = super().visit_call_(call)
+        if self._binding_var in self.chains.heads:
+            return self._conv2d_to_blocks(call)
         if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d" and self.conv:
             return self._conv2d(call)
         if not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.matmul":
@@ -870,6 +946,42 @@ class _WeightPacker(relax.PyExprMutator):
         self.packed += 1
         return relax.call_tir(gv, [x, relax.const(pack_conv_weight(w, ob))], call.ty)
 
+    @staticmethod
+    def _geometry(call, w: np.ndarray) -> dict:
+        a = call.attrs
+        return dict(kernel=[int(v) for v in w.shape[2:]], strides=[int(v) for v in a.strides],
+                    padding=[int(v) for v in a.padding], dilation=[int(v) for v in a.dilation])
+
+    def _conv2d_to_blocks(self, call):
+        """The head of a blocked chain (`blocked_chains`): the packed conv writing
+        [N, C/16, H, W, 16]."""
+        x = call.args[0]
+        w = constant_array(self._resolve(call.args[1]))
+        geometry = self._geometry(call, w)
+        shape, out_shape = _shape_of(x.ty), _shape_of(call.ty)
+        out_channels = w.shape[0]
+        ob, _ = conv_tile(out_channels, int(out_shape[3]))
+        args = dict(geometry, groups=1, out_blocked=True)
+        key = (f"packed_conv2d_{_shape_name(shape)}_{out_channels}c", tuple(str(d) for d in shape), out_channels,
+               repr(sorted(args.items())))
+        gv = self._kernel(key, lambda: packed_conv2d_func(shape, out_channels, **args))
+        self.packed += 1
+        self.blocked += 1
+        n, _, oh, ow = out_shape
+        ty = relax.TensorType([n, out_channels // LANES, oh, ow, LANES], "float32")
+        return relax.call_tir(gv, [x, relax.const(pack_conv_weight(w, ob))], ty)
+
+    def _depthwise_from_blocks(self, call):
+        """The end of a blocked chain: the packed depthwise conv reading [N, C/16, H, W, 16]."""
+        x = self.visit_expr(call.args[0])
+        w = constant_array(self._resolve(call.args[1]))
+        geometry = self._geometry(call, w)
+        shape = _shape_of(x.ty)
+        key = (f"packed_dw_conv2d_{_shape_name(shape)}", tuple(str(d) for d in shape), repr(sorted(geometry.items())))
+        gv = self._kernel(key, lambda: packed_depthwise_conv2d_func(shape, **geometry, in_blocked=True))
+        self.packed += 1
+        return relax.call_tir(gv, [x, relax.const(pack_depthwise_weight(w))], call.ty)
+
     def _fp32(self, call, x, w):
         n = w.shape[1]
         shape = _shape_of(x.ty)
@@ -951,7 +1063,7 @@ class PackConstantWeights:
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         packer = _WeightPacker(mod, self.vnni, self.conv)
-        out = _mutate_relax_functions(packer, mod)
+        out = _mutate_relax_functions(packer, mod, before=packer.find_chains)
         logger.debug("PackConstantWeights: %d matmuls packed", packer.packed)
         return relax.transform.DeadCodeElimination()(out) if packer.packed else out
 
@@ -1405,7 +1517,7 @@ def _conv_kernel_blocks(sch: s_tir.Schedule, conv_name: str, pad_name: str, pad_
     keep = [b for b in (conv, pad, _broadcast_boundary(sch, conv)) if b is not None]
     _inline_spatial(sch, keep=keep)
     consumers = list(sch.get_consumers(conv))
-    if len(consumers) != 1 or len(sch.get_loops(consumers[0])) != 4:
+    if len(consumers) != 1 or len(sch.get_loops(consumers[0])) not in (4, 5):
         return None
     return conv, pad, consumers[0]
 
@@ -1432,16 +1544,60 @@ def _broadcast_boundary(sch: s_tir.Schedule, conv):
     return list(itertools.takewhile(lambda b: _write_shape(sch, b) == shape, chain))[-1]
 
 
+def _tile_conv_accumulator(sch: s_tir.Schedule, conv, at, reduction_loops: int) -> None:
+    """Compute the accumulator `conv` under the loop `at` as a register tile: the
+    reduction (`reduction_loops` loops: input channels / kernel rows / columns) outside,
+    the tile's columns unrolled and its channels in 16-lane vectors inside."""
+    sch.compute_at(conv, at, preserve_unit_loops=True)
+    sch.set_scope(conv, 0, "local")
+    loops = sch.get_loops(conv)
+    t_col, t_chan = loops[-reduction_loops - 2:-reduction_loops]
+    reduction = loops[-reduction_loops:]
+    sch.reorder(*reduction, t_col, t_chan)
+    sch.unroll(t_col)
+    if _extent(sch, t_chan) > LANES:
+        chan_o, chan_i = sch.split(t_chan, [None, LANES])
+        sch.unroll(chan_o)
+        sch.vectorize(chan_i)
+    else:
+        sch.vectorize(t_chan)
+    init = sch.decompose_reduction(conv, reduction[0])
+    _vectorize_inner(sch, sch.get_loops(init)[-1])
+
+
+def _channels_inner_epilogue(sch: s_tir.Schedule, out, block_channels: int):
+    """Split the fused epilogue `out` (an NCHW block) into a computation into a local
+    buffer laid out like the accumulator tile (16-channel blocks innermost) and a copy
+    of it into the NCHW output (returned). The epilogue's arithmetic (a SiLU's exp and
+    divide) then runs on contiguous 16-channel vectors read straight from the tile,
+    and only the copy transposes."""
+    copy = sch.cache_write(out, 0, "local")
+    sch.transform_layout(out, ("write", 0), lambda n, c, y, x: (n, c // block_channels, y, x, c % block_channels))
+    return copy
+
+
+def _vectorize_channels_inner(sch: s_tir.Schedule, out) -> None:
+    """Order a tile's epilogue (..., channels, row, columns) as columns then channels,
+    the channels in 16-lane vectors."""
+    *_, chan, _row, col = sch.get_loops(out)
+    sch.reorder(col, chan)
+    if _extent(sch, chan) > LANES:
+        chan = sch.split(chan, [None, LANES])[1]
+    sch.vectorize(chan)
+
+
 class ConvTile(_Rule):
     """The packed conv2d kernel (`packed_conv2d_func`) + its fused epilogue (bias,
-    ReLU, residual add): the NCHW output is tiled into (batch, channel block of `ob`,
+    activation, residual add): the output is tiled into (batch, channel block of `ob`,
     row, `owt` columns) tiles, parallel over batch x channel blocks x rows (channel
-    blocks x batch x rows where `_weight_major`); per tile the
-    `owt` x `ob` accumulators live in a local buffer (registers: `owt` x ob/16 zmm),
-    the reduction over input channels x kernel rows x kernel columns runs outside them,
-    each step one broadcast input value x one 16-lane weight vector per accumulator;
-    the epilogue reads the tile back (channel-major, columns innermost). The padded
-    input is one parallel loop nest of its own."""
+    blocks x batch x rows where `_weight_major`); per tile the `owt` x `ob`
+    accumulators live in a local buffer (registers: `owt` x ob/16 zmm), the reduction
+    over input channels x kernel rows x kernel columns runs outside them, each step one
+    broadcast input value x one 16-lane weight vector per accumulator. The epilogue
+    runs on 16-channel vectors of the tile: into a channel-blocked local tile that is
+    then copied out transposed for an NCHW output (`_channels_inner_epilogue`), straight
+    into the output for a channel-blocked one (`out_blocked`). The padded input is one
+    parallel loop nest of its own."""
 
     def schedule(self, sch: s_tir.Schedule, target: Target) -> bool:
         found = _conv_kernel_blocks(sch, CONV_BLOCK, CONV_PAD_BLOCK, pad_required=False)
@@ -1449,12 +1605,20 @@ class ConvTile(_Rule):
             return False
         conv, pad, out = found
         ob = int(sch.get(conv).writes[0].source.shape[4])
-        n, o, y, z = sch.get_loops(out)
-        width = _extent(sch, z)
-        if width is None:
+        blocked = len(sch.get_loops(out)) == 5
+        width, channels = _extent(sch, sch.get_loops(out)[3]), _extent(sch, sch.get_loops(out)[1])
+        if width is None or channels is None:
             return False
         owt = conv_owt(ob, width)
-        oo, oi = sch.split(o, [None, ob])
+        writer = out
+        if blocked:
+            n, cb, y, z, c = sch.get_loops(out)
+            oo, oi = sch.split(cb, [None, ob // LANES])
+        else:
+            if channels % ob == 0:
+                writer = _channels_inner_epilogue(sch, out, ob)
+            n, o, y, z = sch.get_loops(writer)
+            oo, oi = sch.split(o, [None, ob])
         zo, zi = sch.split(z, [None, owt])
         if _weight_major(sch, conv):
             sch.reorder(oo, n, y, zo, oi, zi)
@@ -1462,23 +1626,18 @@ class ConvTile(_Rule):
         else:
             sch.reorder(n, oo, y, zo, oi, zi)
             sch.parallel(sch.fuse(n, oo, y))
-        sch.compute_at(conv, zo, preserve_unit_loops=True)
-        sch.set_scope(conv, 0, "local")
-        *_, t_col, t_chan, rc, ry, rx = sch.get_loops(conv)
-        sch.reorder(rc, ry, rx, t_col, t_chan)
-        sch.unroll(t_col)
-        if ob > LANES:
-            chan_o, chan_i = sch.split(t_chan, [None, LANES])
-            sch.unroll(chan_o)
-            sch.vectorize(chan_i)
-        else:
-            sch.vectorize(t_chan)
-        init = sch.decompose_reduction(conv, rc)
-        _vectorize_inner(sch, sch.get_loops(init)[-1])
-        _vectorize_any(sch, zi)
+        if blocked:
+            sch.reorder(zi, oi, c)
+            sch.vectorize(c)
+        elif writer is not out:
+            sch.compute_at(out, zo, preserve_unit_loops=True)
+            _vectorize_channels_inner(sch, out)
+        _tile_conv_accumulator(sch, conv, zo, 3)
+        if not blocked:
+            _vectorize_any(sch, zi)
         if pad is not None:
             _schedule_spatial_block(sch, pad)
-        for b in sch.get_consumers(out):
+        for b in sch.get_consumers(writer):
             _schedule_spatial_block(sch, b)
         return True
 
@@ -1488,38 +1647,36 @@ class DepthwiseTile(_Rule):
     epilogue: the NCHW output is tiled into (batch, 16-channel block, row, `owt`
     columns) tiles, parallel over batch x channel blocks (a plane each); per tile the
     `owt` 16-channel accumulators live in registers, each tap one 16-channel load of the
-    blocked input per column times the tap's weight vector; the epilogue reads the tile
-    back channel-major. Each task first makes its plane of the blocked, padded input
-    (16 channels vectorised), which then stays in L2 while the plane's rows read it
-    (made by a loop nest of its own, the blocked copy went through memory and back)."""
+    blocked input per column times the tap's weight vector; the epilogue runs on the
+    tile's 16-channel vectors and is copied out transposed (`_channels_inner_epilogue`).
+    Each task first makes its plane of the blocked, padded input (16 channels
+    vectorised), which then stays in L2 while the plane's rows read it (made by a loop
+    nest of its own, the blocked copy went through memory and back)."""
 
     def schedule(self, sch: s_tir.Schedule, target: Target) -> bool:
         found = _conv_kernel_blocks(sch, DW_BLOCK, DW_PAD_BLOCK)
         if found is None:
             return False
         conv, pad, out = found
-        n, o, y, z = sch.get_loops(out)
-        width = _extent(sch, z)
-        if width is None:
+        width, channels = _extent(sch, sch.get_loops(out)[3]), _extent(sch, sch.get_loops(out)[1])
+        if width is None or channels is None:
             return False
+        writer = _channels_inner_epilogue(sch, out, LANES) if channels % LANES == 0 else out
+        n, o, y, z = sch.get_loops(writer)
         oo, oi = sch.split(o, [None, LANES])
         zo, zi = sch.split(z, [None, depthwise_owt(width)])
         sch.reorder(n, oo, y, zo, oi, zi)
         plane = sch.fuse(n, oo)
         sch.parallel(plane)
-        sch.compute_at(conv, zo, preserve_unit_loops=True)
-        sch.set_scope(conv, 0, "local")
-        *_, t_col, t_chan, ry, rx = sch.get_loops(conv)
-        sch.reorder(ry, rx, t_col, t_chan)
-        sch.unroll(t_col)
-        sch.vectorize(t_chan)
-        init = sch.decompose_reduction(conv, ry)
-        _vectorize_inner(sch, sch.get_loops(init)[-1])
+        if writer is not out:
+            sch.compute_at(out, zo, preserve_unit_loops=True)
+            _vectorize_channels_inner(sch, out)
+        _tile_conv_accumulator(sch, conv, zo, 2)
         _vectorize_any(sch, zi)
         # the plane's blocked input is made by the task that reads it: it stays in L2
         sch.compute_at(pad, plane, preserve_unit_loops=True)
         sch.vectorize(sch.get_loops(pad)[-1])
-        for b in sch.get_consumers(out):
+        for b in sch.get_consumers(writer):
             _schedule_spatial_block(sch, b)
         return True
 

@@ -862,10 +862,12 @@ def test_conv_with_large_weights_runs_channel_blocks_first_and_matches_default_b
     mod = _module([_var("x", x.shape)], lambda bb, x_: R.nn.conv2d(x_, relax.const(w), padding=[1, 1, 1, 1]))
     conv = [f for name, f in _scheduled_funcs(mod).items() if "packed_conv2d" in name]
     assert len(conv) == 1
-    # the tiled output's parallel loop: "o_0_i_y_fused" (channel blocks first) or "i_o_0_y_fused"
+    # the tiled output's parallel loop (the NCHW copy of the tile's axes: batch ax0,
+    # channels ax1, rows ax2): "ax1_0_ax0_ax2_fused" (channel blocks first) or
+    # "ax0_ax1_0_ax2_fused"
     tile_loops = [line.split()[1] for line in conv[0].script().splitlines()
-                  if "T.parallel(" in line and "_y_fused" in line]
-    assert tile_loops == ["o_0_i_y_fused" if weight_major else "i_o_0_y_fused"]
+                  if "T.parallel(" in line and "_ax2_fused" in line]
+    assert tile_loops == ["ax1_0_ax0_ax2_fused" if weight_major else "ax0_ax1_0_ax2_fused"]
     np.testing.assert_allclose(_run(pipeline.build_cpu(mod), x), _run(pipeline.build_cpu(mod, schedule=False), x),
                                rtol=1e-4, atol=1e-3)
 
@@ -927,8 +929,9 @@ def test_rows_of_small_feature_maps_are_vectorised(hw: int, lanes: int) -> None:
 
 
 def test_conv_epilogue_of_the_convs_own_shape_stays_in_the_tile() -> None:
-    """No broadcast after the conv: the epilogue is applied to the register tile (no
-    conv-shaped buffer of its own), the tile's 7 columns one vector."""
+    """No broadcast after the conv: the epilogue is applied to the register tile in
+    16-channel vectors (no NCHW buffer of the conv's shape), then copied out with the
+    tile's 7 columns as one vector."""
     rng = np.random.default_rng(RNG_SEED)
     wt = rng.standard_normal((64, 32, 1, 1)).astype(np.float32)
 
@@ -940,6 +943,8 @@ def test_conv_epilogue_of_the_convs_own_shape_stays_in_the_tile() -> None:
     assert schedule_cpu.conv_tile(64, 14) == (32, 7)
     text = _fused_conv_text(mod, 64)
     assert "T.sblock_alloc_buffer((T.int64(2), T.int64(64)" not in text
+    epilogue_loops = text.split('T.sblock("T_multiply")')[0].rsplit("T.sblock(", 1)[1]
+    assert "T.vectorized(T.int64(16))" in epilogue_loops
     assert "T.vectorized(T.int64(7))" in text
     x = rng.standard_normal((2, 32, 14, 14)).astype(np.float32)
     _assert_close_to_default(mod, x)

@@ -1,0 +1,190 @@
+"""Where a feature map can stay in 16-channel blocks (NCHW16c) from one convolution to
+the depthwise convolution that reads it, in a high-level Relax function.
+
+This module owns `find_blocked_chains(func)`: the chains
+
+    head = conv2d(x, constant W)         (float32, NCHW / OIHW, groups 1, C_out % 16 == 0)
+    v1   = elementwise(head or v_i, constants broadcast per channel or scalar)  ...
+    end  = conv2d(v_k, constant W_dw, groups = C)   (depthwise)
+
+(an inverted-residual block's expansion, its BatchNorm bias and its SiLU / ReLU6 /
+hard swish, then the depthwise conv) in which every value between the head and the
+ends is used only by the chain's own elementwise ops or depthwise convs, and has the
+head's shape. `PackConstantWeights` then writes the head's output as
+`[N, C/16, H, W, 16]` straight from its register tile (no transposition back to NCHW),
+runs the elementwise ops on that layout (per-channel constants re-laid out the same
+way), and the depthwise kernel reads those blocks as they are instead of copying the
+NCHW map into them: the layout ONNX Runtime's NCHWc transformer carries between convs,
+for the one place it is exact without changing what anything else sees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import tvm
+from tvm import relax, tirx
+
+__all__ = ["BlockedChains", "find_blocked_chains", "ELEMENTWISE_OPS", "BLOCK"]
+
+#: channels per block of the carried layout (one AVX-512 float32 vector)
+BLOCK = 16
+
+#: elementwise ops a chain may pass through: every output element depends only on the
+#: same element of its tensor operands, so the layout of those operands does not matter
+ELEMENTWISE_OPS = frozenset({
+    "relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum", "relax.minimum",
+    "relax.sigmoid", "relax.nn.relu", "relax.nn.silu", "relax.clip", "relax.tanh", "relax.exp", "relax.negative",
+})
+
+
+@dataclass
+class BlockedChains:
+    """The bindings of one function that carry NCHW16c: heads (convs writing blocks),
+    members (elementwise ops on blocks) and ends (depthwise convs reading blocks), as
+    sets of the bound variables."""
+    heads: set = field(default_factory=set)
+    members: set = field(default_factory=set)
+    ends: set = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self.heads)
+
+
+def _op_name(expr) -> str | None:
+    if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
+        return expr.op.name
+    return None
+
+
+def _static_shape(ty) -> tuple[int, ...] | None:
+    if not isinstance(ty, relax.TensorType) or ty.shape is None:
+        return None
+    dims = ty.shape.values
+    if not all(isinstance(d, tirx.IntImm) for d in dims):
+        return None
+    return tuple(int(d) for d in dims)
+
+
+def _constant(expr) -> np.ndarray | None:
+    if isinstance(expr, tvm.ir.expr.Constant) and hasattr(expr.value, "numpy"):
+        return expr.value.numpy()
+    return None
+
+
+def _plain_layout(call: relax.Call) -> bool:
+    a = call.attrs
+    return (a.data_layout, a.kernel_layout, a.out_layout) == ("NCHW", "OIHW", "NCHW")
+
+
+def _float_conv(call: relax.Call) -> np.ndarray | None:
+    """The float32 constant weight of an NCHW float32 conv2d with a static input and
+    output, else None."""
+    if _op_name(call) != "relax.nn.conv2d" or not _plain_layout(call):
+        return None
+    x_ty, out_ty = call.args[0].ty, call.ty
+    if (_static_shape(x_ty) is None or _static_shape(out_ty) is None or x_ty.dtype != "float32"
+            or out_ty.dtype != "float32"):
+        return None
+    w = _constant(call.args[1])
+    if w is None or w.ndim != 4 or w.dtype != np.float32:
+        return None
+    return w
+
+
+def _is_head(call) -> bool:
+    w = _float_conv(call)
+    return w is not None and int(call.attrs.groups) == 1 and w.shape[0] % BLOCK == 0
+
+
+def _is_depthwise_end(call, channels: int) -> bool:
+    w = _float_conv(call)
+    return (w is not None and int(call.attrs.groups) == channels == w.shape[0]
+            and _static_shape(call.args[0].ty)[1] == channels)
+
+
+def per_channel_constant(value: np.ndarray, shape: tuple[int, ...]) -> bool:
+    """A constant that broadcasts against an NCHW map of `shape` without changing its
+    shape and varies at most along channels: a scalar, or [1, C, 1, 1] / [C, 1, 1]."""
+    if value.ndim > len(shape):
+        return False
+    dims = (1,) * (len(shape) - value.ndim) + tuple(value.shape)
+    return all(d == 1 for i, d in enumerate(dims) if i != 1) and dims[1] in (1, shape[1])
+
+
+def blocked_constant(value: np.ndarray, channels: int) -> np.ndarray:
+    """A per-channel constant (`per_channel_constant`) in the carried layout:
+    [1, C/16, 1, 1, 16] (a scalar stays a scalar)."""
+    flat = value.reshape(-1)
+    if flat.size == 1:
+        return value
+    return np.ascontiguousarray(flat.reshape(1, channels // BLOCK, 1, 1, BLOCK))
+
+
+def _uses(func: relax.Function) -> dict:
+    """var -> the bound vars whose values read it; None stands for the function's
+    result (a use outside any binding)."""
+    uses: dict = {}
+
+    def record(expr, user) -> None:
+        for v in relax.analysis.free_vars(expr):
+            uses.setdefault(v, []).append(user)
+
+    body = func.body
+    for block in body.blocks:
+        for binding in block.bindings:
+            record(binding.value, binding.var)
+    record(body.body, None)
+    return uses
+
+
+def find_blocked_chains(func: relax.Function) -> BlockedChains:
+    """The chains of `func` (see the module doc) that can carry NCHW16c."""
+    found = BlockedChains()
+    if not isinstance(func, relax.Function) or not isinstance(func.body, relax.SeqExpr):
+        return found
+    bindings = [b for block in func.body.blocks for b in block.bindings]
+    uses = _uses(func)
+    for start, head in enumerate(bindings):
+        if not _is_head(head.value):
+            continue
+        shape = _static_shape(head.value.ty)
+        chain, members, ends = {head.var}, set(), set()
+        for binding in bindings[start + 1:]:  # in program order: operands come first
+            reads = [v for v in relax.analysis.free_vars(binding.value) if v in chain]
+            if not reads:
+                continue
+            call = binding.value
+            if _is_depthwise_end(call, shape[1]) and len(reads) == 1 and call.args[0].same_as(reads[0]):
+                ends.add(binding.var)
+            elif _chain_elementwise(call, shape, chain):
+                members.add(binding.var)
+                chain.add(binding.var)
+            else:
+                ends = set()
+                break
+        carried = all(isinstance(v, relax.DataflowVar) and None not in uses.get(v, []) for v in chain)
+        if ends and carried:
+            found.heads.add(head.var)
+            found.members |= members
+            found.ends |= ends
+    return found
+
+
+def _chain_elementwise(call, shape: tuple[int, ...], chain: set) -> bool:
+    """An elementwise op whose output has the chain's shape, whose tensor operands are
+    chain values or per-channel constants, and that reads at least one chain value."""
+    if _op_name(call) not in ELEMENTWISE_OPS or _static_shape(call.ty) != shape:
+        return False
+    reads_chain = False
+    for arg in call.args:
+        if isinstance(arg, relax.Var) and arg in chain:
+            reads_chain = True
+        elif not isinstance(arg.ty, relax.TensorType):
+            continue  # a clip's bounds: scalars, not tensors
+        else:
+            value = _constant(arg)
+            if value is None or not per_channel_constant(value, shape):
+                return False
+    return reads_chain

@@ -1,0 +1,266 @@
+"""Channel blocks carried from a conv to the depthwise conv it feeds
+(backends/tvm/blocked_chains.py, PackConstantWeights and the ConvTile / DepthwiseTile
+schedules): which chains are found, the rewritten Relax function, the kernels' blocked
+layouts, and agreement with TVM's default (unscheduled) build. No timing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+from tvm import relax, tirx  # noqa: E402
+from tvm.relax import op as R  # noqa: E402
+
+from requant.backends.tvm import pipeline, schedule_cpu  # noqa: E402
+from requant.backends.tvm.blocked_chains import (  # noqa: E402
+    blocked_constant, find_blocked_chains, per_channel_constant)
+
+RNG_SEED = 0
+CONV_REL_TOL = 1e-5  # fp32: vs the unscheduled build, relative to the output's scale
+
+
+def _module(x_shape, body) -> tvm.IRModule:
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(x_shape, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(body(bb, x))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _activation(bb, y, kind: str):
+    if kind == "silu":
+        return bb.emit(R.multiply(y, R.sigmoid(y)))
+    if kind == "relu6":
+        return bb.emit(R.clip(y, 0.0, 6.0))
+    if kind == "hardswish":
+        gate = bb.emit(R.divide(R.clip(R.add(y, relax.const(3.0, "float32")), 0.0, 6.0), relax.const(6.0, "float32")))
+        return bb.emit(R.multiply(y, gate))
+    return y
+
+
+def _inverted_residual(x_shape, expand: int, k: int, stride: int, act: str = "silu", *,
+                       head_groups: int = 1, leak: str | None = None) -> tvm.IRModule:
+    """expansion conv (1 x 1) + bias + activation -> depthwise k x k conv + bias +
+    activation; `leak` makes the expansion's activation also reach the output
+    ("output") or a spatial mean ("mean"), `head_groups` > 1 makes the head grouped."""
+    rng = np.random.default_rng(RNG_SEED + 3)
+    c = x_shape[1]
+    w1 = (rng.standard_normal((expand, c // head_groups, 1, 1)) * 0.3).astype(np.float32)
+    b1 = rng.standard_normal((1, expand, 1, 1)).astype(np.float32)
+    w2 = (rng.standard_normal((expand, 1, k, k)) * 0.3).astype(np.float32)
+    b2 = rng.standard_normal((1, expand, 1, 1)).astype(np.float32)
+
+    def body(bb, x):
+        y = bb.emit(R.nn.conv2d(x, relax.const(w1), groups=head_groups))
+        y = _activation(bb, bb.emit(R.add(y, relax.const(b1))), act)
+        z = bb.emit(R.nn.conv2d(y, relax.const(w2), strides=[stride, stride], padding=[k // 2] * 4, groups=expand))
+        z = _activation(bb, bb.emit(R.add(z, relax.const(b2))), act)
+        if leak == "output":
+            return relax.Tuple([z, y])
+        if leak == "mean":
+            return relax.Tuple([z, bb.emit(R.mean(y, axis=[2, 3], keepdims=True))])
+        return z
+
+    return _module(x_shape, body)
+
+
+def _packed(mod: tvm.IRModule) -> tvm.IRModule:
+    with pipeline.host_llvm_target():
+        return tvm.transform.Sequential([relax.transform.FoldConstant(), schedule_cpu.PackConstantWeights()])(mod)
+
+
+def _bindings_text(func: relax.Function) -> str:
+    """One line per binding: the op (a call_tir's kernel name) and the output shape."""
+    lines = []
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if not isinstance(value, relax.Call):
+                continue
+            if isinstance(value.op, tvm.ir.Op) and value.op.name == "relax.call_tir":
+                op = value.args[0].name_hint
+            else:
+                op = value.op.name.removeprefix("relax.")
+            shape = tuple(int(d) for d in value.ty.shape.values) if isinstance(value.ty, relax.TensorType) else ()
+            lines.append(f"{op} -> {shape}")
+    return "\n".join(lines)
+
+
+def _assert_close_to_default(mod: tvm.IRModule, x: np.ndarray) -> None:
+    got = pipeline.build_cpu(mod)
+    ref = pipeline.build_cpu(mod, schedule=False)
+    vm_got, vm_ref = relax.VirtualMachine(got, tvm.cpu()), relax.VirtualMachine(ref, tvm.cpu())
+    outs_got, outs_ref = vm_got["main"](tvm.runtime.tensor(x)), vm_ref["main"](tvm.runtime.tensor(x))
+    if not isinstance(outs_ref, tvm.runtime.Tensor):
+        pairs = [(g.numpy(), r.numpy()) for g, r in zip(outs_got, outs_ref)]
+    else:
+        pairs = [(outs_got.numpy(), outs_ref.numpy())]
+    for g, r in pairs:
+        assert g.shape == r.shape
+        np.testing.assert_allclose(g, r, rtol=0, atol=CONV_REL_TOL * np.abs(r).max())
+
+
+# ----------------------------------------------------------------------------- the rewrite
+
+BEFORE = """\
+nn.conv2d -> (2, 96, 14, 14)
+add -> (2, 96, 14, 14)
+sigmoid -> (2, 96, 14, 14)
+multiply -> (2, 96, 14, 14)
+nn.conv2d -> (2, 96, 7, 7)
+add -> (2, 96, 7, 7)
+sigmoid -> (2, 96, 7, 7)
+multiply -> (2, 96, 7, 7)"""
+
+EXPECTED = """\
+packed_conv2d_2x16x14x14_96c -> (2, 6, 14, 14, 16)
+add -> (2, 6, 14, 14, 16)
+sigmoid -> (2, 6, 14, 14, 16)
+multiply -> (2, 6, 14, 14, 16)
+packed_dw_conv2d_2x6x14x14x16 -> (2, 96, 7, 7)
+add -> (2, 96, 7, 7)
+sigmoid -> (2, 96, 7, 7)
+multiply -> (2, 96, 7, 7)"""
+
+
+def test_expansion_to_depthwise_carries_channel_blocks() -> None:
+    """Before / Expected: the expansion conv writes [N, C/16, H, W, 16], its bias and
+    SiLU run on that layout, the depthwise conv reads it; the depthwise output is NCHW."""
+    mod = _inverted_residual((2, 16, 14, 14), 96, 3, 2)
+    assert _bindings_text(mod["main"]) == BEFORE
+    after = _packed(mod)
+    assert _bindings_text(after["main"]) == EXPECTED
+    chains = find_blocked_chains(relax.transform.FoldConstant()(mod)["main"])
+    assert (len(chains.heads), len(chains.members), len(chains.ends)) == (1, 3, 1)
+    # the bias constant of the chain is re-laid out as [1, C/16, 1, 1, 16]
+    bias_add = after["main"].body.blocks[0].bindings[1].value
+    assert schedule_cpu.constant_array(bias_add.args[1]).shape == (1, 6, 1, 1, 16)
+
+
+@pytest.mark.parametrize("x_shape,expand,k,stride,act", [
+    ((2, 16, 14, 14), 96, 3, 2, "silu"),       # ob = 32, stride 2
+    ((1, 24, 28, 28), 144, 5, 1, "hardswish"),  # 5 x 5, 144 = 9 blocks of 16 (ob 16)
+    ((2, 8, 7, 7), 48, 3, 1, "relu6"),          # 7-wide map, clip bounds as scalars
+    ((1, 32, 9, 11), 64, 3, 2, "none"),         # bias only, odd sizes
+])
+def test_blocked_chain_matches_default_build(x_shape, expand: int, k: int, stride: int, act: str) -> None:
+    mod = _inverted_residual(x_shape, expand, k, stride, act)
+    assert len(find_blocked_chains(relax.transform.FoldConstant()(mod)["main"]).heads) == 1
+    x = np.random.default_rng(RNG_SEED).standard_normal(x_shape).astype(np.float32)
+    _assert_close_to_default(mod, x)
+
+
+@pytest.mark.parametrize("case", ["output", "mean", "channels", "grouped_head", "plain_consumer", "full_constant"])
+def test_chains_that_cannot_carry_blocks_stay_nchw(case: str) -> None:
+    """A value of the chain used outside it (a function output, a spatial mean), a
+    head whose channels are not whole blocks, a grouped head, a consumer that is not
+    depthwise, a constant that varies along more than channels: no chain, every
+    kernel NCHW, and the result still agrees with the default build."""
+    x_shape = (2, 16, 14, 14)
+    if case in ("output", "mean"):
+        mod = _inverted_residual(x_shape, 96, 3, 1, leak=case)
+    elif case == "channels":
+        mod = _inverted_residual(x_shape, 40, 3, 1)
+    elif case == "grouped_head":
+        mod = _inverted_residual(x_shape, 96, 3, 1, head_groups=2)
+    else:
+        rng = np.random.default_rng(RNG_SEED)
+        w1 = rng.standard_normal((32, 16, 1, 1)).astype(np.float32)
+        second = (rng.standard_normal((32, 32, 3, 3)) * 0.1).astype(np.float32)
+        full = rng.standard_normal((1, 32, 14, 14)).astype(np.float32)
+
+        def body(bb, x):
+            y = bb.emit(R.nn.conv2d(x, relax.const(w1)))
+            if case == "full_constant":
+                y = bb.emit(R.add(y, relax.const(full)))
+                return R.nn.conv2d(y, relax.const(second[:, :1].copy()), padding=[1] * 4, groups=32)
+            return R.nn.conv2d(bb.emit(R.nn.relu(y)), relax.const(second), padding=[1] * 4)
+
+        mod = _module(x_shape, body)
+    assert not find_blocked_chains(relax.transform.FoldConstant()(mod)["main"])
+    lines = _bindings_text(_packed(mod)["main"]).splitlines()
+    assert sum(line.startswith("packed_") for line in lines) == 2  # both convs still packed kernels
+    assert all(line.split(" -> ")[1].count(",") == 3 for line in lines)  # every value 4-D (NCHW)
+    _assert_close_to_default(mod, np.random.default_rng(RNG_SEED).standard_normal(x_shape).astype(np.float32))
+
+
+def test_per_channel_constants_and_their_blocked_layout() -> None:
+    shape = (2, 32, 7, 7)
+    assert per_channel_constant(np.zeros((1, 32, 1, 1)), shape)
+    assert per_channel_constant(np.zeros((32, 1, 1)), shape)
+    assert per_channel_constant(np.zeros(()), shape)
+    assert not per_channel_constant(np.zeros((1, 32, 7, 7)), shape)
+    assert not per_channel_constant(np.zeros((2, 32, 1, 1)), shape)
+    assert not per_channel_constant(np.zeros((1, 1, 1, 1, 1)), shape)
+    bias = np.arange(32, dtype=np.float32).reshape(1, 32, 1, 1)
+    blocked = blocked_constant(bias, 32)
+    assert blocked.shape == (1, 2, 1, 1, 16)
+    assert blocked[0, 1, 0, 0, 3] == bias[0, 19, 0, 0]
+    assert blocked_constant(np.float32(2.0), 32) == np.float32(2.0)
+
+
+# ----------------------------------------------------------------------------- the kernels
+
+
+def _kernel_run(func: tirx.PrimFunc, *arrays, out_shape) -> np.ndarray:
+    lib = tvm.compile(tvm.IRModule({"main": func}), target="llvm")
+    args = [tvm.runtime.tensor(a) for a in arrays] + [tvm.runtime.tensor(np.zeros(out_shape, np.float32))]
+    lib["main"](*args)
+    return args[-1].numpy()
+
+
+def _to_blocks(x: np.ndarray) -> np.ndarray:
+    n, c, h, w = x.shape
+    return np.ascontiguousarray(x.reshape(n, c // 16, 16, h, w).transpose(0, 1, 3, 4, 2))
+
+
+@pytest.mark.parametrize("out_channels,width", [(96, 14), (48, 7)])
+def test_conv_kernel_writes_channel_blocks(out_channels: int, width: int) -> None:
+    """`packed_conv2d_func(out_blocked=True)`: out[n, k, h, w, l] is channel 16 k + l
+    of the NCHW conv (exact against numpy's float64 sum at fp32 tolerance)."""
+    rng = np.random.default_rng(RNG_SEED)
+    x = rng.standard_normal((2, 8, 5, width)).astype(np.float32)
+    w = rng.standard_normal((out_channels, 8, 1, 1)).astype(np.float32)
+    ob, _ = schedule_cpu.conv_tile(out_channels, width)
+    func = schedule_cpu.packed_conv2d_func(x.shape, out_channels, [1, 1], [1, 1], [0, 0, 0, 0], [1, 1], out_blocked=True)
+    got = _kernel_run(func, x, schedule_cpu.pack_conv_weight(w, ob), out_shape=(2, out_channels // 16, 5, width, 16))
+    ref = np.einsum("nchw,oc->nohw", x.astype(np.float64), w[:, :, 0, 0].astype(np.float64))
+    np.testing.assert_allclose(got, _to_blocks(ref), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="whole blocks of 16"):
+        schedule_cpu.packed_conv2d_func(x.shape, 40, [1, 1], [1, 1], [0, 0, 0, 0], [1, 1], out_blocked=True)
+
+
+def test_depthwise_kernel_reads_channel_blocks() -> None:
+    """`packed_depthwise_conv2d_func(in_blocked=True)` on the blocked input equals the
+    NCHW kernel on the same map."""
+    rng = np.random.default_rng(RNG_SEED)
+    x = rng.standard_normal((2, 32, 9, 9)).astype(np.float32)
+    w = rng.standard_normal((32, 1, 3, 3)).astype(np.float32)
+    geometry = dict(kernel=[3, 3], strides=[2, 2], padding=[1, 1, 1, 1], dilation=[1, 1])
+    packed_w = schedule_cpu.pack_depthwise_weight(w)
+    plain = _kernel_run(schedule_cpu.packed_depthwise_conv2d_func(x.shape, **geometry), x, packed_w, out_shape=(2, 32, 5, 5))
+    blocked = _kernel_run(schedule_cpu.packed_depthwise_conv2d_func((2, 2, 9, 9, 16), **geometry, in_blocked=True),
+                          _to_blocks(x), packed_w, out_shape=(2, 32, 5, 5))
+    np.testing.assert_array_equal(blocked, plain)
+
+
+def test_blocked_conv_epilogue_writes_whole_channel_vectors() -> None:
+    """The scheduled head of a chain: its SiLU runs in 16-lane vectors straight into
+    the [N, C/16, H, W, 16] output (no NCHW buffer, no transposing copy)."""
+    mod = _inverted_residual((2, 16, 14, 14), 96, 3, 1)
+    target = pipeline.host_llvm_target()
+    seq = tvm.transform.Sequential([
+        relax.transform.FoldConstant(), schedule_cpu.PackConstantWeights(), schedule_cpu.FastMath(),
+        relax.transform.LegalizeOps(customize_legalize_map=pipeline.CPU_LEGALIZATIONS),
+        relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
+        relax.transform.FuseOps(), relax.transform.FuseTIR(), schedule_cpu.schedule_cpu_module(target)])
+    with target:
+        out = seq(mod)
+    (head,) = [f for gv, f in out.functions_items() if gv.name_hint.startswith("fused_packed_conv2d_2x16x14x14_96c")]
+    text = head.script()
+    assert "T.vectorized(T.int64(16))" in text
+    assert "(T.int64(2), T.int64(96), T.int64(14), T.int64(14))" not in text  # no NCHW buffer
+    assert [int(d) for d in head.params[-1].shape] == [2, 6, 14, 14, 16]
