@@ -1,21 +1,29 @@
 """Where a feature map can stay in 16-channel blocks (NCHW16c) from one convolution to
-the depthwise convolution that reads it, in a high-level Relax function.
+the next, in a high-level Relax function.
 
 This module owns `find_blocked_chains(func)`: the chains
 
-    head = conv2d(x, constant W)         (float32, NCHW / OIHW, groups 1, C_out % 16 == 0)
-    v1   = elementwise(head or v_i, constants broadcast per channel or scalar)  ...
-    end  = conv2d(v_k, constant W_dw, groups = C)   (depthwise)
+    head = conv2d(x, constant W)          (float32, NCHW / OIHW, ungrouped or depthwise,
+                                           C_out % 16 == 0, static shapes)
+    v1   = elementwise(head or v_i, ...)  (operands: chain values, constants that are
+                                           scalars or per-channel, computed [N, C, 1, 1]
+                                           tensors such as a squeeze-and-excite gate)
+    m    = mean(v_i, axis=[2, 3])         (an exit: leaves the chain as [N, C, 1, 1])
+    end  = conv2d(v_k, constant W')       (ungrouped or depthwise)
 
-(an inverted-residual block's expansion, its BatchNorm bias and its SiLU / ReLU6 /
-hard swish, then the depthwise conv) in which every value between the head and the
-ends is used only by the chain's own elementwise ops or depthwise convs, and has the
-head's shape. `PackConstantWeights` then writes the head's output as
-`[N, C/16, H, W, 16]` straight from its register tile (no transposition back to NCHW),
-runs the elementwise ops on that layout (per-channel constants re-laid out the same
-way), and the depthwise kernel reads those blocks as they are instead of copying the
-NCHW map into them: the layout ONNX Runtime's NCHWc transformer carries between convs,
-for the one place it is exact without changing what anything else sees.
+(an inverted-residual block's expansion, its BatchNorm bias and SiLU / ReLU6 / hard
+swish into the depthwise conv; the depthwise conv, its activation, the excite gate's
+product and the mean that feeds the gate into the projection conv) in which every
+value from the head up to the ends is used only by the chain's own elementwise ops,
+exits and ends, and has the head's shape. `PackConstantWeights` then writes the head's
+output as `[N, C/16, H, W, 16]` straight from its register tile (no transposition back
+to NCHW), runs the elementwise ops on that layout (per-channel constants re-laid out
+the same way; an [N, C, 1, 1] operand, already in that order, reshaped), takes the
+mean on the blocks, and the end convs read the blocks as they are instead of copying
+an NCHW map into them. A conv may end one chain and head the next. This is the layout
+ONNX Runtime's NCHWc transformer carries between convs, applied where it is exact and
+invisible to every other op: anything else that reads a chain value (a residual add of
+a map computed elsewhere, a function output, a transpose) keeps the whole chain NCHW.
 """
 
 from __future__ import annotations
@@ -26,7 +34,8 @@ import numpy as np
 import tvm
 from tvm import relax, tirx
 
-__all__ = ["BlockedChains", "find_blocked_chains", "ELEMENTWISE_OPS", "BLOCK"]
+__all__ = ["BlockedChains", "find_blocked_chains", "ELEMENTWISE_OPS", "BLOCK", "blocked_constant",
+           "per_channel_constant", "per_channel_tensor", "is_spatial_mean"]
 
 #: channels per block of the carried layout (one AVX-512 float32 vector)
 BLOCK = 16
@@ -41,12 +50,14 @@ ELEMENTWISE_OPS = frozenset({
 
 @dataclass
 class BlockedChains:
-    """The bindings of one function that carry NCHW16c: heads (convs writing blocks),
-    members (elementwise ops on blocks) and ends (depthwise convs reading blocks), as
-    sets of the bound variables."""
+    """The bindings of one function that carry NCHW16c, as sets of the bound
+    variables: heads (convs writing blocks), members (elementwise ops on blocks), ends
+    (convs reading blocks; a conv may end one chain and head the next) and exits
+    (spatial means of a chain value, whose [N, C, 1, 1] result leaves the chain)."""
     heads: set = field(default_factory=set)
     members: set = field(default_factory=set)
     ends: set = field(default_factory=set)
+    exits: set = field(default_factory=set)
 
     def __bool__(self) -> bool:
         return bool(self.heads)
@@ -93,15 +104,38 @@ def _float_conv(call: relax.Call) -> np.ndarray | None:
     return w
 
 
+def _is_depthwise(call, w: np.ndarray) -> bool:
+    return int(call.attrs.groups) == w.shape[0] == _static_shape(call.args[0].ty)[1]
+
+
 def _is_head(call) -> bool:
+    """An ungrouped or depthwise conv whose output channels fill whole blocks."""
     w = _float_conv(call)
-    return w is not None and int(call.attrs.groups) == 1 and w.shape[0] % BLOCK == 0
+    return (w is not None and w.shape[0] % BLOCK == 0
+            and (int(call.attrs.groups) == 1 or _is_depthwise(call, w)))
 
 
-def _is_depthwise_end(call, channels: int) -> bool:
+def _is_end(call, channels: int) -> bool:
+    """An ungrouped or depthwise conv reading `channels` channels."""
     w = _float_conv(call)
-    return (w is not None and int(call.attrs.groups) == channels == w.shape[0]
-            and _static_shape(call.args[0].ty)[1] == channels)
+    return (w is not None and _static_shape(call.args[0].ty)[1] == channels
+            and (int(call.attrs.groups) == 1 or _is_depthwise(call, w)))
+
+
+def is_spatial_mean(call) -> bool:
+    """mean(x, axis=[2, 3], keepdims=True) of an NCHW map: a global average pool."""
+    if _op_name(call) != "relax.mean" or not call.attrs.keepdims or call.attrs.axis is None:
+        return False
+    return sorted(int(a) % 4 for a in call.attrs.axis) == [2, 3] and call.args[0].ty.ndim == 4
+
+
+def per_channel_tensor(ty, shape: tuple[int, ...]) -> bool:
+    """A computed [N, C, 1, 1] or [1, C, 1, 1] float32 tensor (a squeeze-and-excite
+    gate) that broadcasts against an NCHW map of `shape`: in NCHW16c the same values
+    in the same order, so a reshape lays it out."""
+    dims = _static_shape(ty)
+    return (dims is not None and ty.dtype == "float32" and len(dims) == 4 and dims[0] in (1, shape[0])
+            and dims[1] == shape[1] and dims[2:] == (1, 1))
 
 
 def per_channel_constant(value: np.ndarray, shape: tuple[int, ...]) -> bool:
@@ -150,14 +184,17 @@ def find_blocked_chains(func: relax.Function) -> BlockedChains:
         if not _is_head(head.value):
             continue
         shape = _static_shape(head.value.ty)
-        chain, members, ends = {head.var}, set(), set()
+        chain, members, ends, exits = {head.var}, set(), set(), set()
         for binding in bindings[start + 1:]:  # in program order: operands come first
             reads = [v for v in relax.analysis.free_vars(binding.value) if v in chain]
             if not reads:
                 continue
             call = binding.value
-            if _is_depthwise_end(call, shape[1]) and len(reads) == 1 and call.args[0].same_as(reads[0]):
+            only_input = isinstance(call, relax.Call) and len(reads) == 1 and call.args[0].same_as(reads[0])
+            if only_input and _is_end(call, shape[1]):
                 ends.add(binding.var)
+            elif only_input and is_spatial_mean(call):
+                exits.add(binding.var)
             elif _chain_elementwise(call, shape, chain):
                 members.add(binding.var)
                 chain.add(binding.var)
@@ -169,12 +206,14 @@ def find_blocked_chains(func: relax.Function) -> BlockedChains:
             found.heads.add(head.var)
             found.members |= members
             found.ends |= ends
+            found.exits |= exits
     return found
 
 
 def _chain_elementwise(call, shape: tuple[int, ...], chain: set) -> bool:
     """An elementwise op whose output has the chain's shape, whose tensor operands are
-    chain values or per-channel constants, and that reads at least one chain value."""
+    chain values, per-channel constants or computed per-channel tensors, and that reads
+    at least one chain value."""
     if _op_name(call) not in ELEMENTWISE_OPS or _static_shape(call.ty) != shape:
         return False
     reads_chain = False
@@ -183,6 +222,9 @@ def _chain_elementwise(call, shape: tuple[int, ...], chain: set) -> bool:
             reads_chain = True
         elif not isinstance(arg.ty, relax.TensorType):
             continue  # a clip's bounds: scalars, not tensors
+        elif isinstance(arg, relax.Var):
+            if not per_channel_tensor(arg.ty, shape):
+                return False
         else:
             value = _constant(arg)
             if value is None or not per_channel_constant(value, shape):

@@ -42,12 +42,14 @@ This module owns two things:
    the zero point's code, int32 accumulation, a per-channel compensation for the zero
    point (and for the +128 shift of int8 codes) applied on write-back.
    Where a conv's output goes only through elementwise ops (its folded BatchNorm
-   bias, a SiLU / ReLU6 / hard swish) into a depthwise conv (`blocked_chains`: an
-   inverted-residual block's expansion), the two carry 16-channel blocks between them:
-   the conv writes `[N, C/16, H, W, 16]` from its register tile (`out_blocked`), the
-   elementwise ops run on that layout (per-channel constants re-laid out to match),
-   and the depthwise kernel reads the blocks as they are (`in_blocked`), instead of a
-   transposition to NCHW on one side and back into blocks on the other.
+   bias, a SiLU / ReLU6 / hard swish, a squeeze-and-excite gate) and spatial means into
+   further convs (`blocked_chains`: an inverted-residual block's expansion into its
+   depthwise conv, the depthwise conv into the projection), they carry 16-channel
+   blocks between them: the conv writes `[N, C/16, H, W, 16]` from its register tile
+   (`out_blocked`), the elementwise ops run on that layout (per-channel constants
+   re-laid out to match), and the next conv reads the blocks as they are
+   (`in_blocked`), instead of a transposition to NCHW on one side and back into blocks
+   (depthwise) or a padded NCHW copy (ungrouped) on the other.
    A batch matmul of two computed tensors becomes the padded batch matmul kernel
    (`padded_batch_matmul_func`, float32 or int32); one of the form
    `matmul(astype(a8, i32) [- zp], astype(b_i8, i32))` (integer attention's QK^T and
@@ -97,6 +99,9 @@ This module owns two things:
      element. A reduction over the row's trailing contiguous axes (a global average
      pool's H x W, a LayerNorm row) runs in vector lanes (`rfactor`: 16, 8 or 4
      partial results, then their sum), also as a lone reduction block.
+   - `BlockedMapReduction`: the spatial mean of a blocked map, [N, C/16, H, W, 16] ->
+     [N, C/16, 1, 1, 16]: parallel over (batch, channel block), the block's 16 channels
+     one vector summed over the pixels in memory order.
    - `WindowReduction`: a float max pool (`WINDOW_BLOCK...`, one reduction over its
      window's taps): parallel over batch x channels.
    - `Injective`: elementwise/broadcast/transpose kernels: producers inlined, parallel
@@ -498,7 +503,7 @@ def conv_owt(ob: int, out_width: int) -> int:
 def packed_conv2d_func(x_shape: Sequence, out_channels: int, kernel: Sequence[int], strides: Sequence[int],
                        padding: Sequence[int], dilation: Sequence[int], groups: int = 1,
                        dtype: str = "float32", padded_channels: int | None = None,
-                       out_blocked: bool = False) -> tirx.PrimFunc:
+                       out_blocked: bool = False, in_blocked: bool = False) -> tirx.PrimFunc:
     """NCHW conv2d with a packed weight (`pack_conv_weight`, `ob` from `conv_tile`):
 
         conv_pad[n, c, i, j]          = x[n, c, i - top, j - left] (0 outside; right-padded
@@ -519,12 +524,21 @@ def packed_conv2d_func(x_shape: Sequence, out_channels: int, kernel: Sequence[in
 
         conv_unpack[n, k, h, w, l]     = packed_conv2d[n, (16 k + l) / ob, h, w, (16 k + l) % ob]
 
-    which the tile writes as whole 16-channel vectors (see `blocked_chains`)."""
+    which the tile writes as whole 16-channel vectors (see `blocked_chains`).
+    `in_blocked` (groups 1): `x` is NCHW16c, `x[n, b, i, j, l]` (`x_shape` 5-D); the
+    padded copy keeps that layout and the reduction reads channel c at
+    `[n, c / 16, i, j, c % 16]` (a broadcast scalar per step either way)."""
     if out_blocked and out_channels % LANES:
         raise ValueError(f"a channel-blocked output needs whole blocks of {LANES} channels, not {out_channels}")
+    if in_blocked and (groups != 1 or padded_channels):
+        raise ValueError("a channel-blocked input is read by an ungrouped conv only")
     x_shape = _fresh_shape(x_shape)
-    n, c, h, w = x_shape
-    c, h, w = int(c), int(h), int(w)
+    if in_blocked:
+        n, cb, h, w, _ = x_shape
+        c, h, w = int(cb) * LANES, int(h), int(w)
+    else:
+        n, c, h, w = x_shape
+        c, h, w = int(c), int(h), int(w)
     kh, kw = kernel
     sh, sw = strides
     dh, dw = dilation
@@ -541,6 +555,12 @@ def packed_conv2d_func(x_shape: Sequence, out_channels: int, kernel: Sequence[in
     wt = te.placeholder(tuple(_i64(v) for v in (blocks, in_group, kh, kw, ob)), dtype, name="w_packed")
     if (top, left) == (0, 0) and (hp, wp, cp) == (h, w, c):
         xp = x
+    elif in_blocked:
+        def pad_blocked(i0, b, i2, i3, l):
+            inside = tirx.all(i2 >= top, i2 < top + h, i3 >= left, i3 < left + w)
+            return tirx.if_then_else(inside, x[i0, b, i2 - top, i3 - left, l], tirx.const(0, dtype))
+
+        xp = te.compute((n, _i64(c // LANES), _i64(hp), _i64(wp), _i64(LANES)), pad_blocked, name=CONV_PAD_BLOCK)
     else:
         def pad(i0, i1, i2, i3):
             inside = tirx.all(i1 < c, i2 >= top, i2 < top + h, i3 >= left, i3 < left + w)
@@ -555,7 +575,11 @@ def packed_conv2d_func(x_shape: Sequence, out_channels: int, kernel: Sequence[in
 
     def body(i, b, y, z, o):
         chan = rc if groups == 1 else b // blocks_per_group * in_group + rc
-        return te.sum(xp[i, chan, y * sh + ry * dh, z * sw + rx * dw] * wt[b, rc, ry, rx, o], axis=[rc, ry, rx])
+        if in_blocked:
+            pixel = xp[i, chan // LANES, y * sh + ry * dh, z * sw + rx * dw, chan % LANES]
+        else:
+            pixel = xp[i, chan, y * sh + ry * dh, z * sw + rx * dw]
+        return te.sum(pixel * wt[b, rc, ry, rx, o], axis=[rc, ry, rx])
 
     acc = te.compute((n, _i64(blocks), _i64(oh), _i64(ow_pad), _i64(ob)), body, name=CONV_BLOCK)
     if out_blocked:
@@ -607,7 +631,8 @@ def depthwise_owt(out_width: int) -> int:
 
 def packed_depthwise_conv2d_func(x_shape: Sequence, kernel: Sequence[int], strides: Sequence[int],
                                  padding: Sequence[int], dilation: Sequence[int],
-                                 dtype: str = "float32", in_blocked: bool = False) -> tirx.PrimFunc:
+                                 dtype: str = "float32", in_blocked: bool = False,
+                                 out_blocked: bool = False) -> tirx.PrimFunc:
     """Depthwise NCHW conv2d (groups = input = output channels) with a packed weight
     (`pack_depthwise_weight`), vectorised across 16 channels:
 
@@ -624,7 +649,9 @@ def packed_depthwise_conv2d_func(x_shape: Sequence, kernel: Sequence[int], strid
     14-wide maps of late stages and needs gathers at stride 2).
 
     `in_blocked`: `x` is already NCHW16c, `x[n, b, i, j, c]` (`x_shape` 5-D): the copy
-    only pads it, `dw_pad[n, b, i, j, c] = x[n, b, i - top, j - left, c]`."""
+    only pads it, `dw_pad[n, b, i, j, c] = x[n, b, i - top, j - left, c]`.
+    `out_blocked` (C a multiple of 16): the output is NCHW16c, the accumulator's own
+    layout without its padded columns."""
     x_shape = _fresh_shape(x_shape)
     if in_blocked:
         n, cb, h, w, _ = x_shape
@@ -659,8 +686,14 @@ def packed_depthwise_conv2d_func(x_shape: Sequence, kernel: Sequence[int], strid
     acc = te.compute((n, _i64(blocks), _i64(oh), _i64(ow_pad), _i64(LANES)),
                      lambda i, b, y, z, o: te.sum(xp[i, b, y * sh + ry * dh, z * sw + rx * dw, o] * wt[b, ry, rx, o],
                                                   axis=[ry, rx]), name=DW_BLOCK)
-    out = te.compute((n, _i64(c), _i64(oh), _i64(ow)),
-                     lambda i, o, y, z: acc[i, o // LANES, y, z, o % LANES], name=DW_UNPACK_BLOCK)
+    if out_blocked:
+        if c % LANES:
+            raise ValueError(f"a channel-blocked output needs whole blocks of {LANES} channels, not {c}")
+        out = te.compute((n, _i64(blocks), _i64(oh), _i64(ow), _i64(LANES)),
+                         lambda i, b, y, z, o: acc[i, b, y, z, o], name=DW_UNPACK_BLOCK)
+    else:
+        out = te.compute((n, _i64(c), _i64(oh), _i64(ow)),
+                         lambda i, o, y, z: acc[i, o // LANES, y, z, o % LANES], name=DW_UNPACK_BLOCK)
     func = te.create_prim_func([x, wt, out])
     return func.with_attr("op_pattern", _OP_PATTERN_OUT_EWISE_FUSABLE)
 
@@ -782,16 +815,28 @@ class _WeightPacker(relax.PyExprMutator):
 
     def _chain_member(self, call: relax.Call) -> relax.Call:
         """An elementwise op of a blocked chain on its NCHW16c operands: per-channel
-        constants re-laid out as [1, C/16, 1, 1, 16]."""
-        channels = None
-        call = relax.Call(call.op, [self.visit_expr(arg) for arg in call.args], call.attrs, call.ty_args)
-        for arg in call.args:
-            shape = _shape_of(arg.ty) if isinstance(arg, relax.Var) else None
-            if shape is not None and len(shape) == 5:
-                channels = int(shape[1]) * int(shape[4])
-        args = [arg if constant_array(arg) is None else relax.const(blocked_constant(constant_array(arg), channels))
-                for arg in call.args]
-        return relax.Call(call.op, args, call.attrs, call.ty_args)
+        constants re-laid out as [1, C/16, 1, 1, 16], computed per-channel tensors
+        ([N, C, 1, 1]: the same values in the same order) reshaped to [N, C/16, 1, 1, 16]."""
+        args = [self.visit_expr(arg) for arg in call.args]
+        channels = next(int(a.ty.shape.values[1]) * LANES for a in args
+                        if isinstance(a.ty, relax.TensorType) and a.ty.ndim == 5)
+
+        def blocked(arg):
+            if constant_array(arg) is not None:
+                return relax.const(blocked_constant(constant_array(arg), channels))
+            if isinstance(arg, relax.Var) and isinstance(arg.ty, relax.TensorType) and arg.ty.ndim == 4:
+                n = arg.ty.shape.values[0]
+                return self.builder_.emit(relax.op.reshape(arg, [n, channels // LANES, 1, 1, LANES]))
+            return arg
+
+        return relax.Call(call.op, [blocked(a) for a in args], call.attrs, call.ty_args)
+
+    def _chain_exit(self, call: relax.Call) -> relax.Expr:
+        """The spatial mean of a chain value, taken on its NCHW16c form and reshaped to
+        the [N, C, 1, 1] its users read (the same values in the same order)."""
+        x = self.visit_expr(call.args[0])
+        pooled = self.builder_.emit(relax.op.mean(x, axis=[2, 3], keepdims=True))
+        return relax.op.reshape(pooled, call.ty.shape)
 
     def _resolve(self, expr):
         while isinstance(expr, relax.Var):
@@ -822,11 +867,11 @@ class _WeightPacker(relax.PyExprMutator):
         # would not type-check: they are rewritten from their new operands directly
         if self._binding_var in self.chains.members:
             return self._chain_member(call)
-        if self._binding_var in self.chains.ends:
-            return self._depthwise_from_blocks(call)
+        if self._binding_var in self.chains.exits:
+            return self._chain_exit(call)
+        if self._binding_var in self.chains.ends or self._binding_var in self.chains.heads:
+            return self._conv2d_blocked(call)
         call = super().visit_call_(call)
-        if self._binding_var in self.chains.heads:
-            return self._conv2d_to_blocks(call)
         if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d" and self.conv:
             return self._conv2d(call)
         if not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.matmul":
@@ -952,35 +997,38 @@ class _WeightPacker(relax.PyExprMutator):
         return dict(kernel=[int(v) for v in w.shape[2:]], strides=[int(v) for v in a.strides],
                     padding=[int(v) for v in a.padding], dilation=[int(v) for v in a.dilation])
 
-    def _conv2d_to_blocks(self, call):
-        """The head of a blocked chain (`blocked_chains`): the packed conv writing
-        [N, C/16, H, W, 16]."""
-        x = call.args[0]
+    def _conv2d_blocked(self, call):
+        """A conv of a blocked chain (`blocked_chains`): the packed conv or depthwise
+        kernel reading [N, C/16, H, W, 16] where it ends a chain and writing it where it
+        heads one."""
+        var = self._binding_var
+        in_blocked, out_blocked = var in self.chains.ends, var in self.chains.heads
+        x = self.visit_expr(call.args[0])
         w = constant_array(self._resolve(call.args[1]))
         geometry = self._geometry(call, w)
         shape, out_shape = _shape_of(x.ty), _shape_of(call.ty)
         out_channels = w.shape[0]
-        ob, _ = conv_tile(out_channels, int(out_shape[3]))
-        args = dict(geometry, groups=1, out_blocked=True)
-        key = (f"packed_conv2d_{_shape_name(shape)}_{out_channels}c", tuple(str(d) for d in shape), out_channels,
-               repr(sorted(args.items())))
-        gv = self._kernel(key, lambda: packed_conv2d_func(shape, out_channels, **args))
+        layouts = dict(in_blocked=in_blocked, out_blocked=out_blocked)
+        suffix = "c" if out_blocked else ""
+        if int(call.attrs.groups) > 1:  # depthwise
+            key = (f"packed_dw_conv2d_{_shape_name(shape)}{suffix}", tuple(str(d) for d in shape),
+                   repr(sorted(geometry.items())), out_blocked)
+            gv = self._kernel(key, lambda: packed_depthwise_conv2d_func(shape, **geometry, **layouts))
+            weight = pack_depthwise_weight(w)
+        else:
+            ob, _ = conv_tile(out_channels, int(out_shape[3]))
+            args = dict(geometry, groups=1, **layouts)
+            key = (f"packed_conv2d_{_shape_name(shape)}_{out_channels}{suffix}", tuple(str(d) for d in shape),
+                   out_channels, repr(sorted(args.items())))
+            gv = self._kernel(key, lambda: packed_conv2d_func(shape, out_channels, **args))
+            weight = pack_conv_weight(w, ob)
         self.packed += 1
-        self.blocked += 1
-        n, _, oh, ow = out_shape
-        ty = relax.TensorType([n, out_channels // LANES, oh, ow, LANES], "float32")
-        return relax.call_tir(gv, [x, relax.const(pack_conv_weight(w, ob))], ty)
-
-    def _depthwise_from_blocks(self, call):
-        """The end of a blocked chain: the packed depthwise conv reading [N, C/16, H, W, 16]."""
-        x = self.visit_expr(call.args[0])
-        w = constant_array(self._resolve(call.args[1]))
-        geometry = self._geometry(call, w)
-        shape = _shape_of(x.ty)
-        key = (f"packed_dw_conv2d_{_shape_name(shape)}", tuple(str(d) for d in shape), repr(sorted(geometry.items())))
-        gv = self._kernel(key, lambda: packed_depthwise_conv2d_func(shape, **geometry, in_blocked=True))
-        self.packed += 1
-        return relax.call_tir(gv, [x, relax.const(pack_depthwise_weight(w))], call.ty)
+        self.blocked += out_blocked
+        ty = call.ty
+        if out_blocked:
+            n, _, oh, ow = out_shape
+            ty = relax.TensorType([n, out_channels // LANES, oh, ow, LANES], "float32")
+        return relax.call_tir(gv, [x, relax.const(weight)], ty)
 
     def _fp32(self, call, x, w):
         n = w.shape[1]
@@ -1658,21 +1706,31 @@ class DepthwiseTile(_Rule):
         if found is None:
             return False
         conv, pad, out = found
+        blocked = len(sch.get_loops(out)) == 5
         width, channels = _extent(sch, sch.get_loops(out)[3]), _extent(sch, sch.get_loops(out)[1])
         if width is None or channels is None:
             return False
-        writer = _channels_inner_epilogue(sch, out, LANES) if channels % LANES == 0 else out
-        n, o, y, z = sch.get_loops(writer)
-        oo, oi = sch.split(o, [None, LANES])
-        zo, zi = sch.split(z, [None, depthwise_owt(width)])
-        sch.reorder(n, oo, y, zo, oi, zi)
+        owt = depthwise_owt(width)
+        if blocked:  # [N, C/16, H, W, 16]: the tile's vectors go straight out
+            writer = out
+            n, oo, y, z, oi = sch.get_loops(out)
+            zo, zi = sch.split(z, [None, owt])
+            sch.reorder(n, oo, y, zo, zi, oi)
+            sch.vectorize(oi)
+        else:
+            writer = _channels_inner_epilogue(sch, out, LANES) if channels % LANES == 0 else out
+            n, o, y, z = sch.get_loops(writer)
+            oo, oi = sch.split(o, [None, LANES])
+            zo, zi = sch.split(z, [None, owt])
+            sch.reorder(n, oo, y, zo, oi, zi)
         plane = sch.fuse(n, oo)
         sch.parallel(plane)
         if writer is not out:
             sch.compute_at(out, zo, preserve_unit_loops=True)
             _vectorize_channels_inner(sch, out)
         _tile_conv_accumulator(sch, conv, zo, 2)
-        _vectorize_any(sch, zi)
+        if not blocked:
+            _vectorize_any(sch, zi)
         # the plane's blocked input is made by the task that reads it: it stays in L2
         sch.compute_at(pad, plane, preserve_unit_loops=True)
         sch.vectorize(sch.get_loops(pad)[-1])
@@ -1994,6 +2052,35 @@ class HadamardRows(_Rule):
         return True
 
 
+class BlockedMapReduction(_Rule):
+    """A reduction over the map of an NCHW16c tensor, [N, C/16, H, W, 16] ->
+    [N, C/16, 1, 1, 16] (the spatial mean of a blocked chain, `blocked_chains`), and the
+    elementwise blocks after it: parallel over (batch, channel block), each block's 16
+    channels one vector accumulated over the map's pixels in memory order (TVM's own
+    loop order walks the whole map once per channel, 16 strided passes)."""
+
+    def schedule(self, sch: s_tir.Schedule, target: Target) -> bool:
+        reductions = [b for b in _blocks(sch) if "R" in _iter_kinds(sch, b)]
+        if len(reductions) != 1 or _iter_kinds(sch, reductions[0]) != "SSSSSRR":
+            return False
+        red = reductions[0]
+        n, cb, one_h, one_w, lane, kh, kw = sch.get_loops(red)
+        if _extent(sch, lane) != LANES or (_extent(sch, one_h), _extent(sch, one_w)) != (1, 1):
+            return False
+        _inline_spatial(sch, keep=[red])
+        sch.reorder(n, cb, one_h, one_w, kh, kw, lane)
+        outer = sch.fuse(n, cb)
+        sch.parallel(outer)
+        sch.vectorize(lane)
+        sch.decompose_reduction(red, kh)
+        if sch.get_consumers(red):  # the sums stay in registers until the divide reads them
+            sch.set_scope(red, 0, "local")
+        for block in sch.get_consumers(red):
+            sch.reverse_compute_at(block, outer, preserve_unit_loops=True)
+            sch.vectorize(sch.get_loops(block)[-1])
+        return True
+
+
 class WindowReduction(_Rule):
     """A `WINDOW_BLOCK...` pool: one block, output axes then the window's tap axes.
     Parallel over batch x channels (every plane a task, whatever the batch), rows,
@@ -2046,7 +2133,7 @@ class ParallelOuter(_Rule):
 def default_rules() -> list:
     from tvm.s_tir.dlight import cpu as dl_cpu
 
-    return [MatmulVNNI(), BatchMatmulVNNI(), ConvVNNI(), ConvTile(), DepthwiseTile(), HadamardRows(), DenseTile(), BatchMatmulTile(), MatmulTile(), RowReduction(), WindowReduction(), Injective(), dl_cpu.GEMV(), dl_cpu.Reduction(),
+    return [MatmulVNNI(), BatchMatmulVNNI(), ConvVNNI(), ConvTile(), DepthwiseTile(), HadamardRows(), DenseTile(), BatchMatmulTile(), MatmulTile(), BlockedMapReduction(), RowReduction(), WindowReduction(), Injective(), dl_cpu.GEMV(), dl_cpu.Reduction(),
             ParallelOuter()]
 
 

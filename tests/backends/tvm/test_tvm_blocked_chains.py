@@ -14,7 +14,7 @@ from tvm.relax import op as R  # noqa: E402
 
 from requant.backends.tvm import pipeline, schedule_cpu  # noqa: E402
 from requant.backends.tvm.blocked_chains import (  # noqa: E402
-    blocked_constant, find_blocked_chains, per_channel_constant)
+    blocked_constant, find_blocked_chains, per_channel_constant, per_channel_tensor)
 
 RNG_SEED = 0
 CONV_REL_TOL = 1e-5  # fp32: vs the unscheduled build, relative to the output's scale
@@ -153,14 +153,74 @@ def test_blocked_chain_matches_default_build(x_shape, expand: int, k: int, strid
     _assert_close_to_default(mod, x)
 
 
-@pytest.mark.parametrize("case", ["output", "mean", "channels", "grouped_head", "plain_consumer", "full_constant"])
+def _squeeze_excite_block(x_shape, expand: int, k: int, stride: int) -> tvm.IRModule:
+    """EfficientNet's block: expansion + SiLU -> depthwise + SiLU -> squeeze-and-excite
+    (spatial mean, two 1 x 1 convs, sigmoid gate times the map) -> projection conv."""
+    rng = np.random.default_rng(RNG_SEED + 4)
+    c = x_shape[1]
+    squeezed = max(1, c // 4)
+    weights = [(rng.standard_normal(shape) * 0.3).astype(np.float32) for shape in (
+        (expand, c, 1, 1), (expand, 1, k, k), (squeezed, expand, 1, 1), (expand, squeezed, 1, 1), (c, expand, 1, 1))]
+    biases = [rng.standard_normal((1, w.shape[0], 1, 1)).astype(np.float32) for w in weights]
+
+    def conv(bb, x, i, **kw):
+        return bb.emit(R.add(bb.emit(R.nn.conv2d(x, relax.const(weights[i]), **kw)), relax.const(biases[i])))
+
+    def body(bb, x):
+        y = _activation(bb, conv(bb, x, 0), "silu")
+        y = _activation(bb, conv(bb, y, 1, strides=[stride, stride], padding=[k // 2] * 4, groups=expand), "silu")
+        gate = _activation(bb, conv(bb, bb.emit(R.mean(y, axis=[2, 3], keepdims=True)), 2), "silu")
+        gate = bb.emit(R.sigmoid(conv(bb, gate, 3)))
+        return conv(bb, bb.emit(R.multiply(y, gate)), 4)
+
+    return _module(x_shape, body)
+
+
+def test_squeeze_excite_block_carries_blocks_through_the_gate() -> None:
+    """Two chains: expansion -> depthwise, and depthwise -> projection through the
+    SiLU, the spatial mean (an exit: [N, C/16, 1, 1, 16] reshaped to [N, C, 1, 1] for
+    the squeeze convs) and the gate product (the gate reshaped into blocks)."""
+    mod = _squeeze_excite_block((2, 16, 14, 14), 96, 3, 2)
+    chains = find_blocked_chains(relax.transform.FoldConstant()(mod)["main"])
+    assert (len(chains.heads), len(chains.ends), len(chains.exits)) == (2, 2, 1)
+    lines = _bindings_text(_packed(mod)["main"]).splitlines()
+    assert "packed_dw_conv2d_2x6x14x14x16c -> (2, 6, 7, 7, 16)" in lines  # reads and writes blocks
+    assert "mean -> (2, 6, 1, 1, 16)" in lines and "reshape -> (2, 96, 1, 1)" in lines
+    assert "reshape -> (2, 6, 1, 1, 16)" in lines  # the gate
+    assert "packed_conv2d_2x6x7x7x16_16 -> (2, 16, 7, 7)" in lines  # the projection reads blocks
+    _assert_close_to_default(mod, np.random.default_rng(RNG_SEED).standard_normal((2, 16, 14, 14)).astype(np.float32))
+
+
+def test_spatial_mean_exit_and_ungrouped_padded_consumer_match_default_build() -> None:
+    """A chain value also averaged over the map (the mean leaves the chain), and a
+    chain that ends in an ungrouped 3 x 3 conv with padding (its padded copy stays in
+    blocks)."""
+    mean_leak = _inverted_residual((2, 16, 14, 14), 96, 3, 1, leak="mean")
+    chains = find_blocked_chains(relax.transform.FoldConstant()(mean_leak)["main"])
+    assert (len(chains.heads), len(chains.exits)) == (1, 1)
+    x = np.random.default_rng(RNG_SEED).standard_normal((2, 16, 14, 14)).astype(np.float32)
+    _assert_close_to_default(mean_leak, x)
+
+    rng = np.random.default_rng(RNG_SEED)
+    w1 = rng.standard_normal((32, 16, 1, 1)).astype(np.float32)
+    w2 = (rng.standard_normal((24, 32, 3, 3)) * 0.1).astype(np.float32)
+    plain = _module((2, 16, 14, 14), lambda bb, x_: R.nn.conv2d(
+        bb.emit(R.nn.relu(bb.emit(R.nn.conv2d(x_, relax.const(w1))))), relax.const(w2), padding=[1] * 4))
+    lines = _bindings_text(_packed(plain)["main"]).splitlines()
+    assert lines[0] == "packed_conv2d_2x16x14x14_32c -> (2, 2, 14, 14, 16)"
+    assert lines[-1] == "packed_conv2d_2x2x14x14x16_24 -> (2, 24, 14, 14)"
+    _assert_close_to_default(plain, x)
+
+
+@pytest.mark.parametrize("case", ["output", "channels", "grouped_head", "full_constant", "channel_mean",
+                                  "spatial_gate"])
 def test_chains_that_cannot_carry_blocks_stay_nchw(case: str) -> None:
-    """A value of the chain used outside it (a function output, a spatial mean), a
-    head whose channels are not whole blocks, a grouped head, a consumer that is not
-    depthwise, a constant that varies along more than channels: no chain, every
-    kernel NCHW, and the result still agrees with the default build."""
+    """A value of the chain that is a function output, a head whose channels are not
+    whole blocks, a grouped head, a constant that varies along more than channels, a
+    mean over channels, a computed operand that varies over the map: no chain, every
+    value NCHW, and the result still agrees with the default build."""
     x_shape = (2, 16, 14, 14)
-    if case in ("output", "mean"):
+    if case == "output":
         mod = _inverted_residual(x_shape, 96, 3, 1, leak=case)
     elif case == "channels":
         mod = _inverted_residual(x_shape, 40, 3, 1)
@@ -169,15 +229,18 @@ def test_chains_that_cannot_carry_blocks_stay_nchw(case: str) -> None:
     else:
         rng = np.random.default_rng(RNG_SEED)
         w1 = rng.standard_normal((32, 16, 1, 1)).astype(np.float32)
-        second = (rng.standard_normal((32, 32, 3, 3)) * 0.1).astype(np.float32)
+        dw = (rng.standard_normal((32, 1, 3, 3)) * 0.1).astype(np.float32)
         full = rng.standard_normal((1, 32, 14, 14)).astype(np.float32)
 
         def body(bb, x):
             y = bb.emit(R.nn.conv2d(x, relax.const(w1)))
             if case == "full_constant":
                 y = bb.emit(R.add(y, relax.const(full)))
-                return R.nn.conv2d(y, relax.const(second[:, :1].copy()), padding=[1] * 4, groups=32)
-            return R.nn.conv2d(bb.emit(R.nn.relu(y)), relax.const(second), padding=[1] * 4)
+            elif case == "channel_mean":
+                y = bb.emit(R.multiply(y, bb.emit(R.mean(y, axis=[1], keepdims=True))))
+            else:  # a spatial gate [N, 1, H, W], computed
+                y = bb.emit(R.multiply(y, bb.emit(R.sigmoid(R.mean(x, axis=[1], keepdims=True)))))
+            return R.nn.conv2d(y, relax.const(dw), padding=[1] * 4, groups=32)
 
         mod = _module(x_shape, body)
     assert not find_blocked_chains(relax.transform.FoldConstant()(mod)["main"])
@@ -200,6 +263,9 @@ def test_per_channel_constants_and_their_blocked_layout() -> None:
     assert blocked.shape == (1, 2, 1, 1, 16)
     assert blocked[0, 1, 0, 0, 3] == bias[0, 19, 0, 0]
     assert blocked_constant(np.float32(2.0), 32) == np.float32(2.0)
+    assert per_channel_tensor(relax.TensorType((2, 32, 1, 1), "float32"), shape)
+    assert not per_channel_tensor(relax.TensorType((2, 1, 7, 7), "float32"), shape)
+    assert not per_channel_tensor(relax.TensorType((3, 32, 1, 1), "float32"), shape)
 
 
 # ----------------------------------------------------------------------------- the kernels
@@ -247,10 +313,7 @@ def test_depthwise_kernel_reads_channel_blocks() -> None:
     np.testing.assert_array_equal(blocked, plain)
 
 
-def test_blocked_conv_epilogue_writes_whole_channel_vectors() -> None:
-    """The scheduled head of a chain: its SiLU runs in 16-lane vectors straight into
-    the [N, C/16, H, W, 16] output (no NCHW buffer, no transposing copy)."""
-    mod = _inverted_residual((2, 16, 14, 14), 96, 3, 1)
+def _scheduled(mod: tvm.IRModule) -> dict[str, tirx.PrimFunc]:
     target = pipeline.host_llvm_target()
     seq = tvm.transform.Sequential([
         relax.transform.FoldConstant(), schedule_cpu.PackConstantWeights(), schedule_cpu.FastMath(),
@@ -259,8 +322,27 @@ def test_blocked_conv_epilogue_writes_whole_channel_vectors() -> None:
         relax.transform.FuseOps(), relax.transform.FuseTIR(), schedule_cpu.schedule_cpu_module(target)])
     with target:
         out = seq(mod)
-    (head,) = [f for gv, f in out.functions_items() if gv.name_hint.startswith("fused_packed_conv2d_2x16x14x14_96c")]
+    return {gv.name_hint: f for gv, f in out.functions_items() if isinstance(f, tirx.PrimFunc)}
+
+
+def test_blocked_conv_epilogue_writes_whole_channel_vectors() -> None:
+    """The scheduled head of a chain: its SiLU runs in 16-lane vectors straight into
+    the [N, C/16, H, W, 16] output (no NCHW buffer, no transposing copy)."""
+    funcs = _scheduled(_inverted_residual((2, 16, 14, 14), 96, 3, 1))
+    (head,) = [f for name, f in funcs.items() if name.startswith("fused_packed_conv2d_2x16x14x14_96c")]
     text = head.script()
     assert "T.vectorized(T.int64(16))" in text
     assert "(T.int64(2), T.int64(96), T.int64(14), T.int64(14))" not in text  # no NCHW buffer
     assert [int(d) for d in head.params[-1].shape] == [2, 6, 14, 14, 16]
+
+
+def test_spatial_mean_of_blocks_accumulates_channel_vectors_per_block() -> None:
+    """The squeeze-and-excite mean of a blocked map (BlockedMapReduction): parallel
+    over (batch, channel block), the block's 16 channels one vector summed over the
+    pixels in a local buffer, then divided."""
+    funcs = _scheduled(_squeeze_excite_block((2, 16, 14, 14), 96, 3, 2))
+    (mean,) = [f for name, f in funcs.items() if name.startswith("mean")]
+    text = mean.script()
+    assert [int(d) for d in mean.params[0].shape] == [2, 6, 7, 7, 16]
+    assert "T.parallel(T.int64(12))" in text  # 2 images x 6 channel blocks
+    assert "T.vectorized(T.int64(16))" in text and 'scope="local"' in text
