@@ -1213,10 +1213,23 @@ def _vectorize_inner(sch: s_tir.Schedule, loop, lanes: int = LANES) -> None:
 def _vectorize_any(sch: s_tir.Schedule, loop) -> None:
     """Vectorise `loop` by the widest of 16 / 8 / 4 lanes that divides its extent, else
     whole when it fits one vector (a conv tile's 7 or 14 columns: LLVM pads the odd
-    vector, and the fused epilogue, e.g. a SiLU, runs in vector registers, not scalar)."""
+    vector, and the fused epilogue, e.g. a SiLU, runs in vector registers, not scalar).
+    A loop longer than 16 that 16 does not divide (an attention row of 196 tokens) is
+    partitioned into whole 16-lane vectors and a tail of one padded vector (4 lanes
+    all along the row ran the row's exp at a quarter of the width)."""
     ext = _extent(sch, loop)
     if ext is None:
         return
+    if ext > LANES and ext % LANES:
+        try:
+            body, tail = sch.loop_partition(loop, [ext - ext % LANES, None])
+        except _SCHEDULE_ERRORS:
+            pass
+        else:
+            _vectorize_inner(sch, body, LANES)
+            if ext % LANES > 1:
+                sch.vectorize(tail)  # under 16 long: one (padded) vector
+            return
     for lanes in (LANES, LANES // 2, LANES // 4):
         if ext % lanes == 0:
             _vectorize_inner(sch, loop, lanes)

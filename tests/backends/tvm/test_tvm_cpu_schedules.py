@@ -908,15 +908,22 @@ def test_squeeze_excitation_gate_is_computed_once_per_channel_then_broadcast() -
     np.testing.assert_allclose(got, ref, rtol=0, atol=CONV_REL_TOL * np.abs(ref).max())
 
 
-@pytest.mark.parametrize("hw,lanes", [(14, 14), (7, 7), (28, 4), (56, 8)])
-def test_rows_of_small_feature_maps_are_vectorised(hw: int, lanes: int) -> None:
-    """The squeeze-excitation product over a 14-, 7-, 28- or 56-wide map, and an
+@pytest.mark.parametrize("hw,vectors", [
+    (14, ["T.vectorized(T.int64(14))"]),
+    (7, ["T.vectorized(T.int64(7))"]),
+    (28, ["T.vectorized(T.int64(16))", "T.vectorized(T.int64(16), T.int64(28))"]),
+    (56, ["T.vectorized(T.int64(16))", "T.vectorized(T.int64(48), T.int64(56))"]),
+    (32, ["T.vectorized(T.int64(16))"]),
+])
+def test_rows_of_small_feature_maps_are_vectorised(hw: int, vectors: list[str]) -> None:
+    """The squeeze-excitation product over a 14-, 7-, 28-, 56- or 32-wide map, and an
     elementwise kernel on its own over such a map, run their rows in vectors (one
-    padded vector of 14 or 7, else the widest lane count dividing the row), not as a
-    scalar loop of the row's width."""
+    padded vector of 14 or 7; 16-lane vectors, then the rest of the row as one padded
+    vector), not as a scalar loop of the row's width."""
     mod = _se_module(2, 32, hw, 8)
-    product_loops = _fused_conv_text(mod, 32).split('T.sblock("T_multiply")')[0].rsplit("T.sblock(", 1)[1]
-    assert f"T.vectorized(T.int64({lanes}))" in product_loops
+    text = _fused_conv_text(mod, 32)
+    product_loops = text[text.rindex('T.sblock("T_divide")'):]  # after the gate: the product with the map
+    assert all(v in product_loops for v in vectors), product_loops
     x = np.random.default_rng(RNG_SEED).standard_normal((2, 32, hw, hw)).astype(np.float32)
     got = _run(pipeline.build_cpu(mod), x)
     ref = _run(pipeline.build_cpu(mod, schedule=False), x)
@@ -924,8 +931,20 @@ def test_rows_of_small_feature_maps_are_vectorised(hw: int, lanes: int) -> None:
 
     alone = _module([_var("x", (2, 32, hw, hw))], lambda bb, x_: R.multiply(R.nn.relu(x_), x_))
     (func,) = _scheduled_funcs(alone).values()
-    assert f"T.vectorized(T.int64({lanes}))" in func.script() and PARALLEL in _loop_kinds(func)
+    assert all(v in func.script() for v in vectors) and PARALLEL in _loop_kinds(func)
     np.testing.assert_array_equal(_run(pipeline.build_cpu(alone), x), np.maximum(x, 0) * x)
+
+
+def test_softmax_rows_not_a_multiple_of_16_run_in_16_lane_vectors() -> None:
+    """Attention rows of 196 tokens: the row's elementwise part runs 12 vectors of 16
+    and a padded tail of 4, not 49 vectors of 4; the result matches numpy."""
+    x = np.random.default_rng(RNG_SEED).standard_normal((2, 3, 196, 196)).astype(np.float32)
+    mod = _module([_var("x", x.shape)], lambda bb, x_: R.nn.softmax(x_, axis=-1))
+    (func,) = _scheduled_funcs(mod).values()
+    text = func.script()
+    assert "T.vectorized(T.int64(16))" in text and "T.vectorized(T.int64(192), T.int64(196))" in text
+    e = np.exp(x.astype(np.float64) - x.max(axis=-1, keepdims=True))
+    np.testing.assert_allclose(_run(pipeline.build_cpu(mod), x), e / e.sum(axis=-1, keepdims=True), **FP32_TOL)
 
 
 def test_conv_epilogue_of_the_convs_own_shape_stays_in_the_tile() -> None:
