@@ -1112,7 +1112,8 @@ class PackConstantWeights:
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         packer = _WeightPacker(mod, self.vnni, self.conv)
         out = _mutate_relax_functions(packer, mod, before=packer.find_chains)
-        logger.debug("PackConstantWeights: %d matmuls packed", packer.packed)
+        logger.debug("PackConstantWeights: %d matmuls / convs packed, %d convs writing channel blocks",
+                     packer.packed, packer.blocked)
         return relax.transform.DeadCodeElimination()(out) if packer.packed else out
 
 
