@@ -45,6 +45,7 @@ BLOCK = 16
 ELEMENTWISE_OPS = frozenset({
     "relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum", "relax.minimum",
     "relax.sigmoid", "relax.nn.relu", "relax.nn.silu", "relax.clip", "relax.tanh", "relax.exp", "relax.negative",
+    "relax.isnan", "relax.where",  # requant's ReLU keeps NaN: where(isnan(x), x, max(x, 0))
 })
 
 

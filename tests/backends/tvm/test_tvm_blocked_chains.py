@@ -35,6 +35,8 @@ def _activation(bb, y, kind: str):
         return bb.emit(R.multiply(y, R.sigmoid(y)))
     if kind == "relu6":
         return bb.emit(R.clip(y, 0.0, 6.0))
+    if kind == "nan_relu":  # requant's ReLU lowering keeps NaN
+        return bb.emit(R.where(R.isnan(y), y, R.maximum(y, relax.const(0.0, "float32"))))
     if kind == "hardswish":
         gate = bb.emit(R.divide(R.clip(R.add(y, relax.const(3.0, "float32")), 0.0, 6.0), relax.const(6.0, "float32")))
         return bb.emit(R.multiply(y, gate))
@@ -145,6 +147,7 @@ def test_expansion_to_depthwise_carries_channel_blocks() -> None:
     ((1, 24, 28, 28), 144, 5, 1, "hardswish"),  # 5 x 5, 144 = 9 blocks of 16 (ob 16)
     ((2, 8, 7, 7), 48, 3, 1, "relu6"),          # 7-wide map, clip bounds as scalars
     ((1, 32, 9, 11), 64, 3, 2, "none"),         # bias only, odd sizes
+    ((2, 16, 14, 14), 32, 3, 1, "nan_relu"),    # ReLU as where(isnan(y), y, max(y, 0))
 ])
 def test_blocked_chain_matches_default_build(x_shape, expand: int, k: int, stride: int, act: str) -> None:
     mod = _inverted_residual(x_shape, expand, k, stride, act)
