@@ -500,6 +500,16 @@ def conv_owt(ob: int, out_width: int) -> int:
     return min(range(lo, hi + 1), key=lambda t: (-(-out_width // t) * t - out_width, -t))
 
 
+def _conv_input_dims(x_shape: Sequence, in_blocked: bool) -> tuple:
+    """(n, channels, height, width) of a conv input, NCHW or NCHW16c (5-D); all but n
+    as Python ints."""
+    if in_blocked:
+        n, blocks, h, w, _ = x_shape
+        return n, int(blocks) * LANES, int(h), int(w)
+    n, c, h, w = x_shape
+    return n, int(c), int(h), int(w)
+
+
 def packed_conv2d_func(x_shape: Sequence, out_channels: int, kernel: Sequence[int], strides: Sequence[int],
                        padding: Sequence[int], dilation: Sequence[int], groups: int = 1,
                        dtype: str = "float32", padded_channels: int | None = None,
@@ -533,12 +543,7 @@ def packed_conv2d_func(x_shape: Sequence, out_channels: int, kernel: Sequence[in
     if in_blocked and (groups != 1 or padded_channels):
         raise ValueError("a channel-blocked input is read by an ungrouped conv only")
     x_shape = _fresh_shape(x_shape)
-    if in_blocked:
-        n, cb, h, w, _ = x_shape
-        c, h, w = int(cb) * LANES, int(h), int(w)
-    else:
-        n, c, h, w = x_shape
-        c, h, w = int(c), int(h), int(w)
+    n, c, h, w = _conv_input_dims(x_shape, in_blocked)
     kh, kw = kernel
     sh, sw = strides
     dh, dw = dilation
@@ -653,12 +658,7 @@ def packed_depthwise_conv2d_func(x_shape: Sequence, kernel: Sequence[int], strid
     `out_blocked` (C a multiple of 16): the output is NCHW16c, the accumulator's own
     layout without its padded columns."""
     x_shape = _fresh_shape(x_shape)
-    if in_blocked:
-        n, cb, h, w, _ = x_shape
-        c, h, w = int(cb) * LANES, int(h), int(w)
-    else:
-        n, c, h, w = x_shape
-        c, h, w = int(c), int(h), int(w)
+    n, c, h, w = _conv_input_dims(x_shape, in_blocked)
     kh, kw = kernel
     sh, sw = strides
     dh, dw = dilation
@@ -1638,6 +1638,18 @@ def _channels_inner_epilogue(sch: s_tir.Schedule, out, block_channels: int):
     return copy
 
 
+def _tile_with_epilogue(sch: s_tir.Schedule, conv, out, writer, zo, zi, reduction_loops: int, blocked: bool) -> None:
+    """The accumulator tiled under `zo` (`_tile_conv_accumulator`), the epilogue `out`
+    computed at the tile when a copy (`writer`) writes it out (`_channels_inner_epilogue`),
+    and an NCHW write's columns `zi` vectorised."""
+    if writer is not out:
+        sch.compute_at(out, zo, preserve_unit_loops=True)
+        _vectorize_channels_inner(sch, out)
+    _tile_conv_accumulator(sch, conv, zo, reduction_loops)
+    if not blocked:
+        _vectorize_any(sch, zi)
+
+
 def _vectorize_channels_inner(sch: s_tir.Schedule, out) -> None:
     """Order a tile's epilogue (..., channels, row, columns) as columns then channels,
     the channels in 16-lane vectors."""
@@ -1691,12 +1703,7 @@ class ConvTile(_Rule):
         if blocked:
             sch.reorder(zi, oi, c)
             sch.vectorize(c)
-        elif writer is not out:
-            sch.compute_at(out, zo, preserve_unit_loops=True)
-            _vectorize_channels_inner(sch, out)
-        _tile_conv_accumulator(sch, conv, zo, 3)
-        if not blocked:
-            _vectorize_any(sch, zi)
+        _tile_with_epilogue(sch, conv, out, writer, zo, zi, 3, blocked)
         if pad is not None:
             _schedule_spatial_block(sch, pad)
         for b in sch.get_consumers(writer):
@@ -1739,12 +1746,7 @@ class DepthwiseTile(_Rule):
             sch.reorder(n, oo, y, zo, oi, zi)
         plane = sch.fuse(n, oo)
         sch.parallel(plane)
-        if writer is not out:
-            sch.compute_at(out, zo, preserve_unit_loops=True)
-            _vectorize_channels_inner(sch, out)
-        _tile_conv_accumulator(sch, conv, zo, 2)
-        if not blocked:
-            _vectorize_any(sch, zi)
+        _tile_with_epilogue(sch, conv, out, writer, zo, zi, 2, blocked)
         # the plane's blocked input is made by the task that reads it: it stays in L2
         sch.compute_at(pad, plane, preserve_unit_loops=True)
         sch.vectorize(sch.get_loops(pad)[-1])

@@ -13,6 +13,7 @@ from tvm import relax, tirx  # noqa: E402
 from tvm.relax import op as R  # noqa: E402
 
 from requant.backends.tvm import pipeline, schedule_cpu  # noqa: E402
+from tvm_schedule_helpers import scheduled_funcs  # noqa: E402
 from requant.backends.tvm.blocked_chains import (  # noqa: E402
     blocked_constant, find_blocked_chains, per_channel_constant, per_channel_tensor)
 
@@ -316,22 +317,10 @@ def test_depthwise_kernel_reads_channel_blocks() -> None:
     np.testing.assert_array_equal(blocked, plain)
 
 
-def _scheduled(mod: tvm.IRModule) -> dict[str, tirx.PrimFunc]:
-    target = pipeline.host_llvm_target()
-    seq = tvm.transform.Sequential([
-        relax.transform.FoldConstant(), schedule_cpu.PackConstantWeights(), schedule_cpu.FastMath(),
-        relax.transform.LegalizeOps(customize_legalize_map=pipeline.CPU_LEGALIZATIONS),
-        relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
-        relax.transform.FuseOps(), relax.transform.FuseTIR(), schedule_cpu.schedule_cpu_module(target)])
-    with target:
-        out = seq(mod)
-    return {gv.name_hint: f for gv, f in out.functions_items() if isinstance(f, tirx.PrimFunc)}
-
-
 def test_blocked_conv_epilogue_writes_whole_channel_vectors() -> None:
     """The scheduled head of a chain: its SiLU runs in 16-lane vectors straight into
     the [N, C/16, H, W, 16] output (no NCHW buffer, no transposing copy)."""
-    funcs = _scheduled(_inverted_residual((2, 16, 14, 14), 96, 3, 1))
+    funcs = scheduled_funcs(_inverted_residual((2, 16, 14, 14), 96, 3, 1))
     (head,) = [f for name, f in funcs.items() if name.startswith("fused_packed_conv2d_2x16x14x14_96c")]
     text = head.script()
     assert "T.vectorized(T.int64(16))" in text
@@ -343,7 +332,7 @@ def test_spatial_mean_of_blocks_accumulates_channel_vectors_per_block() -> None:
     """The squeeze-and-excite mean of a blocked map (BlockedMapReduction): parallel
     over (batch, channel block), the block's 16 channels one vector summed over the
     pixels in a local buffer, then divided."""
-    funcs = _scheduled(_squeeze_excite_block((2, 16, 14, 14), 96, 3, 2))
+    funcs = scheduled_funcs(_squeeze_excite_block((2, 16, 14, 14), 96, 3, 2))
     (mean,) = [f for name, f in funcs.items() if name.startswith("mean")]
     text = mean.script()
     assert [int(d) for d in mean.params[0].shape] == [2, 6, 7, 7, 16]

@@ -12,6 +12,7 @@ from tvm import relax, tirx  # noqa: E402
 from tvm.relax import op as R  # noqa: E402
 
 from requant.backends.tvm import pipeline, schedule_cpu  # noqa: E402
+from tvm_schedule_helpers import scheduled_funcs as _scheduled_funcs  # noqa: E402
 
 RNG_SEED = 0
 FP32_TOL = dict(rtol=1e-4, atol=1e-4)
@@ -33,19 +34,6 @@ def _run(ex, *arrays) -> np.ndarray:
 
 def _var(name: str, shape, dtype: str = "float32") -> relax.Var:
     return relax.Var(name, relax.TensorType(shape, dtype))
-
-
-def _scheduled_funcs(mod: tvm.IRModule) -> dict[str, tirx.PrimFunc]:
-    """The module after build_cpu's Relax pipeline up to the schedules."""
-    target = pipeline.host_llvm_target()
-    seq = tvm.transform.Sequential([
-        relax.transform.FoldConstant(), schedule_cpu.PackConstantWeights(), schedule_cpu.FastMath(),
-        relax.transform.LegalizeOps(customize_legalize_map=pipeline.CPU_LEGALIZATIONS),
-        relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
-        relax.transform.FuseOps(), relax.transform.FuseTIR(), schedule_cpu.schedule_cpu_module(target)])
-    with target:
-        out = seq(mod)
-    return {gv.name_hint: f for gv, f in out.functions_items() if isinstance(f, tirx.PrimFunc)}
 
 
 def _loop_kinds(func: tirx.PrimFunc) -> set[str]:
