@@ -186,10 +186,14 @@ def find_blocked_chains(func: relax.Function) -> BlockedChains:
             continue
         shape = _static_shape(head.value.ty)
         chain, members, ends, exits = {head.var}, set(), set(), set()
+        pending = set(uses.get(head.var, []))  # bindings still to read a chain value
         for binding in bindings[start + 1:]:  # in program order: operands come first
-            reads = [v for v in relax.analysis.free_vars(binding.value) if v in chain]
-            if not reads:
+            if not pending:
+                break
+            if binding.var not in pending:
                 continue
+            pending.discard(binding.var)
+            reads = [v for v in relax.analysis.free_vars(binding.value) if v in chain]
             call = binding.value
             only_input = isinstance(call, relax.Call) and len(reads) == 1 and call.args[0].same_as(reads[0])
             if only_input and _is_end(call, shape[1]):
@@ -199,6 +203,7 @@ def find_blocked_chains(func: relax.Function) -> BlockedChains:
             elif _chain_elementwise(call, shape, chain):
                 members.add(binding.var)
                 chain.add(binding.var)
+                pending |= set(uses.get(binding.var, [])) - {None}
             else:
                 ends = set()
                 break

@@ -951,9 +951,7 @@ class _WeightPacker(relax.PyExprMutator):
         if (w is not None and w.ndim == 4 and isinstance(out_info, relax.TensorType)
                 and out_info.dtype == "int32" and (a.data_layout, a.kernel_layout) == ("NCHW", "OIHW")
                 and np.issubdtype(w.dtype, np.integer)):
-            return self._conv2d_int8(call, w, dict(
-                kernel=[int(v) for v in w.shape[2:]], strides=[int(v) for v in a.strides],
-                padding=[int(v) for v in a.padding], dilation=[int(v) for v in a.dilation]))
+            return self._conv2d_int8(call, w, self._geometry(call, w))
         if (w is None or w.ndim != 4 or w.dtype != np.float32 or not isinstance(x_info, relax.TensorType)
                 or x_info.dtype != "float32" or x_info.shape is None or x_info.ndim != 4
                 or not isinstance(out_info, relax.TensorType) or out_info.dtype != "float32"
@@ -964,8 +962,7 @@ class _WeightPacker(relax.PyExprMutator):
             return call
         groups = int(a.groups)
         out_channels = w.shape[0]
-        geometry = dict(kernel=[int(v) for v in w.shape[2:]], strides=[int(v) for v in a.strides],
-                        padding=[int(v) for v in a.padding], dilation=[int(v) for v in a.dilation])
+        geometry = self._geometry(call, w)
         if groups > 1 and groups == out_channels == int(shape[1]):
             key = (f"packed_dw_conv2d_{_shape_name(shape)}", tuple(str(d) for d in shape), repr(sorted(geometry.items())))
             gv = self._kernel(key, lambda: packed_depthwise_conv2d_func(shape, **geometry))
@@ -982,8 +979,7 @@ class _WeightPacker(relax.PyExprMutator):
             return relax.call_tir(gv, [x, relax.const(pack_conv_weight(dense, LANES))], call.ty)
         if groups > 1 and (out_channels // groups) % LANES:
             return call  # other narrow groups (a channel multiplier, widths not dividing 16): TVM's own conv
-        args = dict(kernel=[int(v) for v in w.shape[2:]], strides=[int(v) for v in a.strides],
-                    padding=[int(v) for v in a.padding], dilation=[int(v) for v in a.dilation], groups=groups)
+        args = dict(geometry, groups=groups)
         ob, _ = conv_tile(out_channels // groups, int(out_info.shape.values[3]))
         key = (f"packed_conv2d_{_shape_name(shape)}_{out_channels}", tuple(str(d) for d in shape), out_channels,
                repr(sorted(args.items())))
