@@ -378,6 +378,48 @@ def test_round_of_other_dtypes_is_half_to_even_or_identity(dtype: str) -> None:
     np.testing.assert_array_equal(got, np.round(x))
 
 
+def _nan_probe(dtype: str) -> np.ndarray:
+    """NaNs (quiet, signalling, negative, every payload bit set), infinities, the
+    largest finite values, zeros, subnormals and ordinary values of `dtype`."""
+    np_dtype = np.dtype(dtype)
+    info = np.finfo(np_dtype)
+    uint = {2: np.uint16, 4: np.uint32, 8: np.uint64}[np_dtype.itemsize]
+    bits = 8 * np_dtype.itemsize
+    exponent = ((1 << (bits - 1 - info.nmant)) - 1) << info.nmant  # all exponent bits set: inf
+    nans = np.array([exponent | 1, exponent | (1 << (info.nmant - 1)), (1 << bits) - 1,
+                     (1 << (bits - 1)) | exponent | 1], dtype=uint).view(np_dtype)
+    values = np.array([np.inf, -np.inf, info.max, -info.max, 0.0, -0.0, info.smallest_subnormal,
+                       -info.smallest_subnormal, 1.5, -2.0], dtype=np_dtype)
+    return np.concatenate([nans, values, np.linspace(-3, 3, 18).astype(np_dtype)]).reshape(2, 16)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_isnan_tests_the_bits_in_vectors(dtype: str) -> None:
+    """relax.isnan legalizes to a compare of the value's bits without its sign against
+    infinity's (TVM does not vectorise `tirx.isnan`: a 16-lane loop holding one went
+    lane by lane): exact on every NaN payload, infinities, subnormals and zeros, and
+    the NaN-keeping ReLU of requant's lowering keeps NaN."""
+    x = _nan_probe(dtype)
+    mod = _module([_var("x", x.shape, dtype)], lambda bb, x_: R.isnan(x_))
+    relu = _module([_var("x", x.shape, dtype)], lambda bb, x_: R.where(
+        R.isnan(x_), x_, R.maximum(x_, relax.const(0.0, dtype))))
+    text = "".join(f.script() for f in _scheduled_funcs(relu).values())
+    assert "T.isnan(" not in text and "T.reinterpret(" in text
+    nan = np.isnan(x)
+    np.testing.assert_array_equal(_run(pipeline.build_cpu(mod), x), nan)
+    got = _run(pipeline.build_cpu(relu), x)
+    np.testing.assert_array_equal(got, np.where(nan, x, np.maximum(x, 0)))
+    np.testing.assert_array_equal(got[nan].view(np.uint8), x[nan].view(np.uint8))  # the NaNs' own bits
+
+
+def test_isnan_of_integers_is_false() -> None:
+    """An integer tensor is never NaN (no bit test on integer codes)."""
+    ints = np.array([[-(2 ** 31), 0x7F800001, 0x7FC00000, -1] * 4], dtype=np.int32)
+    mod = _module([_var("x", ints.shape, "int32")], lambda bb, x_: R.isnan(x_))
+    assert "T.reinterpret(" not in "".join(f.script() for f in _scheduled_funcs(mod).values())
+    np.testing.assert_array_equal(_run(pipeline.build_cpu(mod), ints), np.zeros(ints.shape, bool))
+
+
 def test_symbolic_elementwise_and_softmax_are_correct() -> None:
     n = tirx.Var("n", "int64")
     mod = _module([_var("x", (n, 40))], lambda bb, x_: R.nn.softmax(R.add(x_, relax.const(1.0, "float32")), axis=-1))
