@@ -4,7 +4,7 @@ the next, in a high-level Relax function.
 This module owns `find_blocked_chains(func)`: the chains
 
     head = conv2d(x, constant W)          (float32, NCHW / OIHW, ungrouped or depthwise,
-                                           C_out % 16 == 0, static shapes)
+                                           static shapes)
     v1   = elementwise(head or v_i, ...)  (operands: chain values, constants that are
                                            scalars or per-channel, computed [N, C, 1, 1]
                                            tensors such as a squeeze-and-excite gate)
@@ -16,11 +16,18 @@ swish into the depthwise conv; the depthwise conv, its activation, the excite ga
 product and the mean that feeds the gate into the projection conv) in which every
 value from the head up to the ends is used only by the chain's own elementwise ops,
 exits and ends, and has the head's shape. `PackConstantWeights` then writes the head's
-output as `[N, C/16, H, W, 16]` straight from its register tile (no transposition back
-to NCHW), runs the elementwise ops on that layout (per-channel constants re-laid out
-the same way; an [N, C, 1, 1] operand, already in that order, reshaped), takes the
+output as `[N, ceil(C/16), H, W, 16]` straight from its register tile (no transposition
+back to NCHW), runs the elementwise ops on that layout (per-channel constants re-laid
+out the same way; an [N, C, 1, 1] operand, already in that order, reshaped), takes the
 mean on the blocks, and the end convs read the blocks as they are instead of copying
-an NCHW map into them. A conv may end one chain and head the next. This is the layout
+an NCHW map into them. A conv may end one chain and head the next.
+
+When 16 does not divide C (MobileNetV3's 72, 88 and 120; at most a quarter of the
+lanes padding), the last block has padding lanes, as in ONNX Runtime's NCHWc. Nothing real is computed from them, so their
+values (whatever the elementwise ops make of the head's zero-weight outputs, even NaN)
+never reach a result: a depthwise conv computes each lane from the same lane, an
+ungrouped end conv's reduction runs over the C real channels only, and an exit drops
+them after the mean. Per-channel operands are padded to whole blocks to match. This is the layout
 ONNX Runtime's NCHWc transformer carries between convs, applied where it is exact and
 invisible to every other op: anything else that reads a chain value (a residual add of
 a map computed elsewhere, a function output, a transpose) keeps the whole chain NCHW.
@@ -34,7 +41,7 @@ import numpy as np
 import tvm
 from tvm import relax, tirx
 
-__all__ = ["BlockedChains", "find_blocked_chains", "ELEMENTWISE_OPS", "BLOCK", "blocked_constant",
+__all__ = ["BlockedChains", "find_blocked_chains", "ELEMENTWISE_OPS", "BLOCK", "blocked_constant", "blocks_of",
            "per_channel_constant", "per_channel_tensor", "is_spatial_mean"]
 
 #: channels per block of the carried layout (one AVX-512 float32 vector)
@@ -110,9 +117,11 @@ def _is_depthwise(call, w: np.ndarray) -> bool:
 
 
 def _is_head(call) -> bool:
-    """An ungrouped or depthwise conv whose output channels fill whole blocks."""
+    """An ungrouped or depthwise conv whose channels fill at least three quarters of
+    the blocks that carry them (a squeeze-and-excite's 4 or 20 channels would make
+    the depthwise work and the copies of the padding lanes outweigh the gain)."""
     w = _float_conv(call)
-    return (w is not None and w.shape[0] % BLOCK == 0
+    return (w is not None and 4 * (blocks_of(w.shape[0]) * BLOCK - w.shape[0]) <= blocks_of(w.shape[0]) * BLOCK
             and (int(call.attrs.groups) == 1 or _is_depthwise(call, w)))
 
 
@@ -148,13 +157,20 @@ def per_channel_constant(value: np.ndarray, shape: tuple[int, ...]) -> bool:
     return all(d == 1 for i, d in enumerate(dims) if i != 1) and dims[1] in (1, shape[1])
 
 
+def blocks_of(channels: int) -> int:
+    """The 16-channel blocks that carry `channels` channels (the last one padded)."""
+    return -(-channels // BLOCK)
+
+
 def blocked_constant(value: np.ndarray, channels: int) -> np.ndarray:
-    """A per-channel constant (`per_channel_constant`) in the carried layout:
-    [1, C/16, 1, 1, 16] (a scalar stays a scalar)."""
+    """A per-channel constant (`per_channel_constant`) of a `channels`-channel map in the
+    carried layout: [1, ceil(C/16), 1, 1, 16], padding lanes repeating the last channel's
+    value (a scalar stays a scalar)."""
     flat = value.reshape(-1)
     if flat.size == 1:
         return value
-    return np.ascontiguousarray(flat.reshape(1, channels // BLOCK, 1, 1, BLOCK))
+    padded = np.pad(flat, (0, blocks_of(channels) * BLOCK - channels), mode="edge")
+    return np.ascontiguousarray(padded.reshape(1, blocks_of(channels), 1, 1, BLOCK))
 
 
 def _uses(func: relax.Function) -> dict:

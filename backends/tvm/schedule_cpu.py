@@ -45,9 +45,10 @@ This module owns two things:
    bias, a SiLU / ReLU6 / hard swish, a squeeze-and-excite gate) and spatial means into
    further convs (`blocked_chains`: an inverted-residual block's expansion into its
    depthwise conv, the depthwise conv into the projection), they carry 16-channel
-   blocks between them: the conv writes `[N, C/16, H, W, 16]` from its register tile
-   (`out_blocked`), the elementwise ops run on that layout (per-channel constants
-   re-laid out to match), and the next conv reads the blocks as they are
+   blocks between them (the last one padded where 16 does not divide C): the conv
+   writes `[N, ceil(C/16), H, W, 16]` from its register tile (`out_blocked`), the
+   elementwise ops run on that layout (per-channel constants re-laid out to match),
+   and the next conv reads the blocks as they are
    (`in_blocked`), instead of a transposition to NCHW on one side and back into blocks
    (depthwise) or a padded NCHW copy (ungrouped) on the other.
    A batch matmul of two computed tensors becomes the padded batch matmul kernel
@@ -136,7 +137,7 @@ import tvm
 from tvm import relax, s_tir, te, tirx
 from tvm.target import Target
 
-from requant.backends.tvm.blocked_chains import BlockedChains, blocked_constant, find_blocked_chains
+from requant.backends.tvm.blocked_chains import BlockedChains, blocked_constant, blocks_of, find_blocked_chains
 
 __all__ = [
     "PackConstantWeights",
@@ -500,12 +501,15 @@ def conv_owt(ob: int, out_width: int) -> int:
     return min(range(lo, hi + 1), key=lambda t: (-(-out_width // t) * t - out_width, -t))
 
 
-def _conv_input_dims(x_shape: Sequence, in_blocked: bool) -> tuple:
-    """(n, channels, height, width) of a conv input, NCHW or NCHW16c (5-D); all but n
-    as Python ints."""
+def _conv_input_dims(x_shape: Sequence, in_blocked: bool, in_channels: int | None) -> tuple:
+    """(n, channels, height, width) of a conv input, NCHW or NCHW16c (5-D: its real
+    channels are `in_channels`, default all its lanes); all but n as Python ints."""
     if in_blocked:
         n, blocks, h, w, _ = x_shape
-        return n, int(blocks) * LANES, int(h), int(w)
+        c = int(blocks) * LANES if in_channels is None else in_channels
+        if not 0 < c <= int(blocks) * LANES or int(blocks) != -(-c // LANES):
+            raise ValueError(f"{c} channels are not carried in {int(blocks)} blocks of {LANES}")
+        return n, c, int(h), int(w)
     n, c, h, w = x_shape
     return n, int(c), int(h), int(w)
 
@@ -513,7 +517,8 @@ def _conv_input_dims(x_shape: Sequence, in_blocked: bool) -> tuple:
 def packed_conv2d_func(x_shape: Sequence, out_channels: int, kernel: Sequence[int], strides: Sequence[int],
                        padding: Sequence[int], dilation: Sequence[int], groups: int = 1,
                        dtype: str = "float32", padded_channels: int | None = None,
-                       out_blocked: bool = False, in_blocked: bool = False) -> tirx.PrimFunc:
+                       out_blocked: bool = False, in_blocked: bool = False,
+                       in_channels: int | None = None) -> tirx.PrimFunc:
     """NCHW conv2d with a packed weight (`pack_conv_weight`, `ob` from `conv_tile`):
 
         conv_pad[n, c, i, j]          = x[n, c, i - top, j - left] (0 outside; right-padded
@@ -530,20 +535,20 @@ def packed_conv2d_func(x_shape: Sequence, out_channels: int, kernel: Sequence[in
     is zero-padded to that many channels and the `groups` are 16 channels in and out,
     the last output group possibly partial.
 
-    `out_blocked` (out_channels a multiple of 16): the output is NCHW16c instead,
+    `out_blocked`: the output is NCHW16c instead, ceil(out_channels / 16) blocks,
 
         conv_unpack[n, k, h, w, l]     = packed_conv2d[n, (16 k + l) / ob, h, w, (16 k + l) % ob]
 
-    which the tile writes as whole 16-channel vectors (see `blocked_chains`).
-    `in_blocked` (groups 1): `x` is NCHW16c, `x[n, b, i, j, l]` (`x_shape` 5-D); the
-    padded copy keeps that layout and the reduction reads channel c at
-    `[n, c / 16, i, j, c % 16]` (a broadcast scalar per step either way)."""
-    if out_blocked and out_channels % LANES:
-        raise ValueError(f"a channel-blocked output needs whole blocks of {LANES} channels, not {out_channels}")
+    which the tile writes as whole 16-channel vectors (see `blocked_chains`; padding
+    lanes hold the zero-padded weights' zeros).
+    `in_blocked` (groups 1): `x` is NCHW16c, `x[n, b, i, j, l]` (`x_shape` 5-D) whose
+    first `in_channels` lanes are real (default all); the padded copy keeps that layout
+    and the reduction reads channel c < in_channels at `[n, c / 16, i, j, c % 16]` (a
+    broadcast scalar per step either way), never a padding lane."""
     if in_blocked and (groups != 1 or padded_channels):
         raise ValueError("a channel-blocked input is read by an ungrouped conv only")
     x_shape = _fresh_shape(x_shape)
-    n, c, h, w = _conv_input_dims(x_shape, in_blocked)
+    n, c, h, w = _conv_input_dims(x_shape, in_blocked, in_channels)
     kh, kw = kernel
     sh, sw = strides
     dh, dw = dilation
@@ -565,7 +570,7 @@ def packed_conv2d_func(x_shape: Sequence, out_channels: int, kernel: Sequence[in
             inside = tirx.all(i2 >= top, i2 < top + h, i3 >= left, i3 < left + w)
             return tirx.if_then_else(inside, x[i0, b, i2 - top, i3 - left, l], tirx.const(0, dtype))
 
-        xp = te.compute((n, _i64(c // LANES), _i64(hp), _i64(wp), _i64(LANES)), pad_blocked, name=CONV_PAD_BLOCK)
+        xp = te.compute((n, _i64(-(-c // LANES)), _i64(hp), _i64(wp), _i64(LANES)), pad_blocked, name=CONV_PAD_BLOCK)
     else:
         def pad(i0, i1, i2, i3):
             inside = tirx.all(i1 < c, i2 >= top, i2 < top + h, i3 >= left, i3 < left + w)
@@ -589,7 +594,7 @@ def packed_conv2d_func(x_shape: Sequence, out_channels: int, kernel: Sequence[in
     acc = te.compute((n, _i64(blocks), _i64(oh), _i64(ow_pad), _i64(ob)), body, name=CONV_BLOCK)
     if out_blocked:
         split = ob // LANES
-        out = te.compute((n, _i64(out_channels // LANES), _i64(oh), _i64(ow), _i64(LANES)),
+        out = te.compute((n, _i64(-(-out_channels // LANES)), _i64(oh), _i64(ow), _i64(LANES)),
                          lambda i, cb, y, z, c: acc[i, cb // split, y, z, cb % split * LANES + c],
                          name=CONV_UNPACK_BLOCK)
     else:
@@ -637,7 +642,7 @@ def depthwise_owt(out_width: int) -> int:
 def packed_depthwise_conv2d_func(x_shape: Sequence, kernel: Sequence[int], strides: Sequence[int],
                                  padding: Sequence[int], dilation: Sequence[int],
                                  dtype: str = "float32", in_blocked: bool = False,
-                                 out_blocked: bool = False) -> tirx.PrimFunc:
+                                 out_blocked: bool = False, in_channels: int | None = None) -> tirx.PrimFunc:
     """Depthwise NCHW conv2d (groups = input = output channels) with a packed weight
     (`pack_depthwise_weight`), vectorised across 16 channels:
 
@@ -653,12 +658,13 @@ def packed_depthwise_conv2d_func(x_shape: Sequence, kernel: Sequence[int], strid
     stride and any width (a width-vectorised kernel wastes most lanes on the 7- and
     14-wide maps of late stages and needs gathers at stride 2).
 
-    `in_blocked`: `x` is already NCHW16c, `x[n, b, i, j, c]` (`x_shape` 5-D): the copy
-    only pads it, `dw_pad[n, b, i, j, c] = x[n, b, i - top, j - left, c]`.
-    `out_blocked` (C a multiple of 16): the output is NCHW16c, the accumulator's own
-    layout without its padded columns."""
+    `in_blocked`: `x` is already NCHW16c, `x[n, b, i, j, c]` (`x_shape` 5-D, its first
+    `in_channels` lanes real, default all): the copy only pads it, `dw_pad[n, b, i, j,
+    c] = x[n, b, i - top, j - left, c]`; each lane's output reads only that lane.
+    `out_blocked`: the output is NCHW16c, the accumulator's own layout without its
+    padded columns (padding lanes included)."""
     x_shape = _fresh_shape(x_shape)
-    n, c, h, w = _conv_input_dims(x_shape, in_blocked)
+    n, c, h, w = _conv_input_dims(x_shape, in_blocked, in_channels)
     kh, kw = kernel
     sh, sw = strides
     dh, dw = dilation
@@ -687,8 +693,6 @@ def packed_depthwise_conv2d_func(x_shape: Sequence, kernel: Sequence[int], strid
                      lambda i, b, y, z, o: te.sum(xp[i, b, y * sh + ry * dh, z * sw + rx * dw, o] * wt[b, ry, rx, o],
                                                   axis=[ry, rx]), name=DW_BLOCK)
     if out_blocked:
-        if c % LANES:
-            raise ValueError(f"a channel-blocked output needs whole blocks of {LANES} channels, not {c}")
         out = te.compute((n, _i64(blocks), _i64(oh), _i64(ow), _i64(LANES)),
                          lambda i, b, y, z, o: acc[i, b, y, z, o], name=DW_UNPACK_BLOCK)
     else:
@@ -815,28 +819,37 @@ class _WeightPacker(relax.PyExprMutator):
 
     def _chain_member(self, call: relax.Call) -> relax.Call:
         """An elementwise op of a blocked chain on its NCHW16c operands: per-channel
-        constants re-laid out as [1, C/16, 1, 1, 16], computed per-channel tensors
-        ([N, C, 1, 1]: the same values in the same order) reshaped to [N, C/16, 1, 1, 16]."""
+        constants re-laid out as [1, ceil(C/16), 1, 1, 16], computed per-channel tensors
+        ([N, C, 1, 1]: the same values in the same order) padded to whole blocks and
+        reshaped to [N, ceil(C/16), 1, 1, 16]."""
         args = [self.visit_expr(arg) for arg in call.args]
-        channels = next(int(a.ty.shape.values[1]) * LANES for a in args
-                        if isinstance(a.ty, relax.TensorType) and a.ty.ndim == 5)
+        channels = int(call.ty.shape.values[1])
+        blocks = blocks_of(channels)
 
         def blocked(arg):
             if constant_array(arg) is not None:
                 return relax.const(blocked_constant(constant_array(arg), channels))
             if isinstance(arg, relax.Var) and isinstance(arg.ty, relax.TensorType) and arg.ty.ndim == 4:
                 n = arg.ty.shape.values[0]
-                return self.builder_.emit(relax.op.reshape(arg, [n, channels // LANES, 1, 1, LANES]))
+                if blocks * LANES != channels:
+                    arg = self.builder_.emit(relax.op.nn.pad(arg, [0, 0, 0, blocks * LANES - channels, 0, 0, 0, 0]))
+                return self.builder_.emit(relax.op.reshape(arg, [n, blocks, 1, 1, LANES]))
             return arg
 
         return relax.Call(call.op, [blocked(a) for a in args], call.attrs, call.ty_args)
 
     def _chain_exit(self, call: relax.Call) -> relax.Expr:
         """The spatial mean of a chain value, taken on its NCHW16c form and reshaped to
-        the [N, C, 1, 1] its users read (the same values in the same order)."""
+        the [N, C, 1, 1] its users read (the same values in the same order, padding
+        lanes dropped)."""
         x = self.visit_expr(call.args[0])
         pooled = self.builder_.emit(relax.op.mean(x, axis=[2, 3], keepdims=True))
-        return relax.op.reshape(pooled, call.ty.shape)
+        n, channels = call.ty.shape.values[:2]
+        padded = blocks_of(int(channels)) * LANES
+        if padded == int(channels):
+            return relax.op.reshape(pooled, call.ty.shape)
+        flat = self.builder_.emit(relax.op.reshape(pooled, [n, padded, 1, 1]))
+        return relax.op.strided_slice(flat, axes=[1], begin=[0], end=[int(channels)])
 
     def _resolve(self, expr):
         while isinstance(expr, relax.Var):
@@ -995,7 +1008,7 @@ class _WeightPacker(relax.PyExprMutator):
 
     def _conv2d_blocked(self, call):
         """A conv of a blocked chain (`blocked_chains`): the packed conv or depthwise
-        kernel reading [N, C/16, H, W, 16] where it ends a chain and writing it where it
+        kernel reading [N, ceil(C/16), H, W, 16] where it ends a chain and writing it where it
         heads one."""
         var = self._binding_var
         in_blocked, out_blocked = var in self.chains.ends, var in self.chains.heads
@@ -1005,10 +1018,12 @@ class _WeightPacker(relax.PyExprMutator):
         shape, out_shape = _shape_of(x.ty), _shape_of(call.ty)
         out_channels = w.shape[0]
         layouts = dict(in_blocked=in_blocked, out_blocked=out_blocked)
+        if in_blocked:
+            layouts["in_channels"] = int(call.args[0].ty.shape.values[1])
         suffix = "c" if out_blocked else ""
         if int(call.attrs.groups) > 1:  # depthwise
             key = (f"packed_dw_conv2d_{_shape_name(shape)}{suffix}", tuple(str(d) for d in shape),
-                   repr(sorted(geometry.items())), out_blocked)
+                   repr(sorted(geometry.items())), repr(sorted(layouts.items())))
             gv = self._kernel(key, lambda: packed_depthwise_conv2d_func(shape, **geometry, **layouts))
             weight = pack_depthwise_weight(w)
         else:
@@ -1023,7 +1038,7 @@ class _WeightPacker(relax.PyExprMutator):
         ty = call.ty
         if out_blocked:
             n, _, oh, ow = out_shape
-            ty = relax.TensorType([n, out_channels // LANES, oh, ow, LANES], "float32")
+            ty = relax.TensorType([n, blocks_of(out_channels), oh, ow, LANES], "float32")
         return relax.call_tir(gv, [x, relax.const(weight)], ty)
 
     def _fp32(self, call, x, w):
@@ -1728,7 +1743,7 @@ class DepthwiseTile(_Rule):
         if width is None or channels is None:
             return False
         owt = depthwise_owt(width)
-        if blocked:  # [N, C/16, H, W, 16]: the tile's vectors go straight out
+        if blocked:  # [N, ceil(C/16), H, W, 16]: the tile's vectors go straight out
             writer = out
             n, oo, y, z, oi = sch.get_loops(out)
             zo, zi = sch.split(z, [None, owt])
