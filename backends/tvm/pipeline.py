@@ -122,38 +122,19 @@ def _legalize_round(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     return bb.call_te(lambda t: te.compute(t.shape, lambda *i: tirx.round(t(*i)), name="round"), x)
 
 
-#: float dtype -> (the integer of its width, its bits without the sign, those of
-#: infinity): a value is NaN exactly when its unsigned magnitude bits exceed infinity's
-_NAN_BITS = {"float16": ("int16", 0x7FFF, 0x7C00), "float32": ("int32", 0x7FFFFFFF, 0x7F800000),
-             "float64": ("int64", 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000)}
-
-
 def _legalize_isnan(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
-    """relax.isnan on its bits: `(bits(x) & ~sign) > bits(inf)`, exact for every value.
-    TVM's vectoriser does not take `tirx.isnan` (the op is not marked vectorisable), so
-    a 16-lane loop holding one was emitted lane by lane and LLVM re-vectorised it across
-    the wrong loop, with gathers and scatters: the NaN-keeping ReLU / clip of every
-    conv epilogue (`where(isnan(y), y, max(y, 0))`) cost several times its conv. Other
-    float formats keep `tirx.isnan`; an integer is never NaN."""
-    from tvm import te, tirx
+    """relax.isnan as `tir_nan.is_nan`, a test on the value's bits: with TVM's own
+    `tirx.isnan`, which it does not vectorise, the NaN-keeping ReLU / clip of every conv
+    epilogue (`where(isnan(y), y, max(y, 0))`) went lane by lane, then through LLVM's
+    gathers and scatters, and cost several times its conv."""
+    from tvm import te
 
-    x = call.args[0]
-    dtype = str(x.ty.dtype)
-    if dtype in _NAN_BITS:
-        int_dtype, magnitude, infinity = _NAN_BITS[dtype]
+    from requant.backends.tvm.tir_nan import is_nan
 
-        def test(v):
-            bits = tirx.reinterpret(int_dtype, v) & tirx.const(magnitude, int_dtype)
-            return bits > tirx.const(infinity, int_dtype)
-    elif dtype.startswith(("float", "bfloat")):
-        test = tirx.isnan
-    else:
-        def test(v):
-            return tirx.const(False, "bool")
     def isnan(t):
-        return te.compute(t.shape, lambda *i: test(t(*i)), name="isnan")
+        return te.compute(t.shape, lambda *i: is_nan(t(*i)), name="isnan")
 
-    return bb.call_te(isnan, x)
+    return bb.call_te(isnan, call.args[0])
 
 
 #: LegalizeOps overrides of the scheduled CPU build (`cpu_relax_pipeline`)
