@@ -176,6 +176,7 @@ __all__ = [
     "NR",
     "MR",
     "ROW_STAGE",
+    "ROW_LANES_STAGE",
     "WINDOW_BLOCK",
     "WindowReduction",
 ]
@@ -225,6 +226,7 @@ DW_COLUMNS = 16
 #: name prefix of a row kernel's stages that RowReduction computes once per row (per-row
 #: values, or a row that several later stages read) instead of inlining into readers
 ROW_STAGE = "row_stage"
+ROW_LANES_STAGE = f"{ROW_STAGE}_lanes_"
 #: name prefix of the Hadamard row kernel's stages (one small dense factor each)
 HADAMARD_STAGE = "hadamard_stage"
 
@@ -1943,7 +1945,9 @@ def _lane_partial_reduction(sch: s_tir.Schedule, block):
         partial = sch.rfactor(lane, factor_axis=out_ndim)  # lanes contiguous: one vector
     except _SCHEDULE_ERRORS:  # a reducer rfactor does not know: the split loop stays serial
         return None
-    sch.set_scope(partial, 0, "local")
+    # left in the default scope: TVM allocates a "local" buffer under a parallel loop as a
+    # workspace per iteration (two calls per row, the softmax's largest cost), a compacted
+    # global one on the task's stack
     return partial
 
 
@@ -1968,14 +1972,43 @@ def _vectorize_lanes(sch: s_tir.Schedule, partial, rows) -> None:
     sch.decompose_reduction(partial, outer)
 
 
+def _vectorize_lane_stage(sch: s_tir.Schedule, block) -> None:
+    """A row kernel's per-lane partial reduction (`ROW_LANES_STAGE...`, `_row.lane_reduce`:
+    [*rows, lanes] = reduce over chunk c of value(row, c * lanes + lane)), after
+    compute_at under `rows`: the chunk loop outside, the lanes one vector inside (each
+    step one contiguous load of the row), their initial values set first. Left as
+    compute_at lays it out (lanes outer, chunks inner), each lane was a scalar chain
+    reading the row at a stride of `lanes`."""
+    *_, lane, chunk = sch.get_loops(block)
+    sch.reorder(chunk, lane)
+    sch.vectorize(lane)
+    init = sch.decompose_reduction(block, chunk)
+    sch.vectorize(sch.get_loops(init)[-1])
+    _split_last_chunk(sch, chunk)
+
+
+def _split_last_chunk(sch: s_tir.Schedule, chunk) -> None:
+    """A row kernel's loop over whole vectors of a row padded to them, the last vector
+    apart: its reads are clamped to the row (`min(j, n - 1)`), which before it the
+    simplifier drops, so every other vector is one contiguous load instead of a gather."""
+    ext = _extent(sch, chunk)
+    if ext is not None and ext > 1:
+        try:
+            sch.loop_partition(chunk, [ext - 1, None])
+        except _SCHEDULE_ERRORS:
+            pass
+
+
 class RowReduction(_Rule):
     """Blocks that all start with the same spatial row axes, reductions over the rest,
     an elementwise last block: parallel rows, everything computed at the row, spatial
     row loops vectorised by the widest of 16 / 8 / 4 lanes that divides them, a
     reduction over the row's trailing contiguous axes in vector lanes
     (`_lane_partial_reduction`). Spatial blocks are inlined into their readers except
-    those named `ROW_STAGE...` (a row kernel's per-row values: computed once per row).
-    A lone reduction block is taken where it runs in lanes."""
+    those named `ROW_STAGE...` (a row kernel's per-row values: computed once per row);
+    a row kernel's lane partials (`ROW_LANES_STAGE...`) run one vector per step, and its
+    loops over a row padded to whole vectors keep the last vector apart
+    (`_split_last_chunk`). A lone reduction block is taken where it runs in lanes."""
 
     def schedule(self, sch: s_tir.Schedule, target: Target) -> bool:
         _inline_spatial(sch, keep=[b for b in _blocks(sch) if sch.get(b).name_hint.startswith(ROW_STAGE)])
@@ -2002,9 +2035,20 @@ class RowReduction(_Rule):
             sch.compute_at(b, rows, preserve_unit_loops=True)
         for partial in partials:
             _vectorize_lanes(sch, partial, rows)
+        for b in _blocks(sch)[:-1]:
+            if sch.get(b).name_hint.startswith(ROW_LANES_STAGE):
+                _vectorize_lane_stage(sch, b)
         for b in _blocks(sch):
             inner = sch.get_loops(b)[-1]
-            if _is_spatial(sch, b):
+            if not _is_spatial(sch, b):
+                continue
+            ext = _extent(sch, inner)
+            if sch.get(b).name_hint.startswith(ROW_STAGE) and ext is not None and ext > LANES and ext % LANES == 0:
+                # a row padded to whole vectors (a row kernel's exponentials)
+                chunk, lanes = sch.split(inner, [None, LANES])
+                sch.vectorize(lanes)
+                _split_last_chunk(sch, chunk)
+            else:
                 _vectorize_any(sch, inner)
         return True
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from tvm import relax, te, tirx
 
 from requant.backends.tvm.lowering._common import LowerContext, with_shape_expr
-from requant.backends.tvm.schedule_cpu import ROW_STAGE
+from requant.backends.tvm.schedule_cpu import ROW_LANES_STAGE, ROW_STAGE
 
 __all__ = ["OP_PATTERN_OUT_EWISE_FUSABLE", "exp_f32", "lane_reduce", "row_kernel"]
 
@@ -43,12 +43,12 @@ def row_kernel(ctx: LowerContext, build: Callable[..., te.Tensor], xs: list[rela
 
 def lane_reduce(rows: list, chunks, lanes: int, value: Callable, reducer: Callable, name: str) -> te.Tensor:
     """`reducer` (te.sum, te.max) of value(r, j) over j = c * lanes + l of each row: per
-    lane first (`ROW_STAGE_lanes_<name>`, `lanes` independent dependency chains the core
-    overlaps, where one chain per row waits on every step), then across the lanes
-    (`ROW_STAGE_<name>`)."""
+    lane first (`ROW_LANES_STAGE<name>`, `lanes` independent dependency chains, one
+    vector per step of c in the schedule, where one chain per row waits on every step),
+    then across the lanes (`ROW_STAGE_<name>`)."""
     c = te.reduce_axis((0, chunks), name=f"c_{name}")
     part = te.compute((*rows, lanes), lambda *i: reducer(value(i[:-1], c * lanes + i[-1]), axis=c),
-                      name=f"{ROW_STAGE}_lanes_{name}")
+                      name=f"{ROW_LANES_STAGE}{name}")
     lane = te.reduce_axis((0, lanes), name=f"lane_{name}")
     return te.compute(rows, lambda *r: reducer(part[(*r, lane)], axis=lane), name=f"{ROW_STAGE}_{name}")
 

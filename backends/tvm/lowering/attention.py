@@ -132,8 +132,10 @@ def _row_softmax(ctx: LowerContext, scores: relax.Expr) -> relax.Expr:
         last = n - 1
 
         def score(r, j):
+            # NaN -> +inf by an ordered compare (false only for NaN), which vectorises
+            # where tirx.isnan does not
             v = x[(*r, tirx.min(j, last))]
-            return tirx.Select(tirx.isnan(v), inf, v)
+            return tirx.Select(v <= inf, v, inf)
 
         top = lane_reduce(rows, chunks, LANES, score, te.max, "top")
         # the tail is zeroed by a factor, not a Select: TVM's simplifier drops the clamp

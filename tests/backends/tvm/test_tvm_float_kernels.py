@@ -6,6 +6,8 @@ float max pool as one NaN-propagating reduction over its taps. No timing."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -92,6 +94,7 @@ def _scheduled(graph: Graph) -> list[tirx.PrimFunc]:
 
 
 def test_sdpa_softmax_is_one_parallel_row_kernel_with_vector_exponentials() -> None:
+    """197 tokens: 12 whole vectors and a padded one per row."""
     funcs = _scheduled(_sdpa_graph((2, 3, 197, 8), None))
     softmax = [f for name, f in funcs.items() if "attention_softmax" in name]
     assert len(softmax) == 1
@@ -100,6 +103,16 @@ def test_sdpa_softmax_is_one_parallel_row_kernel_with_vector_exponentials() -> N
     assert "T.parallel(" in text
     # the exponentials (padded to whole vectors) run 16 lanes wide
     assert f"T.vectorized(T.int64({schedule_cpu.LANES}))" in text
+    # the row's max, exponentials and sum run over whole vectors, the last one (whose
+    # reads are clamped to the row) apart; each lane partial one vector per step
+    for stage in ("row_stage_lanes_top_update_ax4", "row_stage_exp_ax3_0", "row_stage_lanes_total_update_ax4"):
+        assert f'"{stage}0_partition"' in text and f'"{stage}1_partition"' in text
+    lines = text.splitlines()
+    updates = [i for i, line in enumerate(lines) if re.search(r'sblock\("row_stage_lanes_\w+_update_ax4\d"\)', line)]
+    assert len(updates) == 4
+    assert all(f"T.vectorized(T.int64({schedule_cpu.LANES}))" in lines[i - 1] for i in updates)
+    # no "local" buffer: TVM allocates one per row as a workspace (a call each)
+    assert 'scope="local"' not in text
 
 
 def test_float64_sdpa_keeps_the_relax_softmax() -> None:
