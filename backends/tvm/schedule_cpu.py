@@ -1622,9 +1622,14 @@ def _broadcast_boundary(sch: s_tir.Schedule, conv):
 def _tile_conv_accumulator(sch: s_tir.Schedule, conv, at, reduction_loops: int) -> None:
     """Compute the accumulator `conv` under the loop `at` as a register tile: the
     reduction (`reduction_loops` loops: input channels / kernel rows / columns) outside,
-    the tile's columns unrolled and its channels in 16-lane vectors inside."""
+    the tile's columns unrolled and its channels in 16-lane vectors inside.
+
+    The tile keeps the default scope, as do the conv epilogue's tile, the blocked mean's
+    sums and the row kernels' lane partials: TVM 0.27 allocates a "local" buffer computed
+    under a parallel loop as a workspace (an allocate and a free call) on every
+    iteration, a default-scope one, compacted to the iteration's region, on the stack.
+    (The dense and int8 tiles keep "local": MiniLM's int8 build measured slower without.)"""
     sch.compute_at(conv, at, preserve_unit_loops=True)
-    sch.set_scope(conv, 0, "local")
     loops = sch.get_loops(conv)
     t_col, t_chan = loops[-reduction_loops - 2:-reduction_loops]
     reduction = loops[-reduction_loops:]
@@ -1645,8 +1650,8 @@ def _channels_inner_epilogue(sch: s_tir.Schedule, out, block_channels: int):
     buffer laid out like the accumulator tile (16-channel blocks innermost) and a copy
     of it into the NCHW output (returned). The epilogue's arithmetic (a SiLU's exp and
     divide) then runs on contiguous 16-channel vectors read straight from the tile,
-    and only the copy transposes."""
-    copy = sch.cache_write(out, 0, "local")
+    and only the copy transposes (the buffer in the default scope: `_tile_conv_accumulator`)."""
+    copy = sch.cache_write(out, 0, "global")
     sch.transform_layout(out, ("write", 0), lambda n, c, y, x: (n, c // block_channels, y, x, c % block_channels))
     return copy
 
@@ -1945,10 +1950,7 @@ def _lane_partial_reduction(sch: s_tir.Schedule, block):
         partial = sch.rfactor(lane, factor_axis=out_ndim)  # lanes contiguous: one vector
     except _SCHEDULE_ERRORS:  # a reducer rfactor does not know: the split loop stays serial
         return None
-    # left in the default scope: TVM allocates a "local" buffer under a parallel loop as a
-    # workspace per iteration (two calls per row, the softmax's largest cost), a compacted
-    # global one on the task's stack
-    return partial
+    return partial  # in the default scope: see _tile_conv_accumulator
 
 
 def _is_one(expr) -> bool:
@@ -2144,9 +2146,7 @@ class BlockedMapReduction(_Rule):
         sch.parallel(outer)
         sch.vectorize(lane)
         sch.decompose_reduction(red, kh)
-        if sch.get_consumers(red):  # the sums stay in registers until the divide reads them
-            sch.set_scope(red, 0, "local")
-        for block in sch.get_consumers(red):
+        for block in sch.get_consumers(red):  # the sums on the stack: see _tile_conv_accumulator
             sch.reverse_compute_at(block, outer, preserve_unit_loops=True)
             sch.vectorize(sch.get_loops(block)[-1])
         return True
