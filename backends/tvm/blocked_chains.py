@@ -23,14 +23,17 @@ mean on the blocks, and the end convs read the blocks as they are instead of cop
 an NCHW map into them. A conv may end one chain and head the next.
 
 When 16 does not divide C (MobileNetV3's 72, 88 and 120; at most a quarter of the
-lanes padding), the last block has padding lanes, as in ONNX Runtime's NCHWc. Nothing real is computed from them, so their
-values (whatever the elementwise ops make of the head's zero-weight outputs, even NaN)
-never reach a result: a depthwise conv computes each lane from the same lane, an
-ungrouped end conv's reduction runs over the C real channels only, and an exit drops
-them after the mean. Per-channel operands are padded to whole blocks to match. This is the layout
-ONNX Runtime's NCHWc transformer carries between convs, applied where it is exact and
-invisible to every other op: anything else that reads a chain value (a residual add of
-a map computed elsewhere, a function output, a transpose) keeps the whole chain NCHW.
+lanes padding), the last block has padding lanes, as in ONNX Runtime's NCHWc. Nothing
+real is computed from them, so their values (whatever the elementwise ops make of the
+head's zero-weight outputs, even NaN) never reach a result: a depthwise conv computes
+each lane from the same lane, an ungrouped end conv's reduction runs over the C real
+channels only, and an exit drops them after the mean. Per-channel operands are padded
+to whole blocks to match.
+
+This is the layout ONNX Runtime's NCHWc transformer carries between convs, applied
+where it is exact and invisible to every other op: anything else that reads a chain
+value (a residual add of a map computed elsewhere, a function output, a transpose)
+keeps the whole chain NCHW.
 """
 
 from __future__ import annotations
