@@ -124,8 +124,10 @@ def _is_head(call) -> bool:
     the blocks that carry them (a squeeze-and-excite's 4 or 20 channels would make
     the depthwise work and the copies of the padding lanes outweigh the gain)."""
     w = _float_conv(call)
-    return (w is not None and 4 * (blocks_of(w.shape[0]) * BLOCK - w.shape[0]) <= blocks_of(w.shape[0]) * BLOCK
-            and (int(call.attrs.groups) == 1 or _is_depthwise(call, w)))
+    if w is None:
+        return False
+    lanes = blocks_of(w.shape[0]) * BLOCK
+    return 4 * (lanes - w.shape[0]) <= lanes and (int(call.attrs.groups) == 1 or _is_depthwise(call, w))
 
 
 def _is_end(call, channels: int) -> bool:

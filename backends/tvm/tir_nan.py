@@ -12,21 +12,19 @@ from __future__ import annotations
 
 from tvm import tirx
 
-__all__ = ["is_nan", "NAN_BITS"]
+__all__ = ["is_nan"]
 
 #: float dtype -> (the integer of its width, its bits without the sign, infinity's bits)
-NAN_BITS = {"float16": ("int16", 0x7FFF, 0x7C00), "float32": ("int32", 0x7FFFFFFF, 0x7F800000),
+_NAN_BITS = {"float16": ("int16", 0x7FFF, 0x7C00), "float32": ("int32", 0x7FFFFFFF, 0x7F800000),
             "float64": ("int64", 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000)}
 
 
 def is_nan(v: tirx.PrimExpr) -> tirx.PrimExpr:
     """Whether `v` is NaN: on the bits for float16 / float32 / float64, `tirx.isnan`
-    for other float formats, false for integers. `v` may be a tensor element (`t[i]`)."""
-    if hasattr(v, "asobject"):  # te.TensorSlice
-        v = v.asobject()
+    for other float formats, false for integers."""
     dtype = str(v.ty.dtype)
-    if dtype in NAN_BITS:
-        int_dtype, magnitude, infinity = NAN_BITS[dtype]
+    if dtype in _NAN_BITS:
+        int_dtype, magnitude, infinity = _NAN_BITS[dtype]
         bits = tirx.reinterpret(int_dtype, v) & tirx.const(magnitude, int_dtype)
         return bits > tirx.const(infinity, int_dtype)
     if dtype.startswith(("float", "bfloat")):
