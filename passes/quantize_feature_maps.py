@@ -16,7 +16,8 @@ DequantizeLinear of one shared QuantizeLinear), found in graph order:
   codes per tensor);
 - the output of an *integer op*: Add or Mul whose two inputs are points (broadcasting
   allowed: a squeeze-and-excite gate [N, C, 1, 1]), or Sigmoid, LeakyRelu,
-  AveragePool, GlobalAveragePool of a point;
+  AveragePool, GlobalAveragePool of a point (a ReduceMean over the two spatial axes
+  with keepdims counts as GlobalAveragePool: the ONNX backend emits it as one);
 - the output of a MaxPool of a point, with the input's scale and zero point: max
   commutes with a monotone quantizer, `Q(MaxPool(DQ(q))) = MaxPool(q)`, so the pooled
   codes equal the input's codes at the maxima, exactly;
@@ -67,6 +68,7 @@ import numpy as np
 
 from requant.ir import dtypes
 from requant.ir.graph import Graph, Node, Value
+from requant.ir.ops.reduce import is_spatial_mean
 from requant.passes.fold_common import unused_name
 
 __all__ = [
@@ -130,6 +132,15 @@ _FLOAT_ELEMENTWISE = frozenset({"HardSwish", "HardSigmoid", "Gelu", "Tanh", "Rel
 _INTEGER_READERS = frozenset({"Conv", "MaxPool"}) | _INTEGER_UNARY | _INTEGER_BINARY
 
 
+def _integer_unary(node: Node) -> bool:
+    """An op of one map with an integer form; a spatial ReduceMean is GlobalAveragePool."""
+    return node.op in _INTEGER_UNARY or is_spatial_mean(node)
+
+
+def _integer_reader(node: Node) -> bool:
+    return node.op in _INTEGER_READERS or is_spatial_mean(node)
+
+
 def feature_map_points(graph: Graph, is_integer_conv: Callable[[Node], bool], absorb_activations: bool = True
                        ) -> list[FeatureMapPoint]:
     """The feature-map points of `graph` (module docstring) in graph order, given which
@@ -162,9 +173,9 @@ def feature_map_points(graph: Graph, is_integer_conv: Callable[[Node], bool], ab
             continue
         elif node.op == "MaxPool":
             add(out, "maxpool", node, same_as=points[id(first)].value)
-        elif node.op in _INTEGER_UNARY:
+        elif _integer_unary(node):
             add(out, node.op.lower(), node)
-        elif node.op in _FLOAT_ELEMENTWISE and any(r.op in _INTEGER_READERS for r, _ in out.uses):
+        elif node.op in _FLOAT_ELEMENTWISE and any(_integer_reader(r) for r, _ in out.uses):
             add(out, "float", node)
     return found
 

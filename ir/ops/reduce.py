@@ -29,7 +29,7 @@ from requant.ir.registry import InferContext, define_op
 from requant.ir.shapes import normalize_axes, normalize_axis
 from requant.ir.types import TensorType
 
-__all__: list[str] = []
+__all__ = ["is_spatial_mean"]
 
 
 def _infer_reduce(cls: str):
@@ -281,3 +281,22 @@ define_op(
     infer=_infer_topk,
     kernel=_topk,
 )
+
+
+def is_spatial_mean(node: Any) -> bool:
+    """Whether IR node `node` is a ReduceMean of a float rank-4 value over axes 2 and 3
+    with keepdims: global average pooling of an NCHW map (torch's adaptive_avg_pool2d(x,
+    1), squeeze-and-excite pooling), which backends run as such."""
+    if node.op != "ReduceMean" or not node.inputs:
+        return False
+    x = node.inputs[0]
+    if x is None or x.type.rank != 4 or not x.dtype.is_float or int(node.attrs.get("keepdims", 1)) != 1:
+        return False
+    axes_value = node.inputs[1] if len(node.inputs) > 1 else None
+    if axes_value is not None:
+        if axes_value.const is None:
+            return False
+        axes = [int(a) for a in np.asarray(axes_value.const).reshape(-1)]
+    else:
+        axes = [int(a) for a in node.attrs.get("axes", [])]
+    return sorted(a % 4 for a in axes) == [2, 3]

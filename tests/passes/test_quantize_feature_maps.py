@@ -181,11 +181,11 @@ def test_residual_block_points() -> None:
 
 def test_squeeze_excite_block_points() -> None:
     kinds = _kinds(squeeze_excite_block())
-    # SiLU = x * sigmoid(x): Sigmoid and Mul of points are integer ops; the pooled map is
-    # float (ReduceMean has no integer form) but the SE convs read it quantized
+    # SiLU = x * sigmoid(x): Sigmoid and Mul of points are integer ops; so is the pooling,
+    # a ReduceMean over H and W (GlobalAveragePool), whose codes the SE convs read
     assert kinds == [("conv", "Conv"), ("sigmoid", "Sigmoid"), ("mul", "Mul"),
                      ("conv", "Conv"), ("sigmoid", "Sigmoid"), ("mul", "Mul"),
-                     ("conv", "Conv"), ("sigmoid", "Sigmoid"), ("mul", "Mul"),
+                     ("reducemean", "ReduceMean"), ("conv", "Conv"), ("sigmoid", "Sigmoid"), ("mul", "Mul"),
                      ("conv", "Conv"), ("sigmoid", "Sigmoid"), ("mul", "Mul"),
                      ("conv", "Conv")]
     # the projection's Add with the block input: x is a graph input, not a point
@@ -379,3 +379,151 @@ def test_min_conv_reduction_keeps_short_spatial_convs_float(c_in: int, k: int, i
     assert (first.inputs[1].producer is not None) is integer  # a DequantizeLinear of int8 codes
     reasons = [s["reason"] for s in result.graph.meta["quant_skipped"]]
     assert any("fewer than min_conv_reduction=32" in r for r in reasons) is (not integer)
+
+
+# -- depthwise convs reading float maps stay float -------------------------------------------------
+
+# a depthwise conv on the graph input (a float map), a 1 x 1 conv, a depthwise conv on
+# that conv's codes, a 1 x 1 conv to the output
+DEPTHWISE_ENTRY = """
+graph main(%x: f32[1,2,4,4]) -> (%y) {
+  const %wd: f32[2,1,3,3] = [[[[0.5, -0.25, 0.5], [0.25, 1.0, -0.5], [0.5, 0.25, -0.25]]], [[[-0.5, 0.25, 0.75], [1.0, -0.25, 0.5], [0.25, 0.5, 0.25]]]]
+  const %w1: f32[3,2,1,1] = [[[[0.5]], [[-0.25]]], [[[0.75]], [[0.5]]], [[[-1.0]], [[0.25]]]]
+  const %we: f32[3,1,3,3] = [[[[0.25, 0.5, -0.25], [0.5, 1.0, 0.5], [-0.25, 0.5, 0.25]]], [[[0.5, -0.5, 0.25], [0.25, 0.75, -0.25], [0.5, 0.25, 0.5]]], [[[-0.25, 0.25, 0.5], [0.5, 0.5, 0.25], [0.25, -0.5, 1.0]]]]
+  const %w2: f32[2,3,1,1] = [[[[1.0]], [[-0.5]], [[0.25]]], [[[0.5]], [[0.5]], [[-0.75]]]]
+  %d: f32[1,2,4,4] = Conv(%x, %wd) {kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=2}
+  %r: f32[1,2,4,4] = Relu(%d)
+  %c: f32[1,3,4,4] = Conv(%r, %w1) {kernel_shape=[1, 1]}
+  %e: f32[1,3,4,4] = Conv(%c, %we) {kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=3}
+  %y: f32[1,2,4,4] = Conv(%e, %w2) {kernel_shape=[1, 1]}
+}"""
+ENTRY_REASON = "depthwise Conv reading a float map stays float"
+
+
+def test_float_depthwise_entry_moves_the_integer_region_to_the_next_dense_conv() -> None:
+    graph = ir.parse(DEPTHWISE_ENTRY)
+    stats = collect_stats(graph, seeded_batches(graph), runner="interpreter", progress=False)
+    result = check_rewrite("quantize", DEPTHWISE_ENTRY, """
+    graph main(%x: f32[1,2,4,4]) -> (%y) {
+      const %wd: f32[2,1,3,3] = ...
+      const %w1_q: i8[3,2,1,1] = ...
+      const %w1_scale: f32[3] = ...
+      const %r_scale: f32[] = ...
+      const %r_zero_point: u8[] = ...
+      const %we_q: i8[3,1,3,3] = ...
+      const %we_scale: f32[3] = ...
+      const %c_scale: f32[] = ...
+      const %c_zero_point: u8[] = ...
+      const %w2_q: i8[2,3,1,1] = ...
+      const %w2_scale: f32[2] = ...
+      const %e_scale: f32[] = ...
+      const %e_zero_point: u8[] = ...
+      %d: f32[1,2,4,4] = Conv(%x, %wd) {kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=2}   // float weights
+      %r: f32[1,2,4,4] = Relu(%d)
+      %r_q: u8[1,2,4,4] = QuantizeLinear(%r, %r_scale, %r_zero_point)   // the region starts here
+      %w1_dq: f32[3,2,1,1] = DequantizeLinear(%w1_q, %w1_scale, _) {axis=0}
+      %r_dq: f32[1,2,4,4] = DequantizeLinear(%r_q, %r_scale, %r_zero_point)
+      %c: f32[1,3,4,4] = Conv(%r_dq, %w1_dq) {kernel_shape=[1, 1]}
+      %c_q: u8[1,3,4,4] = QuantizeLinear(%c, %c_scale, %c_zero_point)
+      %we_dq: f32[3,1,3,3] = DequantizeLinear(%we_q, %we_scale, _) {axis=0}
+      %c_dq: f32[1,3,4,4] = DequantizeLinear(%c_q, %c_scale, %c_zero_point)
+      %e: f32[1,3,4,4] = Conv(%c_dq, %we_dq) {kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=3}  // on codes: integer
+      %e_q: u8[1,3,4,4] = QuantizeLinear(%e, %e_scale, %e_zero_point)
+      %w2_dq: f32[2,3,1,1] = DequantizeLinear(%w2_q, %w2_scale, _) {axis=0}
+      %e_dq: f32[1,3,4,4] = DequantizeLinear(%e_q, %e_scale, %e_zero_point)
+      %y: f32[1,2,4,4] = Conv(%e_dq, %w2_dq) {kernel_shape=[1, 1]}
+    }""", options={"stats": stats, "feature_maps": True, "float_depthwise_entry": True},
+        stats={"ops_quantized": 3, "weights_quantized": 3, "activations_quantized": 3, "embeddings_quantized": 0,
+               "feature_maps_quantized": 0, "biases_quantized": 0, "hard_activations_integer": 0,
+               "tensors_quantized": 6, "skipped": 1, "bytes_before": 228, "bytes_after": 158},
+        tolerances={F32: (QDQ_REL, QDQ_REL * 4.0)})
+    skipped = result.graph.meta["quant_skipped"]
+    assert [s["node"] for s in skipped] == ["d"] and ENTRY_REASON in skipped[0]["reason"]
+
+
+def test_float_depthwise_entry_in_a_mobilenet_block_keeps_close_to_float() -> None:
+    """Stem-like conv -> HardSwish -> depthwise (float: the stem is short and stays float)
+    -> squeeze-excite -> 1 x 1: every dense conv after the depthwise one integer, and the
+    output within HARD_COSINE of float."""
+    g = Graph("stem_block")
+    b = Builder(g)
+    x = b.input("x", tensor_type(F32, [2, 3, 8, 8]))
+    s = b.HardSwish(conv(b, x, 3, 16))  # 27 products per output: float under min_conv_reduction=32
+    d = b.Relu(conv(b, s, 16, 16, group=16))
+    pooled = b.ReduceMean(d, b.const(np.array([2, 3], np.int64)), keepdims=1)
+    gate = b.HardSigmoid(conv(b, b.Relu(conv(b, pooled, 16, 4, k=1)), 4, 16, k=1), alpha=1 / 6, beta=0.5)
+    g.outputs = [conv(b, b.Relu(conv(b, b.Mul(d, gate), 16, 16, k=1)), 16, 4, k=1)]
+    reference = g.clone()
+    result = quantized(g, batches=seeded_batches(g, 4, seed=1), feature_maps=True, min_conv_reduction=32,
+                       float_depthwise_entry=True)
+    reasons = [s["reason"] for s in result.graph.meta["quant_skipped"]]
+    assert sum(ENTRY_REASON in r for r in reasons) == 1 and sum("min_conv_reduction" in r for r in reasons) == 1
+    convs = [n for n in result.graph if n.op == "Conv"]
+    integer = [n.inputs[1].producer is not None for n in convs]  # weights behind a DequantizeLinear
+    assert integer == [False, False, True, True, True, True]  # stem, depthwise; SE x2, projection, head
+    for feeds in seeded_batches(g, 2, seed=9):
+        want, got = ir.run(reference, feeds)[0].reshape(-1), ir.run(result.graph, feeds)[0].reshape(-1)
+        assert float(got @ want / (np.linalg.norm(got) * np.linalg.norm(want))) >= HARD_COSINE
+
+
+@pytest.mark.parametrize("option", [True, False])
+def test_depthwise_convs_on_codes_or_with_the_option_off_stay_integer(option: bool) -> None:
+    """hard_swish_block's depthwise conv reads its expansion conv's codes: integer with
+    the option on or off; DEPTHWISE_ENTRY's first depthwise conv is integer with it off."""
+    graph = hard_swish_block()
+    result = quantized(graph, batches=seeded_batches(graph, 4, seed=1), feature_maps=True,
+                       float_depthwise_entry=option)
+    assert not any(ENTRY_REASON in s["reason"] for s in result.graph.meta["quant_skipped"])
+    assert all(n.inputs[1].producer is not None for n in result.graph if n.op == "Conv")
+    if not option:
+        g = quantized(ir.parse(DEPTHWISE_ENTRY), feature_maps=True).graph
+        assert g.meta["quant_skipped"] == []
+        assert all(n.inputs[1].producer is not None for n in g if n.op == "Conv")
+
+
+def test_a_grouped_conv_that_is_not_depthwise_is_not_an_entry() -> None:
+    """group 2 over 4 channels (two inputs per group) reading the graph input stays integer."""
+    g = Graph("grouped")
+    b = Builder(g)
+    x = b.input("x", tensor_type(F32, [1, 4, 6, 6]))
+    g.outputs = [conv(b, b.Relu(conv(b, x, 4, 4, group=2)), 4, 2, k=1)]
+    result = quantized(g, feature_maps=True, float_depthwise_entry=True)
+    assert result.graph.meta["quant_skipped"] == []
+    assert all(n.inputs[1].producer is not None for n in result.graph if n.op == "Conv")
+
+
+# -- spatial means -----------------------------------------------------------------------------------
+
+
+def _head(axes: list[int], keepdims: int = 1) -> Graph:
+    """conv -> HardSwish -> ReduceMean(axes) -> 1 x 1 conv: MobileNetV3's last conv and pool."""
+    g = Graph("head")
+    b = Builder(g)
+    x = b.input("x", tensor_type(F32, [2, 4, 6, 6]))
+    h = b.HardSwish(conv(b, x, 4, 8, k=1))
+    pooled = b.ReduceMean(h, b.const(np.array(axes, np.int64)), keepdims=keepdims)
+    g.outputs = [conv(b, pooled, 8, 3, k=1) if keepdims and len(axes) == 2 else pooled]
+    return g
+
+
+def test_a_spatial_mean_of_a_point_is_a_point_and_its_hard_swish_integer() -> None:
+    # the mean is GlobalAveragePool, an integer op: the HardSwish before it has an
+    # integer reader, so it takes its integer form, and the mean's codes feed the conv
+    assert _kinds(_head([2, 3])) == [("conv", "Conv"), ("float", "HardSwish"), ("reducemean", "ReduceMean")]
+    assert _kinds(_head([-1, -2])) == _kinds(_head([2, 3]))
+    graph = _head([2, 3])
+    reference = graph.clone()
+    result = quantized(graph, batches=seeded_batches(graph, 4, seed=1), feature_maps=True)
+    assert result.stats["hard_activations_integer"] == 1
+    mean = next(n for n in result.graph if n.op == "ReduceMean")
+    assert [r.op for r, _ in mean.outputs[0].uses] == ["QuantizeLinear"]
+    for feeds in seeded_batches(graph, 2, seed=9):
+        want, got = ir.run(reference, feeds)[0].reshape(-1), ir.run(result.graph, feeds)[0].reshape(-1)
+        assert float(got @ want / (np.linalg.norm(got) * np.linalg.norm(want))) >= HARD_COSINE
+
+
+@pytest.mark.parametrize("axes,keepdims", [([1], 1), ([2, 3], 0), ([3], 1)])
+def test_other_means_are_not_points(axes: list[int], keepdims: int) -> None:
+    # a mean over channels, without keepdims or over one axis is no GlobalAveragePool, and
+    # a HardSwish read only by it stays float
+    assert _kinds(_head(axes, keepdims)) == [("conv", "Conv")]

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
-
 from requant.backends.onnx.lowering._common import LOWERINGS, EmitContext, standard
 from requant.backends.onnx.lowering._nan import nan_propagating
 from requant.ir.graph import Node
+from requant.ir.ops.reduce import is_spatial_mean
 
 __all__: list[str] = []
 
@@ -27,21 +26,6 @@ LOWERINGS.lowers(
 )(standard)
 # ONNX Runtime skips NaN in these unless it comes first; exported so NaN wins (_nan.py).
 LOWERINGS.lowers("ReduceMax", "ReduceMin", "ArgMax", "ArgMin")(nan_propagating)
-
-
-def is_spatial_mean(node: Node) -> bool:
-    """ReduceMean of a float rank-4 value over axes 2 and 3 with keepdims (GlobalAveragePool)."""
-    x = node.inputs[0]
-    if x is None or x.type.rank != 4 or not x.dtype.is_float or int(node.attrs.get("keepdims", 1)) != 1:
-        return False
-    axes_value = node.inputs[1] if len(node.inputs) > 1 else None
-    if axes_value is not None:
-        if axes_value.const is None:
-            return False
-        axes = [int(a) for a in np.asarray(axes_value.const).reshape(-1)]
-    else:
-        axes = [int(a) for a in node.attrs.get("axes", [])]
-    return sorted(a % 4 for a in axes) == [2, 3]
 
 
 @LOWERINGS.lowers("ReduceMean")
