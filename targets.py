@@ -348,6 +348,12 @@ _INT8_OPTIONS = {
     # is slower than its float one on a 3 x 3 x 3 image stem, faster on 7 x 7 x 3
     "min_conv_reduction": OptionSpec(int, 32, "dense convs with a spatial kernel whose outputs each sum fewer "
                                               "products than this (an image stem's 3 x 3 x 3) stay float"),
+    # measured by `python -m requant.tools.bench.vision`: on ONNX Runtime, quantizing the float
+    # map in front of a depthwise conv (MobileNetV3's stem output) costs more than its uint8
+    # depthwise kernel saves
+    "float_depthwise_entry": OptionSpec(bool, True, "a depthwise conv reading a float map (not codes from an "
+                                                    "integer conv) stays float; the integer region starts at the "
+                                                    "next dense conv"),
     "smooth_alpha": OptionSpec((float, type(None)), PassDefault("smoothquant", "alpha"),
                                "SmoothQuant migration strength (the smoothquant step before quantize); None: no "
                                "SmoothQuant"),
@@ -367,7 +373,8 @@ _INT8_ACTIVATIONS = Scheme(Opt("activations"), "tensor", symmetric=Opt("activati
 
 def _quantize_step(weights: Scheme, activations: Scheme | None, *, stats: Any = STATS, weight_only: bool = False,
                    method: Any = Opt("method"), ops: Any = Opt("ops"), embeddings: Any = False,
-                   feature_maps: Any = False, weight_method: Any = None, min_conv_reduction: Any = 0) -> Step:
+                   feature_maps: Any = False, weight_method: Any = None, min_conv_reduction: Any = 0,
+                   float_depthwise_entry: Any = False) -> Step:
     gptq = {} if weight_method is None else {"weight_method": weight_method, "batches": BATCHES,
                                              "runner": Opt("calibration_runner")}
     return Step("quantize", {**gptq,
@@ -381,6 +388,7 @@ def _quantize_step(weights: Scheme, activations: Scheme | None, *, stats: Any = 
         "weight_only": weight_only,
         "feature_maps": feature_maps,
         "min_conv_reduction": min_conv_reduction,
+        "float_depthwise_entry": float_depthwise_entry,
     })
 
 
@@ -395,7 +403,7 @@ _INT8_QUANTIZE = (
     Step(CALIBRATE, {"runner": Opt("calibration_runner")}),
     _quantize_step(_INT8_WEIGHTS, _INT8_ACTIVATIONS, embeddings=Opt("quantize_embeddings"),
                    feature_maps=Opt("feature_maps"), weight_method=Opt("weight_method"),
-                   min_conv_reduction=Opt("min_conv_reduction")),
+                   min_conv_reduction=Opt("min_conv_reduction"), float_depthwise_entry=Opt("float_depthwise_entry")),
 )
 _INT8_STEPS = (*_INT8_QUANTIZE, Step("lower_quant", {"kernel": Opt("kernel")}), *_QUANT_CLEANUP)
 
@@ -420,6 +428,9 @@ _TVM_INT8_OPTIONS = {k: v for k, v in _INT8_OPTIONS.items() if k != "kernel"} | 
                                            "TVM's quantize kernels), or on LayerNorm / RMSNorm outputs only ('norm')"),
     "min_conv_reduction": OptionSpec(int, 0, "dense convs with a spatial kernel whose outputs each sum fewer "
                                              "products than this stay float (0: every conv is quantized)"),
+    "float_depthwise_entry": OptionSpec(bool, False, "a depthwise conv reading a float map (not codes from an "
+                                                     "integer conv) stays float (False: every depthwise conv is "
+                                                     "quantized)"),
 }
 _TVM_INT8_STEPS = (*_INT8_QUANTIZE, Step("lower_integer"), *_QUANT_CLEANUP, _BIND_DIMS)
 

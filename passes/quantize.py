@@ -29,7 +29,9 @@ as its own pass, passes/smoothquant.py):
   3 x 3 x 3 image stem of MobileNet / EfficientNet runs faster in ONNX Runtime's float
   kernel than in its uint8 one, which unfolds so short a reduction inefficiently
   (`python -m requant.tools.bench.vision --convs`); a 7 x 7 x 3 stem and 1 x 1 convs do
-  not;
+  not; with `float_depthwise_entry=True`, a depthwise Conv whose input is a float map
+  (no integer conv or op writes its codes) stays float, so that the integer region
+  starts at the dense conv after it (`_float_depthwise_entries`);
 - formats without ONNX Q/DQ (fp4_e2m1, FloatFormat, MXFP4, NVFP4) -> requant's
   `FakeQuantize` (simulation); fp8 uses QuantizeLinear/DequantizeLinear to fp8.
 Weight codes are rounded to nearest (`weight_method="rtn"`), or, with
@@ -135,6 +137,7 @@ class QuantizeConfig:
     exclude: tuple[str, ...]
     dynamic: bool
     min_conv_reduction: int = 0  # dense convs summing fewer terms per output stay float
+    float_depthwise_entry: bool = False  # depthwise convs reading a float map stay float
 
     @staticmethod
     def make(weight_scheme, activation_scheme, embedding_scheme, ops, method, method_options, exclude,
@@ -186,6 +189,7 @@ def quantize(
     embedding_scheme: QuantScheme | str | None = None,
     feature_maps: bool = False,
     min_conv_reduction: int = 0,
+    float_depthwise_entry: bool = False,
     weight_method: str = "rtn",
     batches: Any = None,
     runner: str = "auto",
@@ -196,7 +200,7 @@ def quantize(
     """See the module docstring."""
     cfg = QuantizeConfig.make(weight_scheme, activation_scheme, embedding_scheme, ops, method, method_options,
                               exclude, weight_only, dynamic, quantize_embeddings, stats)
-    cfg = replace(cfg, min_conv_reduction=int(min_conv_reduction))
+    cfg = replace(cfg, min_conv_reduction=int(min_conv_reduction), float_depthwise_entry=bool(float_depthwise_entry))
     bytes_before = constant_bytes(graph)
     editor = QuantEditor(graph)
     skipped: list[dict[str, str]] = []
@@ -207,6 +211,8 @@ def quantize(
     if weight_method == "gptq":
         counts.update(_gptq_codes(graph, plans, editor, batches, runner, gptq_damp, gptq_act_order, gptq_clip))
     points = _feature_map_plan(graph, plans, cfg, skipped) if feature_maps else []
+    if feature_maps and cfg.float_depthwise_entry:
+        points = _float_depthwise_entries(graph, plans, cfg, skipped, points)
     ranges = _point_ranges(points, cfg, stats or {}, skipped)
     token_clips = _token_clips(graph, plans, cfg, batches, runner)
     for node in list(graph):
@@ -460,6 +466,35 @@ def _feature_map_plan(graph: Graph, plans: Mapping[int, list[_Input] | str], cfg
         return []
     return feature_map_points(graph, lambda n: _integer_conv(plans.get(id(n), ""), cfg),
                               absorb_activations=not cfg.activation.symmetric)
+
+
+def _is_depthwise(node: Node) -> bool:
+    w = node.inputs[1] if len(node.inputs) > 1 else None
+    group = int(node.attrs.get("group", 1))
+    return node.op == "Conv" and group > 1 and w is not None and w.type.shape is not None \
+        and int(w.type.shape[0]) == group and int(w.type.shape[1]) == 1
+
+
+def _float_depthwise_entries(graph: Graph, plans: dict[int, list[_Input] | str], cfg: QuantizeConfig,
+                             skipped: list[dict[str, str]], points: list[FeatureMapPoint]) -> list[FeatureMapPoint]:
+    """With `float_depthwise_entry`: a depthwise Conv whose input is not a feature-map
+    point (a float map: a float image stem's output, a LayerNorm's, a residual stream
+    summed in float) stays float, and the points are found again without it. Its integer
+    form would start an integer region there, and on ONNX Runtime converting the float
+    map to channels-last codes (reorder, quantize, transpose) costs more than its uint8
+    depthwise kernel saves over the float one; left float, the region starts at the next
+    dense conv. Each round demotes the first such conv in graph order, whose points
+    downstream then change."""
+    while True:
+        is_point = {id(p.value) for p in points}
+        entry = next((n for n in graph if _is_depthwise(n) and _integer_conv(plans.get(id(n), ""), cfg)
+                      and id(n.inputs[0]) not in is_point), None)
+        if entry is None:
+            return points
+        reason = ("depthwise Conv reading a float map stays float (float_depthwise_entry: quantizing the map "
+                  "costs more than the integer depthwise kernel saves)")
+        plans[id(entry)] = reason
+        points = _feature_map_plan(graph, plans, cfg, [])
 
 
 def _point_ranges(points: list[FeatureMapPoint], cfg: QuantizeConfig, stats: Mapping[str, Any],

@@ -119,10 +119,14 @@ def test_quantize_options_follow_the_contract() -> None:
     q = steps["quantize"].options
     assert set(q) == {"weight_scheme", "activation_scheme", "ops", "method", "stats", "exclude",
                       "quantize_embeddings", "weight_only", "feature_maps",
-                      "min_conv_reduction", "weight_method", "batches", "runner"}
+                      "min_conv_reduction", "float_depthwise_entry", "weight_method", "batches", "runner"}
     assert q["weight_method"] == "rtn" and q["batches"] is BATCHES  # GPTQ reads the batches
     assert q["feature_maps"] is True  # convolutional networks run on integer conv / add / pool kernels
     assert q["min_conv_reduction"] == 32  # 3 x 3 x 3 image stems stay float on ONNX Runtime
+    assert q["float_depthwise_entry"] is True  # so does a depthwise conv after them
+    tvm = get_target("tvm-cpu-int8")
+    tq = {s.name: s for s in tvm.resolve_steps(tvm.resolve_options({}))}["quantize"].options
+    assert tq["min_conv_reduction"] == 0 and tq["float_depthwise_entry"] is False  # TVM: every conv integer
     assert q["weight_scheme"] == Scheme("int8", "channel", axis=1, group_size=None, symmetric=True)
     assert q["activation_scheme"] == Scheme("uint8", "tensor", symmetric=False)
     assert q["method"] == "minmax" and q["weight_only"] is False and q["quantize_embeddings"] is True

@@ -6,7 +6,8 @@ through `requant.compile` on the CPU targets, each model captured once:
 - cpu-int8: cosine of each image's logits to torch >= INT8_COSINE (mean over the
   evaluation images, as the benchmark and issue 17 state it), and in ONNX Runtime's
   optimised graph every convolution an integer QLinearConv but a 3 x 3 x 3 image stem
-  (`min_conv_reduction`: ORT's float kernel is the faster one there). The
+  (`min_conv_reduction`: ORT's float kernel is the faster one there) and a depthwise
+  conv reading a float map (`float_depthwise_entry`). The
   tiny MobileViT (8 to 32 channels, 32 convs, three quantized maps per SiLU conv, a
   transformer whose LayerNorms amplify what reaches them) is held to
   TINY_MOBILEVIT_COSINE instead: its mean cosine ranges from 0.978 to 0.992 over
@@ -39,6 +40,11 @@ from requant.frontends import from_torch  # noqa: E402
 FP32_REL = 1e-5
 INT8_COSINE = 0.99
 TINY_MOBILEVIT_COSINE = 0.97
+# depthwise convs reading a float map stay float on cpu-int8 (float_depthwise_entry): the
+# first block's of MobileNetV3 / EfficientNet reads the float stem's map (no expansion conv
+# in between), ConvNeXt's first reads a LayerNorm's output (its second, the downsampling
+# conv's codes)
+FLOAT_DEPTHWISE_ENTRIES = {"mobilenet_v3": 1, "efficientnet": 1, "convnext": 1}
 CALIB_BATCHES, EVAL_BATCHES = 6, 3
 
 pytestmark = pytest.mark.slow
@@ -99,11 +105,15 @@ def test_cpu_int8_runs_every_conv_on_integers(zoo, name: str) -> None:
     m = captured(zoo, name)
     cm = requant.compile(m.graph, "cpu-int8", calibration=m.calibration, holdout=0.0)
     convs = sum(1 for n in cm.graph if n.op == "Conv")
-    stems = sum("min_conv_reduction" in s["reason"] for s in cm.graph.meta["quant_skipped"])
+    reasons = [s["reason"] for s in cm.graph.meta["quant_skipped"]]
+    stems = sum("min_conv_reduction" in r for r in reasons)
     assert stems == (0 if name in ("resnet", "convnext", "swin") else 1)  # 3 x 3 x 3 image stems
+    # the depthwise conv straight after such a stem reads its float map (float_depthwise_entry)
+    entries = sum("float_depthwise_entry" in r for r in reasons)
+    assert entries == FLOAT_DEPTHWISE_ENTRIES.get(name, 0), reasons
     ops = optimized_ops(cm.onnx_model)
-    assert ops.get("QLinearConv", 0) == convs - stems, ops
-    assert ops.get("Conv", 0) + ops.get("FusedConv", 0) == stems, ops
+    assert ops.get("QLinearConv", 0) == convs - stems - entries, ops
+    assert ops.get("Conv", 0) + ops.get("FusedConv", 0) == stems + entries, ops
     cos = cosines(m.outputs(cm), m.reference)
     floor = TINY_MOBILEVIT_COSINE if name == "mobilevit" else INT8_COSINE
     assert cos.mean() >= floor, f"{name}: cosine mean {cos.mean():.5f} min {cos.min():.5f}"
