@@ -1,4 +1,4 @@
-"""The vision zoo: small, self-contained torch modules in the style of six vision
+"""The vision zoo: small, self-contained torch modules in the style of seven vision
 architectures, written here because torchvision's and timm's compiled ops do not load
 on this machine. Each builder takes a `scale` ("tiny" for tests: a few blocks at 32 x 32
 pixels; "bench": the published layout at 224 x 224) and returns a `VisionCase` with the
@@ -16,7 +16,10 @@ module in eval mode, an example batch and a seed for more batches.
   shifted windows whose mask is built by slice assignment, patch merging);
 - `mobilevit`: MobileViT-style (MobileNetV2 blocks with SiLU, MobileViT blocks that
   unfold patches into a transformer and fold them back; a feature map whose side is not
-  a multiple of the patch is resized bilinearly first, as timm's MobileViT does).
+  a multiple of the patch is resized bilinearly first, as timm's MobileViT does);
+- `vit`: ViT-style (16 x 16 patch embedding, a class token and learned position
+  embeddings: 197 tokens at 224 x 224; pre-norm encoder layers with GELU MLPs; the head
+  reads the class token), ViT-B/16 at bench scale.
 
 Weights are random (torch's default initialisation) with BatchNorm statistics settled
 on random images (`settle_batchnorm`: running statistics of the activations the
@@ -44,6 +47,7 @@ __all__ = [
     "convnext",
     "swin",
     "mobilevit",
+    "vit",
     "build",
     "images",
     "settle_batchnorm",
@@ -419,6 +423,42 @@ class MobileViT(nn.Module):
         return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+# -- ViT --------------------------------------------------------------------------------------
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm ViT encoder layer: x + attention(LN(x)), then x + MLP(LN(x)) with GELU."""
+
+    def __init__(self, d: int, heads: int, mlp: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d, eps=1e-6)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(d, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(d, mlp), nn.GELU(), nn.Linear(mlp, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm1(x)
+        x = x + self.attn(y, y, y, need_weights=False)[0]
+        return x + self.mlp(self.norm2(x))
+
+
+class ViT(nn.Module):
+    def __init__(self, side: int, patch: int, d: int, layers: int, heads: int, classes: int) -> None:
+        super().__init__()
+        tokens = (side // patch) ** 2 + 1
+        self.embed = nn.Conv2d(3, d, patch, patch)
+        self.cls = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+        self.pos = nn.Parameter(torch.randn(1, tokens, d) * 0.02)
+        self.layers = nn.Sequential(*[EncoderLayer(d, heads, 4 * d) for _ in range(layers)])
+        self.norm = nn.LayerNorm(d, eps=1e-6)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], 1) + self.pos
+        return self.head(self.norm(self.layers(t))[:, 0])
+
+
 # -- builders ---------------------------------------------------------------------------------
 
 
@@ -492,6 +532,16 @@ def mobilevit(scale: str = "tiny", batch: int = 2) -> VisionCase:
     return _finish("mobilevit", module, shape)
 
 
+def vit(scale: str = "tiny", batch: int = 2) -> VisionCase:
+    torch.manual_seed(0)
+    shape = _shape(scale, batch)
+    if scale == "tiny":
+        module = ViT(shape[-1], 8, 32, 2, 2, 10)  # 16 patches + the class token
+    else:
+        module = ViT(shape[-1], 16, 768, 12, 12, 1000)  # ViT-B/16: 197 tokens
+    return _finish("vit", module, shape)
+
+
 VISION_MODELS: dict[str, Any] = {
     "resnet": resnet,
     "mobilenet_v3": mobilenet_v3,
@@ -499,6 +549,7 @@ VISION_MODELS: dict[str, Any] = {
     "convnext": convnext,
     "swin": swin,
     "mobilevit": mobilevit,
+    "vit": vit,
 }
 CNN_MODELS = ("resnet", "mobilenet_v3", "efficientnet")  # all convolution: the int8-faster-than-float goal
 

@@ -1,8 +1,9 @@
 """Vision models on every CPU target, each build compiled and timed in its own process.
 
 The models are the vision zoo of tests/models/vision.py (ResNet-18-, MobileNetV3-Small-,
-EfficientNet-B0-, ConvNeXt-Atto-, Swin-T- and MobileViT-XXS-style torch modules, random
-weights with settled BatchNorm statistics), batch 2 x 3 x 224 x 224 by default. Per
+EfficientNet-B0-, ConvNeXt-Atto-, Swin-T-, MobileViT-XXS- and ViT-B/16-style torch
+modules, random weights with settled BatchNorm statistics; ViT-B/16 at 224 x 224 runs
+197 tokens), batch 2 x 3 x 224 x 224 by default. Per
 model, one row per build:
 
 - `cpu-fp32`: requant's float build on ONNX Runtime (the ORT fp32 baseline);
@@ -23,7 +24,7 @@ QLinearConv vs in float, read off its optimised graph (`optimized_ops`). A model
 frontend cannot capture yet is one row with the refusal. After the table, each goal
 of issue 17 as a PASS / FAIL line: cpu-int8 faster than cpu-fp32 on every CNN (>= 1.5x
 on ResNet), at least as fast as `ort-static`, int8 mean cosine >= 0.99, tvm-cpu-fp32 no
-slower than ORT fp32.
+slower than ORT fp32 (ViT at 197 tokens included).
 
     python -m requant.tools.bench.vision [--models resnet,mobilenet_v3] [--rows cpu-fp32,cpu-int8]
         [--seconds 10] [--batch 2] [--scale bench|tiny] [--threads N]
@@ -64,7 +65,7 @@ __all__ = ["main", "ROWS", "CONV_SHAPES", "run_build", "run_conv"]
 logger = logging.getLogger(__name__)
 
 ROWS = ("cpu-fp32", "cpu-int8", "ort-static", "tvm-cpu-fp32", "tvm-cpu-int8")
-MODELS = ("resnet", "mobilenet_v3", "efficientnet", "convnext", "swin", "mobilevit")
+MODELS = ("resnet", "mobilenet_v3", "efficientnet", "convnext", "swin", "mobilevit", "vit")
 CNNS = ("resnet", "mobilenet_v3", "efficientnet")
 CALIB_BATCHES, EVAL_BATCHES, WARMUP = 8, 4, 3
 CALIB_SEED, EVAL_SEED = 100, 200
