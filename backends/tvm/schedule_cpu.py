@@ -1043,13 +1043,31 @@ class _WeightPacker(relax.PyExprMutator):
             ty = relax.TensorType([n, blocks_of(out_channels), oh, ow, LANES], "float32")
         return relax.call_tir(gv, [x, relax.const(weight)], ty)
 
+    def _flat_rows(self, x, call):
+        """`x` [*lead, m, k] whose row axis m is shorter than the smallest full register
+        tile (a sequence-first [tokens, batch, k]: batch rows) -> (x as [rows, k], the
+        output type [rows, n], a function giving back `call`'s shape); else None. The
+        kernel tiles only its last-but-one axis, so such an x would run on tiles of m
+        rows; flattened (a free reshape of a contiguous tensor), it runs on full tiles."""
+        shape = _shape_of(x.ty)
+        if len(shape) < 3 or not all(isinstance(d, tirx.IntImm) for d in shape) or int(shape[-2]) >= MR_MIN:
+            return None
+        rows = int(np.prod([int(d) for d in shape[:-1]]))
+        flat = self.builder_.emit(relax.op.reshape(x, [rows, int(shape[-1])]))
+        out = call.ty
+        n = int(out.shape.values[-1])
+        return flat, relax.TensorType([rows, n], out.dtype), lambda y: relax.op.reshape(y, out.shape)
+
     def _fp32(self, call, x, w):
         n = w.shape[1]
-        shape = _shape_of(x.ty)
+        flat = self._flat_rows(x, call)
+        x_in, ty = (x, call.ty) if flat is None else flat[:2]
+        shape = _shape_of(x_in.ty)
         key = (f"packed_dense_{_shape_name(shape)}_{n}", tuple(str(d) for d in shape), n)
         gv = self._kernel(key, lambda: packed_dense_func(shape, n))
         self.packed += 1
-        return relax.call_tir(gv, [x, relax.const(pack_weight_fp32(w))], call.ty)
+        y = relax.call_tir(gv, [x_in, relax.const(pack_weight_fp32(w))], ty)
+        return y if flat is None else flat[2](self.builder_.emit(y))
 
     def _int8_activation(self, a, ndim: int) -> tuple[relax.Expr, int, int] | None:
         """`astype(x8, i32) [- zp]` -> (uint8 codes, zero point, shift): int8 codes are
@@ -1084,11 +1102,14 @@ class _WeightPacker(relax.PyExprMutator):
         x, zero_point, shift = found
         w8 = w.astype(np.int8)
         comp = ((shift + zero_point) * w8.astype(np.int64).sum(axis=0)).astype(np.int32)
-        shape = _shape_of(x.ty)
+        flat = self._flat_rows(x, call)
+        x_in, ty = (x, call.ty) if flat is None else flat[:2]
+        shape = _shape_of(x_in.ty)
         key = (f"packed_dense_u8s8_{_shape_name(shape)}_{n}", tuple(str(d) for d in shape), n, "u8s8")
         gv = self._kernel(key, lambda: packed_dense_int8_func(shape, n))
         self.packed += 1
-        return relax.call_tir(gv, [x, relax.const(pack_weight_int8(w8)), relax.const(comp)], call.ty)
+        y = relax.call_tir(gv, [x_in, relax.const(pack_weight_int8(w8)), relax.const(comp)], ty)
+        return y if flat is None else flat[2](self.builder_.emit(y))
 
     def _conv2d_int8(self, call, w: np.ndarray, geometry: dict):
         """`conv2d(astype(x8, i32) [- zp], W, out_dtype=int32)`, W in int8 range, groups

@@ -143,6 +143,41 @@ def test_dense_with_row_tail_and_epilogue_matches_default_build(shape) -> None:
                                rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape,kernel_rows", [
+    ((197, 2, 48), [394, 48]),  # sequence-first (torch MultiheadAttention's in / out projections): 2-row tiles
+    ((5, 1, 3, 48), [15, 48]),  # every leading dim flattened
+    ((2, 197, 48), [2, 197, 48]),  # the row axis fills whole tiles already: kept
+    ((3, 6, 48), [3, 6, 48]),  # MR_MIN rows: kept
+])
+def test_dense_short_row_axis_runs_on_flattened_rows(shape, kernel_rows) -> None:
+    """A dense whose last-but-one axis is shorter than the smallest full register tile
+    (MR_MIN) runs on its leading dims flattened into rows (a reshape each side); the
+    result, with its bias and GELU after, equals TVM's default build."""
+    rng = np.random.default_rng(RNG_SEED)
+    w = (rng.standard_normal((48, 50)) * 0.2).astype(np.float32)
+    b = rng.standard_normal(50).astype(np.float32)
+    x = rng.standard_normal(shape).astype(np.float32)
+    mod = _module([_var("x", shape)], lambda bb, x_: R.nn.gelu(R.add(R.matmul(x_, relax.const(w)), relax.const(b))))
+    # the dense kernel, and where its epilogue fused, the fused kernel too (FuseTIR leaves both)
+    dense = [f for name, f in _scheduled_funcs(mod).items() if "packed_dense" in name]
+    assert dense and all([int(d) for d in f.params[0].shape] == kernel_rows for f in dense)
+    assert all(_update_block_predicates(f, "packed_dense_update") == [] for f in dense)
+    np.testing.assert_allclose(_run(pipeline.build_cpu(mod), x), _run(pipeline.build_cpu(mod, schedule=False), x),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_int8_dense_short_row_axis_runs_on_flattened_rows() -> None:
+    rng = np.random.default_rng(RNG_SEED)
+    w = rng.integers(-128, 128, (64, 40)).astype(np.int8)
+    mod = _module([_var("x", (13, 2, 64), "uint8")],
+                  lambda bb, x_: R.matmul(R.astype(x_, "int32"), R.astype(relax.const(w), "int32")))
+    (func,) = [f for name, f in _scheduled_funcs(mod).items() if "u8s8" in name]
+    assert [int(d) for d in func.params[0].shape] == [26, 64]
+    x = rng.integers(0, 256, (13, 2, 64)).astype(np.uint8)
+    np.testing.assert_array_equal(_run(pipeline.build_cpu(mod), x),
+                                  (x.astype(np.int64) @ w.astype(np.int64)).astype(np.int32))
+
+
 def test_pack_weight_fp32_layout() -> None:
     w = np.arange(5 * 40, dtype=np.float32).reshape(5, 40)
     p = schedule_cpu.pack_weight_fp32(w, nr=16)
