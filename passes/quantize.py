@@ -212,7 +212,7 @@ def quantize(
         counts.update(_gptq_codes(graph, plans, editor, batches, runner, gptq_damp, gptq_act_order, gptq_clip))
     points = _feature_map_plan(graph, plans, cfg, skipped) if feature_maps else []
     if feature_maps and cfg.float_depthwise_entry:
-        points = _float_depthwise_entries(graph, plans, cfg, skipped, points)
+        points = _float_depthwise_entries(graph, plans, cfg, points)
     ranges = _point_ranges(points, cfg, stats or {}, skipped)
     token_clips = _token_clips(graph, plans, cfg, batches, runner)
     for node in list(graph):
@@ -469,14 +469,16 @@ def _feature_map_plan(graph: Graph, plans: Mapping[int, list[_Input] | str], cfg
 
 
 def _is_depthwise(node: Node) -> bool:
+    """A Conv with one input channel per group and one output channel per group (its
+    constant weight [C, 1, ...] with group C)."""
     w = node.inputs[1] if len(node.inputs) > 1 else None
     group = int(node.attrs.get("group", 1))
-    return node.op == "Conv" and group > 1 and w is not None and w.type.shape is not None \
-        and int(w.type.shape[0]) == group and int(w.type.shape[1]) == 1
+    return node.op == "Conv" and group > 1 and w is not None and w.const is not None \
+        and w.const.shape[0] == group and w.const.shape[1] == 1
 
 
 def _float_depthwise_entries(graph: Graph, plans: dict[int, list[_Input] | str], cfg: QuantizeConfig,
-                             skipped: list[dict[str, str]], points: list[FeatureMapPoint]) -> list[FeatureMapPoint]:
+                             points: list[FeatureMapPoint]) -> list[FeatureMapPoint]:
     """With `float_depthwise_entry`: a depthwise Conv whose input is not a feature-map
     point (a float map: a float image stem's output, a LayerNorm's, a residual stream
     summed in float) stays float, and the points are found again without it. Its integer
