@@ -362,12 +362,16 @@ class Swin(nn.Module):
 
 
 class TransformerLayer(nn.Module):
-    def __init__(self, c: int, heads: int) -> None:
+    """Pre-norm encoder layer: x + attention(LN(x)), then x + MLP(LN(x)); MobileViT's by
+    default (MLP 2c wide, SiLU), ViT's with `mlp=4c`, GELU and LayerNorm eps 1e-6."""
+
+    def __init__(self, c: int, heads: int, mlp: int | None = None, act: type = nn.SiLU, eps: float = 1e-5) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(c)
+        hidden = mlp or 2 * c
+        self.norm1 = nn.LayerNorm(c, eps=eps)
         self.attn = nn.MultiheadAttention(c, heads, batch_first=True)
-        self.norm2 = nn.LayerNorm(c)
-        self.mlp = nn.Sequential(nn.Linear(c, 2 * c), nn.SiLU(), nn.Linear(2 * c, c))
+        self.norm2 = nn.LayerNorm(c, eps=eps)
+        self.mlp = nn.Sequential(nn.Linear(c, hidden), act(), nn.Linear(hidden, c))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.norm1(x)
@@ -426,22 +430,6 @@ class MobileViT(nn.Module):
 # -- ViT --------------------------------------------------------------------------------------
 
 
-class EncoderLayer(nn.Module):
-    """Pre-norm ViT encoder layer: x + attention(LN(x)), then x + MLP(LN(x)) with GELU."""
-
-    def __init__(self, d: int, heads: int, mlp: int) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(d, eps=1e-6)
-        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
-        self.norm2 = nn.LayerNorm(d, eps=1e-6)
-        self.mlp = nn.Sequential(nn.Linear(d, mlp), nn.GELU(), nn.Linear(mlp, d))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.norm1(x)
-        x = x + self.attn(y, y, y, need_weights=False)[0]
-        return x + self.mlp(self.norm2(x))
-
-
 class ViT(nn.Module):
     def __init__(self, side: int, patch: int, d: int, layers: int, heads: int, classes: int) -> None:
         super().__init__()
@@ -449,7 +437,7 @@ class ViT(nn.Module):
         self.embed = nn.Conv2d(3, d, patch, patch)
         self.cls = nn.Parameter(torch.randn(1, 1, d) * 0.02)
         self.pos = nn.Parameter(torch.randn(1, tokens, d) * 0.02)
-        self.layers = nn.Sequential(*[EncoderLayer(d, heads, 4 * d) for _ in range(layers)])
+        self.layers = nn.Sequential(*[TransformerLayer(d, heads, 4 * d, nn.GELU, 1e-6) for _ in range(layers)])
         self.norm = nn.LayerNorm(d, eps=1e-6)
         self.head = nn.Linear(d, classes)
 
