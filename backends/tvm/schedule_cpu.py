@@ -1043,31 +1043,29 @@ class _WeightPacker(relax.PyExprMutator):
             ty = relax.TensorType([n, blocks_of(out_channels), oh, ow, LANES], "float32")
         return relax.call_tir(gv, [x, relax.const(weight)], ty)
 
-    def _flat_rows(self, x, call):
-        """`x` [*lead, m, k] whose row axis m is shorter than the smallest full register
-        tile (a sequence-first [tokens, batch, k]: batch rows) -> (x as [rows, k], the
-        output type [rows, n], a function giving back `call`'s shape); else None. The
-        kernel tiles only its last-but-one axis, so such an x would run on tiles of m
-        rows; flattened (a free reshape of a contiguous tensor), it runs on full tiles."""
-        shape = _shape_of(x.ty)
-        if len(shape) < 3 or not all(isinstance(d, tirx.IntImm) for d in shape) or int(shape[-2]) >= MR_MIN:
-            return None
-        rows = int(np.prod([int(d) for d in shape[:-1]]))
-        flat = self.builder_.emit(relax.op.reshape(x, [rows, int(shape[-1])]))
-        out = call.ty
-        n = int(out.shape.values[-1])
-        return flat, relax.TensorType([rows, n], out.dtype), lambda y: relax.op.reshape(y, out.shape)
+    def _packed_dense(self, call, x, name: str, make: Callable[[list], tirx.PrimFunc], consts: list) -> relax.Expr:
+        """`call_tir` of the packed dense kernel `make(x_shape)` on `x` and the packed
+        `consts`, typed as `call`. An x [*lead, m, k] whose row axis m is shorter than the
+        smallest full register tile (a sequence-first [tokens, batch, k]: batch rows)
+        runs with its leading dims flattened into rows (a free reshape of a contiguous
+        tensor, and one back): the kernel tiles only its last-but-one axis, so it would
+        run on tiles of m rows."""
+        shape, ty = _shape_of(x.ty), call.ty
+        flat = len(shape) > 2 and all(isinstance(d, tirx.IntImm) for d in shape) and int(shape[-2]) < MR_MIN
+        if flat:
+            rows = int(np.prod([int(d) for d in shape[:-1]]))
+            x = self.builder_.emit(relax.op.reshape(x, [rows, int(shape[-1])]))
+            shape, ty = _shape_of(x.ty), relax.TensorType([rows, int(call.ty.shape.values[-1])], call.ty.dtype)
+        key = (f"{name}_{_shape_name(shape)}_{int(ty.shape.values[-1])}", tuple(str(d) for d in shape), name)
+        gv = self._kernel(key, lambda: make(shape))
+        self.packed += 1
+        y = relax.call_tir(gv, [x, *(relax.const(c) for c in consts)], ty)
+        return relax.op.reshape(self.builder_.emit(y), call.ty.shape) if flat else y
 
     def _fp32(self, call, x, w):
         n = w.shape[1]
-        flat = self._flat_rows(x, call)
-        x_in, ty = (x, call.ty) if flat is None else flat[:2]
-        shape = _shape_of(x_in.ty)
-        key = (f"packed_dense_{_shape_name(shape)}_{n}", tuple(str(d) for d in shape), n)
-        gv = self._kernel(key, lambda: packed_dense_func(shape, n))
-        self.packed += 1
-        y = relax.call_tir(gv, [x_in, relax.const(pack_weight_fp32(w))], ty)
-        return y if flat is None else flat[2](self.builder_.emit(y))
+        return self._packed_dense(call, x, "packed_dense", lambda shape: packed_dense_func(shape, n),
+                                  [pack_weight_fp32(w)])
 
     def _int8_activation(self, a, ndim: int) -> tuple[relax.Expr, int, int] | None:
         """`astype(x8, i32) [- zp]` -> (uint8 codes, zero point, shift): int8 codes are
@@ -1102,14 +1100,8 @@ class _WeightPacker(relax.PyExprMutator):
         x, zero_point, shift = found
         w8 = w.astype(np.int8)
         comp = ((shift + zero_point) * w8.astype(np.int64).sum(axis=0)).astype(np.int32)
-        flat = self._flat_rows(x, call)
-        x_in, ty = (x, call.ty) if flat is None else flat[:2]
-        shape = _shape_of(x_in.ty)
-        key = (f"packed_dense_u8s8_{_shape_name(shape)}_{n}", tuple(str(d) for d in shape), n, "u8s8")
-        gv = self._kernel(key, lambda: packed_dense_int8_func(shape, n))
-        self.packed += 1
-        y = relax.call_tir(gv, [x_in, relax.const(pack_weight_int8(w8)), relax.const(comp)], ty)
-        return y if flat is None else flat[2](self.builder_.emit(y))
+        return self._packed_dense(call, x, "packed_dense_u8s8", lambda shape: packed_dense_int8_func(shape, n),
+                                  [pack_weight_int8(w8), comp])
 
     def _conv2d_int8(self, call, w: np.ndarray, geometry: dict):
         """`conv2d(astype(x8, i32) [- zp], W, out_dtype=int32)`, W in int8 range, groups
